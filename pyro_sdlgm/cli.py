@@ -1,0 +1,82 @@
+"""Command line: ``sdlgm train | evaluate | encode`` (also ``python -m pyro_sdlgm``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .config import load_run_config
+from .exceptions import SDLGMError
+
+
+def _summary_line(metrics: dict) -> str:
+    return (
+        f"ELBO {metrics['elbo']:.2f} | recon (hard) {metrics['recon']:.2f} | "
+        f"non-zeros mean {metrics['mean_nnz']:.2f}, max {metrics['max_nnz']} | "
+        f"dead dims {100 * metrics['dead_dim_fraction']:.1f}%"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdlgm", description="Sparse deep latent generative model (SDLGM) in Pyro")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model and write a run folder")
+    train.add_argument("--config", help="TOML or YAML config file (default: built-in defaults)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="dotted overrides, e.g. training.epochs=5 model.sparsity_prior.name=truncated_poisson")
+    train.add_argument("--run-dir", help="output folder (overrides run_dir of the config)")
+    train.add_argument("--overwrite", action="store_true", help="replace the files of an existing run folder")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a trained run")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--data", help="data source (mnist, digits, .npy/.npz, IDX); default: the run's test split")
+    evaluate.add_argument("--num-samples", type=int, default=1, help="Monte-Carlo samples of the ELBO")
+    evaluate.add_argument("--json", action="store_true", help="print all metrics as JSON")
+
+    encode = sub.add_parser("encode", help="write hard sparse codes as a scipy CSR .npz")
+    encode.add_argument("run_dir")
+    encode.add_argument("--out", required=True, help="output .npz file")
+    encode.add_argument("--data", help="data source; default: the run's test split")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from . import runs  # imported late so that `sdlgm --help` stays fast
+
+    try:
+        if args.command == "train":
+            overrides = list(args.overrides) + ([f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir else [])
+            config = load_run_config(args.config, overrides)
+            result = runs.train_run(config, overwrite=args.overwrite)
+            m = result["metrics"]
+            print(f"run folder: {result['run_dir']}")
+            print(f"trained {m['epochs_run']} epochs in {m['train_seconds']:.1f} s")
+            print(f"{m['split']} ({m['num_examples']} examples): {_summary_line(m)}")
+            print("plots: " + ", ".join(result["plots"]))
+        elif args.command == "evaluate":
+            metrics = runs.evaluate_run(args.run_dir, args.data, args.num_samples)
+            if args.json:
+                print(json.dumps(metrics, indent=2))
+            else:
+                print(f"{metrics['data']} ({metrics['num_examples']} examples): {_summary_line(metrics)}")
+                print(f"KL: sparsity {metrics['kl_sparsity']:.3f}, slots {metrics['kl_slots']:.3f}"
+                      + (f", values {metrics['kl_values']:.3f}" if "kl_values" in metrics else ""))
+                print(f"non-zero histogram (0..L0): {metrics['nnz_histogram']}")
+        elif args.command == "encode":
+            result = runs.encode_run(args.run_dir, args.out, args.data)
+            print(f"wrote {result['out']}: shape {tuple(result['shape'])}, "
+                  f"non-zeros per row mean {result['mean_nnz']:.2f}, max {result['max_nnz']}")
+    except SDLGMError as err:
+        print(f"sdlgm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

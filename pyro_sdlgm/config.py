@@ -1,0 +1,390 @@
+"""Configuration: typed dataclasses, strict parsing of TOML/YAML files and dotted overrides.
+
+A run config has four parts::
+
+    run_dir = "runs/mnist"
+    [model]      # ModelConfig: sizes, likelihood, priors, guide, inference mode
+    [training]   # TrainConfig: epochs, batch size, schedules, early stopping, device
+    [data]       # DataConfig: which data set, preprocessing, test split
+
+Files are read with safe parsers only (``tomllib``, ``yaml.safe_load``). Every key is
+checked: an unknown key or a value of the wrong type raises :class:`ConfigError` naming
+the key (and the file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .distributions import check_temperature
+from .exceptions import ConfigError
+from .registry import ComponentSpec, component_name
+
+
+# ----------------------------------------------------------------------------- typing helpers
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the type ``hint`` and normalize it (lists to tuples, ints to floats)."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        errors = []
+        members = typing.get_args(hint)
+        # try exact matches first so that e.g. True stays a bool in `bool | str`
+        for member in members:
+            try:
+                return _coerce(member, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        expected = " or ".join(_type_name(m) for m in members)
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key} must be None, got {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be finite, got {value!r}")
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if origin is tuple:
+        (item,) = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+        raise ConfigError(f"{key} must be a list, got {value!r}")
+    if origin in (Mapping, dict) or hint in (Mapping, dict):
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise ConfigError(f"{key} must be a table, got {value!r}")
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "none"
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return "a list"
+    if origin in (Mapping, dict):
+        return "a table"
+    return getattr(hint, "__name__", str(hint))
+
+
+class _Section:
+    """Mixin for config dataclasses: type-checks every field, then calls :meth:`validate`."""
+
+    section: typing.ClassVar[str] = ""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            key = f"{self.section}.{field.name}" if self.section else field.name
+            setattr(self, field.name, _coerce(hints[field.name], getattr(self, field.name), key))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check value ranges; raise :class:`ConfigError` naming the key."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    """Tuples to lists, recursively (for TOML/YAML/JSON and ``torch.save``)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_dict(cls, data: Mapping[str, Any] | None, where: str = ""):
+    """Build the dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
+    data = dict(data or {})
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        prefix = f"{cls.section}." if cls.section else ""
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!r}{where}; known keys"
+            f"{' in [' + cls.section + ']' if cls.section else ''}: {', '.join(names)}"
+        )
+    return cls(**data)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclasses.dataclass
+class ModelConfig(_Section):
+    """Hyperparameters of the model and the guide (see :class:`pyro_sdlgm.SDLGM`)."""
+
+    section: typing.ClassVar[str] = "model"
+
+    input_dim: int | None = None  # D; None: taken from the data by the CLI
+    latent_dim: int = 200  # K
+    max_sparsity: int = 10  # L0
+    likelihood: ComponentSpec = "bernoulli"
+    include_zero: bool = False  # sparsity levels {0..L0} instead of {1..L0}
+    binary: bool = False  # z = s (no values)
+    sparsity_prior: ComponentSpec = "uniform"
+    support_prior: ComponentSpec = "uniform"
+    value_prior: ComponentSpec = "normal"
+    guide: ComponentSpec = "mlp_per_slot"
+    sparsity_inference: str = "relaxed"  # "relaxed" | "enumerate"
+    decoder_hidden: tuple[int, ...] = (256, 512)
+    activation: str = "relu"
+
+    def validate(self):
+        # imported here: the registries import this module's neighbours, not this module
+        from .guides import GUIDES
+        from .likelihoods import LIKELIHOODS
+        from .priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
+        from .spec import ModelSpec
+
+        for key, registry in (
+            ("likelihood", LIKELIHOODS),
+            ("sparsity_prior", SPARSITY_PRIORS),
+            ("support_prior", SUPPORT_PRIORS),
+            ("value_prior", VALUE_PRIORS),
+            ("guide", GUIDES),
+        ):
+            registry.get(component_name(getattr(self, key), registry.kind)[0])
+        if self.input_dim is not None:
+            self.spec()  # checks sizes and the inference mode
+        else:
+            ModelSpec(1, self.latent_dim, self.max_sparsity, sparsity_inference=self.sparsity_inference)
+
+    def spec(self):
+        from .spec import ModelSpec
+
+        if self.input_dim is None:
+            raise ConfigError("model.input_dim is not set")
+        return ModelSpec(
+            input_dim=self.input_dim,
+            latent_dim=self.latent_dim,
+            max_sparsity=self.max_sparsity,
+            include_zero=self.include_zero,
+            binary=self.binary,
+            sparsity_inference=self.sparsity_inference,
+        )
+
+
+@dataclasses.dataclass
+class TrainConfig(_Section):
+    """Options of :meth:`pyro_sdlgm.SDLGM.fit` and of the ``[training]`` config section.
+
+    Temperatures anneal exponentially from ``*_start`` to ``*_end`` over the first
+    ``anneal_fraction`` of the training steps, then stay at ``*_end``. The KL weight
+    rises linearly from 0 to 1 over the first ``kl_warmup_fraction`` of the steps
+    (0 disables the warm-up). The validation ELBO, used for early stopping, is always
+    computed at the final temperatures with KL weight 1, so it is one fixed objective
+    across epochs.
+    """
+
+    section: typing.ClassVar[str] = "training"
+
+    epochs: int = 60
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    tau_sparsity_start: float = 1.0
+    tau_sparsity_end: float = 0.5
+    tau_support_start: float = 1.0
+    tau_support_end: float = 0.5
+    anneal_fraction: float = 0.5
+    kl_warmup_fraction: float = 0.0
+    num_particles: int = 1
+    validation_fraction: float = 0.1  # used when no validation data is given; 0 disables
+    patience: int | None = 10  # epochs without validation improvement; None disables
+    grad_clip_norm: float | None = None
+    eval_batch_size: int = 1024
+    progress: bool = True
+
+    def validate(self):
+        for key in ("epochs", "batch_size", "num_particles", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"training.{key} must be >= 1, got {getattr(self, key)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"training.learning_rate must be positive, got {self.learning_rate}")
+        for key in ("tau_sparsity_start", "tau_sparsity_end", "tau_support_start", "tau_support_end"):
+            check_temperature(getattr(self, key), f"training.{key}")
+        for key in ("anneal_fraction", "kl_warmup_fraction"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"training.{key} must lie in [0, 1], got {getattr(self, key)}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(f"training.validation_fraction must lie in [0, 1), got {self.validation_fraction}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"training.patience must be >= 1 or none, got {self.patience}")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise ConfigError(f"training.grad_clip_norm must be positive or none, got {self.grad_clip_norm}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"training.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+
+@dataclasses.dataclass
+class DataConfig(_Section):
+    """Which data set to train on, and how to preprocess and split it (see :mod:`pyro_sdlgm.datasets`)."""
+
+    section: typing.ClassVar[str] = "data"
+
+    source: str = "mnist"  # "mnist" | "digits" | path to a .npy/.npz file or an IDX directory
+    npz_key: str | None = None  # array name inside a .npz file (default: "X", "x", "data" or the only array)
+    binarize: bool | str = "auto"  # "auto": binarize for the bernoulli likelihood only
+    binarize_threshold: float = 0.5
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    max_examples: int | None = None  # explicit subsample (seeded) for quick runs; None: all
+
+    def validate(self):
+        if isinstance(self.binarize, str) and self.binarize != "auto":
+            raise ConfigError(f"data.binarize must be true, false or 'auto', got {self.binarize!r}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ConfigError(f"data.test_fraction must lie in [0, 1), got {self.test_fraction}")
+        if self.max_examples is not None and self.max_examples < 2:
+            raise ConfigError(f"data.max_examples must be >= 2 or none, got {self.max_examples}")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """A whole run: where it writes, and its model, training and data sections."""
+
+    run_dir: str = "runs/sdlgm"
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    training: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> RunConfig:
+        data = dict(data)
+        known = {"run_dir", "model", "training", "data"}
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise ConfigError(f"unknown config key {unknown[0]!r}{where}; known top-level keys: {sorted(known)}")
+        run_dir = data.get("run_dir", cls.run_dir)
+        if not isinstance(run_dir, str):
+            raise ConfigError(f"run_dir must be a string{where}, got {run_dir!r}")
+        sections = {}
+        for key, section_cls in (("model", ModelConfig), ("training", TrainConfig), ("data", DataConfig)):
+            value = data.get(key, {})
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"[{key}] must be a table{where}, got {value!r}")
+            sections[key] = from_dict(section_cls, value, where)
+        return cls(run_dir=run_dir, **sections)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": self.run_dir,
+            "model": self.model.to_dict(),
+            "training": self.training.to_dict(),
+            "data": self.data.to_dict(),
+        }
+
+
+# ----------------------------------------------------------------------------- files and overrides
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a dict, safely."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        elif suffix in (".yaml", ".yml"):
+            with path.open("r", encoding="utf-8") as handle:
+                data = yaml.safe_load(handle)
+            data = {} if data is None else data
+        else:
+            raise ConfigError(f"config file {str(path)!r} must end in .toml, .yaml or .yml")
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"cannot parse TOML file {str(path)!r}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse YAML file {str(path)!r}: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a table at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_override_value(raw: str) -> Any:
+    """Parse the value of a ``key=value`` override as a TOML value; bare words stay strings.
+
+    ``none``/``null`` give None (TOML has no null).
+    """
+    if raw.strip().lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides to a nested config dict (returns a new dict).
+
+    A component given by name (``sparsity_prior = "uniform"``) becomes a table when an
+    override sets one of its options (``model.sparsity_prior.rate=2``).
+    """
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must have the form dotted.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key component")
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif isinstance(child, str):  # a component name gaining options
+                child = node[part] = {"name": child}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: depth + 1])} is not a table")
+            node = child
+        node[parts[-1]] = parse_override_value(raw)
+    return data
+
+
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a config file (or start from the defaults when ``path`` is None) and apply overrides."""
+    data = read_config_file(path) if path is not None else {}
+    where = f" in {str(path)!r}" if path is not None else ""
+    data = apply_overrides(data, overrides)
+    return RunConfig.from_dict(data, where)
+
+
+def write_yaml(data: Mapping[str, Any], path: str | Path) -> None:
+    with Path(path).open("w", encoding="utf-8") as handle:
+        yaml.safe_dump(dict(data), handle, sort_keys=False)

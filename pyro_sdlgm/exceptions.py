@@ -1,0 +1,39 @@
+"""Exception types raised by pyro_sdlgm.
+
+Every error the library raises on bad input is one of these, so callers can catch
+``SDLGMError`` for all of them or a specific subclass. Each also derives from the
+builtin exception a Python user would expect (``ValueError`` for bad values,
+``RuntimeError`` for calls in the wrong state).
+"""
+
+
+class SDLGMError(Exception):
+    """Base class of all pyro_sdlgm errors."""
+
+
+class ConfigError(SDLGMError, ValueError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+class UnknownComponentError(ConfigError):
+    """A prior, guide or likelihood name is not registered; the message lists the known ones."""
+
+
+class DataError(SDLGMError, ValueError):
+    """Input data is malformed (wrong shape, non-finite, out of the likelihood's support...)."""
+
+
+class DataFormatError(DataError):
+    """A data file cannot be parsed; the message names the file and the offending position."""
+
+
+class NotFittedError(SDLGMError, RuntimeError):
+    """A method that needs a trained model was called before ``fit`` or ``load``."""
+
+
+class CheckpointError(SDLGMError, ValueError):
+    """A checkpoint file or run folder is missing, incomplete, or cannot be loaded safely."""
+
+
+class NumericalError(SDLGMError, FloatingPointError):
+    """Training produced a non-finite loss or gradient; the message names the epoch and step."""

@@ -1,0 +1,160 @@
+"""Amortized guides ``q(L, c, v | x)``, swappable by name.
+
+A guide subclasses :class:`AmortizedGuide` and implements :meth:`AmortizedGuide.amortize`,
+mapping a batch ``x (N, D)`` to :class:`GuideParams`; the base class places the sample
+sites, so every guide matches the model's sites by construction. Register one with
+:func:`register_guide` and select it with ``guide = "name"`` in a config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule
+
+from .distributions import ExpRelaxedCategorical
+from .model import data_plate
+from .networks import AmortizedEncoder
+from .registry import Registry
+from .spec import SLOTS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec
+from .support import hard_support, support_scores
+
+GUIDES: Registry["AmortizedGuide"] = Registry("guide")
+register_guide = GUIDES.register
+
+
+class GuideParams(NamedTuple):
+    """Variational parameters of a batch of ``N`` rows.
+
+    Attributes:
+        sparsity_logits: ``(N, num_levels)`` logits of ``q(L_i | x_i)``.
+        slot_logits: ``(N, S, K)``; ``S = 1`` shares one distribution across the slots,
+            ``S = L0`` gives each slot its own.
+        value_loc, value_scale: ``(N, K)`` Normal parameters of ``q(v_i | x_i)``, or None in
+            binary mode.
+    """
+
+    sparsity_logits: torch.Tensor
+    slot_logits: torch.Tensor
+    value_loc: torch.Tensor | None
+    value_scale: torch.Tensor | None
+
+
+class AmortizedGuide(PyroModule):
+    """Base class of SDLGM guides; subclasses implement :meth:`amortize`."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(name="sdlgm_guide")
+        self.spec = spec
+
+    def amortize(self, x: torch.Tensor) -> GuideParams:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- distributions ------------------------------------------------------------------
+
+    def sparsity_dist(self, params: GuideParams, tau: float) -> dist.TorchDistribution:
+        if self.spec.sparsity_inference == "enumerate":
+            return dist.Categorical(logits=params.sparsity_logits)
+        return ExpRelaxedCategorical(tau, logits=params.sparsity_logits)
+
+    def slots_dist(self, params: GuideParams, tau: float) -> dist.TorchDistribution:
+        n, _, k = params.slot_logits.shape
+        logits = params.slot_logits.expand(n, self.spec.max_sparsity, k)
+        return ExpRelaxedCategorical(tau, logits=logits).to_event(1)
+
+    def values_dist(self, params: GuideParams) -> dist.TorchDistribution:
+        return dist.Normal(params.value_loc, params.value_scale).to_event(1)
+
+    # -- the Pyro program ---------------------------------------------------------------
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        batch_size: int | None = None,
+        num_data: int | None = None,
+        tau_sparsity: float = 1.0,
+        tau_support: float = 1.0,
+        kl_weight: float = 1.0,
+    ) -> GuideParams:
+        """Sample ``L``, the slots and the values given ``x (N, D)``; same arguments as the model."""
+        params = self.amortize(x)
+        enumerate_sparsity = self.spec.sparsity_inference == "enumerate"
+        with data_plate(x.shape[0], num_data, x.device), poutine.scale(scale=kl_weight):
+            pyro.sample(
+                SPARSITY_SITE,
+                self.sparsity_dist(params, tau_sparsity),
+                infer={"enumerate": "parallel"} if enumerate_sparsity else {},
+            )
+            pyro.sample(SLOTS_SITE, self.slots_dist(params, tau_support))
+            if not self.spec.binary:
+                pyro.sample(VALUES_SITE, self.values_dist(params))
+        return params
+
+    # -- summaries of q used for hard codes ---------------------------------------------
+
+    def sparsity_probs(self, params: GuideParams) -> torch.Tensor:
+        """``q(L_i = level | x_i)``, shape ``(N, num_levels)``.
+
+        In relaxed mode this is the distribution of the argmax of the Concrete sample
+        (exact at every temperature, by the Gumbel-max trick).
+        """
+        return params.sparsity_logits.softmax(-1)
+
+    def hard_code(self, params: GuideParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hard representation of a batch: ``(z (N, K), counts (N,))``.
+
+        ``L_hat`` is the mode of ``q(L | x)``; the support is the ``L_hat`` highest-scoring
+        dimensions, without replacement; values are the guide means (ones in binary mode).
+        So every row has at most ``L_hat <= L0`` non-zeros, by construction.
+        """
+        counts = params.sparsity_logits.argmax(-1) + self.spec.min_level
+        mask = hard_support(support_scores(params.slot_logits, counts), counts)
+        if params.value_loc is None:
+            return mask.to(params.slot_logits.dtype), counts
+        return mask * params.value_loc, counts
+
+
+class MLPGuide(AmortizedGuide):
+    """An MLP encoder with heads for ``q(L|x)``, the slot logits and ``q(v|x)``.
+
+    Args:
+        spec: sizes and modes.
+        per_slot: one logit vector per slot (``S = L0``) instead of one shared by all slots.
+            Independent slots that share logits select the same dimension more often,
+            so the number of distinct non-zeros of a relaxed sample falls below ``L_i``.
+        hidden: hidden layer sizes of the encoder trunk.
+        activation: activation function name.
+    """
+
+    def __init__(self, spec: ModelSpec, per_slot: bool, hidden: Sequence[int] = (512, 256), activation: str = "relu"):
+        super().__init__(spec)
+        self.encoder = AmortizedEncoder(
+            spec.input_dim,
+            spec.latent_dim,
+            spec.num_levels,
+            spec.max_sparsity if per_slot else 1,
+            spec.binary,
+            hidden,
+            activation,
+        )
+
+    def amortize(self, x):
+        return GuideParams(*self.encoder(x))
+
+
+@register_guide("mlp_shared_slots")
+def mlp_shared_slots(spec: ModelSpec, hidden: Sequence[int] = (512, 256), activation: str = "relu") -> MLPGuide:
+    """MLP guide whose ``L0`` slots share one logit vector over the ``K`` dimensions."""
+    return MLPGuide(spec, per_slot=False, hidden=hidden, activation=activation)
+
+
+@register_guide("mlp_per_slot")
+def mlp_per_slot(spec: ModelSpec, hidden: Sequence[int] = (512, 256), activation: str = "relu") -> MLPGuide:
+    """MLP guide with one logit vector per slot (``L0 x K`` slot logits)."""
+    return MLPGuide(spec, per_slot=True, hidden=hidden, activation=activation)

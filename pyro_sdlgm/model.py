@@ -1,0 +1,158 @@
+"""The SDLGM generative model as a Pyro program (a ``PyroModule``).
+
+Per observation ``i`` (inside ``pyro.plate("data", size=num_data)``):
+
+1. ``sparsity``: ``L_i`` over the levels ``{1..L0}`` (or ``{0..L0}``); an ExpConcrete
+   (log-space ``RelaxedOneHotCategorical``) site with the prior ``pi``, or, in
+   ``enumerate`` mode, a ``Categorical`` that ``TraceEnum_ELBO`` sums out exactly.
+2. ``slots``: ``L0`` selection slots, each an ExpConcrete over the ``K`` dimensions
+   with the support prior ``rho``; event shape ``(L0, K)``.
+3. gates ``g_il = P(L_i >= l)`` and the soft support ``s_i = 1 - prod_l (1 - g_il c_il)``.
+4. ``values``: ``v_i ~ p(v)``, event ``(K,)``; ``z_i = s_i * v_i`` (binary mode: ``z_i = s_i``).
+5. ``obs``: ``x_i ~ p(x | decoder(z_i))``.
+
+The model only places sample sites; temperatures and the KL weight are arguments
+computed by the trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule
+
+from .distributions import ExpRelaxedCategorical
+from .exceptions import DataError
+from .likelihoods import LIKELIHOODS
+from .networks import Decoder
+from .priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
+from .registry import ComponentSpec
+from .spec import DATA_PLATE, OBS_SITE, SLOTS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec
+from .support import level_probs_from_value, slot_gates, soft_support
+
+
+def data_plate(batch_size: int, num_data: int | None, device) -> pyro.plate:
+    """The ``data`` plate of a minibatch of ``batch_size`` rows from a data set of ``num_data`` rows.
+
+    The log-likelihood and the KL terms are scaled by ``num_data / batch_size`` so that
+    a minibatch ELBO estimates the full-data ELBO.
+    """
+    if num_data is None:
+        num_data = batch_size
+    if num_data < batch_size:
+        raise DataError(f"num_data={num_data} is smaller than the batch size {batch_size}")
+    return pyro.plate(DATA_PLATE, size=num_data, subsample=torch.arange(batch_size, device=device))
+
+
+class SDLGMModel(PyroModule):
+    """``p(x, L, c, v) = p(L) p(c) p(v) p(x | decoder(z(L, c, v)))``.
+
+    Args:
+        spec: sizes and modes.
+        likelihood, sparsity_prior, support_prior, value_prior: component names or
+            ``{name=..., **options}`` tables, looked up in the registries.
+        decoder_hidden: hidden layer sizes of the decoder MLP.
+        activation: activation of the decoder MLP.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        likelihood: ComponentSpec = "bernoulli",
+        sparsity_prior: ComponentSpec = "uniform",
+        support_prior: ComponentSpec = "uniform",
+        value_prior: ComponentSpec = "normal",
+        decoder_hidden: Sequence[int] = (256, 512),
+        activation: str = "relu",
+    ):
+        super().__init__(name="sdlgm_model")
+        self.spec = spec
+        self.sparsity_prior = SPARSITY_PRIORS.build(sparsity_prior, spec)
+        self.support_prior = SUPPORT_PRIORS.build(support_prior, spec)
+        self.value_prior = None if spec.binary else VALUE_PRIORS.build(value_prior, spec)
+        self.likelihood = LIKELIHOODS.build(likelihood, spec)
+        self.decoder = Decoder(spec.latent_dim, spec.input_dim, decoder_hidden, activation)
+
+    # -- distributions ------------------------------------------------------------------
+
+    def sparsity_dist(self, batch_size: int, tau: float) -> dist.TorchDistribution:
+        """Prior of ``L_i``: batch ``(batch_size,)``, event ``(num_levels,)`` (relaxed) or ``()``."""
+        logits = self.sparsity_prior.logits()
+        if self.spec.sparsity_inference == "enumerate":
+            return dist.Categorical(logits=logits).expand([batch_size])
+        return ExpRelaxedCategorical(tau, logits=logits).expand([batch_size])
+
+    def slots_dist(self, batch_size: int, tau: float) -> dist.TorchDistribution:
+        """Prior of the slots: batch ``(batch_size,)``, event ``(L0, K)`` (log space)."""
+        logits = self.support_prior.logits()
+        return (
+            ExpRelaxedCategorical(tau, logits=logits)
+            .expand([batch_size, self.spec.max_sparsity])
+            .to_event(1)
+        )
+
+    def values_dist(self, batch_size: int) -> dist.TorchDistribution:
+        """Prior of the values: batch ``(batch_size,)``, event ``(K,)``."""
+        return self.value_prior.dist(batch_size)
+
+    def obs_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """Likelihood ``p(x | decoder(z))`` for codes ``z (..., K)``: event ``(D,)``."""
+        return self.likelihood.dist(self.decoder(z))
+
+    # -- deterministic parts ------------------------------------------------------------
+
+    def representation(self, sparsity: torch.Tensor, log_slots: torch.Tensor, values: torch.Tensor | None):
+        """The (relaxed) sparse code ``z = s * v`` (or ``s`` in binary mode), shape ``(..., N, K)``.
+
+        Args:
+            sparsity: value of the ``sparsity`` site (log one-hot ``(..., N, num_levels)``
+                or level indices ``(..., N)``; enumerated values broadcast on the left).
+            log_slots: value of the ``slots`` site, ``(N, L0, K)``.
+            values: value of the ``values`` site, ``(N, K)``, or None in binary mode.
+        """
+        level_probs = level_probs_from_value(sparsity, self.spec.num_levels)
+        gates = slot_gates(level_probs, self.spec.min_level)
+        support = soft_support(gates, log_slots.exp())
+        return support if values is None else support * values
+
+    # -- the Pyro program ---------------------------------------------------------------
+
+    def forward(
+        self,
+        x: torch.Tensor | None = None,
+        *,
+        batch_size: int | None = None,
+        num_data: int | None = None,
+        tau_sparsity: float = 1.0,
+        tau_support: float = 1.0,
+        kl_weight: float = 1.0,
+    ) -> torch.Tensor:
+        """Run the generative process; condition on ``x (N, D)`` when given.
+
+        Args:
+            x: observations, or None to sample ``batch_size`` new ones.
+            num_data: size of the full data set (scales a minibatch ELBO); default ``N``.
+            tau_sparsity, tau_support: temperatures of the ``sparsity`` and ``slots`` sites.
+            kl_weight: scale on the latent sites' log-densities (KL warm-up); 1 is the ELBO.
+
+        Returns:
+            the relaxed code ``z``, shape ``(N, K)`` (with enumeration dims on the left in
+            ``enumerate`` mode).
+        """
+        if x is None and batch_size is None:
+            raise DataError("pass either the observations x or batch_size")
+        n = x.shape[0] if x is not None else batch_size
+        device = x.device if x is not None else self.decoder.net[0].weight.device
+        with data_plate(n, num_data, device):
+            with poutine.scale(scale=kl_weight):
+                sparsity = pyro.sample(SPARSITY_SITE, self.sparsity_dist(n, tau_sparsity))
+                log_slots = pyro.sample(SLOTS_SITE, self.slots_dist(n, tau_support))
+                values = None if self.spec.binary else pyro.sample(VALUES_SITE, self.values_dist(n))
+            z = self.representation(sparsity, log_slots, values)
+            pyro.sample(OBS_SITE, self.obs_dist(z), obs=x)
+        return z

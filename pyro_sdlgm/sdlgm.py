@@ -1,0 +1,357 @@
+"""``SDLGM``: the user-facing class (fit, encode, posterior over sparsity, evaluate, save/load)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import scipy.sparse
+import torch
+
+from .checkpoint import atomic_save, load_checkpoint
+from .config import ModelConfig, TrainConfig, from_dict
+from .evaluation import code_statistics, elbo_terms, slot_duplicates
+from .exceptions import CheckpointError, DataError, NotFittedError
+from .guides import GUIDES
+from .model import SDLGMModel
+from .registry import ComponentSpec
+from .schedules import TrainingSchedule
+from .training import Trainer
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "pyro_sdlgm.SDLGM"
+CHECKPOINT_VERSION = 1
+
+
+def build_model_and_guide(config: ModelConfig):
+    """Instantiate the model and the guide that ``config`` describes.
+
+    They are created under ``module_local_params=True`` so that they work both with
+    the trainer's local parameters and with ``pyro.infer.SVI`` in Pyro's default mode.
+    """
+    spec = config.spec()
+    with pyro.settings.context(module_local_params=True):
+        model = SDLGMModel(
+            spec,
+            likelihood=config.likelihood,
+            sparsity_prior=config.sparsity_prior,
+            support_prior=config.support_prior,
+            value_prior=config.value_prior,
+            decoder_hidden=config.decoder_hidden,
+            activation=config.activation,
+        )
+        guide = GUIDES.build(config.guide, spec)
+    return model, guide
+
+
+def as_data_tensor(X: Any, input_dim: int, likelihood, name: str = "X") -> torch.Tensor:
+    """Validate ``X (N, D)`` and return it as a float32 CPU tensor; raise :class:`DataError` otherwise."""
+    if scipy.sparse.issparse(X):
+        raise DataError(
+            f"{name} is a scipy sparse matrix; SDLGM takes dense (N, D) arrays. "
+            "Call X.toarray() if it fits in memory"
+        )
+    if isinstance(X, torch.Tensor):
+        array = X.detach().cpu().numpy()
+    else:
+        array = np.asarray(X)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise DataError(f"{name} must be numeric, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise DataError(f"{name} must be a 2-D array (N, D), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise DataError(f"{name} is empty (shape {array.shape})")
+    if array.shape[1] != input_dim:
+        raise DataError(f"{name} has {array.shape[1]} features but the model has input_dim={input_dim}")
+    array = array.astype(np.float32, copy=False)
+    finite = np.isfinite(array)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise DataError(
+            f"{name} contains {int((~finite).sum())} non-finite value(s); first: {array[row, col]} "
+            f"at row {row}, column {col}"
+        )
+    likelihood.check_data(array)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class SDLGM:
+    """Sparse deep latent generative model with adaptive, capped sparsity (unsupervised).
+
+    Each observation ``x_i`` gets a sparse code ``z_i`` with at most ``max_sparsity``
+    (``L0``) non-zeros out of ``latent_dim`` (``K``); its own count ``L_i`` is a random
+    variable with an amortized posterior ``q(L_i | x_i)``.
+
+    Args:
+        input_dim: ``D``, features per observation.
+        latent_dim: ``K``, width of the code.
+        max_sparsity: ``L0``, cap on the non-zeros, ``1 <= L0 <= K``.
+        likelihood: ``"bernoulli"`` (data in [0, 1]) or ``"normal"`` (learned scale), or a
+            registered name or ``{"name": ..., **options}``.
+        include_zero: allow ``L_i = 0`` (levels ``{0..L0}``).
+        binary: binary codes ``z = s`` (no values).
+        sparsity_prior: ``"uniform"``, ``"truncated_geometric"`` (``p``),
+            ``"truncated_poisson"`` (``rate``), ``"learned"``, or a registered name.
+        support_prior: ``"uniform"`` or ``"learned"``.
+        value_prior: ``"normal"`` or ``"laplace"`` (option ``scale``).
+        guide: ``"mlp_per_slot"`` or ``"mlp_shared_slots"`` (options ``hidden``, ``activation``).
+        sparsity_inference: ``"relaxed"`` (Concrete ``L_i``) or ``"enumerate"`` (exact sum
+            over ``L_i`` with ``TraceEnum_ELBO``).
+        decoder_hidden: hidden sizes of the decoder MLP.
+        activation: activation of the decoder MLP.
+
+    Example::
+
+        m = SDLGM(input_dim=784, latent_dim=200, max_sparsity=10, likelihood="bernoulli")
+        history = m.fit(X, epochs=20, batch_size=128, seed=0)
+        Z = m.encode(X)                # (N, 200), at most 10 non-zeros per row
+        P = m.sparsity_posterior(X)    # (N, 10), q(L_i = l | x_i) for l = 1..10
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dim: int = ModelConfig.latent_dim,
+        max_sparsity: int = ModelConfig.max_sparsity,
+        likelihood: ComponentSpec = ModelConfig.likelihood,
+        *,
+        include_zero: bool = ModelConfig.include_zero,
+        binary: bool = ModelConfig.binary,
+        sparsity_prior: ComponentSpec = ModelConfig.sparsity_prior,
+        support_prior: ComponentSpec = ModelConfig.support_prior,
+        value_prior: ComponentSpec = ModelConfig.value_prior,
+        guide: ComponentSpec = ModelConfig.guide,
+        sparsity_inference: str = ModelConfig.sparsity_inference,
+        decoder_hidden: Sequence[int] = ModelConfig.decoder_hidden,
+        activation: str = ModelConfig.activation,
+    ):
+        config = ModelConfig(
+            input_dim=input_dim,
+            latent_dim=latent_dim,
+            max_sparsity=max_sparsity,
+            likelihood=likelihood,
+            include_zero=include_zero,
+            binary=binary,
+            sparsity_prior=sparsity_prior,
+            support_prior=support_prior,
+            value_prior=value_prior,
+            guide=guide,
+            sparsity_inference=sparsity_inference,
+            decoder_hidden=decoder_hidden,
+            activation=activation,
+        )
+        self._init_from_config(config)
+
+    def _init_from_config(self, config: ModelConfig) -> None:
+        self.config = config
+        self.spec = config.spec()
+        self.model, self.guide = build_model_and_guide(config)
+        self.train_config: TrainConfig | None = None
+        self.history_: list[dict] | None = None
+        self.is_fitted = False
+
+    @classmethod
+    def from_config(cls, config: ModelConfig | Mapping[str, Any]) -> SDLGM:
+        """Build from a :class:`ModelConfig` or a ``[model]`` table (``input_dim`` required)."""
+        if not isinstance(config, ModelConfig):
+            config = from_dict(ModelConfig, config)
+        self = cls.__new__(cls)
+        self._init_from_config(config)
+        return self
+
+    # -- properties -----------------------------------------------------------------------
+
+    @property
+    def sparsity_levels(self) -> np.ndarray:
+        """The values of ``L_i`` indexing the columns of :meth:`sparsity_posterior`."""
+        return self.spec.levels().numpy()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.decoder.parameters()).device
+
+    def _final_schedule(self) -> dict[str, float]:
+        cfg = self.train_config or TrainConfig()
+        return TrainingSchedule.from_config(cfg, 1).final()
+
+    def _check_fitted(self, method: str) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"SDLGM.{method}() needs a trained model: call fit() or SDLGM.load() first")
+
+    def _check(self, X, name="X") -> torch.Tensor:
+        return as_data_tensor(X, self.spec.input_dim, self.model.likelihood, name)
+
+    def _batches(self, x: torch.Tensor, batch_size: int):
+        for rows in torch.arange(x.shape[0]).split(batch_size):
+            yield x[rows].to(self.device)
+
+    # -- training -------------------------------------------------------------------------
+
+    def fit(self, X, *, validation_data=None, run_dir: str | Path | None = None, **train_options) -> list[dict]:
+        """Train by SVI from a fresh, seeded initialization; return the per-epoch history.
+
+        Args:
+            X: ``(N, D)`` numpy array or torch tensor.
+            validation_data: optional ``(M, D)`` data for early stopping; by default a
+                seeded ``validation_fraction`` of ``X`` is held out.
+            run_dir: if given, per-epoch metrics go to ``run_dir/metrics.jsonl``.
+            **train_options: fields of :class:`pyro_sdlgm.config.TrainConfig`, e.g.
+                ``epochs``, ``batch_size``, ``learning_rate``, ``seed``, ``device``,
+                ``tau_sparsity_start``/``_end``, ``tau_support_start``/``_end``,
+                ``anneal_fraction``, ``kl_warmup_fraction``, ``patience``, ``progress``.
+
+        Returns:
+            list of dicts (``epoch``, ``train_loss``, ``val_loss``, temperatures, ``kl_weight``,
+            ``seconds``): losses are negative ELBOs per example.
+        """
+        cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGM.fit()")
+        x = self._check(X)
+        x_val = self._check(validation_data, "validation_data") if validation_data is not None else None
+        if x_val is None and cfg.validation_fraction > 0:
+            n_val = int(round(cfg.validation_fraction * x.shape[0]))
+            if n_val >= 1 and x.shape[0] - n_val >= 1:
+                order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+                x, x_val = x[order[n_val:]], x[order[:n_val]]
+            else:
+                logger.warning("too few rows (%d) to hold out a validation split; early stopping is off", x.shape[0])
+        pyro.set_rng_seed(cfg.seed)
+        self.model, self.guide = build_model_and_guide(self.config)
+        trainer = Trainer(self.model, self.guide, cfg, self.spec.sparsity_inference)
+        history = trainer.fit(x, x_val, run_dir)
+        self.train_config, self.history_, self.is_fitted = cfg, history, True
+        return history
+
+    # -- inference ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _guide_outputs(self, X, batch_size: int, method: str):
+        self._check_fitted(method)
+        x = self._check(X)
+        self.guide.eval()
+        for batch in self._batches(x, batch_size):
+            yield batch, self.guide.amortize(batch)
+
+    def encode(self, X, *, sparse: bool = False, batch_size: int = 1024):
+        """Hard codes ``(N, K)``: at most ``L_hat_i <= L0`` non-zeros per row.
+
+        ``L_hat_i`` is the mode of ``q(L_i | x_i)``; the support is the ``L_hat_i``
+        highest-scoring dimensions (without replacement); values are the guide means
+        (ones in binary mode). Returns a float32 numpy array, or a scipy CSR matrix
+        when ``sparse=True``.
+        """
+        codes = [self.guide.hard_code(p)[0].cpu() for _, p in self._guide_outputs(X, batch_size, "encode")]
+        z = torch.cat(codes).numpy()
+        return scipy.sparse.csr_matrix(z) if sparse else z
+
+    def sparsity_posterior(self, X, *, batch_size: int = 1024) -> np.ndarray:
+        """``q(L_i = l | x_i)``, shape ``(N, num_levels)``; columns follow :attr:`sparsity_levels`."""
+        probs = [self.guide.sparsity_probs(p).cpu() for _, p in self._guide_outputs(X, batch_size, "sparsity_posterior")]
+        return torch.cat(probs).numpy()
+
+    def predict_sparsity(self, X, *, batch_size: int = 1024) -> np.ndarray:
+        """``L_hat_i``, the mode of ``q(L_i | x_i)``, shape ``(N,)`` (int)."""
+        probs = self.sparsity_posterior(X, batch_size=batch_size)
+        return self.sparsity_levels[probs.argmax(-1)]
+
+    def reconstruct(self, X, *, batch_size: int = 1024) -> np.ndarray:
+        """Expected observation given the hard code, ``(N, D)``."""
+        out = []
+        for _, params in self._guide_outputs(X, batch_size, "reconstruct"):
+            z = self.guide.hard_code(params)[0]
+            out.append(self.model.likelihood.mean(self.model.decoder(z)).cpu())
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def evaluate(self, X, *, num_samples: int = 1, seed: int = 0, batch_size: int = 1024) -> dict[str, Any]:
+        """Metrics per example on ``X``, at the final training temperatures.
+
+        Returns a dict with: ``elbo`` (relaxed, Monte Carlo over ``num_samples``),
+        ``recon_relaxed`` and ``kl_sparsity``/``kl_slots``/``kl_values`` (its terms),
+        ``recon`` (``-log p(x | decoder(hard code))``), ``mse`` (squared error of the
+        hard reconstruction, summed over features), ``mean_nnz``, ``std_nnz``,
+        ``min_nnz``, ``max_nnz``, ``nnz_histogram`` (counts for 0..L0),
+        ``codes_over_cap`` (always 0), ``dead_dim_fraction``, ``slot_duplicate_rate``
+        (fraction of used slots of a discrete guide sample that repeat a dimension),
+        ``mean_sparsity_entropy`` (nats) and ``num_examples``.
+        """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise DataError(f"num_samples must be a positive integer, got {num_samples!r}")
+        self._check_fitted("evaluate")
+        x = self._check(X)
+        schedule = self._final_schedule()
+        self.model.eval()
+        self.guide.eval()
+        sums: dict[str, float] = {}
+        codes, duplicates, used, entropy, mse, recon_hard = [], 0, 0, 0.0, 0.0, 0.0
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for batch in self._batches(x, batch_size):
+                for _ in range(num_samples):
+                    for key, value in elbo_terms(self.model, self.guide, batch, schedule).items():
+                        sums[key] = sums.get(key, 0.0) + float(value.sum()) / num_samples
+                params = self.guide.amortize(batch)
+                z, counts = self.guide.hard_code(params)
+                codes.append(z.cpu())
+                obs = self.model.obs_dist(z)
+                recon_hard += float(-obs.log_prob(batch).sum())
+                mse += float(((self.model.likelihood.mean(self.model.decoder(z)) - batch) ** 2).sum())
+                q = torch.distributions.Categorical(logits=params.sparsity_logits)
+                entropy += float(q.entropy().sum())
+                sampled = q.sample() + self.spec.min_level
+                duplicates += int(slot_duplicates(params.slot_logits, sampled).sum())
+                used += int(sampled.sum())
+        n = x.shape[0]
+        result: dict[str, Any] = {k if k != "recon" else "recon_relaxed": v / n for k, v in sums.items()}
+        result.update(
+            recon=recon_hard / n,
+            mse=mse / n,
+            **code_statistics(torch.cat(codes), self.spec.max_sparsity),
+            slot_duplicate_rate=duplicates / used if used else 0.0,
+            mean_sparsity_entropy=entropy / n,
+            num_examples=n,
+        )
+        return result
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write a weights-only checkpoint (config, state dicts, history) atomically."""
+        self._check_fitted("save")
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "model_config": self.config.to_dict(),
+            "train_config": self.train_config.to_dict() if self.train_config else None,
+            "model_state": {k: v.cpu() for k, v in self.model.state_dict().items()},
+            "guide_state": {k: v.cpu() for k, v in self.guide.state_dict().items()},
+            "history": self.history_,
+        }
+        atomic_save(state, path)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SDLGM:
+        """Load a checkpoint written by :meth:`save` (with ``torch.load(weights_only=True)``)."""
+        data = load_checkpoint(path, CHECKPOINT_FORMAT, ("model_config", "model_state", "guide_state"))
+        if data.get("format_version") != CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has format version {data.get('format_version')!r}; "
+                f"this version of pyro_sdlgm reads version {CHECKPOINT_VERSION}"
+            )
+        self = cls.from_config(data["model_config"])
+        try:
+            self.model.load_state_dict(data["model_state"])
+            self.guide.load_state_dict(data["guide_state"])
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not match its config: {err}") from None
+        self.model.to(map_location)
+        self.guide.to(map_location)
+        if data.get("train_config") is not None:
+            self.train_config = from_dict(TrainConfig, data["train_config"])
+        self.history_ = data.get("history")
+        self.is_fitted = True
+        return self

@@ -1,0 +1,74 @@
+"""The static description of one SDLGM: sizes, modes, and the names of its sample sites."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .exceptions import ConfigError
+
+#: Sample-site names shared by every model and guide.
+SPARSITY_SITE = "sparsity"  # L_i: relaxed one-hot (log space) or enumerated categorical
+SLOTS_SITE = "slots"  # the L0 support-selection slots, each a relaxed one-hot over K dims
+VALUES_SITE = "values"  # v_i, the values of the representation (absent in binary mode)
+OBS_SITE = "obs"  # the likelihood of x_i
+DATA_PLATE = "data"
+
+SPARSITY_INFERENCE_MODES = ("relaxed", "enumerate")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Sizes and modes of an SDLGM.
+
+    Attributes:
+        input_dim: ``D``, features per observation.
+        latent_dim: ``K``, width of the sparse representation.
+        max_sparsity: ``L0``, the cap on non-zeros (``1 <= L0 <= K``).
+        include_zero: if True the sparsity levels are ``{0..L0}``, else ``{1..L0}``.
+        binary: if True the representation is the support itself (``z = s``), with no values.
+        sparsity_inference: ``"relaxed"`` (Concrete site for ``L_i``, ``Trace_ELBO``) or
+            ``"enumerate"`` (categorical ``L_i`` summed out exactly with ``TraceEnum_ELBO``).
+    """
+
+    input_dim: int
+    latent_dim: int
+    max_sparsity: int
+    include_zero: bool = False
+    binary: bool = False
+    sparsity_inference: str = "relaxed"
+
+    def __post_init__(self):
+        for name in ("input_dim", "latent_dim", "max_sparsity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if self.input_dim < 1:
+            raise ConfigError(f"input_dim must be >= 1, got {self.input_dim}")
+        if self.latent_dim < 1:
+            raise ConfigError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if not 1 <= self.max_sparsity <= self.latent_dim:
+            raise ConfigError(
+                f"max_sparsity (L0) must satisfy 1 <= L0 <= latent_dim={self.latent_dim}, "
+                f"got {self.max_sparsity}"
+            )
+        if self.sparsity_inference not in SPARSITY_INFERENCE_MODES:
+            raise ConfigError(
+                f"sparsity_inference must be one of {SPARSITY_INFERENCE_MODES}, "
+                f"got {self.sparsity_inference!r}"
+            )
+
+    @property
+    def min_level(self) -> int:
+        """The smallest sparsity level (0 or 1)."""
+        return 0 if self.include_zero else 1
+
+    @property
+    def num_levels(self) -> int:
+        """Number of sparsity levels: ``L0`` or ``L0 + 1``."""
+        return self.max_sparsity + 1 - self.min_level
+
+    def levels(self, device=None) -> torch.Tensor:
+        """The sparsity level values, shape ``(num_levels,)``, e.g. ``[1, 2, ..., L0]``."""
+        return torch.arange(self.min_level, self.max_sparsity + 1, device=device)
