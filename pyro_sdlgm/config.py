@@ -128,7 +128,7 @@ def from_dict(cls, data: Mapping[str, Any] | None, where: str = ""):
     if unknown:
         prefix = f"{cls.section}." if cls.section else ""
         raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!r}{where}; known keys"
+            f"unknown config key {prefix + unknown[0]!r}{where}; known keys"
             f"{' in [' + cls.section + ']' if cls.section else ''}: {', '.join(names)}"
         )
     return cls(**data)
@@ -154,6 +154,7 @@ class ModelConfig(_Section):
     value_prior: ComponentSpec = "normal"
     guide: ComponentSpec = "mlp_per_slot"
     sparsity_inference: str = "relaxed"  # "relaxed" | "enumerate"
+    objective: str = "discrete_kl"  # "discrete_kl" | "relaxed" (see ModelSpec)
     decoder_hidden: tuple[int, ...] = (256, 512)
     activation: str = "relu"
 
@@ -162,7 +163,6 @@ class ModelConfig(_Section):
         from .guides import GUIDES
         from .likelihoods import LIKELIHOODS
         from .priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
-        from .spec import ModelSpec
 
         for key, registry in (
             ("likelihood", LIKELIHOODS),
@@ -172,23 +172,25 @@ class ModelConfig(_Section):
             ("guide", GUIDES),
         ):
             registry.get(component_name(getattr(self, key), registry.kind)[0])
-        if self.input_dim is not None:
-            self.spec()  # checks sizes and the inference mode
-        else:
-            ModelSpec(1, self.latent_dim, self.max_sparsity, sparsity_inference=self.sparsity_inference)
+        self._spec(1 if self.input_dim is None else self.input_dim)  # checks sizes and modes
 
     def spec(self):
-        from .spec import ModelSpec
-
+        """The :class:`~pyro_sdlgm.spec.ModelSpec` of this config (``input_dim`` must be set)."""
         if self.input_dim is None:
             raise ConfigError("model.input_dim is not set")
+        return self._spec(self.input_dim)
+
+    def _spec(self, input_dim: int):
+        from .spec import ModelSpec
+
         return ModelSpec(
-            input_dim=self.input_dim,
+            input_dim=input_dim,
             latent_dim=self.latent_dim,
             max_sparsity=self.max_sparsity,
             include_zero=self.include_zero,
             binary=self.binary,
             sparsity_inference=self.sparsity_inference,
+            objective=self.objective,
         )
 
 
@@ -201,7 +203,8 @@ class TrainConfig(_Section):
     rises linearly from 0 to 1 over the first ``kl_warmup_fraction`` of the steps
     (0 disables the warm-up). The validation ELBO, used for early stopping, is always
     computed at the final temperatures with KL weight 1, so it is one fixed objective
-    across epochs.
+    across epochs; early stopping (and the choice of the best epoch) only starts once
+    annealing and warm-up are over, since before that the trained objective differs.
     """
 
     section: typing.ClassVar[str] = "training"

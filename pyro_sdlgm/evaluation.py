@@ -10,28 +10,44 @@ from __future__ import annotations
 import pyro
 import torch
 from pyro import poutine
+from torch.distributions import kl_divergence
 
 from .spec import OBS_SITE, SLOTS_SITE, SPARSITY_SITE, VALUES_SITE
 
 LATENT_SITES = (SPARSITY_SITE, SLOTS_SITE, VALUES_SITE)
 
 
+def site_kl(guide_site: dict, model_site: dict, analytic: bool) -> torch.Tensor:
+    """KL term of one latent site, as the training objective computes it.
+
+    Analytic (``kl_divergence``) when ``analytic`` and registered for the pair, as
+    ``TraceMeanField_ELBO`` does; else the one-sample estimate ``log q(y) - log p(y)``.
+    """
+    if analytic:
+        try:
+            return kl_divergence(guide_site["fn"], model_site["fn"])
+        except NotImplementedError:
+            pass
+    return guide_site["fn"].log_prob(guide_site["value"]) - model_site["fn"].log_prob(model_site["value"])
+
+
 @torch.no_grad()
 def elbo_terms(model, guide, x: torch.Tensor, schedule_kwargs: dict) -> dict[str, torch.Tensor]:
-    """One-sample Monte-Carlo estimates of the ELBO's terms for each row of ``x (N, D)``.
+    """One-sample estimates of the training objective's terms for each row of ``x (N, D)``.
 
-    Returns ``(N,)`` tensors: ``recon`` (``-log p(x | z)``), ``kl_<site>`` for each latent
-    site (``log q - log p`` at the guide's sample) and ``elbo``. In ``enumerate`` mode the
-    level ``L_i`` is sampled here, which gives an unbiased estimate of the same ELBO.
+    Returns ``(N,)`` tensors: ``recon`` (``-log p(x | z)`` at a relaxed sample),
+    ``kl_<site>`` for each latent site (see :func:`site_kl`) and ``elbo``. In
+    ``enumerate`` mode the level ``L_i`` is sampled here, which gives an unbiased
+    estimate of the same ELBO.
     """
     with pyro.settings.context(module_local_params=True):
         guide_trace = poutine.trace(guide).get_trace(x, **schedule_kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, **schedule_kwargs)
+    analytic = model.spec.objective == "discrete_kl" and model.spec.sparsity_inference != "enumerate"
     terms = {}
     for site in LATENT_SITES:
         if site in guide_trace.nodes:
-            q, p = guide_trace.nodes[site], model_trace.nodes[site]
-            terms[f"kl_{site}"] = q["fn"].log_prob(q["value"]) - p["fn"].log_prob(p["value"])
+            terms[f"kl_{site}"] = site_kl(guide_trace.nodes[site], model_trace.nodes[site], analytic)
     terms["recon"] = -model_trace.nodes[OBS_SITE]["fn"].log_prob(x)
     terms["elbo"] = -(terms["recon"] + sum(v for k, v in terms.items() if k.startswith("kl_")))
     return terms

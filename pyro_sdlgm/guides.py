@@ -17,7 +17,7 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-from .distributions import ExpRelaxedCategorical
+from .distributions import concrete_class
 from .model import data_plate
 from .networks import AmortizedEncoder
 from .registry import Registry
@@ -60,12 +60,12 @@ class AmortizedGuide(PyroModule):
     def sparsity_dist(self, params: GuideParams, tau: float) -> dist.TorchDistribution:
         if self.spec.sparsity_inference == "enumerate":
             return dist.Categorical(logits=params.sparsity_logits)
-        return ExpRelaxedCategorical(tau, logits=params.sparsity_logits)
+        return concrete_class(self.spec.objective)(tau, logits=params.sparsity_logits)
 
     def slots_dist(self, params: GuideParams, tau: float) -> dist.TorchDistribution:
         n, _, k = params.slot_logits.shape
         logits = params.slot_logits.expand(n, self.spec.max_sparsity, k)
-        return ExpRelaxedCategorical(tau, logits=logits).to_event(1)
+        return concrete_class(self.spec.objective)(tau, logits=logits).to_event(1)
 
     def values_dist(self, params: GuideParams) -> dist.TorchDistribution:
         return dist.Normal(params.value_loc, params.value_scale).to_event(1)

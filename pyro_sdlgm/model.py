@@ -25,7 +25,7 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-from .distributions import ExpRelaxedCategorical
+from .distributions import concrete_class
 from .exceptions import DataError
 from .likelihoods import LIKELIHOODS
 from .networks import Decoder
@@ -85,13 +85,13 @@ class SDLGMModel(PyroModule):
         logits = self.sparsity_prior.logits()
         if self.spec.sparsity_inference == "enumerate":
             return dist.Categorical(logits=logits).expand([batch_size])
-        return ExpRelaxedCategorical(tau, logits=logits).expand([batch_size])
+        return concrete_class(self.spec.objective)(tau, logits=logits).expand([batch_size])
 
     def slots_dist(self, batch_size: int, tau: float) -> dist.TorchDistribution:
         """Prior of the slots: batch ``(batch_size,)``, event ``(L0, K)`` (log space)."""
         logits = self.support_prior.logits()
         return (
-            ExpRelaxedCategorical(tau, logits=logits)
+            concrete_class(self.spec.objective)(tau, logits=logits)
             .expand([batch_size, self.spec.max_sparsity])
             .to_event(1)
         )

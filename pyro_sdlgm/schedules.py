@@ -58,6 +58,10 @@ class TrainingSchedule:
             "kl_weight": self.kl_weight(step),
         }
 
+    def end_step(self) -> int:
+        """The first step at which every schedule has reached its final value."""
+        return max(self.tau_sparsity.steps, self.tau_support.steps, self.kl_weight.steps - 1, 0)
+
     def final(self) -> dict[str, float]:
         """The target objective: final temperatures and KL weight 1."""
         return {"tau_sparsity": self.tau_sparsity.end, "tau_support": self.tau_support.end, "kl_weight": 1.0}

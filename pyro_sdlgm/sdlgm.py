@@ -101,7 +101,10 @@ class SDLGM:
         value_prior: ``"normal"`` or ``"laplace"`` (option ``scale``).
         guide: ``"mlp_per_slot"`` or ``"mlp_shared_slots"`` (options ``hidden``, ``activation``).
         sparsity_inference: ``"relaxed"`` (Concrete ``L_i``) or ``"enumerate"`` (exact sum
-            over ``L_i`` with ``TraceEnum_ELBO``).
+            over ``L_i`` with ``TraceEnum_ELBO``; needs ``objective="relaxed"``).
+        objective: ``"discrete_kl"`` (KL terms of the discrete variables, analytic,
+            ``TraceMeanField_ELBO``) or ``"relaxed"`` (the relaxed model's ELBO with
+            Concrete densities, ``Trace_ELBO``). See the README for the measured difference.
         decoder_hidden: hidden sizes of the decoder MLP.
         activation: activation of the decoder MLP.
 
@@ -127,6 +130,7 @@ class SDLGM:
         value_prior: ComponentSpec = ModelConfig.value_prior,
         guide: ComponentSpec = ModelConfig.guide,
         sparsity_inference: str = ModelConfig.sparsity_inference,
+        objective: str = ModelConfig.objective,
         decoder_hidden: Sequence[int] = ModelConfig.decoder_hidden,
         activation: str = ModelConfig.activation,
     ):
@@ -142,6 +146,7 @@ class SDLGM:
             value_prior=value_prior,
             guide=guide,
             sparsity_inference=sparsity_inference,
+            objective=objective,
             decoder_hidden=decoder_hidden,
             activation=activation,
         )
@@ -221,7 +226,7 @@ class SDLGM:
                 logger.warning("too few rows (%d) to hold out a validation split; early stopping is off", x.shape[0])
         pyro.set_rng_seed(cfg.seed)
         self.model, self.guide = build_model_and_guide(self.config)
-        trainer = Trainer(self.model, self.guide, cfg, self.spec.sparsity_inference)
+        trainer = Trainer(self.model, self.guide, cfg)
         history = trainer.fit(x, x_val, run_dir)
         self.train_config, self.history_, self.is_fitted = cfg, history, True
         return history
@@ -236,6 +241,7 @@ class SDLGM:
         for batch in self._batches(x, batch_size):
             yield batch, self.guide.amortize(batch)
 
+    @torch.no_grad()
     def encode(self, X, *, sparse: bool = False, batch_size: int = 1024):
         """Hard codes ``(N, K)``: at most ``L_hat_i <= L0`` non-zeros per row.
 
@@ -248,6 +254,7 @@ class SDLGM:
         z = torch.cat(codes).numpy()
         return scipy.sparse.csr_matrix(z) if sparse else z
 
+    @torch.no_grad()
     def sparsity_posterior(self, X, *, batch_size: int = 1024) -> np.ndarray:
         """``q(L_i = l | x_i)``, shape ``(N, num_levels)``; columns follow :attr:`sparsity_levels`."""
         probs = [self.guide.sparsity_probs(p).cpu() for _, p in self._guide_outputs(X, batch_size, "sparsity_posterior")]
@@ -258,6 +265,7 @@ class SDLGM:
         probs = self.sparsity_posterior(X, batch_size=batch_size)
         return self.sparsity_levels[probs.argmax(-1)]
 
+    @torch.no_grad()
     def reconstruct(self, X, *, batch_size: int = 1024) -> np.ndarray:
         """Expected observation given the hard code, ``(N, D)``."""
         out = []

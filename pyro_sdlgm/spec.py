@@ -16,6 +16,7 @@ OBS_SITE = "obs"  # the likelihood of x_i
 DATA_PLATE = "data"
 
 SPARSITY_INFERENCE_MODES = ("relaxed", "enumerate")
+OBJECTIVES = ("discrete_kl", "relaxed")
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,15 @@ class ModelSpec:
         max_sparsity: ``L0``, the cap on non-zeros (``1 <= L0 <= K``).
         include_zero: if True the sparsity levels are ``{0..L0}``, else ``{1..L0}``.
         binary: if True the representation is the support itself (``z = s``), with no values.
-        sparsity_inference: ``"relaxed"`` (Concrete site for ``L_i``, ``Trace_ELBO``) or
-            ``"enumerate"`` (categorical ``L_i`` summed out exactly with ``TraceEnum_ELBO``).
+        sparsity_inference: ``"relaxed"`` (Concrete site for ``L_i``) or ``"enumerate"``
+            (categorical ``L_i`` summed out exactly with ``TraceEnum_ELBO``).
+        objective: how the KL terms of the relaxed sites are computed.
+            ``"discrete_kl"``: analytically, as the KL of the discrete variables the
+            relaxations stand for (``TraceMeanField_ELBO``; Jang et al. 2017), with the
+            likelihood evaluated at the relaxed samples. ``"relaxed"``: the ELBO of the
+            relaxed model, Monte Carlo with Concrete densities (``Trace_ELBO``).
+            ``enumerate`` needs ``"relaxed"`` (``TraceEnum_ELBO`` has no analytic-KL path;
+            the enumerated ``L_i`` itself is exact either way).
     """
 
     input_dim: int
@@ -38,6 +46,7 @@ class ModelSpec:
     include_zero: bool = False
     binary: bool = False
     sparsity_inference: str = "relaxed"
+    objective: str = "discrete_kl"
 
     def __post_init__(self):
         for name in ("input_dim", "latent_dim", "max_sparsity"):
@@ -57,6 +66,13 @@ class ModelSpec:
             raise ConfigError(
                 f"sparsity_inference must be one of {SPARSITY_INFERENCE_MODES}, "
                 f"got {self.sparsity_inference!r}"
+            )
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.sparsity_inference == "enumerate" and self.objective != "relaxed":
+            raise ConfigError(
+                "sparsity_inference='enumerate' needs objective='relaxed': TraceEnum_ELBO has no "
+                f"analytic-KL path for the slot sites (got objective={self.objective!r})"
             )
 
     @property

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
@@ -40,10 +40,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_elbo(sparsity_inference: str, num_particles: int = 1):
-    """``TraceEnum_ELBO`` (exact sum over ``L_i``) in ``enumerate`` mode, else ``Trace_ELBO``."""
-    if sparsity_inference == "enumerate":
+def make_elbo(spec, num_particles: int = 1):
+    """The ELBO estimator of a :class:`~pyro_sdlgm.spec.ModelSpec`.
+
+    ``TraceEnum_ELBO`` (exact sum over ``L_i``) in ``enumerate`` mode;
+    ``TraceMeanField_ELBO`` (analytic KL terms) for ``objective="discrete_kl"``;
+    ``Trace_ELBO`` (Monte-Carlo KL with Concrete densities) for ``objective="relaxed"``.
+    """
+    if spec.sparsity_inference == "enumerate":
         return TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=1)
+    if spec.objective == "discrete_kl":
+        return TraceMeanField_ELBO(num_particles=num_particles)
     return Trace_ELBO(num_particles=num_particles)
 
 
@@ -59,26 +66,27 @@ class Trainer:
     Args:
         model, guide: the Pyro model and guide (``PyroModule``s with the SDLGM signature).
         config: training options.
-        sparsity_inference: ``"relaxed"`` or ``"enumerate"`` (selects the ELBO).
+    The ELBO estimator follows ``model.spec`` (see :func:`make_elbo`).
     """
 
-    def __init__(self, model, guide, config: TrainConfig, sparsity_inference: str):
+    def __init__(self, model, guide, config: TrainConfig):
         self.model = model
         self.guide = guide
         self.config = config
         self.device = resolve_device(config.device)
-        self.elbo = make_elbo(sparsity_inference, config.num_particles)
+        self.elbo = make_elbo(model.spec, config.num_particles)
 
     @torch.no_grad()
-    def mean_loss(self, loss_fn, x: torch.Tensor, schedule_kwargs: dict, seed: int) -> float:
+    def mean_loss(self, x: torch.Tensor, schedule_kwargs: dict, seed: int) -> float:
         """Negative ELBO per example over ``x`` with a fixed seed, leaving the global RNG untouched."""
         devices = [self.device] if self.device.type == "cuda" else []
         total = 0.0
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), pyro.settings.context(module_local_params=True):
             torch.manual_seed(seed)
             for rows in torch.arange(x.shape[0]).split(self.config.eval_batch_size):
                 batch = x[rows].to(self.device)
-                total += float(loss_fn(batch, **schedule_kwargs))  # unscaled: the batch's sum
+                # no num_data: the plate is unscaled, so this is the batch's sum
+                total += self.elbo.loss(self.model, self.guide, batch, **schedule_kwargs)
         return total / x.shape[0]
 
     def fit(self, x_train: torch.Tensor, x_val: torch.Tensor | None = None, run_dir: str | Path | None = None):
@@ -96,6 +104,7 @@ class Trainer:
         n = x_train.shape[0]
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         schedule = TrainingSchedule.from_config(cfg, cfg.epochs * steps_per_epoch)
+        schedule_end = schedule.end_step()
         self.model.to(self.device)
         self.guide.to(self.device)
         metrics_path = Path(run_dir) / METRICS_FILE if run_dir is not None else None
@@ -142,15 +151,17 @@ class Trainer:
                 self.model.eval()
                 self.guide.eval()
                 if x_val is not None and x_val.shape[0] > 0:
-                    record["val_loss"] = self.mean_loss(loss_fn, x_val, schedule.final(), cfg.seed + 1)
-                    improved = record["val_loss"] < best_val
+                    record["val_loss"] = self.mean_loss(x_val, schedule.final(), cfg.seed + 1)
+                    # before the schedules end, the trained objective is not the target one:
+                    # neither keep a best state nor count patience then
+                    improved = step >= schedule_end and record["val_loss"] < best_val
                     if improved:
                         best_val, stale = record["val_loss"], 0
                         best_state = (
                             copy.deepcopy(self.model.state_dict()),
                             copy.deepcopy(self.guide.state_dict()),
                         )
-                    else:
+                    elif step >= schedule_end:
                         stale += 1
                     record["best_epoch"] = improved
                 record["seconds"] = time.perf_counter() - started

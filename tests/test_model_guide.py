@@ -69,7 +69,7 @@ def test_minibatch_elbo_is_scaled_to_the_dataset():
 
 def test_enumerated_elbo_equals_the_exact_expectation_over_levels():
     """TraceEnum_ELBO sums over L exactly: loss = -sum_l q(l|x) [log p(x, l, c, v) - log q(l|x) - log q(c, v|x)]."""
-    model, guide = make(sparsity_inference="enumerate")
+    model, guide = make(sparsity_inference="enumerate", objective="relaxed")
     x = torch.rand(1, 10).round()
     with pyro.settings.context(module_local_params=True):
         torch.manual_seed(5)
@@ -92,6 +92,29 @@ def test_enumerated_elbo_equals_the_exact_expectation_over_levels():
             )
             elbo += log_q_levels[level].exp() * (log_joint - log_q_levels[level] - log_q_draws)
     assert enumerated == pytest.approx(-elbo.item(), rel=1e-5)
+
+
+def test_objectives_pick_their_elbo_and_kl():
+    """discrete_kl: TraceMeanField_ELBO with the categorical KL; relaxed: Trace_ELBO's Monte-Carlo KL."""
+    from pyro.infer import TraceMeanField_ELBO
+    from pyro_sdlgm.training import make_elbo
+
+    model, guide = make()
+    assert isinstance(make_elbo(model.spec), TraceMeanField_ELBO)
+    x = torch.rand(6, 10).round()
+    with pyro.settings.context(module_local_params=True):
+        guide_trace = pyro.poutine.trace(guide).get_trace(x)
+        model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(x)
+    q, p = guide_trace.nodes[SLOTS_SITE]["fn"], model_trace.nodes[SLOTS_SITE]["fn"]
+    from torch.distributions import kl_divergence
+
+    probs = guide.amortize(x).slot_logits.softmax(-1).expand(6, 3, 8)
+    expected = (probs * (probs.log() + torch.log(torch.tensor(8.0)))).sum(-1).sum(-1)  # KL to uniform
+    assert torch.allclose(kl_divergence(q, p), expected, atol=1e-5)
+    relaxed_model, _ = make(objective="relaxed")
+    assert type(make_elbo(relaxed_model.spec)) is Trace_ELBO
+    with pytest.raises(Exception, match="enumerate.*objective='relaxed'"):
+        make(sparsity_inference="enumerate", objective="discrete_kl")
 
 
 def test_classic_svi_in_global_mode_trains():

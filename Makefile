@@ -1,0 +1,22 @@
+# Quickstart targets (see README.md). Everything installs into ./.venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; pip finds it on this project's machines without a download.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/sdlgm train --config experiments/configs/mnist.toml --overwrite
+
+test: setup
+	$(BIN)/python -m pytest

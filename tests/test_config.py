@@ -1,0 +1,89 @@
+"""Config files (TOML, YAML), dotted overrides, and errors that name the key."""
+
+import pytest
+from pyro_sdlgm import ConfigError, load_run_config
+from pyro_sdlgm.config import TrainConfig, apply_overrides, from_dict, parse_override_value
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_toml_with_component_tables(tmp_path):
+    path = write(tmp_path, "c.toml", """
+run_dir = "runs/x"
+[model]
+latent_dim = 50
+max_sparsity = 5
+sparsity_prior = {name = "truncated_poisson", rate = 3.0}
+decoder_hidden = [32, 64]
+[training]
+epochs = 3
+learning_rate = 0.002
+""")
+    config = load_run_config(path)
+    assert config.model.sparsity_prior == {"name": "truncated_poisson", "rate": 3.0}
+    assert config.model.decoder_hidden == (32, 64)
+    assert config.training.epochs == 3 and config.training.learning_rate == 0.002
+    assert config.run_dir == "runs/x"
+
+
+def test_yaml_equivalent(tmp_path):
+    path = write(tmp_path, "c.yaml", "model:\n  latent_dim: 50\n  sparsity_prior: {name: learned}\ntraining:\n  patience: null\n")
+    config = load_run_config(path)
+    assert config.model.latent_dim == 50 and config.training.patience is None
+
+
+def test_overrides_are_typed_and_promote_components(tmp_path):
+    path = write(tmp_path, "c.toml", "[model]\nsparsity_prior = \"truncated_poisson\"\n")
+    config = load_run_config(path, ["model.sparsity_prior.rate=2.5", "training.epochs=4", "data.source=digits",
+                                    "training.patience=none", "model.decoder_hidden=[8, 8]"])
+    assert config.model.sparsity_prior == {"name": "truncated_poisson", "rate": 2.5}
+    assert config.training.epochs == 4 and config.training.patience is None
+    assert config.data.source == "digits" and config.model.decoder_hidden == (8, 8)
+    assert parse_override_value("true") is True and parse_override_value("mnist") == "mnist"
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[training]\nepoch = 3\n", "'training.epoch'.*in .*c.toml"),
+        ("[model]\nlatent_dim = \"big\"\n", "model.latent_dim must be an integer"),
+        ("[training]\nlearning_rate = -1.0\n", "training.learning_rate must be positive"),
+        ("[training]\ntau_support_end = 0.0\n", "training.tau_support_end"),
+        ("[model]\nmax_sparsity = 300\nlatent_dim = 200\n", "max_sparsity"),
+        ("[model]\nmax_sparsity = 0\n", "max_sparsity"),
+        ("[model]\nguide = \"nope\"\n", "unknown guide 'nope'"),
+        ("bogus = 1\n", "unknown config key 'bogus'"),
+        ("[model\n", "cannot parse TOML.*c.toml"),
+        ("[data]\nbinarize = \"maybe\"\n", "data.binarize"),
+    ],
+)
+def test_bad_configs_name_the_key(tmp_path, text, match):
+    path = write(tmp_path, "c.toml", text)
+    with pytest.raises(ConfigError, match=match):
+        load_run_config(path)
+
+
+def test_bad_override_and_file(tmp_path):
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        apply_overrides({}, ["training.epochs"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match=".toml, .yaml or .yml"):
+        load_run_config(write(tmp_path, "c.json", "{}"))
+    with pytest.raises(ConfigError, match="cannot parse YAML"):
+        load_run_config(write(tmp_path, "c.yaml", "model: [unclosed\n"))
+
+
+def test_yaml_tags_are_not_executed(tmp_path):
+    path = write(tmp_path, "c.yaml", "model: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="cannot parse YAML"):
+        load_run_config(path)
+
+
+def test_from_dict_rejects_unknown_fit_options():
+    with pytest.raises(ConfigError, match="'training.epoch'.*fit"):
+        from_dict(TrainConfig, {"epoch": 3}, where=" passed to SDLGM.fit()")

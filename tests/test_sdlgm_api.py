@@ -1,0 +1,171 @@
+"""The user-facing SDLGM class: outputs, persistence, and specific errors on bad input."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import scipy.sparse
+import torch
+from pyro_sdlgm import SDLGM, CheckpointError, ConfigError, DataError, NotFittedError
+
+from conftest import FAST_FIT
+
+SMALL = dict(latent_dim=8, max_sparsity=3, decoder_hidden=(16,), guide={"name": "mlp_per_slot", "hidden": [16]})
+
+
+@pytest.fixture
+def fitted(binary_data):
+    model = SDLGM(input_dim=12, **SMALL)
+    model.fit(binary_data, **FAST_FIT)
+    return model
+
+
+def test_outputs_have_documented_shapes(fitted, binary_data):
+    Z = fitted.encode(binary_data)
+    assert Z.shape == (120, 8) and Z.dtype == np.float32
+    P = fitted.sparsity_posterior(binary_data)
+    assert P.shape == (120, 3) and np.allclose(P.sum(1), 1.0, atol=1e-5)
+    assert list(fitted.sparsity_levels) == [1, 2, 3]
+    L_hat = fitted.predict_sparsity(binary_data)
+    assert np.array_equal(L_hat, fitted.sparsity_levels[P.argmax(1)])
+    # hard codes: exactly L_hat supports (values of a trained guide are never exactly 0 here)
+    assert np.array_equal((Z != 0).sum(1), L_hat)
+    csr = fitted.encode(binary_data, sparse=True)
+    assert scipy.sparse.issparse(csr) and np.array_equal(csr.toarray(), Z)
+    assert fitted.reconstruct(binary_data[:4]).shape == (4, 12)
+
+
+def test_include_zero_and_binary_modes(binary_data):
+    model = SDLGM(input_dim=12, include_zero=True, binary=True, **SMALL)
+    model.fit(binary_data, **FAST_FIT)
+    assert model.sparsity_posterior(binary_data).shape == (120, 4)
+    assert list(model.sparsity_levels) == [0, 1, 2, 3]
+    Z = model.encode(binary_data)
+    assert set(np.unique(Z)) <= {0.0, 1.0}
+    assert np.array_equal(Z.sum(1), model.predict_sparsity(binary_data))
+
+
+def test_evaluate_reports_the_documented_metrics(fitted, binary_data):
+    metrics = fitted.evaluate(binary_data, num_samples=2)
+    for key in ["elbo", "recon", "recon_relaxed", "kl_sparsity", "kl_slots", "kl_values", "mse", "mean_nnz",
+                "max_nnz", "nnz_histogram", "codes_over_cap", "dead_dim_fraction", "slot_duplicate_rate"]:
+        assert key in metrics
+    assert metrics["codes_over_cap"] == 0 and metrics["max_nnz"] <= 3
+    assert sum(metrics["nnz_histogram"]) == 120
+    assert metrics["elbo"] == pytest.approx(-(metrics["recon_relaxed"] + metrics["kl_sparsity"]
+                                              + metrics["kl_slots"] + metrics["kl_values"]), rel=1e-4)
+    assert 0.0 <= metrics["slot_duplicate_rate"] <= 1.0
+    assert fitted.evaluate(binary_data, seed=3) == fitted.evaluate(binary_data, seed=3)
+
+
+def test_save_load_round_trip(fitted, binary_data, tmp_path):
+    path = tmp_path / "model.pt"
+    fitted.save(path)
+    loaded = SDLGM.load(path)
+    assert np.array_equal(loaded.encode(binary_data), fitted.encode(binary_data))
+    assert np.array_equal(loaded.sparsity_posterior(binary_data), fitted.sparsity_posterior(binary_data))
+    assert loaded.config == fitted.config
+    assert loaded.history_ == fitted.history_
+    assert loaded.evaluate(binary_data) == fitted.evaluate(binary_data)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# torch warns about pickle protocols other than 2 before refusing; the warning is expected here
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_load_refuses_a_checkpoint_that_would_run_code(tmp_path, protocol):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    with path.open("wb") as handle:
+        pickle.dump({"format": "pyro_sdlgm.SDLGM", "payload": _RunsCode(marker)}, handle, protocol=protocol)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        SDLGM.load(path)
+    assert not marker.exists()
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        SDLGM.load(tmp_path / "missing.pt")
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a pyro_sdlgm.SDLGM checkpoint"):
+        SDLGM.load(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(max_sparsity=0), "max_sparsity"),
+        (dict(max_sparsity=9), "max_sparsity.*latent_dim=8"),
+        (dict(likelihood="poisson"), "unknown likelihood 'poisson'.*bernoulli"),
+        (dict(sparsity_inference="exact"), "sparsity_inference"),
+        (dict(decoder_hidden=(0,)), "hidden layer sizes"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        SDLGM(input_dim=12, **{**SMALL, **kwargs})
+
+
+def test_bad_training_options(binary_data):
+    model = SDLGM(input_dim=12, **SMALL)
+    with pytest.raises(ConfigError, match="tau_sparsity_end"):
+        model.fit(binary_data, tau_sparsity_end=-0.1)
+    with pytest.raises(ConfigError, match="tau_support_start"):
+        model.fit(binary_data, tau_support_start=0)
+    with pytest.raises(ConfigError, match="unknown config key 'training.epoch'"):
+        model.fit(binary_data, epoch=3)
+
+
+def test_bad_data(binary_data):
+    model = SDLGM(input_dim=12, **SMALL)
+    bad = binary_data.copy()
+    bad[7, 3] = np.nan
+    with pytest.raises(DataError, match="row 7, column 3"):
+        model.fit(bad)
+    bad[7, 3] = np.inf
+    with pytest.raises(DataError, match="non-finite"):
+        model.fit(bad)
+    with pytest.raises(DataError, match="empty"):
+        model.fit(np.zeros((0, 12)))
+    with pytest.raises(DataError, match="13 features.*input_dim=12"):
+        model.fit(np.zeros((5, 13)))
+    with pytest.raises(DataError, match="2-D"):
+        model.fit(np.zeros(12))
+    out_of_range = binary_data.copy()
+    out_of_range[2, 5] = 3.0
+    with pytest.raises(DataError, match=r"\[0, 1\].*3.0.*row 2, column 5"):
+        model.fit(out_of_range)
+    with pytest.raises(DataError, match="sparse"):
+        model.fit(scipy.sparse.csr_matrix(binary_data))
+    with pytest.raises(DataError, match="numeric"):
+        model.fit(np.array([["a"] * 12]))
+
+
+def test_normal_likelihood_takes_any_real_data():
+    x = np.random.default_rng(0).normal(size=(60, 12)).astype(np.float32) * 5
+    model = SDLGM(input_dim=12, likelihood="normal", **SMALL)
+    model.fit(x, **FAST_FIT)
+    assert model.encode(x).shape == (60, 8)
+
+
+def test_methods_before_fit_raise(binary_data, tmp_path):
+    model = SDLGM(input_dim=12, **SMALL)
+    for call in (lambda: model.encode(binary_data), lambda: model.evaluate(binary_data),
+                 lambda: model.sparsity_posterior(binary_data), lambda: model.save(tmp_path / "m.pt")):
+        with pytest.raises(NotFittedError, match="fit"):
+            call()
+
+
+def test_encode_checks_features(fitted):
+    with pytest.raises(DataError, match="11 features"):
+        fitted.encode(np.zeros((3, 11)))
+    with pytest.raises(DataError, match="num_samples"):
+        fitted.evaluate(np.zeros((3, 12)), num_samples=0)
