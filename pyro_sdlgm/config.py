@@ -155,6 +155,7 @@ class ModelConfig(_Section):
     guide: ComponentSpec = "mlp_per_slot"
     sparsity_inference: str = "relaxed"  # "relaxed" | "enumerate"
     objective: str = "discrete_kl"  # "discrete_kl" | "relaxed" (see ModelSpec)
+    slot_selection: str = "without_replacement"  # "without_replacement" | "independent"
     decoder_hidden: tuple[int, ...] = (256, 512)
     activation: str = "relu"
 
@@ -191,6 +192,7 @@ class ModelConfig(_Section):
             binary=self.binary,
             sparsity_inference=self.sparsity_inference,
             objective=self.objective,
+            slot_selection=self.slot_selection,
         )
 
 
@@ -209,9 +211,9 @@ class TrainConfig(_Section):
 
     section: typing.ClassVar[str] = "training"
 
-    epochs: int = 60
+    epochs: int = 100
     batch_size: int = 128
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     tau_sparsity_start: float = 1.0
@@ -219,7 +221,7 @@ class TrainConfig(_Section):
     tau_support_start: float = 1.0
     tau_support_end: float = 0.5
     anneal_fraction: float = 0.5
-    kl_warmup_fraction: float = 0.0
+    kl_warmup_fraction: float = 0.3
     num_particles: int = 1
     validation_fraction: float = 0.1  # used when no validation data is given; 0 disables
     patience: int | None = 10  # epochs without validation improvement; None disables

@@ -10,11 +10,10 @@ from __future__ import annotations
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from .spec import OBS_SITE, SLOTS_SITE, SPARSITY_SITE, VALUES_SITE
-
-LATENT_SITES = (SPARSITY_SITE, SLOTS_SITE, VALUES_SITE)
+from .spec import OBS_SITE, SLOT_SITE_PREFIX, SPARSITY_SITE, VALUES_SITE
 
 
 def site_kl(guide_site: dict, model_site: dict, analytic: bool) -> torch.Tensor:
@@ -36,7 +35,8 @@ def elbo_terms(model, guide, x: torch.Tensor, schedule_kwargs: dict) -> dict[str
     """One-sample estimates of the training objective's terms for each row of ``x (N, D)``.
 
     Returns ``(N,)`` tensors: ``recon`` (``-log p(x | z)`` at a relaxed sample),
-    ``kl_<site>`` for each latent site (see :func:`site_kl`) and ``elbo``. In
+    ``kl_sparsity``, ``kl_slots`` (summed over the slot sites), ``kl_values`` (see
+    :func:`site_kl`) and ``elbo``. In
     ``enumerate`` mode the level ``L_i`` is sampled here, which gives an unbiased
     estimate of the same ELBO.
     """
@@ -44,20 +44,23 @@ def elbo_terms(model, guide, x: torch.Tensor, schedule_kwargs: dict) -> dict[str
         guide_trace = poutine.trace(guide).get_trace(x, **schedule_kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, **schedule_kwargs)
     analytic = model.spec.objective == "discrete_kl" and model.spec.sparsity_inference != "enumerate"
-    terms = {}
-    for site in LATENT_SITES:
-        if site in guide_trace.nodes:
-            terms[f"kl_{site}"] = site_kl(guide_trace.nodes[site], model_trace.nodes[site], analytic)
+    terms = {f"kl_{SPARSITY_SITE}": 0.0, "kl_slots": 0.0}
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        key = "kl_slots" if name.startswith(SLOT_SITE_PREFIX) else f"kl_{name}"
+        terms[key] = terms.get(key, 0.0) + site_kl(site, model_trace.nodes[name], analytic)
     terms["recon"] = -model_trace.nodes[OBS_SITE]["fn"].log_prob(x)
     terms["elbo"] = -(terms["recon"] + sum(v for k, v in terms.items() if k.startswith("kl_")))
     return terms
 
 
-def slot_duplicates(slot_logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Per row, the number of used slots whose Gumbel-max choice repeats an earlier used slot.
+def slot_duplicates(slot_logits: torch.Tensor, counts: torch.Tensor, without_replacement: bool) -> torch.Tensor:
+    """Per row, the number of used slots of a discrete guide draw that repeat an earlier slot's dimension.
 
-    A discrete sample from the guide draws each used slot independently; duplicates make
-    the number of distinct non-zeros smaller than ``L_i``.
+    The draw is the zero-temperature limit of the relaxed slots (Gumbel-max, with taken
+    dimensions masked when ``without_replacement``, which then never repeats).
+    Duplicates make the number of distinct non-zeros smaller than ``L_i``.
 
     Args:
         slot_logits: ``(N, S, K)`` guide slot logits (``S`` 1 or ``L0``).
@@ -66,19 +69,20 @@ def slot_duplicates(slot_logits: torch.Tensor, counts: torch.Tensor) -> torch.Te
     Returns:
         ``(N,)`` integer tensor.
     """
-    n, _, k = slot_logits.shape
-    max_slots = int(counts.max()) if n else 0
-    if max_slots == 0:
-        return torch.zeros(n, dtype=torch.long, device=slot_logits.device)
-    logits = slot_logits.expand(n, max(slot_logits.shape[1], max_slots), k)[:, :max_slots]
-    gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-12, 1 - 1e-7)))
-    choice = (logits + gumbel).argmax(-1)  # (N, max_slots)
-    used = torch.arange(max_slots, device=counts.device) < counts.unsqueeze(-1)
-    # mark each chosen dimension once per row among the used slots
-    hits = torch.zeros(n, k, dtype=torch.long, device=slot_logits.device)
-    hits.scatter_add_(1, choice, used.long())
-    distinct = (hits > 0).sum(-1)
-    return counts - distinct
+    n, num_heads, k = slot_logits.shape
+    taken = torch.zeros(n, k, dtype=torch.bool, device=slot_logits.device)
+    duplicates = torch.zeros(n, dtype=torch.long, device=slot_logits.device)
+    rows = torch.arange(n, device=slot_logits.device)
+    for index in range(int(counts.max()) if n else 0):
+        logits = slot_logits[:, min(index, num_heads - 1)]
+        if without_replacement:
+            logits = logits.masked_fill(taken, float("-inf"))
+        gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-12, 1 - 1e-7)))
+        pick = (logits + gumbel).argmax(-1)
+        active = index < counts
+        duplicates += (active & taken[rows, pick]).long()
+        taken[rows[active], pick[active]] = True
+    return duplicates
 
 
 def code_statistics(codes: torch.Tensor, max_sparsity: int) -> dict:

@@ -18,11 +18,11 @@ from pyro import poutine
 from pyro.nn import PyroModule
 
 from .distributions import concrete_class
-from .model import data_plate
+from .model import data_plate, sample_slots
 from .networks import AmortizedEncoder
 from .registry import Registry
-from .spec import SLOTS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec
-from .support import hard_support, support_scores
+from .spec import SPARSITY_SITE, VALUES_SITE, ModelSpec
+from .support import greedy_support
 
 GUIDES: Registry["AmortizedGuide"] = Registry("guide")
 register_guide = GUIDES.register
@@ -62,10 +62,9 @@ class AmortizedGuide(PyroModule):
             return dist.Categorical(logits=params.sparsity_logits)
         return concrete_class(self.spec.objective)(tau, logits=params.sparsity_logits)
 
-    def slots_dist(self, params: GuideParams, tau: float) -> dist.TorchDistribution:
-        n, _, k = params.slot_logits.shape
-        logits = params.slot_logits.expand(n, self.spec.max_sparsity, k)
-        return concrete_class(self.spec.objective)(tau, logits=logits).to_event(1)
+    def slot_logits(self, params: GuideParams, index: int) -> torch.Tensor:
+        """Logits of slot ``index`` before masking taken dimensions: ``(N, K)``."""
+        return params.slot_logits[:, min(index, params.slot_logits.shape[1] - 1)]
 
     def values_dist(self, params: GuideParams) -> dist.TorchDistribution:
         return dist.Normal(params.value_loc, params.value_scale).to_event(1)
@@ -91,7 +90,7 @@ class AmortizedGuide(PyroModule):
                 self.sparsity_dist(params, tau_sparsity),
                 infer={"enumerate": "parallel"} if enumerate_sparsity else {},
             )
-            pyro.sample(SLOTS_SITE, self.slots_dist(params, tau_support))
+            sample_slots(self.spec, lambda index: self.slot_logits(params, index), tau_support)
             if not self.spec.binary:
                 pyro.sample(VALUES_SITE, self.values_dist(params))
         return params
@@ -109,12 +108,14 @@ class AmortizedGuide(PyroModule):
     def hard_code(self, params: GuideParams) -> tuple[torch.Tensor, torch.Tensor]:
         """Hard representation of a batch: ``(z (N, K), counts (N,))``.
 
-        ``L_hat`` is the mode of ``q(L | x)``; the support is the ``L_hat`` highest-scoring
-        dimensions, without replacement; values are the guide means (ones in binary mode).
+        ``L_hat`` is the mode of ``q(L | x)``; slots ``1..L_hat`` each take their
+        highest-logit dimension not taken by an earlier slot (the zero-temperature limit of
+        the without-replacement selection; with shared slot logits, the ``L_hat``
+        highest-scoring dimensions); values are the guide means (ones in binary mode).
         So every row has at most ``L_hat <= L0`` non-zeros, by construction.
         """
         counts = params.sparsity_logits.argmax(-1) + self.spec.min_level
-        mask = hard_support(support_scores(params.slot_logits, counts), counts)
+        mask = greedy_support(params.slot_logits, counts)
         if params.value_loc is None:
             return mask.to(params.slot_logits.dtype), counts
         return mask * params.value_loc, counts

@@ -5,8 +5,9 @@ Per observation ``i`` (inside ``pyro.plate("data", size=num_data)``):
 1. ``sparsity``: ``L_i`` over the levels ``{1..L0}`` (or ``{0..L0}``); an ExpConcrete
    (log-space ``RelaxedOneHotCategorical``) site with the prior ``pi``, or, in
    ``enumerate`` mode, a ``Categorical`` that ``TraceEnum_ELBO`` sums out exactly.
-2. ``slots``: ``L0`` selection slots, each an ExpConcrete over the ``K`` dimensions
-   with the support prior ``rho``; event shape ``(L0, K)``.
+2. ``slot_1 .. slot_L0``: selection slots, each an ExpConcrete over the ``K`` dimensions
+   with the support prior ``rho``; by default without replacement (dimensions taken by
+   earlier slots are masked), so that ``L_i`` counts distinct non-zeros.
 3. gates ``g_il = P(L_i >= l)`` and the soft support ``s_i = 1 - prod_l (1 - g_il c_il)``.
 4. ``values``: ``v_i ~ p(v)``, event ``(K,)``; ``z_i = s_i * v_i`` (binary mode: ``z_i = s_i``).
 5. ``obs``: ``x_i ~ p(x | decoder(z_i))``.
@@ -31,8 +32,8 @@ from .likelihoods import LIKELIHOODS
 from .networks import Decoder
 from .priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
 from .registry import ComponentSpec
-from .spec import DATA_PLATE, OBS_SITE, SLOTS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec
-from .support import level_probs_from_value, slot_gates, soft_support
+from .spec import DATA_PLATE, OBS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec, slot_site
+from .support import exclude_taken, level_probs_from_value, slot_gates, soft_support, union_update
 
 
 def data_plate(batch_size: int, num_data: int | None, device) -> pyro.plate:
@@ -46,6 +47,28 @@ def data_plate(batch_size: int, num_data: int | None, device) -> pyro.plate:
     if num_data < batch_size:
         raise DataError(f"num_data={num_data} is smaller than the batch size {batch_size}")
     return pyro.plate(DATA_PLATE, size=num_data, subsample=torch.arange(batch_size, device=device))
+
+
+def sample_slots(spec: ModelSpec, logits_of_slot, tau: float) -> torch.Tensor:
+    """Place the sites ``slot_1 .. slot_L0`` and return their relaxed one-hots ``(N, L0, K)``.
+
+    Shared by the model and the guide, so both draw the slots the same way. Slot ``l``
+    is an ExpConcrete with logits ``logits_of_slot(l)`` ``(N, K)``; with
+    ``slot_selection="without_replacement"`` the dimensions taken by the earlier slots'
+    samples are masked by ``log(1 - u)`` (``u`` their soft union).
+    """
+    concrete = concrete_class(spec.objective)
+    without_replacement = spec.slot_selection == "without_replacement"
+    taken, selections = None, []
+    for index in range(spec.max_sparsity):
+        logits = logits_of_slot(index)
+        if without_replacement:
+            logits = exclude_taken(logits, taken)
+        selection = pyro.sample(slot_site(index), concrete(tau, logits=logits)).exp()
+        selections.append(selection)
+        if without_replacement:
+            taken = union_update(taken, selection)
+    return torch.stack(selections, dim=-2)
 
 
 class SDLGMModel(PyroModule):
@@ -87,14 +110,9 @@ class SDLGMModel(PyroModule):
             return dist.Categorical(logits=logits).expand([batch_size])
         return concrete_class(self.spec.objective)(tau, logits=logits).expand([batch_size])
 
-    def slots_dist(self, batch_size: int, tau: float) -> dist.TorchDistribution:
-        """Prior of the slots: batch ``(batch_size,)``, event ``(L0, K)`` (log space)."""
-        logits = self.support_prior.logits()
-        return (
-            concrete_class(self.spec.objective)(tau, logits=logits)
-            .expand([batch_size, self.spec.max_sparsity])
-            .to_event(1)
-        )
+    def slot_logits(self, batch_size: int, index: int) -> torch.Tensor:
+        """Prior logits of slot ``index`` before masking taken dimensions: ``(batch_size, K)``."""
+        return self.support_prior.logits().expand(batch_size, self.spec.latent_dim)
 
     def values_dist(self, batch_size: int) -> dist.TorchDistribution:
         """Prior of the values: batch ``(batch_size,)``, event ``(K,)``."""
@@ -106,18 +124,18 @@ class SDLGMModel(PyroModule):
 
     # -- deterministic parts ------------------------------------------------------------
 
-    def representation(self, sparsity: torch.Tensor, log_slots: torch.Tensor, values: torch.Tensor | None):
+    def representation(self, sparsity: torch.Tensor, slot_probs: torch.Tensor, values: torch.Tensor | None):
         """The (relaxed) sparse code ``z = s * v`` (or ``s`` in binary mode), shape ``(..., N, K)``.
 
         Args:
             sparsity: value of the ``sparsity`` site (log one-hot ``(..., N, num_levels)``
                 or level indices ``(..., N)``; enumerated values broadcast on the left).
-            log_slots: value of the ``slots`` site, ``(N, L0, K)``.
+            slot_probs: the slots' relaxed one-hots, ``(N, L0, K)``.
             values: value of the ``values`` site, ``(N, K)``, or None in binary mode.
         """
         level_probs = level_probs_from_value(sparsity, self.spec.num_levels)
         gates = slot_gates(level_probs, self.spec.min_level)
-        support = soft_support(gates, log_slots.exp())
+        support = soft_support(gates, slot_probs)
         return support if values is None else support * values
 
     # -- the Pyro program ---------------------------------------------------------------
@@ -151,8 +169,8 @@ class SDLGMModel(PyroModule):
         with data_plate(n, num_data, device):
             with poutine.scale(scale=kl_weight):
                 sparsity = pyro.sample(SPARSITY_SITE, self.sparsity_dist(n, tau_sparsity))
-                log_slots = pyro.sample(SLOTS_SITE, self.slots_dist(n, tau_support))
+                slot_probs = sample_slots(self.spec, lambda index: self.slot_logits(n, index), tau_support)
                 values = None if self.spec.binary else pyro.sample(VALUES_SITE, self.values_dist(n))
-            z = self.representation(sparsity, log_slots, values)
+            z = self.representation(sparsity, slot_probs, values)
             pyro.sample(OBS_SITE, self.obs_dist(z), obs=x)
         return z

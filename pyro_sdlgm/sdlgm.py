@@ -105,6 +105,8 @@ class SDLGM:
         objective: ``"discrete_kl"`` (KL terms of the discrete variables, analytic,
             ``TraceMeanField_ELBO``) or ``"relaxed"`` (the relaxed model's ELBO with
             Concrete densities, ``Trace_ELBO``). See the README for the measured difference.
+        slot_selection: ``"without_replacement"`` (slots mask the dimensions earlier slots
+            took, so ``L_i`` counts distinct non-zeros) or ``"independent"``.
         decoder_hidden: hidden sizes of the decoder MLP.
         activation: activation of the decoder MLP.
 
@@ -131,6 +133,7 @@ class SDLGM:
         guide: ComponentSpec = ModelConfig.guide,
         sparsity_inference: str = ModelConfig.sparsity_inference,
         objective: str = ModelConfig.objective,
+        slot_selection: str = ModelConfig.slot_selection,
         decoder_hidden: Sequence[int] = ModelConfig.decoder_hidden,
         activation: str = ModelConfig.activation,
     ):
@@ -147,6 +150,7 @@ class SDLGM:
             guide=guide,
             sparsity_inference=sparsity_inference,
             objective=objective,
+            slot_selection=slot_selection,
             decoder_hidden=decoder_hidden,
             activation=activation,
         )
@@ -296,6 +300,7 @@ class SDLGM:
         self.guide.eval()
         sums: dict[str, float] = {}
         codes, duplicates, used, entropy, mse, recon_hard = [], 0, 0, 0.0, 0.0, 0.0
+        without_replacement = self.spec.slot_selection == "without_replacement"
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             for batch in self._batches(x, batch_size):
@@ -311,7 +316,7 @@ class SDLGM:
                 q = torch.distributions.Categorical(logits=params.sparsity_logits)
                 entropy += float(q.entropy().sum())
                 sampled = q.sample() + self.spec.min_level
-                duplicates += int(slot_duplicates(params.slot_logits, sampled).sum())
+                duplicates += int(slot_duplicates(params.slot_logits, sampled, without_replacement).sum())
                 used += int(sampled.sum())
         n = x.shape[0]
         result: dict[str, Any] = {k if k != "recon" else "recon_relaxed": v / n for k, v in sums.items()}

@@ -10,13 +10,19 @@ from .exceptions import ConfigError
 
 #: Sample-site names shared by every model and guide.
 SPARSITY_SITE = "sparsity"  # L_i: relaxed one-hot (log space) or enumerated categorical
-SLOTS_SITE = "slots"  # the L0 support-selection slots, each a relaxed one-hot over K dims
+SLOT_SITE_PREFIX = "slot_"  # slot l (1..L0) is the site "slot_l": a relaxed one-hot over the K dims
 VALUES_SITE = "values"  # v_i, the values of the representation (absent in binary mode)
 OBS_SITE = "obs"  # the likelihood of x_i
 DATA_PLATE = "data"
 
 SPARSITY_INFERENCE_MODES = ("relaxed", "enumerate")
 OBJECTIVES = ("discrete_kl", "relaxed")
+SLOT_SELECTIONS = ("without_replacement", "independent")
+
+
+def slot_site(index: int) -> str:
+    """Name of the site of slot ``index + 1`` (``index`` counts from 0)."""
+    return f"{SLOT_SITE_PREFIX}{index + 1}"
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,12 @@ class ModelSpec:
             relaxed model, Monte Carlo with Concrete densities (``Trace_ELBO``).
             ``enumerate`` needs ``"relaxed"`` (``TraceEnum_ELBO`` has no analytic-KL path;
             the enumerated ``L_i`` itself is exact either way).
+        slot_selection: ``"without_replacement"``: slot ``l`` draws from its logits with the
+            dimensions already taken by slots ``1..l-1`` masked out (softly, by
+            ``log(1 - u)`` with ``u`` their soft union), so the first ``L_i`` slots select
+            ``L_i`` distinct dimensions in the hard limit and ``L_i`` is the number of
+            non-zeros. ``"independent"``: slots draw independently; duplicates then make
+            ``L_i`` over-count the non-zeros, and ``L_i`` is not identifiable.
     """
 
     input_dim: int
@@ -47,6 +59,7 @@ class ModelSpec:
     binary: bool = False
     sparsity_inference: str = "relaxed"
     objective: str = "discrete_kl"
+    slot_selection: str = "without_replacement"
 
     def __post_init__(self):
         for name in ("input_dim", "latent_dim", "max_sparsity"):
@@ -69,6 +82,8 @@ class ModelSpec:
             )
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.slot_selection not in SLOT_SELECTIONS:
+            raise ConfigError(f"slot_selection must be one of {SLOT_SELECTIONS}, got {self.slot_selection!r}")
         if self.sparsity_inference == "enumerate" and self.objective != "relaxed":
             raise ConfigError(
                 "sparsity_inference='enumerate' needs objective='relaxed': TraceEnum_ELBO has no "
@@ -84,6 +99,11 @@ class ModelSpec:
     def num_levels(self) -> int:
         """Number of sparsity levels: ``L0`` or ``L0 + 1``."""
         return self.max_sparsity + 1 - self.min_level
+
+    @property
+    def slot_sites(self) -> list[str]:
+        """Names of the ``L0`` slot sites, in sampling order."""
+        return [slot_site(index) for index in range(self.max_sparsity)]
 
     def levels(self, device=None) -> torch.Tensor:
         """The sparsity level values, shape ``(num_levels,)``, e.g. ``[1, 2, ..., L0]``."""

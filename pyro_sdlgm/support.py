@@ -55,44 +55,41 @@ def level_probs_from_value(value: torch.Tensor, num_levels: int) -> torch.Tensor
     return F.one_hot(value.long(), num_levels).to(torch.get_default_dtype())
 
 
-def support_scores(slot_logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Scores whose top-``count`` dimensions form the hard support.
-
-    With shared slot logits (``S = 1``) the score is the logit itself. With per-slot
-    logits (``S = L0``) it is ``-sum_{l <= count} log(1 - p_lk)``, a monotone
-    function of the probability that one of the used slots selects dimension ``k``.
-
-    Args:
-        slot_logits: ``(N, S, K)`` with ``S`` 1 (shared) or ``L0`` (per slot).
-        counts: ``(N,)`` integer number of used slots per row.
-
-    Returns:
-        ``(N, K)`` scores.
-    """
-    if slot_logits.shape[-2] == 1:
-        return slot_logits[..., 0, :]
-    probs = slot_logits.softmax(-1)
-    log_miss = torch.log1p(-probs.clamp(max=1.0 - 1e-6))  # log(1 - p_lk)
-    used = torch.arange(1, slot_logits.shape[-2] + 1, device=counts.device) <= counts.unsqueeze(-1)
-    return -(log_miss * used.unsqueeze(-1).to(log_miss.dtype)).sum(-2)
+#: floor of ``1 - u`` when masking dimensions taken by earlier slots (a finite log-mask)
+EXCLUSION_FLOOR = 1e-6
 
 
-def hard_support(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of the ``counts[i]`` highest-scoring dimensions of each row, without replacement.
+def exclude_taken(logits: torch.Tensor, taken: torch.Tensor | None) -> torch.Tensor:
+    """Mask dimensions taken by earlier slots: ``logits + log(1 - u)``, ``u`` their soft union ``(..., K)``."""
+    if taken is None:
+        return logits
+    return logits + torch.log1p(-taken.clamp(max=1.0 - EXCLUSION_FLOOR))
+
+
+def union_update(taken: torch.Tensor | None, selection: torch.Tensor) -> torch.Tensor:
+    """Soft union ``1 - (1 - u)(1 - c)`` of the dimensions taken so far and a new selection."""
+    return selection if taken is None else taken + selection - taken * selection
+
+
+def greedy_support(slot_logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Hard support: slots ``1..count`` each take their highest-logit dimension not yet taken.
+
+    This is the zero-temperature limit of the without-replacement slot selection; with
+    shared logits it is the ``count`` highest-scoring dimensions.
 
     Args:
-        scores: ``(N, K)``.
-        counts: ``(N,)`` integers in ``[0, K]``.
+        slot_logits: ``(N, S, K)`` with ``S`` 1 (shared by all slots) or ``L0`` (per slot).
+        counts: ``(N,)`` integers in ``[0, min(L0, K)]``.
 
     Returns:
         ``(N, K)`` bool mask with exactly ``counts[i]`` True entries in row ``i``.
     """
-    n, k_dims = scores.shape
-    mask = torch.zeros(n, k_dims, dtype=torch.bool, device=scores.device)
-    k = int(counts.max()) if n else 0
-    if k == 0:
-        return mask
-    top = scores.topk(k, dim=-1).indices  # (N, k), distinct per row
-    keep = torch.arange(k, device=scores.device) < counts.unsqueeze(-1)
-    mask.scatter_(-1, top, keep)
+    n, num_heads, _ = slot_logits.shape
+    mask = torch.zeros(n, slot_logits.shape[-1], dtype=torch.bool, device=slot_logits.device)
+    rows = torch.arange(n, device=slot_logits.device)
+    for index in range(int(counts.max()) if n else 0):
+        logits = slot_logits[:, min(index, num_heads - 1)].masked_fill(mask, float("-inf"))
+        pick = logits.argmax(-1)
+        active = index < counts
+        mask[rows[active], pick[active]] = True
     return mask

@@ -6,7 +6,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.poutine.util import site_is_subsample
 from pyro_sdlgm import ModelConfig, build_model_and_guide
-from pyro_sdlgm.spec import OBS_SITE, SLOTS_SITE, SPARSITY_SITE, VALUES_SITE
+from pyro_sdlgm.spec import OBS_SITE, SPARSITY_SITE, VALUES_SITE
 
 
 def make(**overrides):
@@ -25,13 +25,14 @@ def test_model_and_guide_traces_match(binary, guide, include_zero):
     with pyro.settings.context(module_local_params=True):
         guide_trace = pyro.poutine.trace(guide_module).get_trace(x, **kwargs)
         model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(x, **kwargs)
-    latent = [SPARSITY_SITE, SLOTS_SITE] + ([] if binary else [VALUES_SITE])
+    slots = ["slot_1", "slot_2", "slot_3"]
+    latent = [SPARSITY_SITE, *slots] + ([] if binary else [VALUES_SITE])
     guide_sites = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)]
     model_sites = [n for n, s in model_trace.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)]
     assert guide_sites == latent
     assert model_sites == latent + [OBS_SITE]
     num_levels = 4 if include_zero else 3
-    shapes = {SPARSITY_SITE: (5, num_levels), SLOTS_SITE: (5, 3, 8), VALUES_SITE: (5, 8)}
+    shapes = {SPARSITY_SITE: (5, num_levels), VALUES_SITE: (5, 8), **{name: (5, 8) for name in slots}}
     for name in latent:
         assert guide_trace.nodes[name]["value"].shape == shapes[name]
         assert model_trace.nodes[name]["value"] is guide_trace.nodes[name]["value"]
@@ -78,7 +79,7 @@ def test_enumerated_elbo_equals_the_exact_expectation_over_levels():
         torch.manual_seed(5)
         fixed = {SPARSITY_SITE: torch.tensor([0])}
         guide_trace = pyro.poutine.trace(pyro.poutine.condition(guide, data=fixed)).get_trace(x)
-        draws = {name: guide_trace.nodes[name]["value"] for name in (SLOTS_SITE, VALUES_SITE)}
+        draws = {name: guide_trace.nodes[name]["value"] for name in (*model.spec.slot_sites, VALUES_SITE)}
         log_q_draws = sum(guide_trace.nodes[name]["fn"].log_prob(v) for name, v in draws.items())
         log_q_levels = guide.amortize(x).sparsity_logits.log_softmax(-1)[0]
         elbo = 0.0
@@ -98,6 +99,7 @@ def test_objectives_pick_their_elbo_and_kl():
     """discrete_kl: TraceMeanField_ELBO with the categorical KL; relaxed: Trace_ELBO's Monte-Carlo KL."""
     from pyro.infer import TraceMeanField_ELBO
     from pyro_sdlgm.training import make_elbo
+    from torch.distributions import kl_divergence
 
     model, guide = make()
     assert isinstance(make_elbo(model.spec), TraceMeanField_ELBO)
@@ -105,16 +107,31 @@ def test_objectives_pick_their_elbo_and_kl():
     with pyro.settings.context(module_local_params=True):
         guide_trace = pyro.poutine.trace(guide).get_trace(x)
         model_trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(x)
-    q, p = guide_trace.nodes[SLOTS_SITE]["fn"], model_trace.nodes[SLOTS_SITE]["fn"]
-    from torch.distributions import kl_divergence
-
-    probs = guide.amortize(x).slot_logits.softmax(-1).expand(6, 3, 8)
-    expected = (probs * (probs.log() + torch.log(torch.tensor(8.0)))).sum(-1).sum(-1)  # KL to uniform
+    q, p = guide_trace.nodes["slot_1"]["fn"], model_trace.nodes["slot_1"]["fn"]
+    probs = guide.amortize(x).slot_logits[:, 0].softmax(-1)
+    expected = (probs * (probs.log() + torch.log(torch.tensor(8.0)))).sum(-1)  # KL to the uniform prior
     assert torch.allclose(kl_divergence(q, p), expected, atol=1e-5)
     relaxed_model, _ = make(objective="relaxed")
     assert type(make_elbo(relaxed_model.spec)) is Trace_ELBO
     with pytest.raises(Exception, match="enumerate.*objective='relaxed'"):
         make(sparsity_inference="enumerate", objective="discrete_kl")
+
+
+def test_without_replacement_masks_taken_dimensions():
+    """At low temperature the slots of a guide draw pick distinct dimensions; independent slots may repeat."""
+    x = torch.rand(200, 10).round()
+    distinct = {}
+    for selection in ("without_replacement", "independent"):
+        model, guide = make(slot_selection=selection, guide={"name": "mlp_shared_slots", "hidden": [16]})
+        with torch.no_grad():
+            guide.encoder.slot_head.bias.zero_()
+            guide.encoder.slot_head.bias[0] = 3.0  # every slot prefers dimension 0
+        with pyro.settings.context(module_local_params=True), torch.no_grad():
+            trace = pyro.poutine.trace(guide).get_trace(x, tau_support=0.05)
+        picks = torch.stack([trace.nodes[name]["value"].argmax(-1) for name in model.spec.slot_sites], -1)
+        distinct[selection] = torch.tensor([len(set(row.tolist())) for row in picks]).float().mean()
+    assert distinct["without_replacement"] > 2.9
+    assert distinct["independent"] < 2.5
 
 
 def test_classic_svi_in_global_mode_trains():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyro_sdlgm import GUIDES, ModelSpec
-from pyro_sdlgm.support import hard_support, slot_gates, soft_support, support_scores
+from pyro_sdlgm.support import exclude_taken, greedy_support, slot_gates, soft_support, union_update
 
 
 @pytest.mark.parametrize("min_level", [0, 1])
@@ -31,20 +31,25 @@ def test_soft_support_of_hard_slots_is_the_union_indicator():
     assert torch.equal(soft_support(gates, slots), torch.tensor([[0, 0, 1, 0, 0, 1.0]]))
 
 
-def test_hard_support_takes_exact_counts_without_replacement():
-    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [4.0, 3.0, 2.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
-    counts = torch.tensor([2, 0, 3])
-    mask = hard_support(scores, counts)
+def test_greedy_support_takes_exact_counts_without_replacement():
+    shared = torch.tensor([[[0.1, 0.9, 0.5, 0.7]], [[4.0, 3.0, 2.0, 1.0]], [[0.0, 0.0, 0.0, 0.0]]])
+    mask = greedy_support(shared, torch.tensor([2, 0, 3]))
     assert mask.sum(-1).tolist() == [2, 0, 3]
-    assert mask[0].tolist() == [False, True, False, True]
-
-
-def test_per_slot_scores_only_use_the_first_count_slots():
-    K = 5
-    slot_logits = torch.full((1, 3, K), -20.0)
-    slot_logits[0, 0, 1] = slot_logits[0, 1, 3] = slot_logits[0, 2, 4] = 20.0
-    mask = hard_support(support_scores(slot_logits, torch.tensor([2])), torch.tensor([2]))
+    assert mask[0].tolist() == [False, True, False, True]  # the two highest logits
+    per_slot = torch.full((1, 3, 5), -20.0)
+    per_slot[0, 0, 1] = per_slot[0, 1, 1] = 20.0  # slots 1 and 2 both prefer dimension 1
+    per_slot[0, 1, 3] = 10.0  # slot 2's second choice
+    mask = greedy_support(per_slot, torch.tensor([2]))
     assert mask[0].tolist() == [False, True, False, True, False]
+
+
+def test_exclusion_mask_and_union():
+    taken = union_update(None, torch.tensor([1.0, 0.0, 0.5]))
+    taken = union_update(taken, torch.tensor([0.0, 0.0, 0.5]))
+    assert torch.allclose(taken, torch.tensor([1.0, 0.0, 0.75]))
+    masked = exclude_taken(torch.zeros(3), taken)
+    assert torch.isfinite(masked).all() and masked[0] < -13 and masked[1] == 0.0
+    assert torch.allclose(masked[2], torch.log(torch.tensor(0.25)))
 
 
 @settings(max_examples=60, deadline=None)
@@ -74,9 +79,10 @@ def test_codes_never_exceed_the_cap(latent_dim, cap_fraction, n, include_zero, b
         assert z.shape == (n, latent_dim)
         assert (nnz <= counts).all() and (counts <= L0).all() and (counts >= spec.min_level).all()
         # relaxed draws from the guide at temperature tau
-        level = guide.sparsity_dist(params, tau).sample()
-        slots = guide.slots_dist(params, tau).sample()
-        gates = slot_gates(level.exp(), spec.min_level)
-        s = soft_support(gates, slots.exp())
+        with pyro.settings.context(module_local_params=True):
+            trace = pyro.poutine.trace(guide).get_trace(x, tau_sparsity=tau, tau_support=tau)
+        gates = slot_gates(trace.nodes["sparsity"]["value"].exp(), spec.min_level)
+        slots = torch.stack([trace.nodes[name]["value"].exp() for name in spec.slot_sites], -2)
+        s = soft_support(gates, slots)
         assert (s.sum(-1) <= gates.sum(-1) + 1e-4).all()
         assert (gates.sum(-1) <= L0 + 1e-4).all()
