@@ -1,0 +1,24 @@
+"""Smoke test: every config in experiments/configs/ loads and trains end to end on a small subsample."""
+
+from pathlib import Path
+
+import pytest
+from pyro_sdlgm import load_run_config
+from pyro_sdlgm.runs import train_run
+
+CONFIGS = sorted((Path(__file__).parent.parent / "experiments" / "configs").glob("*.toml"))
+
+
+def test_there_are_configs():
+    assert CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_trains_on_a_subsample(path, tmp_path):
+    config = load_run_config(path, [
+        f"run_dir={str(tmp_path / 'run')!r}", "data.max_examples=200", "training.epochs=1",
+        "training.progress=false",
+    ])
+    result = train_run(config)
+    assert result["metrics"]["codes_over_cap"] == 0
+    assert (tmp_path / "run" / "model.pt").is_file()
