@@ -65,9 +65,10 @@ def write_plots(model: SDLGM, data: Dataset, history: list[dict] | None, run_dir
     sample = data.X[: min(len(data.X), 2000)]
     counts = model.predict_sparsity(sample)
     if data.image_shape is not None:
-        shown = sample[:10]
-        out.append(plots.plot_reconstructions(shown, model.reconstruct(shown), data.image_shape,
-                                              plot_dir / "reconstructions.png", counts[:10]))
+        # evenly spaced rows: data sets are often sorted by class
+        rows = np.unique(np.linspace(0, len(sample) - 1, 10).astype(int))
+        out.append(plots.plot_reconstructions(sample[rows], model.reconstruct(sample[rows]), data.image_shape,
+                                              plot_dir / "reconstructions.png", counts[rows]))
     nnz = (model.encode(sample) != 0).sum(1)
     out.append(plots.plot_sparsity(model.sparsity_levels, nnz, model.sparsity_posterior(sample).mean(0),
                                    plot_dir / "sparsity.png"))
