@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -124,11 +125,16 @@ def from_dict(cls, data: Mapping[str, Any] | None, where: str = ""):
     """Build the dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
     data = dict(data or {})
     names = [f.name for f in dataclasses.fields(cls)]
+    for field in dataclasses.fields(cls):
+        value = data.get(field.name)
+        # a component table holding only options (e.g. from model.guide.hidden=[64]) keeps the default name
+        if isinstance(value, Mapping) and "name" not in value and isinstance(field.default, str):
+            data[field.name] = {"name": field.default, **value}
     unknown = [k for k in data if k not in names]
     if unknown:
         prefix = f"{cls.section}." if cls.section else ""
         raise ConfigError(
-            f"unknown config key {prefix + unknown[0]!r}{where}; known keys"
+            f"unknown config key {f'{prefix}{unknown[0]}'!r}{where}; known keys"
             f"{' in [' + cls.section + ']' if cls.section else ''}: {', '.join(names)}"
         )
     return cls(**data)
@@ -246,7 +252,9 @@ class TrainConfig(_Section):
             raise ConfigError(f"training.patience must be >= 1 or none, got {self.patience}")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             raise ConfigError(f"training.grad_clip_norm must be positive or none, got {self.grad_clip_norm}")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"training.seed must lie in [0, 2**32), got {self.seed}")
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"training.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
 
@@ -269,6 +277,8 @@ class DataConfig(_Section):
             raise ConfigError(f"data.binarize must be true, false or 'auto', got {self.binarize!r}")
         if not 0.0 <= self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction must lie in [0, 1), got {self.test_fraction}")
+        if not 0 <= self.split_seed < 2**32:
+            raise ConfigError(f"data.split_seed must lie in [0, 2**32), got {self.split_seed}")
         if self.max_examples is not None and self.max_examples < 2:
             raise ConfigError(f"data.max_examples must be >= 2 or none, got {self.max_examples}")
 

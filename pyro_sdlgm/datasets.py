@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -132,29 +133,35 @@ def load_numpy(path: str | Path, key: str | None = None) -> Dataset:
     Pickled (object) arrays are refused.
     """
     path = Path(path)
-    y = None
     try:
-        if path.suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        else:
-            with np.load(path, allow_pickle=False) as archive:
-                names = list(archive.files)
-                if key is None:
-                    candidates = [k for k in ("X", "x", "data") if k in names]
-                    key = candidates[0] if candidates else (names[0] if len(names) == 1 else None)
-                    if key is None:
-                        raise DataFormatError(f"{path}: cannot tell which array holds the data among {names}; set data.npz_key")
-                if key not in names:
-                    raise DataFormatError(f"{path}: no array named {key!r}; arrays: {names}")
-                array = archive[key]
-                for label_key in ("y", "labels"):
-                    if label_key in names and label_key != key:
-                        y = archive[label_key]
-                        break
+        # our own handle, so that it is closed even when numpy fails to parse the file
+        with path.open("rb") as handle:
+            array, y, key = _read_numpy_handle(path, handle, key)
     except DataFormatError:
         raise
-    except (ValueError, OSError, EOFError) as err:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise DataFormatError(f"{path}: not a readable numpy file ({err})") from None
+    return _numpy_dataset(path, array, y)
+
+
+def _read_numpy_handle(path: Path, handle, key: str | None):
+    """``(array, labels or None, key)`` from an open ``.npy``/``.npz`` file."""
+    if path.suffix == ".npy":
+        return np.load(handle, allow_pickle=False), None, key
+    with np.load(handle, allow_pickle=False) as archive:
+        names = list(archive.files)
+        if key is None:
+            candidates = [k for k in ("X", "x", "data") if k in names]
+            key = candidates[0] if candidates else (names[0] if len(names) == 1 else None)
+            if key is None:
+                raise DataFormatError(f"{path}: cannot tell which array holds the data among {names}; set data.npz_key")
+        if key not in names:
+            raise DataFormatError(f"{path}: no array named {key!r}; arrays: {names}")
+        labels = [archive[k] for k in ("y", "labels") if k in names and k != key]
+        return archive[key], (labels[0] if labels else None), key
+
+
+def _numpy_dataset(path: Path, array: np.ndarray, y: np.ndarray | None) -> Dataset:
     if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
         raise DataFormatError(f"{path}: array has non-numeric dtype {array.dtype}")
     image_shape = None
@@ -183,19 +190,31 @@ def load_source(source: str, npz_key: str | None = None) -> Dataset:
 
         digits = load_digits()
         return Dataset((digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64), "digits", (8, 8))
+    if not source:
+        raise DataError("data source is empty; use 'mnist', 'digits' or a path")
     path = Path(source)
     if not path.exists():
         raise DataError(f"data source {source!r} is neither a built-in data set {BUILTIN_SOURCES} nor an existing path")
-    if path.is_dir() or "idx" in path.name:
-        return load_idx(path)
     if path.suffix in (".npy", ".npz"):
         return load_numpy(path, npz_key)
+    if path.is_dir() or "idx" in path.name:
+        return load_idx(path)
     raise DataError(f"cannot tell the format of {source!r}: use a .npy/.npz file or IDX files")
 
 
 def prepare_dataset(config: DataConfig, likelihood: str) -> Dataset:
     """Load ``config.source``, subsample to ``max_examples`` (seeded) and binarize as configured."""
     data = load_source(config.source, config.npz_key)
+    # check before binarizing, which would silently map NaN to 0, inf and raw pixels to 1
+    finite = np.isfinite(data.X)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise DataError(f"{config.source}: non-finite value {data.X[row, col]} at row {row}, column {col}")
+    if likelihood == "bernoulli" and (data.X.min() < 0 or data.X.max() > 1):
+        raise DataError(
+            f"{config.source}: values range over [{data.X.min()}, {data.X.max()}] but the bernoulli "
+            "likelihood needs data in [0, 1]; rescale the file or use likelihood='normal'"
+        )
     if config.max_examples is not None and config.max_examples < data.X.shape[0]:
         rows = np.random.default_rng(config.split_seed).permutation(data.X.shape[0])[: config.max_examples]
         logger.info("using %d of %d examples (data.max_examples)", config.max_examples, data.X.shape[0])

@@ -31,10 +31,10 @@ def site_kl(guide_site: dict, model_site: dict, analytic: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def elbo_terms(model, guide, x: torch.Tensor, schedule_kwargs: dict) -> dict[str, torch.Tensor]:
+def elbo_terms(model, guide, x: torch.Tensor, schedule_kwargs: dict):
     """One-sample estimates of the training objective's terms for each row of ``x (N, D)``.
 
-    Returns ``(N,)`` tensors: ``recon`` (``-log p(x | z)`` at a relaxed sample),
+    Returns ``(terms, guide_trace)``; the terms are ``(N,)`` tensors: ``recon`` (``-log p(x | z)`` at a relaxed sample),
     ``kl_sparsity``, ``kl_slots`` (summed over the slot sites), ``kl_values`` (see
     :func:`site_kl`) and ``elbo``. In
     ``enumerate`` mode the level ``L_i`` is sampled here, which gives an unbiased
@@ -52,37 +52,27 @@ def elbo_terms(model, guide, x: torch.Tensor, schedule_kwargs: dict) -> dict[str
         terms[key] = terms.get(key, 0.0) + site_kl(site, model_trace.nodes[name], analytic)
     terms["recon"] = -model_trace.nodes[OBS_SITE]["fn"].log_prob(x)
     terms["elbo"] = -(terms["recon"] + sum(v for k, v in terms.items() if k.startswith("kl_")))
-    return terms
+    return terms, guide_trace
 
 
-def slot_duplicates(slot_logits: torch.Tensor, counts: torch.Tensor, without_replacement: bool) -> torch.Tensor:
-    """Per row, the number of used slots of a discrete guide draw that repeat an earlier slot's dimension.
+def slot_duplicates(guide_trace, spec) -> torch.Tensor:
+    """Per row, the number of used slots of a relaxed guide draw whose argmax repeats an earlier used slot's.
 
-    The draw is the zero-temperature limit of the relaxed slots (Gumbel-max, with taken
-    dimensions masked when ``without_replacement``, which then never repeats).
-    Duplicates make the number of distinct non-zeros smaller than ``L_i``.
-
-    Args:
-        slot_logits: ``(N, S, K)`` guide slot logits (``S`` 1 or ``L0``).
-        counts: ``(N,)`` number of used slots per row (sampled ``L_i``).
+    ``L_i`` of the draw is the argmax of its ``sparsity`` sample; slot ``l`` is used when
+    ``L_i >= l``. Duplicates make the number of distinct non-zeros smaller than ``L_i``;
+    the soft masking of ``slot_selection="without_replacement"`` makes them rare but not
+    impossible at a positive temperature.
 
     Returns:
         ``(N,)`` integer tensor.
     """
-    n, num_heads, k = slot_logits.shape
-    taken = torch.zeros(n, k, dtype=torch.bool, device=slot_logits.device)
-    duplicates = torch.zeros(n, dtype=torch.long, device=slot_logits.device)
-    rows = torch.arange(n, device=slot_logits.device)
-    for index in range(int(counts.max()) if n else 0):
-        logits = slot_logits[:, min(index, num_heads - 1)]
-        if without_replacement:
-            logits = logits.masked_fill(taken, float("-inf"))
-        gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-12, 1 - 1e-7)))
-        pick = (logits + gumbel).argmax(-1)
-        active = index < counts
-        duplicates += (active & taken[rows, pick]).long()
-        taken[rows[active], pick[active]] = True
-    return duplicates
+    level = guide_trace.nodes["sparsity"]["value"]
+    counts = (level.argmax(-1) if level.is_floating_point() else level.long()) + spec.min_level
+    picks = torch.stack([guide_trace.nodes[name]["value"].argmax(-1) for name in spec.slot_sites], -1)
+    used = torch.arange(spec.max_sparsity, device=picks.device) < counts.unsqueeze(-1)
+    hits = torch.zeros(picks.shape[0], spec.latent_dim, dtype=torch.long, device=picks.device)
+    hits.scatter_add_(1, picks, used.long())
+    return counts - (hits > 0).sum(-1)
 
 
 def code_statistics(codes: torch.Tensor, max_sparsity: int) -> dict:

@@ -104,4 +104,9 @@ class Registry(Generic[T]):
                 f"bad options {sorted(options)} for {self.kind} {name!r} ({err}); "
                 f"accepted options: {accepted}"
             ) from None
-        return factory(*args, **options)
+        try:
+            return factory(*args, **options)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ConfigError(f"bad options {options} for {self.kind} {name!r}: {err}") from None

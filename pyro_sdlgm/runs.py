@@ -77,7 +77,6 @@ def write_plots(model: SDLGM, data: Dataset, history: list[dict] | None, run_dir
 
 def train_run(config: RunConfig, *, overwrite: bool = False) -> dict[str, Any]:
     """Train the model a run config describes and fill its run folder; return a summary."""
-    run_dir = prepare_run_dir(config.run_dir, overwrite)
     train, test = run_data(config)
     if config.model.input_dim is None:
         config.model.input_dim = int(train.X.shape[1])
@@ -85,9 +84,10 @@ def train_run(config: RunConfig, *, overwrite: bool = False) -> dict[str, Any]:
     elif config.model.input_dim != train.X.shape[1]:
         raise ConfigError(f"model.input_dim={config.model.input_dim} but the data {config.data.source!r} "
                           f"has {train.X.shape[1]} features")
+    model = SDLGM.from_config(config.model)  # before touching the run folder: bad options fail here
+    run_dir = prepare_run_dir(config.run_dir, overwrite)
     write_yaml(config.to_dict(), run_dir / CONFIG_FILE)
     started = time.perf_counter()
-    model = SDLGM.from_config(config.model)
     history = model.fit(train.X, run_dir=run_dir, **config.training.to_dict())
     wall = time.perf_counter() - started
     model.save(run_dir / MODEL_FILE)
@@ -138,6 +138,8 @@ def encode_run(run_dir: str | Path, out: str | Path, source: str | None = None) 
     data = run_eval_data(config, source)
     codes = model.encode(data.X, sparse=True)
     out = Path(out)
+    if out.suffix != ".npz":  # scipy.sparse.save_npz appends it; name the file it writes
+        out = out.with_name(out.name + ".npz")
     out.parent.mkdir(parents=True, exist_ok=True)
     scipy.sparse.save_npz(out, codes)
     nnz = np.diff(codes.indptr)

@@ -59,8 +59,12 @@ def as_data_tensor(X: Any, input_dim: int, likelihood, name: str = "X") -> torch
     if isinstance(X, torch.Tensor):
         array = X.detach().cpu().numpy()
     else:
-        array = np.asarray(X)
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        try:
+            array = np.asarray(X)
+        except ValueError as err:  # ragged nested lists
+            raise DataError(f"{name} cannot be read as an (N, D) array: {err}") from None
+    if (array.dtype == object or np.issubdtype(array.dtype, np.complexfloating)
+            or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool)):
         raise DataError(f"{name} must be numeric, got dtype {array.dtype}")
     if array.ndim != 2:
         raise DataError(f"{name} must be a 2-D array (N, D), got shape {array.shape}")
@@ -196,6 +200,8 @@ class SDLGM:
         return as_data_tensor(X, self.spec.input_dim, self.model.likelihood, name)
 
     def _batches(self, x: torch.Tensor, batch_size: int):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         for rows in torch.arange(x.shape[0]).split(batch_size):
             yield x[rows].to(self.device)
 
@@ -288,7 +294,8 @@ class SDLGM:
         hard reconstruction, summed over features), ``mean_nnz``, ``std_nnz``,
         ``min_nnz``, ``max_nnz``, ``nnz_histogram`` (counts for 0..L0),
         ``codes_over_cap`` (always 0), ``dead_dim_fraction``, ``slot_duplicate_rate``
-        (fraction of used slots of a discrete guide sample that repeat a dimension),
+        (fraction of the used slots of a relaxed guide draw at the final temperature whose
+        argmax repeats an earlier used slot's),
         ``mean_sparsity_entropy`` (nats) and ``num_examples``.
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -300,13 +307,19 @@ class SDLGM:
         self.guide.eval()
         sums: dict[str, float] = {}
         codes, duplicates, used, entropy, mse, recon_hard = [], 0, 0, 0.0, 0.0, 0.0
-        without_replacement = self.spec.slot_selection == "without_replacement"
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             for batch in self._batches(x, batch_size):
-                for _ in range(num_samples):
-                    for key, value in elbo_terms(self.model, self.guide, batch, schedule).items():
+                for sample in range(num_samples):
+                    terms, guide_trace = elbo_terms(self.model, self.guide, batch, schedule)
+                    for key, value in terms.items():
                         sums[key] = sums.get(key, 0.0) + float(value.sum()) / num_samples
+                    if sample == 0:
+                        repeats = slot_duplicates(guide_trace, self.spec)
+                        duplicates += int(repeats.sum())
+                        level = guide_trace.nodes["sparsity"]["value"]
+                        counts = (level.argmax(-1) if level.is_floating_point() else level) + self.spec.min_level
+                        used += int(counts.sum())
                 params = self.guide.amortize(batch)
                 z, counts = self.guide.hard_code(params)
                 codes.append(z.cpu())
@@ -315,9 +328,6 @@ class SDLGM:
                 mse += float(((self.model.likelihood.mean(self.model.decoder(z)) - batch) ** 2).sum())
                 q = torch.distributions.Categorical(logits=params.sparsity_logits)
                 entropy += float(q.entropy().sum())
-                sampled = q.sample() + self.spec.min_level
-                duplicates += int(slot_duplicates(params.slot_logits, sampled, without_replacement).sum())
-                used += int(sampled.sum())
         n = x.shape[0]
         result: dict[str, Any] = {k if k != "recon" else "recon_relaxed": v / n for k, v in sums.items()}
         result.update(
@@ -349,6 +359,8 @@ class SDLGM:
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SDLGM:
         """Load a checkpoint written by :meth:`save` (with ``torch.load(weights_only=True)``)."""
+        if torch.device(map_location).type == "cuda" and not torch.cuda.is_available():
+            raise CheckpointError(f"map_location={str(map_location)!r} but CUDA is not available on this machine")
         data = load_checkpoint(path, CHECKPOINT_FORMAT, ("model_config", "model_state", "guide_state"))
         if data.get("format_version") != CHECKPOINT_VERSION:
             raise CheckpointError(

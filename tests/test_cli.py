@@ -62,3 +62,17 @@ def test_module_entry_point(trained_run):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["codes_over_cap"] == 0
+
+
+def test_overrides_after_options_and_bad_option_types_leave_no_run_folder(tmp_path, capsys):
+    run_dir = tmp_path / "late"
+    assert main(["train", "--run-dir", str(run_dir), *TINY, "model.sparsity_prior.name=truncated_poisson",
+                 "model.sparsity_prior.rate='3'"]) == 2
+    assert "truncated_poisson" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_encode_names_the_file_it_writes(trained_run, tmp_path, capsys):
+    assert main(["encode", str(trained_run), "--out", str(tmp_path / "codes")]) == 0
+    assert str(tmp_path / "codes.npz") in capsys.readouterr().out
+    assert (tmp_path / "codes.npz").is_file()

@@ -87,3 +87,23 @@ def test_yaml_tags_are_not_executed(tmp_path):
 def test_from_dict_rejects_unknown_fit_options():
     with pytest.raises(ConfigError, match="'training.epoch'.*fit"):
         from_dict(TrainConfig, {"epoch": 3}, where=" passed to SDLGM.fit()")
+
+
+def test_option_only_component_tables_keep_the_default_name(tmp_path):
+    config = load_run_config(None, ["model.guide.hidden=[64]"])
+    assert config.model.guide == {"name": "mlp_per_slot", "hidden": [64]}
+
+
+@pytest.mark.parametrize("override, match", [
+    ("training.seed=-1", "training.seed"), ("data.split_seed=-2", "data.split_seed"),
+    ("training.device='cuda:x'", "training.device"),
+])
+def test_more_bad_values(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_run_config(None, [override])
+
+
+def test_non_string_yaml_key(tmp_path):
+    path = write(tmp_path, "c.yaml", "model:\n  1: 2\n")
+    with pytest.raises(ConfigError, match="unknown config key 'model.1'"):
+        load_run_config(path)

@@ -110,3 +110,20 @@ def test_preprocessing_and_split():
     assert np.array_equal(again_train.X, train.X)
     assert split_dataset(raw, 0.0, seed=0)[1] is None
     assert rows  # non-empty
+
+
+def test_files_are_checked_before_binarizing(tmp_path):
+    bad = np.zeros((4, 3), np.float32)
+    bad[2, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(DataError, match="non-finite.*row 2, column 1"):
+        prepare_dataset(DataConfig(source=str(tmp_path / "nan.npy")), "bernoulli")
+    np.save(tmp_path / "raw.npy", np.full((4, 3), 200.0, np.float32))
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        prepare_dataset(DataConfig(source=str(tmp_path / "raw.npy")), "bernoulli")
+    assert prepare_dataset(DataConfig(source=str(tmp_path / "raw.npy")), "normal").X.max() == 200.0
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(DataFormatError, match="broken.npz"):
+        load_source(str(tmp_path / "broken.npz"))
+    np.save(tmp_path / "my_idx.npy", np.zeros((2, 2), np.float32))
+    assert load_source(str(tmp_path / "my_idx.npy")).X.shape == (2, 2)
