@@ -85,12 +85,12 @@ class AmortizedGuide(PyroModule):
         params = self.amortize(x)
         enumerate_sparsity = self.spec.sparsity_inference == "enumerate"
         with data_plate(x.shape[0], num_data, x.device), poutine.scale(scale=kl_weight):
-            pyro.sample(
+            sparsity = pyro.sample(
                 SPARSITY_SITE,
                 self.sparsity_dist(params, tau_sparsity),
                 infer={"enumerate": "parallel"} if enumerate_sparsity else {},
             )
-            sample_slots(self.spec, lambda index: self.slot_logits(params, index), tau_support)
+            sample_slots(self.spec, lambda index: self.slot_logits(params, index), tau_support, sparsity)
             if not self.spec.binary:
                 pyro.sample(VALUES_SITE, self.values_dist(params))
         return params

@@ -49,14 +49,24 @@ def data_plate(batch_size: int, num_data: int | None, device) -> pyro.plate:
     return pyro.plate(DATA_PLATE, size=num_data, subsample=torch.arange(batch_size, device=device))
 
 
-def sample_slots(spec: ModelSpec, logits_of_slot, tau: float) -> torch.Tensor:
+#: floor of a slot's gate used as the scale of its log-density (poutine.scale needs > 0)
+GATE_FLOOR = 1e-6
+
+
+def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Tensor) -> torch.Tensor:
     """Place the sites ``slot_1 .. slot_L0`` and return their relaxed one-hots ``(N, L0, K)``.
 
     Shared by the model and the guide, so both draw the slots the same way. Slot ``l``
     is an ExpConcrete with logits ``logits_of_slot(l)`` ``(N, K)``; with
     ``slot_selection="without_replacement"`` the dimensions taken by the earlier slots'
     samples are masked by ``log(1 - u)`` (``u`` their soft union).
+
+    Slot ``l`` only exists when ``L_i >= l``: its log-densities (hence its KL term) are
+    scaled by its gate ``g_il = P(L_i >= l)`` computed from the ``sparsity`` value, so the
+    ELBO counts ``sum_l P(L_i >= l) KL_l``, the KL of the slots in use. Without it, unused
+    slots would cost as much as used ones and the model could pad ``L_i`` for free.
     """
+    gates = slot_gates(level_probs_from_value(sparsity, spec.num_levels), spec.min_level)
     concrete = concrete_class(spec.objective)
     without_replacement = spec.slot_selection == "without_replacement"
     taken, selections = None, []
@@ -64,7 +74,8 @@ def sample_slots(spec: ModelSpec, logits_of_slot, tau: float) -> torch.Tensor:
         logits = logits_of_slot(index)
         if without_replacement:
             logits = exclude_taken(logits, taken)
-        selection = pyro.sample(slot_site(index), concrete(tau, logits=logits)).exp()
+        with poutine.scale(scale=gates[..., index].clamp(min=GATE_FLOOR)):
+            selection = pyro.sample(slot_site(index), concrete(tau, logits=logits)).exp()
         selections.append(selection)
         if without_replacement:
             taken = union_update(taken, selection)
@@ -169,7 +180,7 @@ class SDLGMModel(PyroModule):
         with data_plate(n, num_data, device):
             with poutine.scale(scale=kl_weight):
                 sparsity = pyro.sample(SPARSITY_SITE, self.sparsity_dist(n, tau_sparsity))
-                slot_probs = sample_slots(self.spec, lambda index: self.slot_logits(n, index), tau_support)
+                slot_probs = sample_slots(self.spec, lambda index: self.slot_logits(n, index), tau_support, sparsity)
                 values = None if self.spec.binary else pyro.sample(VALUES_SITE, self.values_dist(n))
             z = self.representation(sparsity, slot_probs, values)
             pyro.sample(OBS_SITE, self.obs_dist(z), obs=x)

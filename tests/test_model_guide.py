@@ -69,29 +69,30 @@ def test_minibatch_elbo_is_scaled_to_the_dataset():
 
 
 def test_enumerated_elbo_equals_the_exact_expectation_over_levels():
-    """TraceEnum_ELBO sums over L exactly: loss = -sum_l q(l|x) [log p(x, l, c, v) - log q(l|x) - log q(c, v|x)]."""
+    """TraceEnum_ELBO sums over L exactly:
+    loss = -sum_l q(l|x) [log p(x, l, c, v) - log q(l|x) - log q(c, v|x)], slot terms gated by 1[l >= slot]."""
     model, guide = make(sparsity_inference="enumerate", objective="relaxed")
     x = torch.rand(1, 10).round()
+
+    def scaled_log_prob(trace, names):
+        return sum(trace.nodes[n]["scale"] * trace.nodes[n]["fn"].log_prob(trace.nodes[n]["value"]) for n in names)
+
     with pyro.settings.context(module_local_params=True):
         torch.manual_seed(5)
         enumerated = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, x).item()
         # the same slot and value draws: the enumerated site consumes no randomness
         torch.manual_seed(5)
-        fixed = {SPARSITY_SITE: torch.tensor([0])}
-        guide_trace = pyro.poutine.trace(pyro.poutine.condition(guide, data=fixed)).get_trace(x)
-        draws = {name: guide_trace.nodes[name]["value"] for name in (*model.spec.slot_sites, VALUES_SITE)}
-        log_q_draws = sum(guide_trace.nodes[name]["fn"].log_prob(v) for name, v in draws.items())
+        first = pyro.poutine.trace(pyro.poutine.condition(guide, data={SPARSITY_SITE: torch.tensor([0])})).get_trace(x)
+        draws = {name: first.nodes[name]["value"] for name in (*model.spec.slot_sites, VALUES_SITE)}
         log_q_levels = guide.amortize(x).sparsity_logits.log_softmax(-1)[0]
         elbo = 0.0
         for level in range(3):
             data = {SPARSITY_SITE: torch.tensor([level]), **draws}
+            guide_trace = pyro.poutine.trace(pyro.poutine.condition(guide, data=data)).get_trace(x)
             model_trace = pyro.poutine.trace(pyro.poutine.condition(model, data=data)).get_trace(x)
-            log_joint = sum(
-                s["fn"].log_prob(s["value"])
-                for s in model_trace.nodes.values()
-                if s["type"] == "sample" and not site_is_subsample(s)
-            )
-            elbo += log_q_levels[level].exp() * (log_joint - log_q_levels[level] - log_q_draws)
+            assert model_trace.nodes["slot_3"]["scale"] == (1.0 if level == 2 else 1e-6)  # gate 1[L >= 3]
+            log_joint = scaled_log_prob(model_trace, [SPARSITY_SITE, *draws, OBS_SITE])
+            elbo += log_q_levels[level].exp() * (log_joint - log_q_levels[level] - scaled_log_prob(guide_trace, draws))
     assert enumerated == pytest.approx(-elbo.item(), rel=1e-5)
 
 
