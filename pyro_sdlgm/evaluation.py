@@ -64,7 +64,7 @@ def slot_duplicates(guide_trace, spec) -> torch.Tensor:
     impossible at a positive temperature.
 
     Returns:
-        ``(N,)`` integer tensor.
+        ``(duplicates, counts)``: two ``(N,)`` integer tensors, the repeats and the draw's ``L_i``.
     """
     level = guide_trace.nodes["sparsity"]["value"]
     counts = (level.argmax(-1) if level.is_floating_point() else level.long()) + spec.min_level
@@ -72,7 +72,7 @@ def slot_duplicates(guide_trace, spec) -> torch.Tensor:
     used = torch.arange(spec.max_sparsity, device=picks.device) < counts.unsqueeze(-1)
     hits = torch.zeros(picks.shape[0], spec.latent_dim, dtype=torch.long, device=picks.device)
     hits.scatter_add_(1, picks, used.long())
-    return counts - (hits > 0).sum(-1)
+    return counts - (hits > 0).sum(-1), counts
 
 
 def code_statistics(codes: torch.Tensor, max_sparsity: int) -> dict:

@@ -315,17 +315,15 @@ class SDLGM:
                     for key, value in terms.items():
                         sums[key] = sums.get(key, 0.0) + float(value.sum()) / num_samples
                     if sample == 0:
-                        repeats = slot_duplicates(guide_trace, self.spec)
+                        repeats, drawn_counts = slot_duplicates(guide_trace, self.spec)
                         duplicates += int(repeats.sum())
-                        level = guide_trace.nodes["sparsity"]["value"]
-                        counts = (level.argmax(-1) if level.is_floating_point() else level) + self.spec.min_level
-                        used += int(counts.sum())
+                        used += int(drawn_counts.sum())
                 params = self.guide.amortize(batch)
-                z, counts = self.guide.hard_code(params)
+                z, _ = self.guide.hard_code(params)
                 codes.append(z.cpu())
-                obs = self.model.obs_dist(z)
-                recon_hard += float(-obs.log_prob(batch).sum())
-                mse += float(((self.model.likelihood.mean(self.model.decoder(z)) - batch) ** 2).sum())
+                decoded = self.model.decoder(z)
+                recon_hard += float(-self.model.likelihood.dist(decoded).log_prob(batch).sum())
+                mse += float(((self.model.likelihood.mean(decoded) - batch) ** 2).sum())
                 q = torch.distributions.Categorical(logits=params.sparsity_logits)
                 entropy += float(q.entropy().sum())
         n = x.shape[0]
