@@ -45,6 +45,18 @@ class GuideParams(NamedTuple):
     value_scale: torch.Tensor | None
 
 
+def amortized_sparsity_dist(spec: ModelSpec, params: GuideParams, tau: float) -> dist.TorchDistribution:
+    """``L_i`` given per-row logits ``(N, num_levels)``: categorical (enumerate mode) or ExpConcrete."""
+    if spec.sparsity_inference == "enumerate":
+        return dist.Categorical(logits=params.sparsity_logits)
+    return concrete_class(spec.objective)(tau, logits=params.sparsity_logits)
+
+
+def amortized_slot_logits(params: GuideParams, index: int) -> torch.Tensor:
+    """Logits of slot ``index`` ``(N, K)``: its own head, or the shared one."""
+    return params.slot_logits[:, min(index, params.slot_logits.shape[1] - 1)]
+
+
 class AmortizedGuide(PyroModule):
     """Base class of SDLGM guides; subclasses implement :meth:`amortize`."""
 
@@ -58,13 +70,11 @@ class AmortizedGuide(PyroModule):
     # -- distributions ------------------------------------------------------------------
 
     def sparsity_dist(self, params: GuideParams, tau: float) -> dist.TorchDistribution:
-        if self.spec.sparsity_inference == "enumerate":
-            return dist.Categorical(logits=params.sparsity_logits)
-        return concrete_class(self.spec.objective)(tau, logits=params.sparsity_logits)
+        return amortized_sparsity_dist(self.spec, params, tau)
 
     def slot_logits(self, params: GuideParams, index: int) -> torch.Tensor:
         """Logits of slot ``index`` before masking taken dimensions: ``(N, K)``."""
-        return params.slot_logits[:, min(index, params.slot_logits.shape[1] - 1)]
+        return amortized_slot_logits(params, index)
 
     def values_dist(self, params: GuideParams) -> dist.TorchDistribution:
         return dist.Normal(params.value_loc, params.value_scale).to_event(1)
@@ -83,8 +93,14 @@ class AmortizedGuide(PyroModule):
     ) -> GuideParams:
         """Sample ``L``, the slots and the values given ``x (N, D)``; same arguments as the model."""
         params = self.amortize(x)
+        self.place_sites(params, num_data, tau_sparsity, tau_support, kl_weight)
+        return params
+
+    def place_sites(self, params: GuideParams, num_data, tau_sparsity, tau_support, kl_weight) -> None:
+        """The guide's sample sites for a batch with parameters ``params``."""
         enumerate_sparsity = self.spec.sparsity_inference == "enumerate"
-        with data_plate(x.shape[0], num_data, x.device), poutine.scale(scale=kl_weight):
+        logits = params.sparsity_logits
+        with data_plate(logits.shape[0], num_data, logits.device), poutine.scale(scale=kl_weight):
             sparsity = pyro.sample(
                 SPARSITY_SITE,
                 self.sparsity_dist(params, tau_sparsity),
@@ -93,7 +109,6 @@ class AmortizedGuide(PyroModule):
             sample_slots(self.spec, lambda index: self.slot_logits(params, index), tau_support, sparsity)
             if not self.spec.binary:
                 pyro.sample(VALUES_SITE, self.values_dist(params))
-        return params
 
     # -- summaries of q used for hard codes ---------------------------------------------
 

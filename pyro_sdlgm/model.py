@@ -82,6 +82,12 @@ def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Te
     return torch.stack(selections, dim=-2)
 
 
+def relaxed_support(spec: ModelSpec, sparsity: torch.Tensor, slot_probs: torch.Tensor) -> torch.Tensor:
+    """Soft support ``s (..., N, K)`` from a ``sparsity`` site value and the slots' one-hots ``(N, L0, K)``."""
+    gates = slot_gates(level_probs_from_value(sparsity, spec.num_levels), spec.min_level)
+    return soft_support(gates, slot_probs)
+
+
 class SDLGMModel(PyroModule):
     """``p(x, L, c, v) = p(L) p(c) p(v) p(x | decoder(z(L, c, v)))``.
 
@@ -144,9 +150,7 @@ class SDLGMModel(PyroModule):
             slot_probs: the slots' relaxed one-hots, ``(N, L0, K)``.
             values: value of the ``values`` site, ``(N, K)``, or None in binary mode.
         """
-        level_probs = level_probs_from_value(sparsity, self.spec.num_levels)
-        gates = slot_gates(level_probs, self.spec.min_level)
-        support = soft_support(gates, slot_probs)
+        support = relaxed_support(self.spec, sparsity, slot_probs)
         return support if values is None else support * values
 
     # -- the Pyro program ---------------------------------------------------------------

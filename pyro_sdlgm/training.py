@@ -54,6 +54,30 @@ def make_elbo(spec, num_particles: int = 1):
     return Trace_ELBO(num_particles=num_particles)
 
 
+def as_columns(data) -> tuple:
+    """The model's data arguments as a tuple of row-aligned arrays (a single array becomes a 1-tuple)."""
+    return tuple(data) if isinstance(data, (tuple, list)) else (data,)
+
+
+def take_rows(columns: tuple, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Rows of each column as dense float32 tensors on ``device``.
+
+    Columns are torch tensors, numpy arrays or scipy sparse matrices; a sparse column is
+    densified one batch at a time, never whole.
+    """
+    batch = []
+    index = rows.numpy()
+    for column in columns:
+        if isinstance(column, torch.Tensor):
+            part = column[rows]
+        elif hasattr(column, "tocsr"):  # scipy.sparse
+            part = torch.from_numpy(column[index].toarray())
+        else:
+            part = torch.from_numpy(column[index])
+        batch.append(part.to(device=device, dtype=torch.float32))
+    return tuple(batch)
+
+
 def iterate_minibatches(num_rows: int, batch_size: int, generator: torch.Generator):
     """Shuffled index batches covering every row once; the last batch may be smaller."""
     order = torch.randperm(num_rows, generator=generator)
@@ -77,31 +101,40 @@ class Trainer:
         self.elbo = make_elbo(model.spec, config.num_particles)
 
     @torch.no_grad()
-    def mean_loss(self, x: torch.Tensor, schedule_kwargs: dict, seed: int) -> float:
-        """Negative ELBO per example over ``x`` with a fixed seed, leaving the global RNG untouched."""
+    def mean_loss(self, data, schedule_kwargs: dict, seed: int) -> float:
+        """Negative ELBO per example over ``data`` with a fixed seed, leaving the global RNG untouched.
+
+        ``data``: the model's data arguments, one array (``x``) or a tuple (``x, y``).
+        """
+        columns = as_columns(data)
+        num_rows = columns[0].shape[0]
         devices = [self.device] if self.device.type == "cuda" else []
         total = 0.0
         with torch.random.fork_rng(devices=devices), pyro.settings.context(module_local_params=True):
             torch.manual_seed(seed)
-            for rows in torch.arange(x.shape[0]).split(self.config.eval_batch_size):
-                batch = x[rows].to(self.device)
+            for rows in torch.arange(num_rows).split(self.config.eval_batch_size):
+                batch = take_rows(columns, rows, self.device)
                 # no num_data: the plate is unscaled, so this is the batch's sum
-                total += self.elbo.loss(self.model, self.guide, batch, **schedule_kwargs)
-        return total / x.shape[0]
+                total += self.elbo.loss(self.model, self.guide, *batch, **schedule_kwargs)
+        return total / num_rows
 
-    def fit(self, x_train: torch.Tensor, x_val: torch.Tensor | None = None, run_dir: str | Path | None = None):
+    def fit(self, train, val=None, run_dir: str | Path | None = None):
         """Train; return the history, one dict of metrics per epoch.
 
         Args:
-            x_train: ``(N, D)`` float tensor (on any device; batches are moved).
-            x_val: optional ``(M, D)`` validation tensor for early stopping.
+            train: the model's data arguments: ``x (N, D)``, or a tuple such as ``(x, y)``;
+                each a tensor, numpy array or scipy sparse matrix (batches are densified and
+                moved to the device one at a time).
+            val: optional validation data of the same form, for early stopping.
             run_dir: if given, metrics are appended to ``run_dir/metrics.jsonl`` each epoch.
 
         On return the model and guide hold the parameters of the best validation epoch
         (or of the last epoch without validation data).
         """
         cfg = self.config
-        n = x_train.shape[0]
+        train = as_columns(train)
+        val = as_columns(val) if val is not None else None
+        n = train[0].shape[0]
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         schedule = TrainingSchedule.from_config(cfg, cfg.epochs * steps_per_epoch)
         schedule_end = schedule.end_step()
@@ -126,9 +159,9 @@ class Trainer:
                 self.guide.train()
                 epoch_loss = 0.0
                 for rows in iterate_minibatches(n, cfg.batch_size, generator):
-                    batch = x_train[rows].to(self.device)
+                    batch = take_rows(train, rows, self.device)
                     kwargs = schedule(step)
-                    loss = loss_fn(batch, num_data=n, **kwargs) / n
+                    loss = loss_fn(*batch, num_data=n, **kwargs) / n
                     if not torch.isfinite(loss.detach()):
                         raise NumericalError(
                             f"non-finite loss {loss.item()} at epoch {epoch}, step {step} "
@@ -150,8 +183,8 @@ class Trainer:
                 }
                 self.model.eval()
                 self.guide.eval()
-                if x_val is not None and x_val.shape[0] > 0:
-                    record["val_loss"] = self.mean_loss(x_val, schedule.final(), cfg.seed + 1)
+                if val is not None and val[0].shape[0] > 0:
+                    record["val_loss"] = self.mean_loss(val, schedule.final(), cfg.seed + 1)
                     # before the schedules end, the trained objective is not the target one:
                     # neither keep a best state nor count patience then
                     improved = step >= schedule_end and record["val_loss"] < best_val

@@ -1,0 +1,64 @@
+"""Multi-label metrics against napkinXC and scikit-learn on random data (empty rows included)."""
+
+import numpy as np
+import pytest
+import scipy.sparse
+from pyro_sdlgm.metrics import (
+    inverse_propensities,
+    multilabel_report,
+    ndcg_at_k,
+    precision_at_k,
+    psp_at_k,
+    top_k,
+)
+
+napkinxc_metrics = pytest.importorskip("napkinxc.metrics", reason="napkinxc is the reference implementation")
+
+
+@pytest.fixture
+def random_labels():
+    rng = np.random.default_rng(0)
+    Y = (rng.random((60, 12)) < 0.2).astype(np.float32)
+    Y[:5] = 0  # rows with no labels
+    scores = rng.random((60, 12))
+    return Y, scores
+
+
+def as_lists(Y):
+    return [[int(i) for i in np.flatnonzero(row)] for row in np.asarray(Y)]
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_ranking_metrics_match_napkinxc(random_labels, k):
+    Y, scores = random_labels
+    ranked = [[int(i) for i in r] for r in top_k(scores, 12)]
+    assert precision_at_k(Y, scores, k) == pytest.approx(napkinxc_metrics.precision_at_k(as_lists(Y), ranked, k=k)[-1])
+    assert ndcg_at_k(Y, scores, k) == pytest.approx(napkinxc_metrics.ndcg_at_k(as_lists(Y), ranked, k=k)[-1])
+    inv = inverse_propensities(Y)
+    assert np.allclose(inv, napkinxc_metrics.Jain_et_al_inverse_propensity(as_lists(Y), A=0.55, B=1.5))
+    assert psp_at_k(Y, scores, k, inv) == pytest.approx(
+        napkinxc_metrics.psprecision_at_k(as_lists(Y), ranked, inv, k=k)[-1])
+
+
+def test_top_k_orders_best_first():
+    assert top_k(np.array([[0.1, 0.9, 0.5, 0.7]]), 3).tolist() == [[1, 3, 2]]
+
+
+def test_report_set_metrics_match_sklearn_definitions(random_labels):
+    from sklearn.metrics import f1_score, hamming_loss
+
+    Y, scores = random_labels
+    Y_pred = (scores > 0.7).astype(np.float32)
+    report = multilabel_report(scipy.sparse.csr_matrix(Y), Y_pred, scores)
+    assert report["example_f1"] == pytest.approx(f1_score(Y, Y_pred, average="samples", zero_division=0))
+    assert report["hamming_loss"] == pytest.approx(hamming_loss(Y, Y_pred))
+    assert report["hamming_loss"] == pytest.approx(np.mean(Y != Y_pred))  # divided by N K
+    assert report["subset_accuracy"] == pytest.approx(np.mean((Y == Y_pred).all(1)))
+    assert report["count_accuracy"] == pytest.approx(np.mean(Y.sum(1) == Y_pred.sum(1)))
+    assert report["count_mae"] == pytest.approx(np.mean(np.abs(Y.sum(1) - Y_pred.sum(1))))
+
+
+def test_perfect_ranking_scores_one_on_nonempty_rows():
+    Y = np.eye(4)
+    assert precision_at_k(Y, Y, 1) == 1.0 and ndcg_at_k(Y, Y, 3) == 1.0
+    assert psp_at_k(Y, Y, 1, inverse_propensities(Y)) == 1.0
