@@ -1,0 +1,281 @@
+"""``SDLGMClassifier``: multi-label prediction that also predicts how many labels each row has."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import scipy.sparse
+import torch
+
+from .checkpoint import atomic_save, load_checkpoint
+from .config import TrainConfig, from_dict
+from .conditional import CONDITIONAL_GUIDES, build_conditional
+from .exceptions import CheckpointError, ConfigError, DataError, NotFittedError
+from .guides import GuideParams
+from .spec import ModelSpec
+from .support import greedy_support, slot_gates
+from .training import Trainer, take_rows
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "pyro_sdlgm.SDLGMClassifier"
+CHECKPOINT_VERSION = 1
+OVERFLOW_POLICIES = ("error", "truncate")
+
+
+def _as_matrix(A, name: str) -> scipy.sparse.csr_matrix:
+    """Dense or sparse ``(N, M)`` input as float32 CSR, checked for shape, emptiness and finiteness."""
+    if scipy.sparse.issparse(A):
+        matrix = scipy.sparse.csr_matrix(A, dtype=np.float32)
+    else:
+        try:
+            array = np.asarray(A.detach().cpu().numpy() if isinstance(A, torch.Tensor) else A)
+        except ValueError as err:
+            raise DataError(f"{name} cannot be read as a 2-D array: {err}") from None
+        if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise DataError(f"{name} must be numeric, got dtype {array.dtype}")
+        if array.ndim != 2:
+            raise DataError(f"{name} must be a 2-D array, got shape {array.shape}")
+        matrix = scipy.sparse.csr_matrix(array.astype(np.float32))
+    if matrix.shape[0] == 0:
+        raise DataError(f"{name} is empty (shape {matrix.shape})")
+    if not np.isfinite(matrix.data).all():
+        row = int(np.searchsorted(matrix.indptr, np.flatnonzero(~np.isfinite(matrix.data))[0], side="right") - 1)
+        raise DataError(f"{name} contains non-finite values (first in row {row})")
+    return matrix
+
+
+class SDLGMClassifier:
+    """Multi-label classifier whose label set is SDLGM's sparse support, capped at ``max_labels``.
+
+    The count ``L_i`` and the labels are latent variables with ``x``-conditioned priors
+    trained through a label-aware guide; prediction uses the ``x``-only networks: the
+    predicted count ``L_hat`` (mode of the count network) and the top-``L_hat`` labels.
+
+    Args:
+        num_labels: ``K``.
+        max_labels: ``L0``, the most labels a prediction can hold (``1 <= L0 <= K``).
+        input_dim: ``D``; default: taken from the data at ``fit``.
+        include_zero: allow predicting no label (counts ``0..L0``).
+        on_overflow: what to do with training rows that have more than ``L0`` labels:
+            ``"error"`` (default) or ``"truncate"`` (keep the ``L0`` labels that are most
+            frequent in the training data; logged with the number of rows affected).
+        guide: ``"label_aware"`` (``q(L, labels | x, y)``) or ``"prior_as_guide"`` (ablation).
+        per_slot: one logit vector per slot (else shared).
+        hidden, activation: MLP sizes of the prior network and the guide.
+        label_noise: ``eps`` in ``y ~ Bernoulli(eps + (1 - 2 eps) s)``.
+        sparsity_inference, objective, slot_selection: as for :class:`pyro_sdlgm.SDLGM`.
+    """
+
+    def __init__(self, num_labels: int, max_labels: int = 10, *, input_dim: int | None = None,
+                 include_zero: bool = False, on_overflow: str = "error", guide: str = "label_aware",
+                 per_slot: bool = True, hidden: Sequence[int] = (512, 256), activation: str = "relu",
+                 label_noise: float = 1e-3, sparsity_inference: str = "relaxed", objective: str = "discrete_kl",
+                 slot_selection: str = "without_replacement"):
+        if on_overflow not in OVERFLOW_POLICIES:
+            raise ConfigError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
+        if guide not in CONDITIONAL_GUIDES:
+            raise ConfigError(f"unknown multi-label guide {guide!r}; known: {', '.join(CONDITIONAL_GUIDES)}")
+        for key, value in (("num_labels", num_labels), ("max_labels", max_labels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        if max_labels > num_labels:
+            raise ConfigError(f"max_labels={max_labels} exceeds num_labels={num_labels}")
+        self.params = dict(num_labels=num_labels, max_labels=max_labels, input_dim=input_dim,
+                           include_zero=include_zero, on_overflow=on_overflow, guide=guide, per_slot=per_slot,
+                           hidden=list(hidden), activation=activation, label_noise=label_noise,
+                           sparsity_inference=sparsity_inference, objective=objective,
+                           slot_selection=slot_selection)
+        ModelSpec(input_dim or 1, num_labels, max_labels, include_zero=include_zero, binary=True,
+                  sparsity_inference=sparsity_inference, objective=objective, slot_selection=slot_selection)
+        self.model = self.guide = None
+        self.train_config: TrainConfig | None = None
+        self.history_: list[dict] | None = None
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> ModelSpec:
+        p = self.params
+        return ModelSpec(p["input_dim"], p["num_labels"], p["max_labels"], include_zero=p["include_zero"],
+                         binary=True, sparsity_inference=p["sparsity_inference"], objective=p["objective"],
+                         slot_selection=p["slot_selection"])
+
+    @property
+    def count_levels(self) -> np.ndarray:
+        """The counts indexing the columns of :meth:`count_posterior`."""
+        return self.spec.levels().numpy()
+
+    def _build(self) -> None:
+        p = self.params
+        self.model, self.guide = build_conditional(self.spec, p["guide"], p["per_slot"], p["hidden"],
+                                                   p["activation"], p["label_noise"])
+
+    def _check_fitted(self, method: str) -> None:
+        if self.model is None:
+            raise NotFittedError(f"SDLGMClassifier.{method}() needs a trained model: call fit() or load() first")
+
+    def _features(self, X, name="X") -> scipy.sparse.csr_matrix:
+        matrix = _as_matrix(X, name)
+        expected = self.params["input_dim"]
+        if expected is not None and matrix.shape[1] != expected:
+            raise DataError(f"{name} has {matrix.shape[1]} features but the classifier was built for {expected}")
+        return matrix
+
+    def _labels(self, Y, n_rows: int, name="Y") -> scipy.sparse.csr_matrix:
+        matrix = _as_matrix(Y, name)
+        if matrix.shape != (n_rows, self.params["num_labels"]):
+            raise DataError(f"{name} has shape {matrix.shape}, expected ({n_rows}, {self.params['num_labels']})")
+        if not np.isin(matrix.data, (0.0, 1.0)).all():
+            bad = matrix.data[~np.isin(matrix.data, (0.0, 1.0))][0]
+            raise DataError(f"{name} must hold only 0 and 1, found {bad!r}")
+        matrix.eliminate_zeros()
+        counts = np.diff(matrix.indptr)
+        cap = self.params["max_labels"]
+        over = counts > cap
+        if over.any():
+            if self.params["on_overflow"] == "error":
+                raise DataError(
+                    f"{int(over.sum())} training rows have more than max_labels={cap} labels (at most "
+                    f"{int(counts.max())}); raise max_labels or pass on_overflow='truncate'"
+                )
+            matrix = self._truncate(matrix, cap)
+            logger.warning("truncated %d training rows with more than %d labels (max %d) to their %d most "
+                           "frequent labels", int(over.sum()), cap, int(counts.max()), cap)
+        return matrix
+
+    @staticmethod
+    def _truncate(Y: scipy.sparse.csr_matrix, cap: int) -> scipy.sparse.csr_matrix:
+        frequency = np.asarray(Y.sum(0)).ravel()
+        rows = Y.tolil(copy=True)
+        for i, labels in enumerate(rows.rows):
+            if len(labels) > cap:
+                keep = sorted(labels, key=lambda label: (-frequency[label], label))[:cap]
+                rows.rows[i] = sorted(keep)
+                rows.data[i] = [1.0] * cap
+        return rows.tocsr()
+
+    @torch.no_grad()
+    def _prior_params(self, X, batch_size: int, method: str):
+        self._check_fitted(method)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+        matrix = self._features(X)
+        device = next(self.model.parameters()).device
+        self.model.eval()
+        for rows in torch.arange(matrix.shape[0]).split(batch_size):
+            (batch,) = take_rows((matrix,), rows, device)
+            yield self.model.prior_params(batch)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def fit(self, X, Y, *, validation_data: tuple | None = None, run_dir: str | Path | None = None,
+            **train_options) -> list[dict]:
+        """Train by SVI from a seeded initialization; return the per-epoch history.
+
+        Args:
+            X: ``(N, D)`` features, dense or scipy sparse (batches are densified one at a time).
+            Y: ``(N, K)`` 0/1 labels, dense or sparse.
+            validation_data: optional ``(X_val, Y_val)``; by default a seeded
+                ``validation_fraction`` of the rows is held out for early stopping.
+            **train_options: fields of :class:`pyro_sdlgm.config.TrainConfig`.
+        """
+        cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGMClassifier.fit()")
+        X = _as_matrix(X, "X")
+        if self.params["input_dim"] is None:
+            self.params["input_dim"] = int(X.shape[1])
+        X = self._features(X)
+        Y = self._labels(Y, X.shape[0])
+        val = None
+        if validation_data is not None:
+            X_val = self._features(validation_data[0], "X_val")
+            val = (X_val, self._labels(validation_data[1], X_val.shape[0], "Y_val"))
+        elif cfg.validation_fraction > 0:
+            n_val = int(round(cfg.validation_fraction * X.shape[0]))
+            if 1 <= n_val < X.shape[0]:
+                order = np.random.default_rng(cfg.seed).permutation(X.shape[0])
+                val = (X[order[:n_val]], Y[order[:n_val]])
+                X, Y = X[order[n_val:]], Y[order[n_val:]]
+        pyro.set_rng_seed(cfg.seed)
+        self._build()
+        self.history_ = Trainer(self.model, self.guide, cfg).fit((X, Y), val, run_dir)
+        self.train_config = cfg
+        return self.history_
+
+    # -- prediction -------------------------------------------------------------------------
+
+    def count_posterior(self, X, *, batch_size: int = 1024) -> np.ndarray:
+        """``p(L_i = l | x_i)`` from the count network, ``(N, L0)`` (``(N, L0 + 1)`` with ``include_zero``)."""
+        return torch.cat([p.sparsity_logits.softmax(-1).cpu() for p in
+                          self._prior_params(X, batch_size, "count_posterior")]).numpy()
+
+    def predict_count(self, X, *, batch_size: int = 1024) -> np.ndarray:
+        """``L_hat_i``, the mode of the count network, ``(N,)`` int."""
+        return self.count_levels[self.count_posterior(X, batch_size=batch_size).argmax(-1)]
+
+    def _ranking(self, params: GuideParams) -> torch.Tensor:
+        """Scores ``(N, K)``: labels the zero-temperature slot selection picks (slots 1..L0, in
+        order) rank first, the rest by the probability that a slot in use selects them."""
+        spec = self.spec
+        n, k = params.slot_logits.shape[0], spec.latent_dim
+        gates = slot_gates(params.sparsity_logits.softmax(-1), spec.min_level)  # P(L >= l)
+        probs = params.slot_logits.softmax(-1).expand(n, spec.max_sparsity, k)
+        inclusion = 1.0 - torch.prod(1.0 - gates.unsqueeze(-1) * probs, dim=-2)  # in [0, 1]
+        picked = greedy_support(params.slot_logits, torch.full((n,), spec.max_sparsity, device=probs.device))
+        order = torch.zeros(n, k, device=probs.device)
+        mask = torch.zeros(n, k, dtype=torch.bool, device=probs.device)
+        for index in range(spec.max_sparsity):  # rank of each greedy pick
+            logits = params.slot_logits[:, min(index, params.slot_logits.shape[1] - 1)].masked_fill(mask, float("-inf"))
+            pick = logits.argmax(-1)
+            order[torch.arange(n), pick] = spec.max_sparsity - index
+            mask[torch.arange(n), pick] = True
+        return torch.where(picked, 1.0 + order, inclusion)
+
+    def predict_scores(self, X, *, batch_size: int = 1024) -> np.ndarray:
+        """``(N, K)`` label scores for ranking (P@k, nDCG@k)."""
+        return torch.cat([self._ranking(p).cpu() for p in self._prior_params(X, batch_size, "predict_scores")]).numpy()
+
+    def predict(self, X, *, batch_size: int = 1024) -> scipy.sparse.csr_matrix:
+        """``(N, K)`` CSR 0/1: the top-``L_hat`` labels of each row (``L_hat`` from the count network)."""
+        parts = []
+        for params in self._prior_params(X, batch_size, "predict"):
+            counts = params.sparsity_logits.argmax(-1) + self.spec.min_level
+            parts.append(scipy.sparse.csr_matrix(greedy_support(params.slot_logits, counts).cpu().numpy()))
+        return scipy.sparse.vstack(parts).tocsr().astype(np.int8)
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Weights-only checkpoint (constructor arguments, state dicts, history), written atomically."""
+        self._check_fitted("save")
+        atomic_save({
+            "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "params": self.params,
+            "train_config": self.train_config.to_dict() if self.train_config else None,
+            "model_state": {k: v.cpu() for k, v in self.model.state_dict().items()},
+            "guide_state": {k: v.cpu() for k, v in self.guide.state_dict().items()},
+            "history": self.history_,
+        }, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SDLGMClassifier:
+        data = load_checkpoint(path, CHECKPOINT_FORMAT, ("params", "model_state", "guide_state"))
+        if data.get("format_version") != CHECKPOINT_VERSION:
+            raise CheckpointError(f"checkpoint {str(path)!r} has format version {data.get('format_version')!r}")
+        params: dict[str, Any] = dict(data["params"])
+        num_labels, max_labels = params.pop("num_labels"), params.pop("max_labels")
+        self = cls(num_labels, max_labels, **params)
+        self._build()
+        try:
+            self.model.load_state_dict(data["model_state"])
+            self.guide.load_state_dict(data["guide_state"])
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not match its parameters: {err}") from None
+        if data.get("train_config") is not None:
+            self.train_config = from_dict(TrainConfig, data["train_config"])
+        self.history_ = data.get("history")
+        return self
