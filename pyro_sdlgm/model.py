@@ -33,7 +33,7 @@ from .networks import Decoder
 from .priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
 from .registry import ComponentSpec
 from .spec import DATA_PLATE, OBS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec, slot_site
-from .support import exclude_taken, level_probs_from_value, slot_gates, soft_support, union_update
+from .support import exclude_taken, level_probs_from_value, mark_taken, slot_gates, soft_support
 
 
 def data_plate(batch_size: int, num_data: int | None, device) -> pyro.plate:
@@ -58,8 +58,9 @@ def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Te
 
     Shared by the model and the guide, so both draw the slots the same way. Slot ``l``
     is an ExpConcrete with logits ``logits_of_slot(l)`` ``(N, K)``; with
-    ``slot_selection="without_replacement"`` the dimensions taken by the earlier slots'
-    samples are masked by ``log(1 - u)`` (``u`` their soft union).
+    ``slot_selection="without_replacement"`` the dimensions that earlier slots' samples
+    peak on (their argmax) get the logit ``MASKED_LOGIT``, so the first ``L_i`` slots
+    select ``L_i`` distinct dimensions at any temperature.
 
     Slot ``l`` only exists when ``L_i >= l``: its log-densities (hence its KL term) are
     scaled by its gate ``g_il = P(L_i >= l)`` computed from the ``sparsity`` value, so the
@@ -78,7 +79,7 @@ def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Te
             selection = pyro.sample(slot_site(index), concrete(tau, logits=logits)).exp()
         selections.append(selection)
         if without_replacement:
-            taken = union_update(taken, selection)
+            taken = mark_taken(taken, selection)
     return torch.stack(selections, dim=-2)
 
 

@@ -45,10 +45,9 @@ class ModelSpec:
             ``enumerate`` needs ``"relaxed"`` (``TraceEnum_ELBO`` has no analytic-KL path;
             the enumerated ``L_i`` itself is exact either way).
         slot_selection: ``"without_replacement"``: slot ``l`` draws from its logits with the
-            dimensions already taken by slots ``1..l-1`` masked out (softly, by
-            ``log(1 - u)`` with ``u`` their soft union), so the first ``L_i`` slots select
-            ``L_i`` distinct dimensions in the hard limit and ``L_i`` is the number of
-            non-zeros. ``"independent"``: slots draw independently; duplicates then make
+            dimensions already taken by slots ``1..l-1`` (the argmax of each of their
+            samples) masked out, so the first ``L_i`` slots select ``L_i`` distinct
+            dimensions and ``L_i`` is the number of non-zeros. ``"independent"``: slots draw independently; duplicates then make
             ``L_i`` over-count the non-zeros, and ``L_i`` is not identifiable.
     """
 

@@ -55,20 +55,25 @@ def level_probs_from_value(value: torch.Tensor, num_levels: int) -> torch.Tensor
     return F.one_hot(value.long(), num_levels).to(torch.get_default_dtype())
 
 
-#: floor of ``1 - u`` when masking dimensions taken by earlier slots (a finite log-mask)
-EXCLUSION_FLOOR = 1e-6
+#: logit given to dimensions taken by earlier slots: far below any learned logit, yet finite so
+#: that the ExpConcrete log-density and the categorical KL stay finite
+MASKED_LOGIT = -1e4
 
 
 def exclude_taken(logits: torch.Tensor, taken: torch.Tensor | None) -> torch.Tensor:
-    """Mask dimensions taken by earlier slots: ``logits + log(1 - u)``, ``u`` their soft union ``(..., K)``."""
+    """Give the dimensions in the boolean mask ``taken (..., K)`` the logit :data:`MASKED_LOGIT`."""
     if taken is None:
         return logits
-    return logits + torch.log1p(-taken.clamp(max=1.0 - EXCLUSION_FLOOR))
+    return logits.masked_fill(taken, MASKED_LOGIT)
 
 
-def union_update(taken: torch.Tensor | None, selection: torch.Tensor) -> torch.Tensor:
-    """Soft union ``1 - (1 - u)(1 - c)`` of the dimensions taken so far and a new selection."""
-    return selection if taken is None else taken + selection - taken * selection
+def mark_taken(taken: torch.Tensor | None, selection: torch.Tensor) -> torch.Tensor:
+    """Add the argmax of a (relaxed) selection ``(..., K)`` to the boolean mask of taken dimensions.
+
+    The mask is a constant for gradients (an argmax); gradients flow through the samples.
+    """
+    hard = torch.zeros_like(selection, dtype=torch.bool).scatter_(-1, selection.argmax(-1, keepdim=True), True)
+    return hard if taken is None else taken | hard
 
 
 def greedy_support(slot_logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

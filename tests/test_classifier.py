@@ -33,8 +33,8 @@ def test_count_is_learned_far_above_the_majority_baseline():
     accuracy = float((clf.predict_count(X_test) == counts_test).mean())
     majority = float(np.bincount(counts_test).max() / len(counts_test))
     print(f"count accuracy {accuracy:.3f}, majority baseline {majority:.3f}")
-    # measured: 0.667 against a majority baseline of 0.273 (seed 0)
-    assert accuracy > majority + 0.3, (accuracy, majority)
+    # measured: 0.963 against a majority baseline of 0.273 (seed 0)
+    assert accuracy > majority + 0.5, (accuracy, majority)
     predicted = clf.predict(X_test)
     assert np.array_equal(np.diff(predicted.indptr), clf.predict_count(X_test))
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyro_sdlgm import GUIDES, ModelSpec
-from pyro_sdlgm.support import exclude_taken, greedy_support, slot_gates, soft_support, union_update
+from pyro_sdlgm.support import MASKED_LOGIT, exclude_taken, greedy_support, mark_taken, slot_gates, soft_support
 
 
 @pytest.mark.parametrize("min_level", [0, 1])
@@ -43,13 +43,12 @@ def test_greedy_support_takes_exact_counts_without_replacement():
     assert mask[0].tolist() == [False, True, False, True, False]
 
 
-def test_exclusion_mask_and_union():
-    taken = union_update(None, torch.tensor([1.0, 0.0, 0.5]))
-    taken = union_update(taken, torch.tensor([0.0, 0.0, 0.5]))
-    assert torch.allclose(taken, torch.tensor([1.0, 0.0, 0.75]))
-    masked = exclude_taken(torch.zeros(3), taken)
-    assert torch.isfinite(masked).all() and masked[0] < -13 and masked[1] == 0.0
-    assert torch.allclose(masked[2], torch.log(torch.tensor(0.25)))
+def test_exclusion_mask_marks_argmaxes():
+    taken = mark_taken(None, torch.tensor([[0.7, 0.2, 0.1]]))
+    taken = mark_taken(taken, torch.tensor([[0.1, 0.1, 0.8]]))
+    assert taken.tolist() == [[True, False, True]]
+    masked = exclude_taken(torch.zeros(1, 3), taken)
+    assert masked.tolist() == [[MASKED_LOGIT, 0.0, MASKED_LOGIT]]
 
 
 @settings(max_examples=60, deadline=None)
