@@ -13,6 +13,7 @@ import scipy.sparse
 import torch
 
 from .checkpoint import atomic_save, load_checkpoint
+from .config import ClassifierConfig as C
 from .config import TrainConfig, from_dict
 from .conditional import CONDITIONAL_GUIDES, build_conditional
 from .exceptions import CheckpointError, ConfigError, DataError, NotFittedError
@@ -72,11 +73,11 @@ class SDLGMClassifier:
         sparsity_inference, objective, slot_selection: as for :class:`pyro_sdlgm.SDLGM`.
     """
 
-    def __init__(self, num_labels: int, max_labels: int = 10, *, input_dim: int | None = None,
-                 include_zero: bool = False, on_overflow: str = "error", guide: str = "label_aware",
-                 per_slot: bool = True, hidden: Sequence[int] = (512, 256), activation: str = "relu",
-                 label_noise: float = 1e-3, sparsity_inference: str = "relaxed", objective: str = "discrete_kl",
-                 slot_selection: str = "without_replacement"):
+    def __init__(self, num_labels: int, max_labels: int = C.max_labels, *, input_dim: int | None = None,
+                 include_zero: bool = C.include_zero, on_overflow: str = C.on_overflow, guide: str = C.guide,
+                 per_slot: bool = C.per_slot, hidden: Sequence[int] = C.hidden, activation: str = C.activation,
+                 label_noise: float = C.label_noise, sparsity_inference: str = C.sparsity_inference,
+                 objective: str = C.objective, slot_selection: str = C.slot_selection):
         if on_overflow not in OVERFLOW_POLICIES:
             raise ConfigError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
         if guide not in CONDITIONAL_GUIDES:

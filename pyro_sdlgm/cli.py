@@ -12,6 +12,10 @@ from .exceptions import SDLGMError
 
 
 def _summary_line(metrics: dict) -> str:
+    if "p@1" in metrics:  # multi-label
+        return (f"P@1 {metrics['p@1']:.3f} | P@3 {metrics['p@3']:.3f} | P@5 {metrics['p@5']:.3f} | "
+                f"example-F1 {metrics['example_f1']:.3f} | count accuracy {metrics['count_accuracy']:.3f} "
+                f"(MAE {metrics['count_mae']:.2f})")
     return (
         f"ELBO {metrics['elbo']:.2f} | recon (hard) {metrics['recon']:.2f} | "
         f"non-zeros mean {metrics['mean_nnz']:.2f}, max {metrics['max_nnz']} | "
@@ -36,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="data source (mnist, digits, .npy/.npz, IDX); default: the run's test split")
     evaluate.add_argument("--num-samples", type=int, default=1, help="Monte-Carlo samples of the ELBO")
     evaluate.add_argument("--json", action="store_true", help="print all metrics as JSON")
+
+    predict = sub.add_parser("predict", help="write a multi-label run's predicted label ids")
+    predict.add_argument("run_dir")
+    predict.add_argument("--out", required=True, help="output text file: one line of label ids per row")
+    predict.add_argument("--data", help="a file in the run's data format; default: the run's test split")
 
     encode = sub.add_parser("encode", help="write hard sparse codes as a scipy CSR .npz")
     encode.add_argument("run_dir")
@@ -70,11 +79,17 @@ def main(argv: list[str] | None = None) -> int:
             metrics = runs.evaluate_run(args.run_dir, args.data, args.num_samples)
             if args.json:
                 print(json.dumps(metrics, indent=2))
+            elif "p@1" in metrics:
+                print(f"{metrics['data']} ({metrics['num_examples']} examples): {_summary_line(metrics)}")
+                print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
             else:
                 print(f"{metrics['data']} ({metrics['num_examples']} examples): {_summary_line(metrics)}")
                 print(f"KL: sparsity {metrics['kl_sparsity']:.3f}, slots {metrics['kl_slots']:.3f}"
                       + (f", values {metrics['kl_values']:.3f}" if "kl_values" in metrics else ""))
                 print(f"non-zero histogram (0..L0): {metrics['nnz_histogram']}")
+        elif args.command == "predict":
+            result = runs.predict_run(args.run_dir, args.out, args.data)
+            print(f"wrote {result['out']}: {result['rows']} rows, {result['mean_labels']:.2f} labels per row")
         elif args.command == "encode":
             result = runs.encode_run(args.run_dir, args.out, args.data)
             print(f"wrote {result['out']}: shape {tuple(result['shape'])}, "

@@ -284,39 +284,114 @@ class DataConfig(_Section):
 
 
 @dataclasses.dataclass
+class ClassifierConfig(_Section):
+    """Arguments of :class:`pyro_sdlgm.SDLGMClassifier` (the ``[classifier]`` section)."""
+
+    section: typing.ClassVar[str] = "classifier"
+
+    max_labels: int = 10
+    num_labels: int | None = None  # None: taken from the data
+    include_zero: bool = False
+    on_overflow: str = "error"  # "error" | "truncate"
+    guide: str = "label_aware"  # "label_aware" | "prior_as_guide"
+    per_slot: bool = True
+    hidden: tuple[int, ...] = (512, 256)
+    activation: str = "relu"
+    label_noise: float = 1e-3
+    sparsity_inference: str = "relaxed"
+    objective: str = "discrete_kl"
+    slot_selection: str = "without_replacement"
+
+
+MULTILABEL_FORMATS = ("yeast", "arff", "xmc", "svmlight")
+
+
+@dataclasses.dataclass
+class MultiLabelDataConfig(_Section):
+    """Multi-label data (the ``[data]`` section of a ``task = "multilabel"`` run).
+
+    ``format = "yeast"`` needs nothing else; ``"arff"`` needs ``path`` and ``labels`` (a
+    count or the label XML file); ``"xmc"`` needs ``train`` (and optionally ``test``);
+    ``"svmlight"`` needs ``train`` and ``zero_based``. Without a test file, the first
+    ``train_rows`` rows train and the rest test, or else a seeded ``test_fraction``.
+    """
+
+    section: typing.ClassVar[str] = "data"
+
+    format: str = "yeast"
+    path: str | None = None
+    labels: int | str | None = None
+    train: str | None = None
+    test: str | None = None
+    zero_based: bool | None = None
+    num_features: int | None = None
+    train_rows: int | None = None
+    test_fraction: float = 0.2
+    split_seed: int = 0
+
+    def validate(self):
+        if self.format not in MULTILABEL_FORMATS:
+            raise ConfigError(f"data.format must be one of {MULTILABEL_FORMATS}, got {self.format!r}")
+        needs = {"arff": ("path", "labels"), "xmc": ("train",), "svmlight": ("train", "zero_based")}
+        for key in needs.get(self.format, ()):
+            if getattr(self, key) is None:
+                raise ConfigError(f"data.format={self.format!r} needs data.{key}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"data.test_fraction must lie in (0, 1), got {self.test_fraction}")
+
+
+TASKS = ("unsupervised", "multilabel")
+
+
+@dataclasses.dataclass
 class RunConfig:
-    """A whole run: where it writes, and its model, training and data sections."""
+    """A whole run: where it writes, the task, and its sections.
+
+    ``task = "unsupervised"`` (default) uses ``[model]``, ``[training]`` and ``[data]``
+    (:class:`DataConfig`); ``task = "multilabel"`` uses ``[classifier]``, ``[training]``
+    and ``[data]`` (:class:`MultiLabelDataConfig`).
+    """
 
     run_dir: str = "runs/sdlgm"
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    task: str = "unsupervised"
+    model: ModelConfig | None = dataclasses.field(default_factory=ModelConfig)
     training: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    data: DataConfig | MultiLabelDataConfig = dataclasses.field(default_factory=DataConfig)
+    classifier: ClassifierConfig | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> RunConfig:
         data = dict(data)
-        known = {"run_dir", "model", "training", "data"}
+        task = data.get("task", "unsupervised")
+        if task not in TASKS:
+            raise ConfigError(f"task must be one of {TASKS}{where}, got {task!r}")
+        model_section = ("model", ModelConfig) if task == "unsupervised" else ("classifier", ClassifierConfig)
+        data_class = DataConfig if task == "unsupervised" else MultiLabelDataConfig
+        known = {"run_dir", "task", model_section[0], "training", "data"}
         unknown = [k for k in data if k not in known]
         if unknown:
-            raise ConfigError(f"unknown config key {unknown[0]!r}{where}; known top-level keys: {sorted(known)}")
+            raise ConfigError(f"unknown config key {unknown[0]!r}{where} for task {task!r}; "
+                              f"known top-level keys: {sorted(known)}")
         run_dir = data.get("run_dir", cls.run_dir)
         if not isinstance(run_dir, str):
             raise ConfigError(f"run_dir must be a string{where}, got {run_dir!r}")
         sections = {}
-        for key, section_cls in (("model", ModelConfig), ("training", TrainConfig), ("data", DataConfig)):
+        for key, section_cls in (model_section, ("training", TrainConfig), ("data", data_class)):
             value = data.get(key, {})
             if not isinstance(value, Mapping):
                 raise ConfigError(f"[{key}] must be a table{where}, got {value!r}")
             sections[key] = from_dict(section_cls, value, where)
-        return cls(run_dir=run_dir, **sections)
+        if task == "multilabel":
+            sections["model"] = None
+        return cls(run_dir=run_dir, task=task, **sections)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_dir": self.run_dir,
-            "model": self.model.to_dict(),
-            "training": self.training.to_dict(),
-            "data": self.data.to_dict(),
-        }
+        out = {"run_dir": self.run_dir, "task": self.task}
+        for key in ("model", "classifier", "training", "data"):
+            section = getattr(self, key)
+            if section is not None:
+                out[key] = section.to_dict()
+        return out
 
 
 # ----------------------------------------------------------------------------- files and overrides

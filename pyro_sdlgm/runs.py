@@ -26,6 +26,8 @@ from .exceptions import CheckpointError, ConfigError
 from .registry import component_name
 from .sdlgm import SDLGM
 
+PREDICTIONS_HELP = "one line per row: the predicted label ids (0-based), separated by spaces"
+
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
@@ -77,6 +79,8 @@ def write_plots(model: SDLGM, data: Dataset, history: list[dict] | None, run_dir
 
 def train_run(config: RunConfig, *, overwrite: bool = False) -> dict[str, Any]:
     """Train the model a run config describes and fill its run folder; return a summary."""
+    if config.task == "multilabel":
+        return train_multilabel_run(config, overwrite=overwrite)
     train, test = run_data(config)
     if config.model.input_dim is None:
         config.model.input_dim = int(train.X.shape[1])
@@ -99,8 +103,8 @@ def train_run(config: RunConfig, *, overwrite: bool = False) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "metrics": metrics, "plots": [str(p) for p in figures]}
 
 
-def open_run(run_dir: str | Path) -> tuple[RunConfig, SDLGM]:
-    """Read a run folder's resolved config and trained model."""
+def open_run(run_dir: str | Path):
+    """Read a run folder's resolved config and trained model (an SDLGM or an SDLGMClassifier)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {str(run_dir)!r} does not exist")
@@ -108,6 +112,10 @@ def open_run(run_dir: str | Path) -> tuple[RunConfig, SDLGM]:
         if not (run_dir / name).is_file():
             raise CheckpointError(f"run folder {str(run_dir)!r} has no {name}; was training completed?")
     config = load_run_config(run_dir / CONFIG_FILE)
+    if config.task == "multilabel":
+        from .classifier import SDLGMClassifier
+
+        return config, SDLGMClassifier.load(run_dir / MODEL_FILE)
     return config, SDLGM.load(run_dir / MODEL_FILE)
 
 
@@ -124,6 +132,13 @@ def run_eval_data(config: RunConfig, source: str | None) -> Dataset:
 
 def evaluate_run(run_dir: str | Path, source: str | None = None, num_samples: int = 1) -> dict[str, Any]:
     config, model = open_run(run_dir)
+    if config.task == "multilabel":
+        train, test = multilabel_run_data(config, source)
+        metrics = multilabel_metrics(model, train, test)
+        metrics["data"] = source or f"{config.data.format} (test split)"
+        if source is None:  # the run's own test split: refresh its evaluation file
+            (Path(run_dir) / EVALUATION_FILE).write_text(json.dumps(metrics, indent=2))
+        return metrics
     data = run_eval_data(config, source)
     metrics = model.evaluate(data.X, num_samples=num_samples)
     metrics["data"] = source or f"{config.data.source} (test split)"
@@ -135,6 +150,8 @@ def encode_run(run_dir: str | Path, out: str | Path, source: str | None = None) 
     import scipy.sparse
 
     config, model = open_run(run_dir)
+    if config.task == "multilabel":
+        raise ConfigError(f"{run_dir} is a multi-label run: use `sdlgm predict` instead of encode")
     data = run_eval_data(config, source)
     codes = model.encode(data.X, sparse=True)
     out = Path(out)
@@ -144,3 +161,99 @@ def encode_run(run_dir: str | Path, out: str | Path, source: str | None = None) 
     scipy.sparse.save_npz(out, codes)
     nnz = np.diff(codes.indptr)
     return {"out": str(out), "shape": list(codes.shape), "mean_nnz": float(nnz.mean()), "max_nnz": int(nnz.max())}
+
+
+# ----------------------------------------------------------------------------- multi-label runs
+
+
+def load_multilabel(config, path: str | None = None):
+    """The ``[data]`` section's file (or ``path`` in the same format) as :class:`MultiLabelData`."""
+    from . import multilabel_data as mld
+
+    data = config.data
+    if data.format == "yeast":
+        return mld.load_yeast()
+    if data.format == "arff":
+        return mld.load_arff(path or data.path, data.labels if isinstance(data.labels, int) else Path(data.labels))
+    if data.format == "xmc":
+        return mld.load_xmc(path or data.train)
+    return mld.load_svmlight_multilabel(path or data.train, zero_based=data.zero_based,
+                                        num_features=data.num_features,
+                                        num_labels=config.classifier.num_labels)
+
+
+def multilabel_run_data(config, source: str | None = None):
+    """``(train, test)``: a separate test file, the first ``train_rows`` rows, or a seeded split.
+
+    With ``source`` (a file in the run's format), all of it is the test part.
+    """
+    from .multilabel_data import MultiLabelData
+
+    data = config.data
+    if source is not None:
+        return None, load_multilabel(config, source)
+    full = load_multilabel(config)
+    if data.test is not None:
+        return full, load_multilabel(config, data.test)
+    if data.train_rows is not None:
+        if not 1 <= data.train_rows < full.X.shape[0]:
+            raise ConfigError(f"data.train_rows={data.train_rows} must leave test rows out of {full.X.shape[0]}")
+        return full.rows(0, data.train_rows), full.rows(data.train_rows)
+    order = np.random.default_rng(data.split_seed).permutation(full.X.shape[0])
+    n_test = max(1, int(round(data.test_fraction * full.X.shape[0])))
+    test_rows, train_rows = np.sort(order[:n_test]), np.sort(order[n_test:])
+    return (MultiLabelData(full.X[train_rows], full.Y[train_rows], full.name, full.label_names),
+            MultiLabelData(full.X[test_rows], full.Y[test_rows], full.name, full.label_names))
+
+
+def multilabel_metrics(model, train, test) -> dict[str, Any]:
+    from .metrics import inverse_propensities, multilabel_report
+
+    inv = inverse_propensities(train.Y) if train is not None else None
+    report = multilabel_report(test.Y, model.predict(test.X), model.predict_scores(test.X),
+                               predicted_counts=model.predict_count(test.X), inv_propensities=inv)
+    report["num_examples"] = int(test.X.shape[0])
+    return report
+
+
+def train_multilabel_run(config: RunConfig, *, overwrite: bool = False) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from .classifier import SDLGMClassifier
+
+    train, test = multilabel_run_data(config)
+    options = asdict(config.classifier)
+    num_labels = options.pop("num_labels")
+    if num_labels is None:
+        config.classifier.num_labels = num_labels = int(train.Y.shape[1])
+    elif num_labels != train.Y.shape[1]:
+        raise ConfigError(f"classifier.num_labels={num_labels} but the data has {train.Y.shape[1]} labels")
+    max_labels = options.pop("max_labels")
+    model = SDLGMClassifier(num_labels, max_labels, input_dim=int(train.X.shape[1]), **options)
+    run_dir = prepare_run_dir(config.run_dir, overwrite)
+    write_yaml(config.to_dict(), run_dir / CONFIG_FILE)
+    started = time.perf_counter()
+    history = model.fit(train.X, train.Y, run_dir=run_dir, **config.training.to_dict())
+    wall = time.perf_counter() - started
+    model.save(run_dir / MODEL_FILE)
+    metrics = multilabel_metrics(model, train, test)
+    metrics.update(split="test", train_seconds=wall, epochs_run=len(history))
+    (run_dir / EVALUATION_FILE).write_text(json.dumps(metrics, indent=2))
+    figures = [plots.plot_training_curve(history, run_dir / "plots" / "training_curve.png")]
+    return {"run_dir": str(run_dir), "metrics": metrics, "plots": [str(p) for p in figures]}
+
+
+def predict_run(run_dir: str | Path, out: str | Path, source: str | None = None) -> dict[str, Any]:
+    """Write the predicted label ids of the run's test split (or of ``source``) to ``out``."""
+    config, model = open_run(run_dir)
+    if config.task != "multilabel":
+        raise ConfigError(f"{run_dir} is an unsupervised run: use `sdlgm encode` instead of predict")
+    _, data = multilabel_run_data(config, source)
+    predicted = model.predict(data.X)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as handle:
+        for row in range(predicted.shape[0]):
+            handle.write(" ".join(str(i) for i in predicted.indices[predicted.indptr[row]:predicted.indptr[row + 1]]) + "\n")
+    counts = np.diff(predicted.indptr)
+    return {"out": str(out), "rows": int(predicted.shape[0]), "mean_labels": float(counts.mean())}
