@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", choices=["yeast", "bibtex"], default=["yeast", "bibtex"])
     parser.add_argument("--bibtex", type=Path, default=DEFAULT_BIBTEX, help="folder with bibtex.arff and bibtex.xml")
-    parser.add_argument("--config", type=Path, default=HERE / "configs" / "multilabel.toml")
+    parser.add_argument("--config", type=Path, default=HERE / "multilabel_benchmark.toml")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--smoke", action="store_true", help="300 rows, 1 epoch: checks the pipeline only")
     args = parser.parse_args(argv)
