@@ -219,7 +219,7 @@ class TrainConfig(_Section):
 
     epochs: int = 100
     batch_size: int = 128
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     tau_sparsity_start: float = 1.0
@@ -295,7 +295,7 @@ class ClassifierConfig(_Section):
     on_overflow: str = "error"  # "error" | "truncate"
     guide: str = "label_aware"  # "label_aware" | "prior_as_guide"
     per_slot: bool = True
-    hidden: tuple[int, ...] = (512, 256)
+    hidden: tuple[int, ...] = (256,)
     activation: str = "relu"
     label_noise: float = 1e-3
     sparsity_inference: str = "relaxed"

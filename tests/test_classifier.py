@@ -29,7 +29,7 @@ def test_count_is_learned_far_above_the_majority_baseline():
     X, Y, counts = count_data(1500, rng)
     X_test, Y_test, counts_test = count_data(400, rng)
     clf = SDLGMClassifier(8, 4, hidden=[64])
-    clf.fit(X, Y, epochs=40, batch_size=64, progress=False, seed=0)
+    clf.fit(X, Y, epochs=40, batch_size=64, learning_rate=3e-3, progress=False, seed=0)
     accuracy = float((clf.predict_count(X_test) == counts_test).mean())
     majority = float(np.bincount(counts_test).max() / len(counts_test))
     print(f"count accuracy {accuracy:.3f}, majority baseline {majority:.3f}")
