@@ -19,7 +19,7 @@ from .conditional import CONDITIONAL_GUIDES, build_conditional
 from .exceptions import CheckpointError, ConfigError, DataError, NotFittedError
 from .guides import GuideParams
 from .spec import ModelSpec
-from .support import greedy_support, slot_gates
+from .support import greedy_picks, greedy_support, slot_gates
 from .training import Trainer, take_rows
 
 logger = logging.getLogger(__name__)
@@ -227,15 +227,9 @@ class SDLGMClassifier:
         gates = slot_gates(params.sparsity_logits.softmax(-1), spec.min_level)  # P(L >= l)
         probs = params.slot_logits.softmax(-1).expand(n, spec.max_sparsity, k)
         inclusion = 1.0 - torch.prod(1.0 - gates.unsqueeze(-1) * probs, dim=-2)  # in [0, 1]
-        picked = greedy_support(params.slot_logits, torch.full((n,), spec.max_sparsity, device=probs.device))
-        order = torch.zeros(n, k, device=probs.device)
-        mask = torch.zeros(n, k, dtype=torch.bool, device=probs.device)
-        for index in range(spec.max_sparsity):  # rank of each greedy pick
-            logits = params.slot_logits[:, min(index, params.slot_logits.shape[1] - 1)].masked_fill(mask, float("-inf"))
-            pick = logits.argmax(-1)
-            order[torch.arange(n), pick] = spec.max_sparsity - index
-            mask[torch.arange(n), pick] = True
-        return torch.where(picked, 1.0 + order, inclusion)
+        picks = greedy_picks(params.slot_logits, spec.max_sparsity)  # (N, L0), in slot order
+        rank_scores = torch.arange(spec.max_sparsity, 0, -1, device=probs.device, dtype=probs.dtype)
+        return inclusion.scatter(-1, picks, 1.0 + rank_scores.expand(n, -1))
 
     def predict_scores(self, X, *, batch_size: int = 1024) -> np.ndarray:
         """``(N, K)`` label scores for ranking (P@k, nDCG@k)."""

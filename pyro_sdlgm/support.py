@@ -76,25 +76,44 @@ def mark_taken(taken: torch.Tensor | None, selection: torch.Tensor) -> torch.Ten
     return hard if taken is None else taken | hard
 
 
-def greedy_support(slot_logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Hard support: slots ``1..count`` each take their highest-logit dimension not yet taken.
+def greedy_picks(slot_logits: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """Slots ``1..num_slots`` each take their highest-logit dimension not taken by an earlier slot.
 
-    This is the zero-temperature limit of the without-replacement slot selection; with
-    shared logits it is the ``count`` highest-scoring dimensions.
+    This is the zero-temperature limit of the without-replacement slot selection.
 
     Args:
         slot_logits: ``(N, S, K)`` with ``S`` 1 (shared by all slots) or ``L0`` (per slot).
+        num_slots: how many slots pick (at most ``K``).
+
+    Returns:
+        ``(N, num_slots)`` distinct dimension indices per row, in slot order.
+    """
+    n, num_heads, k = slot_logits.shape
+    taken = torch.zeros(n, k, dtype=torch.bool, device=slot_logits.device)
+    rows = torch.arange(n, device=slot_logits.device)
+    picks = []
+    for index in range(num_slots):
+        pick = slot_logits[:, min(index, num_heads - 1)].masked_fill(taken, float("-inf")).argmax(-1)
+        taken[rows, pick] = True
+        picks.append(pick)
+    return torch.stack(picks, -1) if picks else torch.zeros(n, 0, dtype=torch.long, device=slot_logits.device)
+
+
+def greedy_support(slot_logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Hard support: the picks of slots ``1..counts[i]`` (see :func:`greedy_picks`).
+
+    With shared logits this is the ``count`` highest-scoring dimensions.
+
+    Args:
+        slot_logits: ``(N, S, K)``.
         counts: ``(N,)`` integers in ``[0, min(L0, K)]``.
 
     Returns:
         ``(N, K)`` bool mask with exactly ``counts[i]`` True entries in row ``i``.
     """
-    n, num_heads, _ = slot_logits.shape
-    mask = torch.zeros(n, slot_logits.shape[-1], dtype=torch.bool, device=slot_logits.device)
-    rows = torch.arange(n, device=slot_logits.device)
-    for index in range(int(counts.max()) if n else 0):
-        logits = slot_logits[:, min(index, num_heads - 1)].masked_fill(mask, float("-inf"))
-        pick = logits.argmax(-1)
-        active = index < counts
-        mask[rows[active], pick[active]] = True
+    n, _, k = slot_logits.shape
+    mask = torch.zeros(n, k, dtype=torch.bool, device=slot_logits.device)
+    picks = greedy_picks(slot_logits, int(counts.max()) if n else 0)
+    used = torch.arange(picks.shape[1], device=counts.device) < counts.unsqueeze(-1)
+    mask.scatter_(-1, picks, used)
     return mask
