@@ -13,7 +13,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from .spec import OBS_SITE, SLOT_SITE_PREFIX, SPARSITY_SITE, VALUES_SITE
+from .spec import OBS_SITE, SLOT_SITE_PREFIX, SPARSITY_SITE
 
 
 def site_kl(guide_site: dict, model_site: dict, analytic: bool) -> torch.Tensor:

@@ -5,7 +5,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np
 import pyro
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
