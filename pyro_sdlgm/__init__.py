@@ -5,7 +5,16 @@ per-observation sparsity ``L_i`` drawn, like the support, through Concrete
 (Gumbel-Softmax) distributions, trained by amortized SVI.
 """
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_run_config
+from .classifier import SDLGMClassifier
+from .config import (
+    ClassifierConfig,
+    DataConfig,
+    ModelConfig,
+    MultiLabelDataConfig,
+    RunConfig,
+    TrainConfig,
+    load_run_config,
+)
 from .distributions import ExpRelaxedCategorical
 from .exceptions import (
     CheckpointError,
@@ -38,6 +47,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SDLGM",
+    "SDLGMClassifier",
+    "ClassifierConfig",
+    "MultiLabelDataConfig",
     "SDLGMModel",
     "AmortizedGuide",
     "MLPGuide",

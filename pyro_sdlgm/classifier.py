@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,11 @@ import torch
 from .checkpoint import atomic_save, load_checkpoint
 from .config import ClassifierConfig as C
 from .config import TrainConfig, from_dict
-from .conditional import CONDITIONAL_GUIDES, build_conditional
+from .conditional import build_conditional
 from .exceptions import CheckpointError, ConfigError, DataError, NotFittedError
 from .guides import GuideParams
 from .spec import ModelSpec
-from .support import greedy_picks, greedy_support, slot_gates
+from .support import greedy_picks, slot_gates, soft_support
 from .training import Trainer, take_rows
 
 logger = logging.getLogger(__name__)
@@ -80,20 +81,24 @@ class SDLGMClassifier:
                  objective: str = C.objective, slot_selection: str = C.slot_selection):
         if on_overflow not in OVERFLOW_POLICIES:
             raise ConfigError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
-        if guide not in CONDITIONAL_GUIDES:
-            raise ConfigError(f"unknown multi-label guide {guide!r}; known: {', '.join(CONDITIONAL_GUIDES)}")
         for key, value in (("num_labels", num_labels), ("max_labels", max_labels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        num_labels, max_labels = int(num_labels), int(max_labels)
         if max_labels > num_labels:
             raise ConfigError(f"max_labels={max_labels} exceeds num_labels={num_labels}")
         self.params = dict(num_labels=num_labels, max_labels=max_labels, input_dim=input_dim,
                            include_zero=include_zero, on_overflow=on_overflow, guide=guide, per_slot=per_slot,
-                           hidden=list(hidden), activation=activation, label_noise=label_noise,
+                           hidden=list(hidden) if isinstance(hidden, Sequence) else hidden, activation=activation, label_noise=label_noise,
                            sparsity_inference=sparsity_inference, objective=objective,
                            slot_selection=slot_selection)
-        ModelSpec(input_dim or 1, num_labels, max_labels, include_zero=include_zero, binary=True,
-                  sparsity_inference=sparsity_inference, objective=objective, slot_selection=slot_selection)
+        if input_dim is not None and (isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral)
+                                      or input_dim < 1):
+            raise ConfigError(f"input_dim must be a positive integer or None, got {input_dim!r}")
+        self._fixed_input_dim = None if input_dim is None else int(input_dim)
+        # build once now, on a placeholder width if needed, so that bad options fail here, not in fit()
+        build_conditional(self._spec(self._fixed_input_dim or 1), guide, per_slot, self.params["hidden"],
+                          activation, label_noise)
         self.model = self.guide = None
         self.train_config: TrainConfig | None = None
         self.history_: list[dict] | None = None
@@ -102,8 +107,11 @@ class SDLGMClassifier:
 
     @property
     def spec(self) -> ModelSpec:
+        return self._spec(self.params["input_dim"])
+
+    def _spec(self, input_dim: int) -> ModelSpec:
         p = self.params
-        return ModelSpec(p["input_dim"], p["num_labels"], p["max_labels"], include_zero=p["include_zero"],
+        return ModelSpec(input_dim, p["num_labels"], p["max_labels"], include_zero=p["include_zero"],
                          binary=True, sparsity_inference=p["sparsity_inference"], objective=p["objective"],
                          slot_selection=p["slot_selection"])
 
@@ -188,12 +196,14 @@ class SDLGMClassifier:
         """
         cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGMClassifier.fit()")
         X = _as_matrix(X, "X")
-        if self.params["input_dim"] is None:
-            self.params["input_dim"] = int(X.shape[1])
-        X = self._features(X)
+        if self._fixed_input_dim is not None and X.shape[1] != self._fixed_input_dim:
+            raise DataError(f"X has {X.shape[1]} features but the classifier was built for {self._fixed_input_dim}")
         Y = self._labels(Y, X.shape[0])
+        self.params["input_dim"] = int(X.shape[1])  # inferred anew at each fit unless given
         val = None
         if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise DataError("validation_data must be a pair (X_val, Y_val)")
             X_val = self._features(validation_data[0], "X_val")
             val = (X_val, self._labels(validation_data[1], X_val.shape[0], "Y_val"))
         elif cfg.validation_fraction > 0:
@@ -226,7 +236,7 @@ class SDLGMClassifier:
         n, k = params.slot_logits.shape[0], spec.latent_dim
         gates = slot_gates(params.sparsity_logits.softmax(-1), spec.min_level)  # P(L >= l)
         probs = params.slot_logits.softmax(-1).expand(n, spec.max_sparsity, k)
-        inclusion = 1.0 - torch.prod(1.0 - gates.unsqueeze(-1) * probs, dim=-2)  # in [0, 1]
+        inclusion = soft_support(gates, probs)  # P(a slot in use selects the label), in [0, 1]
         picks = greedy_picks(params.slot_logits, spec.max_sparsity)  # (N, L0), in slot order
         rank_scores = torch.arange(spec.max_sparsity, 0, -1, device=probs.device, dtype=probs.dtype)
         return inclusion.scatter(-1, picks, 1.0 + rank_scores.expand(n, -1))
@@ -237,10 +247,8 @@ class SDLGMClassifier:
 
     def predict(self, X, *, batch_size: int = 1024) -> scipy.sparse.csr_matrix:
         """``(N, K)`` CSR 0/1: the top-``L_hat`` labels of each row (``L_hat`` from the count network)."""
-        parts = []
-        for params in self._prior_params(X, batch_size, "predict"):
-            counts = params.sparsity_logits.argmax(-1) + self.spec.min_level
-            parts.append(scipy.sparse.csr_matrix(greedy_support(params.slot_logits, counts).cpu().numpy()))
+        parts = [scipy.sparse.csr_matrix(self.guide.hard_code(params)[0].cpu().numpy())
+                 for params in self._prior_params(X, batch_size, "predict")]
         return scipy.sparse.vstack(parts).tocsr().astype(np.int8)
 
     # -- persistence ------------------------------------------------------------------------

@@ -86,7 +86,16 @@ class ConditionalSDLGMModel(PyroModule):
         return support
 
 
-class LabelAwareGuide(AmortizedGuide):
+class _MultiLabelGuide(AmortizedGuide):
+    """A guide called as ``guide(x, y, ...)``; subclasses implement ``amortize(x, y)``."""
+
+    def forward(self, x, y=None, *, num_data=None, tau_sparsity=1.0, tau_support=1.0, kl_weight=1.0) -> GuideParams:
+        params = self.amortize(x, y)
+        self.place_sites(params, num_data, tau_sparsity, tau_support, kl_weight)
+        return params
+
+
+class LabelAwareGuide(_MultiLabelGuide):
     """``q(L, c | x, y)``: an MLP of the concatenated features and labels."""
 
     def __init__(self, spec: ModelSpec, *, per_slot: bool = True, hidden: Sequence[int] = (512, 256),
@@ -97,13 +106,8 @@ class LabelAwareGuide(AmortizedGuide):
     def amortize(self, x: torch.Tensor, y: torch.Tensor) -> GuideParams:
         return GuideParams(*self.encoder(torch.cat([x, y], dim=-1)))
 
-    def forward(self, x, y, *, num_data=None, tau_sparsity=1.0, tau_support=1.0, kl_weight=1.0) -> GuideParams:
-        params = self.amortize(x, y)
-        self.place_sites(params, num_data, tau_sparsity, tau_support, kl_weight)
-        return params
 
-
-class PriorAsGuide(AmortizedGuide):
+class PriorAsGuide(_MultiLabelGuide):
     """The model's ``x``-only networks used as the guide (ablation: no label-aware posterior)."""
 
     def __init__(self, model: ConditionalSDLGMModel):
@@ -112,11 +116,6 @@ class PriorAsGuide(AmortizedGuide):
 
     def amortize(self, x: torch.Tensor, y: torch.Tensor | None = None) -> GuideParams:
         return GuideParams(*self.prior_net(x))
-
-    def forward(self, x, y=None, *, num_data=None, tau_sparsity=1.0, tau_support=1.0, kl_weight=1.0) -> GuideParams:
-        params = self.amortize(x)
-        self.place_sites(params, num_data, tau_sparsity, tau_support, kl_weight)
-        return params
 
 
 def build_conditional(spec: ModelSpec, guide: str, per_slot: bool, hidden: Sequence[int], activation: str,

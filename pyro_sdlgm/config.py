@@ -323,8 +323,9 @@ class MultiLabelDataConfig(_Section):
     labels: int | str | None = None
     train: str | None = None
     test: str | None = None
-    zero_based: bool | None = None
-    num_features: int | None = None
+    zero_based: bool | None = None  # svmlight: feature index base (required)
+    labels_zero_based: bool | None = None  # svmlight: label index base (default: zero_based)
+    num_features: int | None = None  # svmlight without header; recorded by training
     train_rows: int | None = None
     test_fraction: float = 0.2
     split_seed: int = 0

@@ -3,8 +3,9 @@
 Ranking metrics are small numpy versions of the Extreme Classification definitions,
 written here so that the library needs no compiled extra; the tests check them against
 ``napkinxc.metrics``. Set metrics come from scikit-learn. Rows with no true labels are
-kept: they score 0 in P@k and nDCG@k and add nothing to PSP@k (as in napkinXC), and
-count in the set metrics with scikit-learn's ``zero_division=0`` convention.
+kept: they score 0 in P@k and nDCG@k and add nothing to PSP@k (as in napkinXC); in
+example-F1 an empty row predicted empty scores 1 (``zero_division=1``), any other empty
+side scores 0.
 
 Shapes: ``Y`` (true labels) and ``Y_pred`` are ``(N, K)`` 0/1 arrays or scipy sparse
 matrices; ``scores`` is ``(N, K)``; counts are ``(N,)``.
@@ -16,6 +17,8 @@ import numpy as np
 import scipy.sparse
 from sklearn import metrics as skm
 
+from .exceptions import DataError
+
 KS = (1, 3, 5)
 
 
@@ -26,10 +29,7 @@ def _csr(Y) -> scipy.sparse.csr_matrix:
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` highest scores per row, best first, ``(N, k)`` (ties: lower index first)."""
     scores = np.asarray(scores)
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
-    return np.take_along_axis(part, order, 1)
+    return np.argsort(-scores, axis=1, kind="stable")[:, : min(k, scores.shape[1])]
 
 
 def _hits(Y, scores, k) -> np.ndarray:
@@ -59,7 +59,8 @@ def inverse_propensities(Y_train, A: float = 0.55, B: float = 1.5) -> np.ndarray
     Y_train = _csr(Y_train)
     n = Y_train.shape[0]
     freq = np.asarray(Y_train.sum(0)).ravel()
-    c = (np.log(n) - 1.0) * (B + 1.0) ** A
+    # C < 0 for fewer than 3 rows would make weights negative: fall back to uniform weights
+    c = max(np.log(max(n, 1)) - 1.0, 0.0) * (B + 1.0) ** A
     return 1.0 + c * (freq + B) ** (-A)
 
 
@@ -100,12 +101,16 @@ def multilabel_report(Y, Y_pred, scores, *, predicted_counts=None, inv_propensit
 
     Returns:
         ``p@k``, ``ndcg@k``, ``psp@k`` for k in 1, 3, 5; ``example_f1`` (scikit-learn's
-        ``average="samples"``; a row with no true and no predicted labels scores 0),
+        ``average="samples"``; a row with no true and no predicted labels scores 1, a correct
+        empty prediction),
         ``micro_f1``, ``macro_f1`` (over labels; a label never true nor predicted scores 0),
         ``hamming_loss`` (divided by ``N K``), ``subset_accuracy``, ``count_accuracy``,
         ``count_mae``, ``mean_predicted_labels``.
     """
     Y, Y_pred = _csr(Y), _csr(Y_pred)
+    scores = np.asarray(scores)
+    if not (Y.shape == Y_pred.shape == scores.shape):
+        raise DataError(f"shapes disagree: true labels {Y.shape}, predictions {Y_pred.shape}, scores {scores.shape}")
     if inv_propensities is None:
         inv_propensities = inverse_propensities(Y)
     true_counts = np.asarray(Y.sum(1)).ravel()
@@ -118,7 +123,7 @@ def multilabel_report(Y, Y_pred, scores, *, predicted_counts=None, inv_propensit
         report[f"psp@{k}"] = psp_at_k(Y, scores, k, inv_propensities)
     Yb, Pb = Y.astype(np.int8), Y_pred.astype(np.int8)
     report.update(
-        example_f1=float(skm.f1_score(Yb, Pb, average="samples", zero_division=0)),
+        example_f1=float(skm.f1_score(Yb, Pb, average="samples", zero_division=1)),
         micro_f1=float(skm.f1_score(Yb, Pb, average="micro", zero_division=0)),
         macro_f1=float(skm.f1_score(Yb, Pb, average="macro", zero_division=0)),
         hamming_loss=float(skm.hamming_loss(Yb, Pb)),

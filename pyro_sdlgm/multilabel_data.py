@@ -98,15 +98,19 @@ def load_arff(path: str | Path, labels: int | str | Path) -> MultiLabelData:
             raise DataFormatError(f"{path}: labels {missing[:5]} of {labels} are not attributes of the file")
         label_idx = [names.index(name) for name in label_names]
     if sparse:
-        values, rows, cols = (np.asarray(a) for a in obj["data"])
-        n = _count_data_rows(text) if len(values) == 0 else max(int(rows.max()) + 1, _count_data_rows(text))
-        full = scipy.sparse.csr_matrix((values.astype(np.float64), (rows, cols)), shape=(n, len(attributes)))
+        values, rows, cols = (np.asarray(a, dtype=object if i == 0 else None) for i, a in enumerate(obj["data"]))
+        missing = [i for i, v in enumerate(values) if v is None]
+        if missing:
+            raise DataFormatError(f"{path}: missing value in data row {rows[missing[0]]}, "
+                                  f"attribute {names[cols[missing[0]]]!r}")
+        n = max(int(rows.max()) + 1 if len(values) else 0, _count_data_rows(text))
+        full = scipy.sparse.csr_matrix((_as_float(path, values), (rows, cols)), shape=(n, len(attributes)))
     else:
         array = np.array(obj["data"], dtype=object)
         if array.size and any(v is None for v in array.ravel()):
             row, col = next((r, c) for r, c in zip(*np.nonzero(array == None)))  # noqa: E711
             raise DataFormatError(f"{path}: missing value in data row {row}, attribute {names[col]!r}")
-        full = scipy.sparse.csr_matrix(array.astype(np.float64).reshape(len(array), len(attributes)))
+        full = scipy.sparse.csr_matrix(_as_float(path, array).reshape(len(array), len(attributes)))
     # map label values through their declarations: a nominal {1,0} must not flip 0 and 1
     label_columns = []
     for index in label_idx:
@@ -124,9 +128,17 @@ def load_arff(path: str | Path, labels: int | str | Path) -> MultiLabelData:
                                   f"in data row {int(np.flatnonzero(bad)[0])}; labels must be 0 or 1")
         label_columns.append(column)
     feature_idx = [i for i in range(len(attributes)) if i not in set(label_idx)]
-    Y = scipy.sparse.csr_matrix(np.stack(label_columns, 1).astype(np.int8)) if label_columns else None
+    Y = scipy.sparse.csr_matrix(np.stack(label_columns, 1).astype(np.int8))
     X = full[:, feature_idx].astype(np.float32).tocsr()
     return MultiLabelData(X, Y, path.stem, tuple(names[i] for i in label_idx))
+
+
+def _as_float(path: Path, values: np.ndarray) -> np.ndarray:
+    try:
+        return values.astype(np.float64)
+    except (TypeError, ValueError) as err:  # e.g. a STRING attribute
+        raise DataFormatError(f"{path}: non-numeric attribute values ({err}); only numeric and nominal "
+                              "attributes are supported") from None
 
 
 def _count_data_rows(text: str) -> int:
@@ -137,7 +149,7 @@ def _count_data_rows(text: str) -> int:
 # ----------------------------------------------------------------------------- XMC / svmlight
 
 _LABELS = re.compile(r"^\d+(,\d+)*$")
-_FEATURE = re.compile(r"^\d+:[-+0-9.eEinfINFaAnN]+$")
+_FEATURE = re.compile(r"^\d+:\S+$")
 
 
 def _check_lines(path: Path, lines: list[str], first_line: int) -> None:
@@ -155,10 +167,14 @@ def _check_lines(path: Path, lines: list[str], first_line: int) -> None:
         for token in features:
             if not _FEATURE.match(token):
                 raise DataFormatError(f"{path}, line {number}: bad feature {token!r} (expected index:value)")
+            try:
+                float(token.split(":", 1)[1])
+            except ValueError:
+                raise DataFormatError(f"{path}, line {number}: bad feature value in {token!r}") from None
 
 
 def _parse_svmlight(path: Path, body: str, first_line: int, n_features: int | None, zero_based: bool):
-    lines = body.splitlines()
+    lines = body.rstrip("\n").splitlines()  # trailing blank lines are fine; blank lines inside are not
     _check_lines(path, lines, first_line)
     # scikit-learn reads a row without labels only with the separating space
     fixed = "\n".join(line if not (line[:1].isspace() or ":" in line.split()[0]) else " " + line.lstrip()
@@ -200,18 +216,24 @@ def load_xmc(path: str | Path) -> MultiLabelData:
     return MultiLabelData(X, _labels_to_csr(path, labels, k, True), path.stem)
 
 
-def load_svmlight_multilabel(path: str | Path, *, zero_based: bool, num_features: int | None = None,
-                             num_labels: int | None = None) -> MultiLabelData:
+def load_svmlight_multilabel(path: str | Path, *, zero_based: bool, labels_zero_based: bool | None = None,
+                             num_features: int | None = None, num_labels: int | None = None) -> MultiLabelData:
     """An svmlight/libsvm multi-label file (``l1,l2 f:v ...``), via scikit-learn.
 
-    ``zero_based`` must be given: scikit-learn's ``"auto"`` silently shifts the features
-    of a file that happens to use no index 0. Labels follow the same base.
+    ``zero_based`` (of the feature indices) must be given: scikit-learn's ``"auto"``
+    silently shifts the features of a file that happens to use no index 0. Labels follow
+    the same base unless ``labels_zero_based`` says otherwise (LIBSVM's multi-label files
+    number features from 1 and labels from 0).
     """
+    for key, value in (("zero_based", zero_based), ("labels_zero_based", labels_zero_based)):
+        if not (isinstance(value, bool) or (key == "labels_zero_based" and value is None)):
+            raise DataError(f"{key} must be true or false, got {value!r}")
+    labels_zero_based = zero_based if labels_zero_based is None else labels_zero_based
     path = Path(path)
     X, labels = _parse_svmlight(path, _read_text(path), 1, num_features, zero_based)
     if num_labels is None:
-        num_labels = max((max(row) for row in labels if row), default=-1) + (1 if zero_based else 0)
-    return MultiLabelData(X, _labels_to_csr(path, labels, num_labels, zero_based), path.stem)
+        num_labels = max((max(row) for row in labels if row), default=-1) + (0 if labels_zero_based else -1) + 1
+    return MultiLabelData(X, _labels_to_csr(path, labels, num_labels, labels_zero_based), path.stem)
 
 
 # ----------------------------------------------------------------------------- Yeast

@@ -19,6 +19,8 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, activati
     """
     if activation not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+    if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+        raise ConfigError(f"hidden layer sizes must be a list of positive integers, got {hidden!r}")
     hidden = list(hidden)
     for h in hidden:
         if isinstance(h, bool) or not isinstance(h, int) or h < 1:

@@ -22,11 +22,9 @@ import numpy as np
 from . import plots
 from .config import RunConfig, load_run_config, write_yaml
 from .datasets import Dataset, prepare_dataset, split_dataset
-from .exceptions import CheckpointError, ConfigError
+from .exceptions import CheckpointError, ConfigError, DataError
 from .registry import component_name
 from .sdlgm import SDLGM
-
-PREDICTIONS_HELP = "one line per row: the predicted label ids (0-based), separated by spaces"
 
 logger = logging.getLogger(__name__)
 
@@ -166,20 +164,33 @@ def encode_run(run_dir: str | Path, out: str | Path, source: str | None = None) 
 # ----------------------------------------------------------------------------- multi-label runs
 
 
-def load_multilabel(config, path: str | None = None):
-    """The ``[data]`` section's file (or ``path`` in the same format) as :class:`MultiLabelData`."""
+def load_multilabel(config, path: str | None = None, like=None):
+    """The ``[data]`` section's file (or ``path`` in the same format) as :class:`MultiLabelData`.
+
+    ``like``: data whose feature and label counts a second file must have (svmlight files
+    carry no header, so their widths are taken from it).
+    """
     from . import multilabel_data as mld
 
     data = config.data
     if data.format == "yeast":
+        if path is not None:
+            raise ConfigError("data.format='yeast' is the built-in data set: it takes no other file")
         return mld.load_yeast()
     if data.format == "arff":
         return mld.load_arff(path or data.path, data.labels if isinstance(data.labels, int) else Path(data.labels))
     if data.format == "xmc":
         return mld.load_xmc(path or data.train)
-    return mld.load_svmlight_multilabel(path or data.train, zero_based=data.zero_based,
-                                        num_features=data.num_features,
-                                        num_labels=config.classifier.num_labels)
+    return mld.load_svmlight_multilabel(
+        path or data.train, zero_based=data.zero_based, labels_zero_based=data.labels_zero_based,
+        num_features=like.X.shape[1] if like is not None else data.num_features,
+        num_labels=like.Y.shape[1] if like is not None else config.classifier.num_labels)
+
+
+def _same_widths(reference, other, name: str) -> None:
+    if other.X.shape[1] != reference.X.shape[1] or other.Y.shape[1] != reference.Y.shape[1]:
+        raise DataError(f"{name} has {other.X.shape[1]} features and {other.Y.shape[1]} labels; the training "
+                        f"data has {reference.X.shape[1]} and {reference.Y.shape[1]}")
 
 
 def multilabel_run_data(config, source: str | None = None):
@@ -191,10 +202,18 @@ def multilabel_run_data(config, source: str | None = None):
 
     data = config.data
     if source is not None:
-        return None, load_multilabel(config, source)
+        reference = None
+        if config.classifier.num_labels is not None and config.data.num_features is not None:
+            reference = _Widths(config.data.num_features, config.classifier.num_labels)
+        other = load_multilabel(config, source, like=reference)
+        if reference is not None:
+            _same_widths(reference, other, f"data {source!r}")
+        return None, other
     full = load_multilabel(config)
     if data.test is not None:
-        return full, load_multilabel(config, data.test)
+        test = load_multilabel(config, data.test, like=full)
+        _same_widths(full, test, f"data.test {data.test!r}")
+        return full, test
     if data.train_rows is not None:
         if not 1 <= data.train_rows < full.X.shape[0]:
             raise ConfigError(f"data.train_rows={data.train_rows} must leave test rows out of {full.X.shape[0]}")
@@ -204,6 +223,14 @@ def multilabel_run_data(config, source: str | None = None):
     test_rows, train_rows = np.sort(order[:n_test]), np.sort(order[n_test:])
     return (MultiLabelData(full.X[train_rows], full.Y[train_rows], full.name, full.label_names),
             MultiLabelData(full.X[test_rows], full.Y[test_rows], full.name, full.label_names))
+
+
+class _Widths:
+    """Stand-in for data of a given width (only its ``X.shape[1]`` and ``Y.shape[1]`` are read)."""
+
+    def __init__(self, num_features: int, num_labels: int):
+        self.X = np.empty((0, num_features))
+        self.Y = np.empty((0, num_labels))
 
 
 def multilabel_metrics(model, train, test) -> dict[str, Any]:
@@ -228,6 +255,7 @@ def train_multilabel_run(config: RunConfig, *, overwrite: bool = False) -> dict[
         config.classifier.num_labels = num_labels = int(train.Y.shape[1])
     elif num_labels != train.Y.shape[1]:
         raise ConfigError(f"classifier.num_labels={num_labels} but the data has {train.Y.shape[1]} labels")
+    config.data.num_features = int(train.X.shape[1])  # recorded, so evaluate/predict can check other files
     max_labels = options.pop("max_labels")
     model = SDLGMClassifier(num_labels, max_labels, input_dim=int(train.X.shape[1]), **options)
     run_dir = prepare_run_dir(config.run_dir, overwrite)
@@ -251,6 +279,8 @@ def predict_run(run_dir: str | Path, out: str | Path, source: str | None = None)
     _, data = multilabel_run_data(config, source)
     predicted = model.predict(data.X)
     out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a folder; give a file name")
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as handle:
         for row in range(predicted.shape[0]):

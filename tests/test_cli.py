@@ -121,3 +121,9 @@ test = {str(tmp_path / "test.txt")!r}
     assert all(0 <= int(i) < 4 for line in lines for i in line.split())
     assert main(["encode", str(tmp_path / "run"), "--out", str(tmp_path / "c.npz")]) == 2
     assert "predict" in capsys.readouterr().err
+    write_xmc(tmp_path / "wide.txt", X[:5], np.ones((5, 6), np.int8))  # 6 labels instead of 4
+    assert main(["predict", str(tmp_path / "run"), "--data", str(tmp_path / "wide.txt"), "--out",
+                 str(tmp_path / "p2.txt")]) == 2
+    assert "6 labels" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "run"), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err

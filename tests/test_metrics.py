@@ -50,7 +50,9 @@ def test_report_set_metrics_match_sklearn_definitions(random_labels):
     Y, scores = random_labels
     Y_pred = (scores > 0.7).astype(np.float32)
     report = multilabel_report(scipy.sparse.csr_matrix(Y), Y_pred, scores)
-    assert report["example_f1"] == pytest.approx(f1_score(Y, Y_pred, average="samples", zero_division=0))
+    assert report["example_f1"] == pytest.approx(f1_score(Y, Y_pred, average="samples", zero_division=1))
+    empty = multilabel_report(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3)))
+    assert empty["example_f1"] == 1.0 and empty["subset_accuracy"] == 1.0
     assert report["hamming_loss"] == pytest.approx(hamming_loss(Y, Y_pred))
     assert report["hamming_loss"] == pytest.approx(np.mean(Y != Y_pred))  # divided by N K
     assert report["subset_accuracy"] == pytest.approx(np.mean((Y == Y_pred).all(1)))

@@ -76,12 +76,33 @@ def test_xmc_round_trip_with_an_empty_label_list(tmp_path):
     ("4 3 2\n0 0:0.5\n 1:1\n0,1 0:1\n", "announces 4 rows"),
     ("3 3 2\n0 0:0.5\n 1:1\n0,5 0:1\n", "label 5 .* outside"),
     ("3 3 2\n0 0:0.5\nx 1:1\n0 0:1\n", "line 3: bad label list 'x'"),
-    ("3 3 2\n0 0:0.5\n0 1:abc\n0 0:1\n", "line 3: bad feature '1:abc'"),
+    ("3 3 2\n0 0:0.5\n0 1:abc\n0 0:1\n", "line 3: bad feature value in '1:abc'"),
+    ("3 3 2\n0 0:0.5\n0 1:1.2.3\n0 0:1\n", "line 3: bad feature value in '1:1.2.3'"),
+    ("3 3 2\n0 0:0.5\n\n0 0:1\n", "line 3: empty line"),
     ("3 3 2\n0 0:0.5\n0 7:1\n0 0:1\n", "toy.txt"),
 ])
 def test_xmc_errors_name_file_and_line(tmp_path, text, match):
     with pytest.raises(DataFormatError, match=match):
         load_xmc(write(tmp_path, "toy.txt", text))
+
+
+def test_trailing_blank_lines_are_fine_and_label_base_can_differ(tmp_path):
+    assert load_xmc(write(tmp_path, "t.txt", XMC.replace(" 0:0 \n", " 1:0\n") + "\n\n")).X.shape == (3, 3)
+    libsvm = "0 1:0.5 3:2\n 1:0\n0,1 1:1 2:3\n"  # features from 1, labels from 0
+    data = load_svmlight_multilabel(write(tmp_path, "l.svm", libsvm), zero_based=False, labels_zero_based=True,
+                                    num_features=3)
+    assert np.array_equal(data.Y.toarray(), Y) and data.X.shape == (3, 3)
+    with pytest.raises(DataError, match="zero_based must be true or false"):
+        load_svmlight_multilabel(write(tmp_path, "m.svm", libsvm), zero_based="auto")
+
+
+def test_arff_missing_and_string_values(tmp_path):
+    sparse_missing = SPARSE_ARFF.replace("{0 0.5,2 2,3 1}", "{0 0.5,2 2,3 ?}")
+    with pytest.raises(DataFormatError, match="missing value in data row 0, attribute 'lab_a'"):
+        load_arff(write(tmp_path, "m.arff", sparse_missing), 2)
+    strings = DENSE_ARFF.replace("@attribute f1 numeric", "@attribute f1 string").replace("0.5,0,2", "0.5,hello,2")
+    with pytest.raises(DataFormatError, match="non-numeric"):
+        load_arff(write(tmp_path, "s.arff", strings), 2)
 
 
 def test_svmlight_bases_are_explicit(tmp_path):
