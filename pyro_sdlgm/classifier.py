@@ -13,6 +13,7 @@ import pyro
 import scipy.sparse
 import torch
 
+from .arrays import dense_numeric_2d
 from .checkpoint import atomic_save, load_checkpoint
 from .config import ClassifierConfig as C
 from .config import TrainConfig, from_dict
@@ -34,18 +35,10 @@ def _as_matrix(A, name: str) -> scipy.sparse.csr_matrix:
     """Dense or sparse ``(N, M)`` input as float32 CSR, checked for shape, emptiness and finiteness."""
     if scipy.sparse.issparse(A):
         matrix = scipy.sparse.csr_matrix(A, dtype=np.float32)
+        if matrix.shape[0] == 0:
+            raise DataError(f"{name} is empty (shape {matrix.shape})")
     else:
-        try:
-            array = np.asarray(A.detach().cpu().numpy() if isinstance(A, torch.Tensor) else A)
-        except ValueError as err:
-            raise DataError(f"{name} cannot be read as a 2-D array: {err}") from None
-        if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-            raise DataError(f"{name} must be numeric, got dtype {array.dtype}")
-        if array.ndim != 2:
-            raise DataError(f"{name} must be a 2-D array, got shape {array.shape}")
-        matrix = scipy.sparse.csr_matrix(array.astype(np.float32))
-    if matrix.shape[0] == 0:
-        raise DataError(f"{name} is empty (shape {matrix.shape})")
+        matrix = scipy.sparse.csr_matrix(dense_numeric_2d(A, name).astype(np.float32))
     if not np.isfinite(matrix.data).all():
         row = int(np.searchsorted(matrix.indptr, np.flatnonzero(~np.isfinite(matrix.data))[0], side="right") - 1)
         raise DataError(f"{name} contains non-finite values (first in row {row})")
@@ -89,7 +82,8 @@ class SDLGMClassifier:
             raise ConfigError(f"max_labels={max_labels} exceeds num_labels={num_labels}")
         self.params = dict(num_labels=num_labels, max_labels=max_labels, input_dim=input_dim,
                            include_zero=include_zero, on_overflow=on_overflow, guide=guide, per_slot=per_slot,
-                           hidden=list(hidden) if isinstance(hidden, Sequence) else hidden, activation=activation, label_noise=label_noise,
+                           hidden=list(hidden) if isinstance(hidden, Sequence) else hidden,
+                           activation=activation, label_noise=label_noise,
                            sparsity_inference=sparsity_inference, objective=objective,
                            slot_selection=slot_selection)
         if input_dim is not None and (isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral)
@@ -130,7 +124,9 @@ class SDLGMClassifier:
             raise NotFittedError(f"SDLGMClassifier.{method}() needs a trained model: call fit() or load() first")
 
     def _features(self, X, name="X") -> scipy.sparse.csr_matrix:
-        matrix = _as_matrix(X, name)
+        return self._check_width(_as_matrix(X, name), name)
+
+    def _check_width(self, matrix: scipy.sparse.csr_matrix, name: str) -> scipy.sparse.csr_matrix:
         expected = self.params["input_dim"]
         if expected is not None and matrix.shape[1] != expected:
             raise DataError(f"{name} has {matrix.shape[1]} features but the classifier was built for {expected}")
@@ -196,10 +192,10 @@ class SDLGMClassifier:
         """
         cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGMClassifier.fit()")
         X = _as_matrix(X, "X")
-        if self._fixed_input_dim is not None and X.shape[1] != self._fixed_input_dim:
-            raise DataError(f"X has {X.shape[1]} features but the classifier was built for {self._fixed_input_dim}")
+        # the width given at construction, or that of the data (inferred anew at each fit)
+        self.params["input_dim"] = self._fixed_input_dim or int(X.shape[1])
+        X = self._check_width(X, "X")
         Y = self._labels(Y, X.shape[0])
-        self.params["input_dim"] = int(X.shape[1])  # inferred anew at each fit unless given
         val = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:

@@ -35,7 +35,11 @@ class MultiLabelData:
 
     def rows(self, start: int, stop: int | None = None) -> MultiLabelData:
         """Rows ``start:stop`` (the benchmarks' fixed splits are first/last rows)."""
-        return MultiLabelData(self.X[start:stop], self.Y[start:stop], self.name, self.label_names)
+        return self.take(slice(start, stop))
+
+    def take(self, rows) -> MultiLabelData:
+        """The rows ``rows`` (a slice or an index array)."""
+        return MultiLabelData(self.X[rows], self.Y[rows], self.name, self.label_names)
 
     @property
     def label_counts(self) -> np.ndarray:

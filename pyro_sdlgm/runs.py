@@ -164,11 +164,11 @@ def encode_run(run_dir: str | Path, out: str | Path, source: str | None = None) 
 # ----------------------------------------------------------------------------- multi-label runs
 
 
-def load_multilabel(config, path: str | None = None, like=None):
+def load_multilabel(config, path: str | None = None, widths: tuple[int, int] | None = None):
     """The ``[data]`` section's file (or ``path`` in the same format) as :class:`MultiLabelData`.
 
-    ``like``: data whose feature and label counts a second file must have (svmlight files
-    carry no header, so their widths are taken from it).
+    ``widths``: ``(features, labels)`` a second svmlight file must be read with (the format
+    has no header); default: the config's ``num_features`` and ``num_labels``.
     """
     from . import multilabel_data as mld
 
@@ -181,38 +181,39 @@ def load_multilabel(config, path: str | None = None, like=None):
         return mld.load_arff(path or data.path, data.labels if isinstance(data.labels, int) else Path(data.labels))
     if data.format == "xmc":
         return mld.load_xmc(path or data.train)
-    return mld.load_svmlight_multilabel(
-        path or data.train, zero_based=data.zero_based, labels_zero_based=data.labels_zero_based,
-        num_features=like.X.shape[1] if like is not None else data.num_features,
-        num_labels=like.Y.shape[1] if like is not None else config.classifier.num_labels)
+    num_features, num_labels = widths or (data.num_features, config.classifier.num_labels)
+    return mld.load_svmlight_multilabel(path or data.train, zero_based=data.zero_based,
+                                        labels_zero_based=data.labels_zero_based,
+                                        num_features=num_features, num_labels=num_labels)
 
 
-def _same_widths(reference, other, name: str) -> None:
-    if other.X.shape[1] != reference.X.shape[1] or other.Y.shape[1] != reference.Y.shape[1]:
+def _widths(data) -> tuple[int, int]:
+    return int(data.X.shape[1]), int(data.Y.shape[1])
+
+
+def _check_widths(expected: tuple[int, int], other, name: str) -> None:
+    if _widths(other) != expected:
         raise DataError(f"{name} has {other.X.shape[1]} features and {other.Y.shape[1]} labels; the training "
-                        f"data has {reference.X.shape[1]} and {reference.Y.shape[1]}")
+                        f"data has {expected[0]} and {expected[1]}")
 
 
 def multilabel_run_data(config, source: str | None = None):
     """``(train, test)``: a separate test file, the first ``train_rows`` rows, or a seeded split.
 
-    With ``source`` (a file in the run's format), all of it is the test part.
+    With ``source`` (a file in the run's format), all of it is the test part (``train`` is None),
+    checked against the widths recorded at training.
     """
-    from .multilabel_data import MultiLabelData
-
     data = config.data
     if source is not None:
-        reference = None
-        if config.classifier.num_labels is not None and config.data.num_features is not None:
-            reference = _Widths(config.data.num_features, config.classifier.num_labels)
-        other = load_multilabel(config, source, like=reference)
-        if reference is not None:
-            _same_widths(reference, other, f"data {source!r}")
+        trained = (data.num_features, config.classifier.num_labels)
+        other = load_multilabel(config, source, widths=trained if None not in trained else None)
+        if None not in trained:
+            _check_widths(trained, other, f"data {source!r}")
         return None, other
     full = load_multilabel(config)
     if data.test is not None:
-        test = load_multilabel(config, data.test, like=full)
-        _same_widths(full, test, f"data.test {data.test!r}")
+        test = load_multilabel(config, data.test, widths=_widths(full))
+        _check_widths(_widths(full), test, f"data.test {data.test!r}")
         return full, test
     if data.train_rows is not None:
         if not 1 <= data.train_rows < full.X.shape[0]:
@@ -220,17 +221,7 @@ def multilabel_run_data(config, source: str | None = None):
         return full.rows(0, data.train_rows), full.rows(data.train_rows)
     order = np.random.default_rng(data.split_seed).permutation(full.X.shape[0])
     n_test = max(1, int(round(data.test_fraction * full.X.shape[0])))
-    test_rows, train_rows = np.sort(order[:n_test]), np.sort(order[n_test:])
-    return (MultiLabelData(full.X[train_rows], full.Y[train_rows], full.name, full.label_names),
-            MultiLabelData(full.X[test_rows], full.Y[test_rows], full.name, full.label_names))
-
-
-class _Widths:
-    """Stand-in for data of a given width (only its ``X.shape[1]`` and ``Y.shape[1]`` are read)."""
-
-    def __init__(self, num_features: int, num_labels: int):
-        self.X = np.empty((0, num_features))
-        self.Y = np.empty((0, num_labels))
+    return full.take(np.sort(order[n_test:])), full.take(np.sort(order[:n_test]))
 
 
 def multilabel_metrics(model, train, test) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pyro
 import scipy.sparse
 import torch
 
+from .arrays import dense_numeric_2d
 from .checkpoint import atomic_save, load_checkpoint
 from .config import ModelConfig, TrainConfig, from_dict
 from .evaluation import code_statistics, elbo_terms, slot_duplicates
@@ -56,20 +57,7 @@ def as_data_tensor(X: Any, input_dim: int, likelihood, name: str = "X") -> torch
             f"{name} is a scipy sparse matrix; SDLGM takes dense (N, D) arrays. "
             "Call X.toarray() if it fits in memory"
         )
-    if isinstance(X, torch.Tensor):
-        array = X.detach().cpu().numpy()
-    else:
-        try:
-            array = np.asarray(X)
-        except ValueError as err:  # ragged nested lists
-            raise DataError(f"{name} cannot be read as an (N, D) array: {err}") from None
-    if (array.dtype == object or np.issubdtype(array.dtype, np.complexfloating)
-            or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool)):
-        raise DataError(f"{name} must be numeric, got dtype {array.dtype}")
-    if array.ndim != 2:
-        raise DataError(f"{name} must be a 2-D array (N, D), got shape {array.shape}")
-    if array.shape[0] == 0:
-        raise DataError(f"{name} is empty (shape {array.shape})")
+    array = dense_numeric_2d(X, name)
     if array.shape[1] != input_dim:
         raise DataError(f"{name} has {array.shape[1]} features but the model has input_dim={input_dim}")
     array = array.astype(np.float32, copy=False)
@@ -318,7 +306,7 @@ class SDLGM:
                         repeats, drawn_counts = slot_duplicates(guide_trace, self.spec)
                         duplicates += int(repeats.sum())
                         used += int(drawn_counts.sum())
-                params = self.guide.amortize(batch)
+                        params = guide_trace.nodes["_RETURN"]["value"]  # the guide's amortized parameters
                 z, _ = self.guide.hard_code(params)
                 codes.append(z.cpu())
                 decoded = self.model.decoder(z)
