@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import numbers
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from .config import TrainConfig, from_dict
 from .conditional import build_conditional
 from .exceptions import CheckpointError, ConfigError, DataError, NotFittedError
 from .guides import GuideParams
+from .posterior import check_num_samples, draw_sparsity, seeded, sparsity_inference_data
+from .schedules import TrainingSchedule
 from .spec import ModelSpec
 from .support import greedy_picks, slot_gates, soft_support
 from .training import Trainer, take_rows
@@ -224,6 +227,41 @@ class SDLGMClassifier:
     def predict_count(self, X, *, batch_size: int = 1024) -> np.ndarray:
         """``L_hat_i``, the mode of the count network, ``(N,)`` int."""
         return self.count_levels[self.count_posterior(X, batch_size=batch_size).argmax(-1)]
+
+    @torch.no_grad()
+    def posterior(self, X, Y=None, *, num_samples: int = 100, seed: int = 0, batch_size: int = 256, obs_names=None):
+        """The predicted distribution over each row's label count and labels, as ArviZ data.
+
+        At prediction time labels are unknown, so this is the distribution of the ``x``-only
+        networks (the count network ``p(L_i | x_i)`` and the slot networks), which training
+        fits to the label-aware posterior. Same groups as :meth:`pyro_sdlgm.SDLGM.posterior`
+        (``sparsity`` draws are label counts, ``inclusion_probs`` ``(N, K)`` label
+        probabilities); with ``Y`` ``(N, K)``, ``observed_data.label_count`` holds the true
+        counts (for :func:`pyro_sdlgm.inspection.count_calibration`).
+        """
+        num_samples = check_num_samples(num_samples)
+        self._check_fitted("posterior")
+        true_counts = None
+        if Y is not None:
+            labels = _as_matrix(Y, "Y")
+            n_rows = self._features(X).shape[0]
+            if labels.shape != (n_rows, self.params["num_labels"]):
+                raise DataError(f"Y has shape {labels.shape}, expected ({n_rows}, {self.params['num_labels']})")
+            true_counts = np.asarray((labels != 0).sum(1)).ravel().astype(np.int64)
+        schedule = TrainingSchedule.from_config(self.train_config or TrainConfig(), 1).final()
+        place = partial(self.guide.place_sites, num_data=None, kl_weight=1.0,
+                        tau_sparsity=schedule["tau_sparsity"], tau_support=schedule["tau_support"])
+        probs, draws = [], []
+        device = next(self.model.parameters()).device
+        with seeded(seed, device):
+            for params in self._prior_params(X, batch_size, "posterior"):
+                probs.append(params.sparsity_logits.softmax(-1).cpu())
+                draws.append({k: v.cpu() for k, v in draw_sparsity(place, params, self.spec, num_samples).items()})
+        return sparsity_inference_data(
+            self.spec, probs, draws, num_samples=num_samples, seed=seed, model_name="SDLGMClassifier",
+            obs_names=obs_names, observed=None if true_counts is None else {"label_count": true_counts},
+            observed_dims={"label_count": ["obs"]},
+        )
 
     def _ranking(self, params: GuideParams) -> torch.Tensor:
         """Scores ``(N, K)``: labels the zero-temperature slot selection picks (slots 1..L0, in

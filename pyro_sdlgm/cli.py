@@ -1,4 +1,4 @@
-"""Command line: ``sdlgm train | evaluate | encode`` (also ``python -m pyro_sdlgm``)."""
+"""Command line: ``sdlgm train | evaluate | predict | encode | inspect`` (also ``python -m pyro_sdlgm``)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,36 @@ def _summary_line(metrics: dict) -> str:
     )
 
 
+def _inspection_text(result: dict) -> str:
+    """The short text summary ``sdlgm inspect`` prints."""
+    histogram = ", ".join(f"{level}: {count}" for level, count in result["mode_histogram"].items())
+    lines = [
+        f"posterior over sparsity, {result['data']} ({result['num_examples']} observations, "
+        f"{result['num_samples']} draws each, seed {result['seed']})",
+        f"modes of q(L|x) (level: observations): {histogram}",
+        f"E[L_i]: mean {result['mean_L']:.2f}, sd across observations {result['sd_between']:.2f}; "
+        f"non-zeros of drawn codes: mean {result['mean_nnz']:.2f}",
+        f"uncertainty: mean entropy {result['mean_entropy']:.2f} nats (uniform: {result['max_entropy']:.2f}), "
+        f"mean width of the 90% interval {result['mean_interval_width']:.2f} levels",
+        f"dimensions: {result['dead_dims']} of {result['num_dims']} dead (mean inclusion < 0.001), "
+        f"{result['always_on_dims']} always on",
+    ]
+    if "calibration" in result:
+        c = result["calibration"]
+        lines.append(f"count calibration: ECE {c['ece']:.3f}, accuracy {c['accuracy']:.3f}, mean confidence "
+                     f"{c['mean_confidence']:.3f}, NLL {c['nll']:.3f} ({c['out_of_range']} rows with a count "
+                     f"outside the levels)")
+    if result.get("groups") is not None:
+        lines.append("per group:")
+        lines.append(result["groups"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if "group_difference" in result:
+        d = result["group_difference"]
+        lines.append(f"groups differ? Kruskal-Wallis on E[L_i]: H = {d['statistic']:.1f}, p = {d['p_value']:.2g}, "
+                     f"groups explain {100 * d['eta_squared']:.1f}% of the variance of E[L_i]")
+    lines.append("files: " + ", ".join(result["files"]))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdlgm", description="Sparse deep latent generative model (SDLGM) in Pyro")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
@@ -45,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir")
     predict.add_argument("--out", required=True, help="output text file: one line of label ids per row")
     predict.add_argument("--data", help="a file in the run's data format; default: the run's test split")
+
+    inspect = sub.add_parser("inspect", help="posterior over sparsity: netCDF, summary tables and plots")
+    inspect.add_argument("run_dir")
+    inspect.add_argument("--data", help="data source (or a file in a multi-label run's format); default: the run's test split")
+    inspect.add_argument("--groups", default="auto",
+                         help="'auto' (the data's classes; multi-label: true label counts), 'none', or a .npy / "
+                              "text file with one group label per observation")
+    inspect.add_argument("--num-samples", type=int, default=100, help="posterior draws per observation")
+    inspect.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    inspect.add_argument("--show", action="store_true", help="also show the plots on screen")
 
     encode = sub.add_parser("encode", help="write hard sparse codes as a scipy CSR .npz")
     encode.add_argument("run_dir")
@@ -90,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             result = runs.predict_run(args.run_dir, args.out, args.data)
             print(f"wrote {result['out']}: {result['rows']} rows, {result['mean_labels']:.2f} labels per row")
+        elif args.command == "inspect":
+            print(_inspection_text(runs.inspect_run(args.run_dir, args.data, args.groups,
+                                                    num_samples=args.num_samples, seed=args.seed, show=args.show)))
         elif args.command == "encode":
             result = runs.encode_run(args.run_dir, args.out, args.data)
             print(f"wrote {result['out']}: shape {tuple(result['shape'])}, "

@@ -64,3 +64,136 @@ def plot_sparsity(levels: np.ndarray, nnz: np.ndarray, mean_posterior: np.ndarra
     ax.legend()
     ax.set_title("predicted sparsity")
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- posteriors over sparsity
+# Each function draws into ``fig`` (a new Figure by default; pass ``pyplot.figure()`` to show
+# it on screen), saves it to ``path`` when given, and returns the figure.
+
+
+def _figure(fig: Figure | None, size: tuple[float, float]) -> Figure:
+    if fig is None:
+        return Figure(figsize=size)
+    fig.set_size_inches(*size)
+    return fig
+
+
+def _finish(fig: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        _save(fig, path)
+    return fig
+
+
+def plot_sparsity_modes(modes: np.ndarray, levels: np.ndarray, mean_probs: np.ndarray,
+                        path: str | Path | None = None, fig: Figure | None = None) -> Figure:
+    """Histogram of the posterior modes of ``L_i`` next to the average ``q(L = l | x)``."""
+    fig = _figure(fig, (6.5, 4))
+    ax = fig.add_subplot()
+    counts = np.array([(modes == level).mean() for level in levels])
+    ax.bar(levels, counts, alpha=0.6, label="mode of q(L | x_i)")
+    ax.plot(levels, mean_probs, "o-", color="C3", label="mean of q(L = l | x_i)")
+    ax.set_xticks(levels)
+    ax.set_xlabel("sparsity level l")
+    ax.set_ylabel("fraction of observations")
+    ax.legend()
+    ax.set_title(f"posterior over sparsity ({len(modes)} observations)")
+    return _finish(fig, path)
+
+
+def plot_sparsity_examples(probs: np.ndarray, levels: np.ndarray, titles: list[str], inputs: np.ndarray | None = None,
+                           image_shape: tuple[int, int] | None = None, path: str | Path | None = None,
+                           fig: Figure | None = None) -> Figure:
+    """``q(L | x_i)`` of a few observations (bars), each under its input when it is an image."""
+    n = probs.shape[0]
+    show_images = inputs is not None and image_shape is not None
+    fig = _figure(fig, (1.9 * n, 4.2 if show_images else 2.4))
+    rows = 2 if show_images else 1
+    for i in range(n):
+        if show_images:
+            ax = fig.add_subplot(rows, n, i + 1)
+            ax.imshow(inputs[i].reshape(image_shape), cmap="gray")
+            ax.set_axis_off()
+            ax.set_title(titles[i], fontsize=8)
+        ax = fig.add_subplot(rows, n, (rows - 1) * n + i + 1)
+        ax.bar(levels, probs[i], color="C0")
+        ax.set_ylim(0, 1)
+        ax.set_xticks(levels[:: max(1, len(levels) // 5)])
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.set_ylabel("q(L = l | x)")
+        if not show_images:
+            ax.set_title(titles[i], fontsize=8)
+        ax.set_xlabel("l", fontsize=8)
+    fig.suptitle("posterior over sparsity of single observations")
+    return _finish(fig, path)
+
+
+def plot_group_sparsity(table, path: str | Path | None = None, fig: Figure | None = None) -> Figure:
+    """Mean ``L_i`` per group with bars of one standard deviation (between observations and mixture)."""
+    fig = _figure(fig, (max(4.5, 0.55 * len(table) + 2), 4))
+    ax = fig.add_subplot()
+    x = np.arange(len(table))
+    ax.bar(x, table["mean_L"], yerr=table["sd_L"], capsize=3, alpha=0.7, label="mean L (bar: sd of L)")
+    ax.errorbar(x + 0.2, table["mean_L"], yerr=table["sd_between"], fmt="none", ecolor="C3", capsize=3,
+                label="sd of E[L_i] across observations")
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(g) for g in table["group"]])
+    ax.set_xlabel("group")
+    ax.set_ylabel("L (non-zeros)")
+    ax.legend(fontsize=8)
+    ax.set_title("sparsity per group")
+    return _finish(fig, path)
+
+
+def plot_dimension_usage(usage, path: str | Path | None = None, fig: Figure | None = None,
+                         unit: str = "dimension") -> Figure:
+    """Dimensions sorted by their mean inclusion probability; dead and always-on ones counted."""
+    fig = _figure(fig, (7, 4))
+    ax = fig.add_subplot()
+    mean = np.sort(usage["mean_inclusion"].to_numpy())[::-1]
+    used_by = usage["used_by"].to_numpy()
+    dead = int((usage["mean_inclusion"] < 1e-3).sum())
+    always = int((used_by >= 0.99).sum())
+    ax.plot(np.arange(len(mean)), mean, color="C0", label="mean inclusion probability")
+    ax.plot(np.arange(len(mean)), np.sort(used_by)[::-1], color="C1", linestyle="--",
+            label="fraction of observations with inclusion >= 0.5")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xlabel(f"{unit}s, sorted by usage")
+    ax.set_ylabel("probability / fraction")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{unit} usage: {dead} of {len(mean)} dead (mean inclusion < 0.001), {always} always on")
+    return _finish(fig, path)
+
+
+def plot_dimension_images(images: np.ndarray, dims: np.ndarray, usage: np.ndarray, image_shape: tuple[int, int],
+                          path: str | Path | None = None, fig: Figure | None = None) -> Figure:
+    """The decoder's picture of each of the most used dimensions, titled with its usage."""
+    n = len(dims)
+    cols = min(n, 8)
+    rows = int(np.ceil(n / cols))
+    fig = _figure(fig, (1.3 * cols, 1.5 * rows + 0.4))
+    for i in range(n):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(images[i].reshape(image_shape), cmap="gray")
+        ax.set_axis_off()
+        ax.set_title(f"dim {dims[i]}\n{usage[i]:.2f}", fontsize=7)
+    fig.suptitle("decoder output for one active dimension (title: mean inclusion probability)", fontsize=9)
+    return _finish(fig, path)
+
+
+def plot_count_calibration(bins, metrics: dict, path: str | Path | None = None, fig: Figure | None = None) -> Figure:
+    """Reliability diagram of the predicted count: accuracy against confidence per bin."""
+    fig = _figure(fig, (5, 5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    centres = (bins["lower"] + bins["upper"]) / 2
+    ax.bar(centres, bins["accuracy"], width=bins["upper"] - bins["lower"], alpha=0.6, edgecolor="C0",
+           label="accuracy of the predicted count")
+    ax.plot(bins["confidence"], bins["accuracy"], "o", color="C3", label="(mean confidence, accuracy)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence: q(predicted count | x)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"count calibration: ECE {metrics['ece']:.3f}, accuracy {metrics['accuracy']:.3f}")
+    return _finish(fig, path)

@@ -278,3 +278,166 @@ def predict_run(run_dir: str | Path, out: str | Path, source: str | None = None)
             handle.write(" ".join(str(i) for i in predicted.indices[predicted.indptr[row]:predicted.indptr[row + 1]]) + "\n")
     counts = np.diff(predicted.indptr)
     return {"out": str(out), "rows": int(predicted.shape[0]), "mean_labels": float(counts.mean())}
+
+
+# ----------------------------------------------------------------------------- inspect
+
+POSTERIOR_FILE = "posterior.nc"
+SUMMARY_FILE = "sparsity_summary.csv"
+GROUPS_FILE = "sparsity_groups.csv"
+CALIBRATION_FILE = "count_calibration.csv"
+INSPECTION_FILE = "inspection.json"
+
+
+def read_groups(groups: str | None, num_obs: int, default: np.ndarray | None) -> np.ndarray | None:
+    """Group labels for ``sdlgm inspect``: ``"auto"`` (the data's own), ``"none"``, or a file.
+
+    A file is a ``.npy`` array or a text file with one label per line; its length must
+    equal the number of inspected observations.
+    """
+    from .inspection import check_groups
+
+    if groups in (None, "auto"):
+        return default
+    if groups == "none":
+        return None
+    path = Path(groups)
+    if not path.is_file():
+        raise DataError(f"--groups {groups!r}: no such file (or use 'auto' / 'none')")
+    if path.suffix == ".npy":
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise DataError(f"--groups {groups!r}: cannot read the array ({err})") from None
+    else:
+        labels = np.array([line.strip() for line in path.read_text().splitlines() if line.strip()])
+    return check_groups(labels, num_obs, f"groups file {groups!r}")
+
+
+def inspect_run(run_dir: str | Path, source: str | None = None, groups: str | None = "auto", *,
+                num_samples: int = 100, seed: int = 0, show: bool = False) -> dict[str, Any]:
+    """Write the posterior over sparsity of the run's test split (or of ``source``) into the run folder.
+
+    Files: ``posterior.nc`` (ArviZ, netCDF), ``sparsity_summary.csv`` (one row per
+    observation), ``sparsity_groups.csv`` (with groups), ``count_calibration.csv``
+    (multi-label), ``inspection.json`` (the headline numbers) and plots in ``plots/``.
+    Groups: ``"auto"`` uses the data's classes (unsupervised) or the true label counts
+    (multi-label). Returns the headline numbers, the tables and the written paths.
+    """
+    from . import inspection
+    from .posterior import check_num_samples, group
+
+    check_num_samples(num_samples)
+    config, model = open_run(run_dir)
+    run_dir = Path(run_dir)
+    multilabel = config.task == "multilabel"
+    image_shape = None
+    if multilabel:
+        _, data = multilabel_run_data(config, source)
+        X, true_counts = data.X, np.diff(data.Y.tocsr().indptr)
+        default_groups = true_counts
+        idata = model.posterior(X, data.Y, num_samples=num_samples, seed=seed)
+    else:
+        data = run_eval_data(config, source)
+        X, image_shape, default_groups = data.X, data.image_shape, data.y
+        idata = model.posterior(X, num_samples=num_samples, seed=seed)
+    labels = read_groups(groups, X.shape[0], default_groups)
+
+    written = []
+    posterior_path = run_dir / POSTERIOR_FILE
+    posterior_path.unlink(missing_ok=True)  # netCDF writers may refuse to replace an open-able file
+    idata.to_netcdf(str(posterior_path))
+    written.append(posterior_path)
+    summary = inspection.sparsity_summary(idata)
+    summary.to_csv(run_dir / SUMMARY_FILE, index=False)
+    written.append(run_dir / SUMMARY_FILE)
+    marginals = group(idata, "marginals")
+    probs, levels = marginals["sparsity_probs"].values, marginals["sparsity_probs"]["level"].values
+    usage = inspection.dimension_usage(idata)
+    result: dict[str, Any] = {
+        "data": source or "test split",
+        "num_examples": int(X.shape[0]),
+        "num_samples": num_samples,
+        "seed": seed,
+        "mode_histogram": {int(level): int((summary["mode"] == level).sum()) for level in levels},
+        "mean_L": float(summary["mean"].mean()),
+        "sd_between": float(summary["mean"].std(ddof=0)),
+        "mean_entropy": float(summary["entropy"].mean()),
+        "max_entropy": float(np.log(len(levels))),
+        "mean_interval_width": float((summary["upper"] - summary["lower"]).mean()),
+        "mean_nnz": float(summary["mean_nnz"].mean()),
+        "dead_dims": int((usage["mean_inclusion"] < 1e-3).sum()),
+        "always_on_dims": int((usage["used_by"] >= 0.99).sum()),
+        "num_dims": int(len(usage)),
+    }
+    group_table = None
+    if labels is not None:
+        group_table = inspection.group_summary(idata, labels)
+        group_table.to_csv(run_dir / GROUPS_FILE, index=False)
+        written.append(run_dir / GROUPS_FILE)
+        if len(group_table) >= 2:
+            result["group_difference"] = inspection.group_difference(idata, labels)
+    calibration = bins = None
+    if multilabel:
+        calibration, bins = inspection.count_calibration(idata)
+        bins.to_csv(run_dir / CALIBRATION_FILE, index=False)
+        written.append(run_dir / CALIBRATION_FILE)
+        result["calibration"] = calibration
+
+    figures = _inspection_figures(model, X, summary, probs, levels, usage, group_table, bins, calibration,
+                                  image_shape, labels, multilabel, run_dir / "plots", show)
+    written += figures
+    (run_dir / INSPECTION_FILE).write_text(json.dumps(result, indent=2))
+    written.append(run_dir / INSPECTION_FILE)
+    result.update(files=[str(p) for p in written], groups=group_table)
+    return result
+
+
+def _inspection_figures(model, X, summary, probs, levels, usage, group_table, bins, calibration, image_shape,
+                        labels, multilabel, plot_dir: Path, show: bool) -> list[Path]:
+    """The inspect plots, saved as PNG (and shown on screen with ``show``)."""
+    if show:
+        from matplotlib import pyplot
+
+        figure = pyplot.figure
+    else:
+        def figure():
+            return None  # the plot functions create a Figure outside pyplot
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+
+    def save(name, draw):
+        path = plot_dir / name
+        draw(path, figure())
+        out.append(path)
+
+    save("sparsity_modes.png", lambda p, f: plots.plot_sparsity_modes(summary["mode"].to_numpy(), levels,
+                                                                      probs.mean(0), p, f))
+    # observations spread over the range of E[L_i]: the sparsest, the densest and between
+    order = np.argsort(summary["mean"].to_numpy(), kind="stable")
+    chosen = order[np.unique(np.linspace(0, len(order) - 1, min(8, len(order))).astype(int))]
+    titles = [f"#{summary['obs'][i]} E[L]={summary['mean'][i]:.1f}" + (f"\ngroup {labels[i]}" if labels is not None
+                                                                        else "") for i in chosen]
+    inputs = X[chosen] if image_shape is not None else None
+    save("sparsity_examples.png", lambda p, f: plots.plot_sparsity_examples(probs[chosen], levels, titles, inputs,
+                                                                            image_shape, p, f))
+    if group_table is not None:
+        save("sparsity_by_group.png", lambda p, f: plots.plot_group_sparsity(group_table, p, f))
+    unit = "label" if multilabel else "dimension"
+    save(f"{unit}_usage.png", lambda p, f: plots.plot_dimension_usage(usage, p, f, unit=unit))
+    if image_shape is not None:
+        top = usage.sort_values("mean_inclusion", ascending=False, kind="stable").head(16)
+        dims = top["dim"].to_numpy()
+        values = None
+        if not model.spec.binary:  # the mean value each dimension takes in the hard codes that use it
+            codes = model.encode(X)[:, dims]
+            used = codes != 0
+            values = np.where(used.any(0), codes.sum(0) / np.maximum(used.sum(0), 1), 1.0)
+        images = model.decode_dimensions(dims, values)
+        save("dimension_images.png", lambda p, f: plots.plot_dimension_images(
+            images, dims, top["mean_inclusion"].to_numpy(), image_shape, p, f))
+    if bins is not None:
+        save("count_calibration.png", lambda p, f: plots.plot_count_calibration(bins, calibration, p, f))
+    if show:
+        pyplot.show()
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from .evaluation import code_statistics, elbo_terms, slot_duplicates
 from .exceptions import CheckpointError, DataError, NotFittedError
 from .guides import GUIDES
 from .model import SDLGMModel
+from .posterior import check_num_samples, draw_observations, draw_sparsity, seeded, sparsity_inference_data
 from .registry import ComponentSpec
 from .schedules import TrainingSchedule
 from .training import Trainer
@@ -271,6 +273,65 @@ class SDLGM:
             z = self.guide.hard_code(params)[0]
             out.append(self.model.likelihood.mean(self.model.decoder(z)).cpu())
         return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def posterior(self, X, *, num_samples: int = 100, seed: int = 0, batch_size: int = 256,
+                  posterior_predictive: bool = False, obs_names=None):
+        """The posterior over sparsity of each row of ``X (N, D)`` as ArviZ data.
+
+        Groups (see :mod:`pyro_sdlgm.posterior`): ``posterior`` with ``sparsity`` (draws of
+        ``L_i``) and ``nnz`` (non-zeros of each draw's hard code), dims ``(chain=1,
+        draw=num_samples, obs=N)``; ``marginals`` with ``sparsity_probs`` ``(N, levels)``,
+        the exact ``q(L_i = l | x_i)``, and ``inclusion_probs`` ``(N, K)``, the fraction of
+        draws whose support holds each dimension; with ``posterior_predictive=True``,
+        ``posterior_predictive.x`` ``(1, S, N, D)`` and ``observed_data.x`` (``X``).
+
+        Draws use the final training temperatures and are seeded by ``seed``; the global
+        RNG state is left untouched. Returns ``arviz.InferenceData`` (ArviZ 0.x) or an
+        ``xarray.DataTree`` (ArviZ 1.x).
+        """
+        num_samples = check_num_samples(num_samples)
+        self._check_fitted("posterior")
+        x = self._check(X)
+        schedule = self._final_schedule()
+        self.model.eval()
+        self.guide.eval()
+
+        probs, draws, predictive = [], [], []
+        with seeded(seed, self.device):
+            for batch in self._batches(x, batch_size):
+                params = self.guide.amortize(batch)
+                probs.append(self.guide.sparsity_probs(params).cpu())
+                place = partial(self.guide.place_sites, num_data=None, kl_weight=1.0,
+                                tau_sparsity=schedule["tau_sparsity"], tau_support=schedule["tau_support"])
+                draws.append({k: v.cpu() for k, v in draw_sparsity(place, params, self.spec, num_samples).items()})
+                if posterior_predictive:
+                    predictive.append(draw_observations(self.model, self.guide, batch, num_samples, schedule).cpu())
+        return sparsity_inference_data(
+            self.spec, probs, draws, num_samples=num_samples, seed=seed, model_name="SDLGM", obs_names=obs_names,
+            predictive=predictive if posterior_predictive else None,
+            observed={"x": x.cpu().numpy()} if posterior_predictive else None,
+        )
+
+    @torch.no_grad()
+    def decode_dimensions(self, dims, values=None) -> np.ndarray:
+        """The decoder's picture of single dimensions: ``E[x | z = v_k e_k]``, shape ``(len(dims), D)``.
+
+        Args:
+            dims: dimension indices ``(M,)``.
+            values: ``v_k`` per dimension ``(M,)``; default 1 (the value of a binary code).
+        """
+        self._check_fitted("decode_dimensions")
+        dims = np.asarray(dims, dtype=np.int64).reshape(-1)
+        if dims.size and (dims.min() < 0 or dims.max() >= self.spec.latent_dim):
+            raise DataError(f"dimension indices must lie in [0, {self.spec.latent_dim}), got {dims.tolist()}")
+        values = np.ones(dims.shape) if values is None else np.asarray(values, dtype=np.float64).reshape(-1)
+        if values.shape != dims.shape:
+            raise DataError(f"values has shape {values.shape}, expected {dims.shape}")
+        z = torch.zeros(dims.size, self.spec.latent_dim, device=self.device)
+        z[torch.arange(dims.size), torch.as_tensor(dims.copy())] = torch.as_tensor(values, dtype=z.dtype, device=self.device)
+        self.model.eval()
+        return self.model.likelihood.mean(self.model.decoder(z)).cpu().numpy()
 
     @torch.no_grad()
     def evaluate(self, X, *, num_samples: int = 1, seed: int = 0, batch_size: int = 1024) -> dict[str, Any]:
