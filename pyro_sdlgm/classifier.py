@@ -183,7 +183,7 @@ class SDLGMClassifier:
     # -- training ---------------------------------------------------------------------------
 
     def fit(self, X, Y, *, validation_data: tuple | None = None, run_dir: str | Path | None = None,
-            **train_options) -> list[dict]:
+            resume: bool = False, **train_options) -> list[dict]:
         """Train by SVI from a seeded initialization; return the per-epoch history.
 
         Args:
@@ -191,6 +191,8 @@ class SDLGMClassifier:
             Y: ``(N, K)`` 0/1 labels, dense or sparse.
             validation_data: optional ``(X_val, Y_val)``; by default a seeded
                 ``validation_fraction`` of the rows is held out for early stopping.
+            run_dir: if given, per-epoch metrics and training checkpoints go there.
+            resume: continue the interrupted training of ``run_dir`` from its newest checkpoint.
             **train_options: fields of :class:`pyro_sdlgm.config.TrainConfig`.
         """
         cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGMClassifier.fit()")
@@ -213,7 +215,8 @@ class SDLGMClassifier:
                 X, Y = X[order[n_val:]], Y[order[n_val:]]
         pyro.set_rng_seed(cfg.seed)
         self._build()
-        self.history_ = Trainer(self.model, self.guide, cfg).fit((X, Y), val, run_dir)
+        self.history_ = Trainer(self.model, self.guide, cfg).fit((X, Y), val, run_dir, resume=resume,
+                                                                 identity={"classifier": dict(self.params)})
         self.train_config = cfg
         return self.history_
 

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dotted overrides, e.g. training.epochs=5 model.sparsity_prior.name=truncated_poisson")
     train.add_argument("--run-dir", help="output folder (overrides run_dir of the config)")
     train.add_argument("--overwrite", action="store_true", help="replace the files of an existing run folder")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the interrupted run in RUN_DIR from its newest checkpoint, with its own config.yaml")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained run")
     evaluate.add_argument("run_dir")
@@ -106,10 +108,23 @@ def main(argv: list[str] | None = None) -> int:
     from . import runs  # imported late so that `sdlgm --help` stays fast
 
     try:
-        if args.command == "train":
+        if args.command == "train" and args.resume:
+            from pathlib import Path
+
+            from .exceptions import CheckpointError, ConfigError
+
+            if args.config or args.overrides or args.run_dir or args.overwrite:
+                raise ConfigError("--resume RUN_DIR continues with RUN_DIR/config.yaml: it takes no --config, "
+                                  "--run-dir, --overwrite or KEY=VALUE overrides")
+            if not (Path(args.resume) / runs.CONFIG_FILE).is_file():
+                raise CheckpointError(f"cannot resume {args.resume!r}: it is not a run folder (no {runs.CONFIG_FILE})")
+            config = load_run_config(Path(args.resume) / runs.CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}"])
+            result = runs.train_run(config, resume=True)
+        elif args.command == "train":
             overrides = list(args.overrides) + ([f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir else [])
             config = load_run_config(args.config, overrides)
             result = runs.train_run(config, overwrite=args.overwrite)
+        if args.command == "train":
             m = result["metrics"]
             print(f"run folder: {result['run_dir']}")
             print(f"trained {m['epochs_run']} epochs in {m['train_seconds']:.1f} s")

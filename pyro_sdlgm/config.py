@@ -202,6 +202,9 @@ class ModelConfig(_Section):
         )
 
 
+NAN_POLICIES = ("stop", "skip_batch")
+
+
 @dataclasses.dataclass
 class TrainConfig(_Section):
     """Options of :meth:`pyro_sdlgm.SDLGM.fit` and of the ``[training]`` config section.
@@ -213,6 +216,12 @@ class TrainConfig(_Section):
     computed at the final temperatures with KL weight 1, so it is one fixed objective
     across epochs; early stopping (and the choice of the best epoch) only starts once
     annealing and warm-up are over, since before that the trained objective differs.
+
+    With a run folder, a checkpoint is written every ``checkpoint_every`` epochs and at
+    the end (the newest ``keep_checkpoints`` are kept), from which ``resume`` continues.
+    ``nan_policy="stop"`` ends training with :class:`NumericalError` at the first
+    non-finite loss or gradient; ``"skip_batch"`` skips that batch's update and counts it
+    (``skipped_batches`` in the history), stopping only when a whole epoch is skipped.
     """
 
     section: typing.ClassVar[str] = "training"
@@ -234,6 +243,9 @@ class TrainConfig(_Section):
     grad_clip_norm: float | None = None
     eval_batch_size: int = 1024
     progress: bool = True
+    checkpoint_every: int = 1  # epochs between checkpoints in run_dir/checkpoints; 0: only at the end
+    keep_checkpoints: int = 3  # the newest checkpoints kept on disk
+    nan_policy: str = "stop"  # "stop" | "skip_batch": what a non-finite loss or gradient does
 
     def validate(self):
         for key in ("epochs", "batch_size", "num_particles", "eval_batch_size"):
@@ -254,6 +266,12 @@ class TrainConfig(_Section):
             raise ConfigError(f"training.grad_clip_norm must be positive or none, got {self.grad_clip_norm}")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"training.seed must lie in [0, 2**32), got {self.seed}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"training.checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"training.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.nan_policy not in NAN_POLICIES:
+            raise ConfigError(f"training.nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"training.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 

@@ -33,9 +33,17 @@ MODEL_FILE = "model.pt"
 EVALUATION_FILE = "evaluation.json"
 
 
-def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
-    """Create the run folder; refuse a non-empty existing one unless ``overwrite``."""
+def prepare_run_dir(path: str | Path, overwrite: bool, resume: bool = False) -> Path:
+    """Create the run folder; refuse a non-empty existing one unless ``overwrite``.
+
+    With ``resume``, the folder must already exist (its checkpoints are continued).
+    """
     path = Path(path)
+    if resume:
+        if not path.is_dir():
+            raise CheckpointError(f"cannot resume {str(path)!r}: no such run folder")
+        (path / "plots").mkdir(exist_ok=True)
+        return path
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run_dir {str(path)!r} exists and is not a folder")
     if path.exists() and any(path.iterdir()) and not overwrite:
@@ -75,10 +83,14 @@ def write_plots(model: SDLGM, data: Dataset, history: list[dict] | None, run_dir
     return out
 
 
-def train_run(config: RunConfig, *, overwrite: bool = False) -> dict[str, Any]:
-    """Train the model a run config describes and fill its run folder; return a summary."""
+def train_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train the model a run config describes and fill its run folder; return a summary.
+
+    ``resume``: continue the interrupted training in ``config.run_dir`` from its newest
+    checkpoint (``config`` is the folder's own config.yaml; it is not rewritten).
+    """
     if config.task == "multilabel":
-        return train_multilabel_run(config, overwrite=overwrite)
+        return train_multilabel_run(config, overwrite=overwrite, resume=resume)
     train, test = run_data(config)
     if config.model.input_dim is None:
         config.model.input_dim = int(train.X.shape[1])
@@ -87,10 +99,11 @@ def train_run(config: RunConfig, *, overwrite: bool = False) -> dict[str, Any]:
         raise ConfigError(f"model.input_dim={config.model.input_dim} but the data {config.data.source!r} "
                           f"has {train.X.shape[1]} features")
     model = SDLGM.from_config(config.model)  # before touching the run folder: bad options fail here
-    run_dir = prepare_run_dir(config.run_dir, overwrite)
-    write_yaml(config.to_dict(), run_dir / CONFIG_FILE)
+    run_dir = prepare_run_dir(config.run_dir, overwrite, resume)
+    if not resume:
+        write_yaml(config.to_dict(), run_dir / CONFIG_FILE)
     started = time.perf_counter()
-    history = model.fit(train.X, run_dir=run_dir, **config.training.to_dict())
+    history = model.fit(train.X, run_dir=run_dir, resume=resume, **config.training.to_dict())
     wall = time.perf_counter() - started
     model.save(run_dir / MODEL_FILE)
     evaluation_data = test if test is not None else train
@@ -234,7 +247,7 @@ def multilabel_metrics(model, train, test) -> dict[str, Any]:
     return report
 
 
-def train_multilabel_run(config: RunConfig, *, overwrite: bool = False) -> dict[str, Any]:
+def train_multilabel_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     from dataclasses import asdict
 
     from .classifier import SDLGMClassifier
@@ -249,10 +262,11 @@ def train_multilabel_run(config: RunConfig, *, overwrite: bool = False) -> dict[
     config.data.num_features = int(train.X.shape[1])  # recorded, so evaluate/predict can check other files
     max_labels = options.pop("max_labels")
     model = SDLGMClassifier(num_labels, max_labels, input_dim=int(train.X.shape[1]), **options)
-    run_dir = prepare_run_dir(config.run_dir, overwrite)
-    write_yaml(config.to_dict(), run_dir / CONFIG_FILE)
+    run_dir = prepare_run_dir(config.run_dir, overwrite, resume)
+    if not resume:
+        write_yaml(config.to_dict(), run_dir / CONFIG_FILE)
     started = time.perf_counter()
-    history = model.fit(train.X, train.Y, run_dir=run_dir, **config.training.to_dict())
+    history = model.fit(train.X, train.Y, run_dir=run_dir, resume=resume, **config.training.to_dict())
     wall = time.perf_counter() - started
     model.save(run_dir / MODEL_FILE)
     metrics = multilabel_metrics(model, train, test)

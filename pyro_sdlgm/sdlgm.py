@@ -197,22 +197,28 @@ class SDLGM:
 
     # -- training -------------------------------------------------------------------------
 
-    def fit(self, X, *, validation_data=None, run_dir: str | Path | None = None, **train_options) -> list[dict]:
+    def fit(self, X, *, validation_data=None, run_dir: str | Path | None = None, resume: bool = False,
+            **train_options) -> list[dict]:
         """Train by SVI from a fresh, seeded initialization; return the per-epoch history.
 
         Args:
             X: ``(N, D)`` numpy array or torch tensor.
             validation_data: optional ``(M, D)`` data for early stopping; by default a
                 seeded ``validation_fraction`` of ``X`` is held out.
-            run_dir: if given, per-epoch metrics go to ``run_dir/metrics.jsonl``.
+            run_dir: if given, per-epoch metrics go to ``run_dir/metrics.jsonl`` and
+                training checkpoints to ``run_dir/checkpoints/`` (``checkpoint_every``).
+            resume: continue the interrupted training of ``run_dir`` from its newest
+                checkpoint (same data, model and training options; the result equals an
+                uninterrupted run's, see :meth:`pyro_sdlgm.training.Trainer.fit`).
             **train_options: fields of :class:`pyro_sdlgm.config.TrainConfig`, e.g.
                 ``epochs``, ``batch_size``, ``learning_rate``, ``seed``, ``device``,
                 ``tau_sparsity_start``/``_end``, ``tau_support_start``/``_end``,
-                ``anneal_fraction``, ``kl_warmup_fraction``, ``patience``, ``progress``.
+                ``anneal_fraction``, ``kl_warmup_fraction``, ``patience``, ``progress``,
+                ``checkpoint_every``, ``keep_checkpoints``, ``nan_policy``.
 
         Returns:
             list of dicts (``epoch``, ``train_loss``, ``val_loss``, temperatures, ``kl_weight``,
-            ``seconds``): losses are negative ELBOs per example.
+            ``skipped_batches``, ``seconds``): losses are negative ELBOs per example.
         """
         cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGM.fit()")
         x = self._check(X)
@@ -227,7 +233,7 @@ class SDLGM:
         pyro.set_rng_seed(cfg.seed)
         self.model, self.guide = build_model_and_guide(self.config)
         trainer = Trainer(self.model, self.guide, cfg)
-        history = trainer.fit(x, x_val, run_dir)
+        history = trainer.fit(x, x_val, run_dir, resume=resume, identity={"model": self.config.to_dict()})
         self.train_config, self.history_, self.is_fitted = cfg, history, True
         return history
 

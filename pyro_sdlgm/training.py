@@ -6,29 +6,64 @@ guide's; it is trained with ``torch.optim.Adam`` under
 ``pyro.settings.context(module_local_params=True)``, so nothing lives in Pyro's global
 parameter store and checkpoints are plain ``state_dict``s. The same model and guide
 also work with the classic ``pyro.infer.SVI`` in Pyro's default (global) mode.
+
+Reliability: with a run folder the trainer writes a weights-only checkpoint every
+``checkpoint_every`` epochs and at the end (``run_dir/checkpoints/epoch_NNNNNN.pt``,
+atomically, the newest ``keep_checkpoints`` kept) holding everything the loop needs to
+continue bit for bit: model, guide and optimizer state, step and epoch, the schedule
+values, the RNG states and the batch-order generator, the early-stopping state and the
+history. ``fit(..., resume=True)`` continues from the newest one. A non-finite loss or
+gradient stops training (``nan_policy="stop"``) with a :class:`NumericalError` naming
+the step and, where it can be found, the sample site or parameter; ``"skip_batch"``
+skips that update instead and counts it.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import logging
 import math
+import os
+import re
+import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
+from .checkpoint import (
+    CHECKPOINT_DIR,
+    TRAINING_FORMAT,
+    TRAINING_VERSION,
+    atomic_save,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    remove_temporaries,
+    rng_state,
+    set_rng_state,
+    to_cpu,
+)
 from .config import TrainConfig
-from .exceptions import ConfigError, NumericalError
+from .exceptions import CheckpointError, ConfigError, NumericalError
 from .schedules import TrainingSchedule
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+# options that may differ between a checkpoint and the run resuming from it
+RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,6 +119,95 @@ def iterate_minibatches(num_rows: int, batch_size: int, generator: torch.Generat
     yield from order.split(batch_size)
 
 
+def data_fingerprint(*datasets) -> dict[str, Any]:
+    """Shapes and a SHA-256 digest of the training (and validation) columns.
+
+    Stored in training checkpoints so that a run never resumes on other data. Each
+    argument is a tuple of columns (tensors, numpy arrays or scipy sparse matrices) or None.
+    """
+    digest = hashlib.sha256()
+    shapes = []
+    for columns in datasets:
+        if columns is None:
+            shapes.append(None)
+            continue
+        shapes.append([list(column.shape) for column in columns])
+        for column in columns:
+            if isinstance(column, torch.Tensor):
+                parts = [column.detach().cpu().contiguous().numpy()]
+            elif hasattr(column, "tocsr"):  # scipy.sparse
+                csr = column.tocsr()
+                parts = [csr.data, csr.indices, csr.indptr]
+            else:
+                parts = [np.asarray(column)]
+            for part in parts:
+                part = np.ascontiguousarray(part)
+                digest.update(f"{part.dtype.str}{part.shape}".encode())
+                digest.update(part.view(np.uint8).reshape(-1).data)
+    return {"shapes": shapes, "sha256": digest.hexdigest()}
+
+
+def _flat(prefix: str, value) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flat(f"{prefix}.{key}" if prefix else str(key), item))
+        return out
+    return {prefix: value}
+
+
+def config_differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``"key: A in the checkpoint, B now"`` for each dotted key whose value differs."""
+    saved, current = _flat("", saved), _flat("", current)
+    return [
+        f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        for key in sorted(set(saved) | set(current))
+        if key.split(".")[-1] not in ignore and saved.get(key) != current.get(key)
+    ]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The newest training checkpoint of a run folder; :class:`CheckpointError` if there is none."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    found = list_checkpoints(folder)
+    if not found:
+        raise CheckpointError(
+            f"cannot resume {str(run_dir)!r}: it holds no training checkpoint ({str(folder)}/epoch_*.pt); "
+            "start the run anew"
+        )
+    return found[-1][1]
+
+
+def _write_lines_atomically(path: Path, lines: list[str]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.writelines(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_SITE = re.compile(r"at site '([^']+)'")
+
+
+@dataclasses.dataclass
+class _Progress:
+    """The state of the training loop between epochs (what a checkpoint restores)."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken (skipped batches included)
+    history: list = dataclasses.field(default_factory=list)
+    best_val: float = math.inf
+    best_state: tuple | None = None  # (model state_dict, guide state_dict) of the best epoch
+    stale: int = 0  # epochs without improvement since the schedules ended
+    finished: bool = False  # all epochs run or early-stopped
+    last_checkpoint: Path | None = None
+
+
 class Trainer:
     """Fits an SDLGM model and guide by stochastic variational inference.
 
@@ -100,6 +224,9 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.elbo = make_elbo(model.spec, config.num_particles)
 
+    def _cuda_devices(self) -> list:
+        return [self.device] if self.device.type == "cuda" else []
+
     @torch.no_grad()
     def mean_loss(self, data, schedule_kwargs: dict, seed: int) -> float:
         """Negative ELBO per example over ``data`` with a fixed seed, leaving the global RNG untouched.
@@ -108,9 +235,8 @@ class Trainer:
         """
         columns = as_columns(data)
         num_rows = columns[0].shape[0]
-        devices = [self.device] if self.device.type == "cuda" else []
         total = 0.0
-        with torch.random.fork_rng(devices=devices), pyro.settings.context(module_local_params=True):
+        with torch.random.fork_rng(devices=self._cuda_devices()), pyro.settings.context(module_local_params=True):
             torch.manual_seed(seed)
             for rows in torch.arange(num_rows).split(self.config.eval_batch_size):
                 batch = take_rows(columns, rows, self.device)
@@ -118,7 +244,138 @@ class Trainer:
                 total += self.elbo.loss(self.model, self.guide, *batch, **schedule_kwargs)
         return total / num_rows
 
-    def fit(self, train, val=None, run_dir: str | Path | None = None):
+    # -- fault diagnosis ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def diagnose(self, batch: tuple, kwargs: dict, num_data: int) -> list[str]:
+        """Sample sites whose values or log-densities are non-finite on ``batch``.
+
+        Re-runs the guide and the model replayed on the guide's draws once (with the global
+        RNG state restored afterwards) and checks each sample site. Best effort: a fault
+        that does not recur on the rerun, or a failing rerun, gives an empty list.
+        """
+        found: list[str] = []
+        try:
+            with torch.random.fork_rng(devices=self._cuda_devices()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                guide_trace = poutine.trace(self.guide).get_trace(*batch, num_data=num_data, **kwargs)
+                model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
+                    *batch, num_data=num_data, **kwargs)
+                for role, trace in (("guide", guide_trace), ("model", model_trace)):
+                    for name, site in trace.nodes.items():
+                        if site["type"] != "sample":
+                            continue
+                        value = site["value"]
+                        if role == "guide" and torch.is_tensor(value) and not torch.isfinite(value).all():
+                            found.append(f"{role} site {name!r} has non-finite values")
+                            continue
+                        try:
+                            log_prob = site["fn"].log_prob(value)
+                        except ValueError:
+                            found.append(f"{role} site {name!r} has invalid distribution parameters")
+                            continue
+                        if not torch.isfinite(log_prob).all():
+                            found.append(f"{role} site {name!r} has a non-finite log-density")
+        except Exception as err:  # noqa: BLE001 - the diagnosis must never hide the original fault
+            logger.debug("could not re-trace the faulty batch: %s", err)
+        return found
+
+    def _non_finite_parameters(self, named: dict[str, torch.Tensor]) -> list[str]:
+        return [name for name, p in named.items() if not bool(torch.isfinite(p.detach()).all())]
+
+    def _fault_message(self, fault: str, epoch: int, step: int, kwargs: dict, where: list[str],
+                       progress: _Progress) -> str:
+        message = (f"{fault} at epoch {epoch}, step {step} (tau_sparsity={kwargs['tau_sparsity']:.4g}, "
+                   f"tau_support={kwargs['tau_support']:.4g}, kl_weight={kwargs['kl_weight']:.4g})")
+        if where:
+            message += "; " + "; ".join(where)
+        if progress.last_checkpoint is not None:
+            message += f"; the last good checkpoint is {str(progress.last_checkpoint)!r}"
+        return message
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def _save_checkpoint(self, folder: Path, progress: _Progress, optimizer, generator, schedule,
+                         identity: dict, fingerprint: dict) -> Path:
+        """Write the loop's state after ``progress.epoch`` epochs; keep the newest ``keep_checkpoints``.
+
+        Contents (all plain containers, numbers, strings and tensors): ``format``,
+        ``format_version``, ``epoch`` (completed), ``step``, ``finished``, ``train_config``,
+        ``identity`` (model/classifier options), ``data`` (shapes and digest),
+        ``model_state``, ``guide_state``, ``optimizer_state``, ``schedule`` (values at the
+        last step), ``rng`` (torch, cuda, numpy, python and ``batch_order`` generator
+        states), ``early_stopping`` (``best_val``, ``best_model_state``,
+        ``best_guide_state``, ``stale``) and ``history``.
+        """
+        best = progress.best_state
+        state = {
+            "format": TRAINING_FORMAT,
+            "format_version": TRAINING_VERSION,
+            "epoch": progress.epoch,
+            "step": progress.step,
+            "finished": progress.finished,
+            "train_config": self.config.to_dict(),
+            "identity": identity,
+            "data": fingerprint,
+            "model_state": to_cpu(self.model.state_dict()),
+            "guide_state": to_cpu(self.guide.state_dict()),
+            "optimizer_state": to_cpu(optimizer.state_dict()),
+            "schedule": {k: float(v) for k, v in schedule(max(progress.step - 1, 0)).items()},
+            "rng": {**rng_state(cuda=self.device.type == "cuda"), "batch_order": generator.get_state()},
+            "early_stopping": {
+                "best_val": progress.best_val,
+                "best_model_state": None if best is None else to_cpu(best[0]),
+                "best_guide_state": None if best is None else to_cpu(best[1]),
+                "stale": progress.stale,
+            },
+            "history": progress.history,
+        }
+        path = checkpoint_path(folder, progress.epoch)
+        atomic_save(state, path)
+        prune_checkpoints(folder, self.config.keep_checkpoints)
+        logger.info("checkpoint after epoch %d: %s", progress.epoch, path)
+        return path
+
+    def _restore(self, run_dir: Path, optimizer, generator, identity: dict, fingerprint: dict) -> _Progress:
+        """Load the newest checkpoint of ``run_dir`` into the model, guide, optimizer and RNGs."""
+        path = latest_checkpoint(run_dir)
+        data = load_checkpoint(path, TRAINING_FORMAT, (
+            "format_version", "epoch", "step", "finished", "train_config", "identity", "data", "model_state",
+            "guide_state", "optimizer_state", "rng", "early_stopping", "history"))
+        if data["format_version"] != TRAINING_VERSION:
+            raise CheckpointError(f"checkpoint {str(path)!r} has format version {data['format_version']!r}; "
+                                  f"this version of pyro_sdlgm resumes from version {TRAINING_VERSION}")
+        differences = config_differences({"training": data["train_config"], **data["identity"]},
+                                         {"training": self.config.to_dict(), **identity}, RESUME_IGNORED)
+        if differences:
+            raise ConfigError(f"cannot resume from {str(path)!r}: the run's config differs from the checkpoint's: "
+                              + "; ".join(differences))
+        if data["data"] != fingerprint:
+            raise CheckpointError(
+                f"cannot resume from {str(path)!r}: the training/validation data differ from the checkpoint's "
+                f"(shapes {data['data'].get('shapes')} in the checkpoint, {fingerprint['shapes']} now)"
+            )
+        early = data["early_stopping"]
+        try:
+            self.model.load_state_dict(data["model_state"])
+            self.guide.load_state_dict(data["guide_state"])
+            optimizer.load_state_dict(data["optimizer_state"])
+            generator.set_state(data["rng"]["batch_order"])
+            set_rng_state(data["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not match the model being resumed: {err}") from None
+        best = None
+        if early["best_model_state"] is not None:
+            best = (early["best_model_state"], early["best_guide_state"])
+        logger.info("resuming from %s (epoch %d, step %d)", path, data["epoch"], data["step"])
+        return _Progress(epoch=data["epoch"], step=data["step"], history=list(data["history"]),
+                         best_val=early["best_val"], best_state=best, stale=early["stale"],
+                         finished=data["finished"], last_checkpoint=path)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def fit(self, train, val=None, run_dir: str | Path | None = None, *, resume: bool = False,
+            identity: dict | None = None):
         """Train; return the history, one dict of metrics per epoch.
 
         Args:
@@ -126,12 +383,30 @@ class Trainer:
                 each a tensor, numpy array or scipy sparse matrix (batches are densified and
                 moved to the device one at a time).
             val: optional validation data of the same form, for early stopping.
-            run_dir: if given, metrics are appended to ``run_dir/metrics.jsonl`` each epoch.
+            run_dir: if given, metrics are appended to ``run_dir/metrics.jsonl`` each epoch
+                and checkpoints are written to ``run_dir/checkpoints/``.
+            resume: continue from the newest checkpoint in ``run_dir`` instead of starting
+                anew: the model, guide, optimizer, RNGs, batch order, early-stopping state
+                and history are restored, and ``metrics.jsonl`` is rewritten to hold exactly
+                the checkpointed epochs. The config, ``identity`` and data must equal the
+                checkpoint's (else :class:`ConfigError`/:class:`CheckpointError`).
+            identity: plain dict describing the model (e.g. ``{"model": ModelConfig dict}``),
+                stored in checkpoints and compared on resume.
+
+        Each history record holds ``epoch``, ``step``, ``train_loss`` (mean over the batches
+        not skipped), ``skipped_batches``, the schedule values, ``val_loss`` and
+        ``best_epoch`` (with validation data) and ``seconds``.
 
         On return the model and guide hold the parameters of the best validation epoch
         (or of the last epoch without validation data).
+
+        Raises:
+            NumericalError: a non-finite loss or gradient (``nan_policy="stop"``), an epoch
+                whose batches were all skipped (``"skip_batch"``), or non-finite parameters
+                or validation loss after an epoch; no checkpoint is written for that epoch.
         """
         cfg = self.config
+        identity = dict(identity or {})
         train = as_columns(train)
         val = as_columns(val) if val is not None else None
         n = train[0].shape[0]
@@ -140,75 +415,148 @@ class Trainer:
         schedule_end = schedule.end_step()
         self.model.to(self.device)
         self.guide.to(self.device)
-        metrics_path = Path(run_dir) / METRICS_FILE if run_dir is not None else None
-        if metrics_path is not None:
-            metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            metrics_path.write_text("")
+        run_dir = Path(run_dir) if run_dir is not None else None
+        if resume and run_dir is None:
+            raise ConfigError("resume=True needs the run_dir whose checkpoints to continue from")
+        metrics_path = run_dir / METRICS_FILE if run_dir is not None else None
+        folder = run_dir / CHECKPOINT_DIR if run_dir is not None else None
+        fingerprint = data_fingerprint(train, val) if run_dir is not None else None
 
         with pyro.settings.context(module_local_params=True):
             loss_fn = self.elbo(self.model, self.guide)
-            optimizer = torch.optim.Adam(loss_fn.parameters(), lr=cfg.learning_rate)
+            named = dict(loss_fn.named_parameters())
+            optimizer = torch.optim.Adam(named.values(), lr=cfg.learning_rate)
             generator = torch.Generator().manual_seed(cfg.seed)
-            history: list[dict] = []
-            best_val, best_state, stale = math.inf, None, 0
-            step = 0
-            bar = tqdm(range(cfg.epochs), desc="SDLGM", unit="epoch", disable=not cfg.progress)
-            for epoch in bar:
-                started = time.perf_counter()
-                self.model.train()
-                self.guide.train()
-                epoch_loss = 0.0
-                for rows in iterate_minibatches(n, cfg.batch_size, generator):
-                    batch = take_rows(train, rows, self.device)
-                    kwargs = schedule(step)
-                    loss = loss_fn(*batch, num_data=n, **kwargs) / n
-                    if not torch.isfinite(loss.detach()):
-                        raise NumericalError(
-                            f"non-finite loss {loss.item()} at epoch {epoch}, step {step} "
-                            f"(tau_sparsity={kwargs['tau_sparsity']:.4g}, tau_support={kwargs['tau_support']:.4g}); "
-                            "try a lower learning rate or higher final temperatures"
-                        )
-                    optimizer.zero_grad()
-                    loss.backward()
-                    if cfg.grad_clip_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(loss_fn.parameters(), cfg.grad_clip_norm)
-                    optimizer.step()
-                    epoch_loss += loss.item() * len(rows)
-                    step += 1
-                record = {
-                    "epoch": epoch,
-                    "step": step,
-                    "train_loss": epoch_loss / n,
-                    **{k: float(v) for k, v in schedule(step - 1).items()},
-                }
-                self.model.eval()
-                self.guide.eval()
-                if val is not None and val[0].shape[0] > 0:
-                    record["val_loss"] = self.mean_loss(val, schedule.final(), cfg.seed + 1)
-                    # before the schedules end, the trained objective is not the target one:
-                    # neither keep a best state nor count patience then
-                    improved = step >= schedule_end and record["val_loss"] < best_val
-                    if improved:
-                        best_val, stale = record["val_loss"], 0
-                        best_state = (
-                            copy.deepcopy(self.model.state_dict()),
-                            copy.deepcopy(self.guide.state_dict()),
-                        )
-                    elif step >= schedule_end:
-                        stale += 1
-                    record["best_epoch"] = improved
-                record["seconds"] = time.perf_counter() - started
-                history.append(record)
+            if resume:
+                progress = self._restore(run_dir, optimizer, generator, identity, fingerprint)
+                remove_temporaries(folder)
+                _write_lines_atomically(metrics_path, [json.dumps(r) + "\n" for r in progress.history])
+            else:
+                progress = _Progress()
+                if run_dir is not None:
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    metrics_path.write_text("")
+                    remove_temporaries(folder)
+                    prune_checkpoints(folder, 0)  # a fresh run never resumes an old run's checkpoints
+            start = progress.epoch
+            bar = tqdm(range(start, cfg.epochs), desc="SDLGM", unit="epoch", initial=start, total=cfg.epochs,
+                       disable=not cfg.progress or progress.finished)
+            for epoch in ([] if progress.finished else bar):
+                record = self._epoch(epoch, train, val, n, loss_fn, named, optimizer, generator, schedule,
+                                     schedule_end, progress)
+                progress.history.append(record)
+                progress.epoch = epoch + 1
                 if metrics_path is not None:
                     with metrics_path.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
                 bar.set_postfix({k: f"{record[k]:.2f}" for k in ("train_loss", "val_loss") if k in record})
-                logger.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
-                if cfg.patience is not None and best_state is not None and stale >= cfg.patience:
-                    logger.info("early stopping at epoch %d (best validation loss %.4f)", epoch, best_val)
+                logger.info("epoch %d: %s", epoch,
+                            {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
+                stop = cfg.patience is not None and progress.best_state is not None and progress.stale >= cfg.patience
+                progress.finished = stop or progress.epoch == cfg.epochs
+                due = cfg.checkpoint_every > 0 and progress.epoch % cfg.checkpoint_every == 0
+                if folder is not None and (due or progress.finished):
+                    progress.last_checkpoint = self._save_checkpoint(folder, progress, optimizer, generator,
+                                                                     schedule, identity, fingerprint)
+                if stop:
+                    logger.info("early stopping at epoch %d (best validation loss %.4f)", epoch, progress.best_val)
                     break
             bar.close()
-        if best_state is not None:
-            self.model.load_state_dict(best_state[0])
-            self.guide.load_state_dict(best_state[1])
-        return history
+        if progress.best_state is not None:
+            self.model.load_state_dict(progress.best_state[0])
+            self.guide.load_state_dict(progress.best_state[1])
+        return progress.history
+
+    def _epoch(self, epoch: int, train: tuple, val: tuple | None, n: int, loss_fn, named: dict, optimizer,
+               generator, schedule, schedule_end: int, progress: _Progress) -> dict:
+        """One pass over the shuffled training rows, then validation; returns the epoch's record."""
+        cfg = self.config
+        params = list(named.values())
+        started = time.perf_counter()
+        self.model.train()
+        self.guide.train()
+        epoch_loss, rows_used, skipped, batches, first_fault = 0.0, 0, 0, 0, None
+        for rows in iterate_minibatches(n, cfg.batch_size, generator):
+            batches += 1
+            batch = take_rows(train, rows, self.device)
+            kwargs = schedule(progress.step)
+            fault, where = None, []
+            try:
+                loss = loss_fn(*batch, num_data=n, **kwargs) / n
+            except ValueError as err:  # Pyro's/torch's validation of distribution parameters
+                if "invalid values" not in str(err):
+                    raise
+                fault = "invalid distribution parameters"
+                where = [f"site {m!r} has invalid parameters or values" for m in dict.fromkeys(_SITE.findall(str(err)))]
+                where = where or ["Pyro's validation: " + str(err).splitlines()[0].rstrip(":")[:300]]
+            if fault is None and not bool(torch.isfinite(loss.detach())):
+                fault = f"non-finite loss {loss.item()}"
+                where = self.diagnose(batch, kwargs, n)
+                where += [f"parameter {name!r} is non-finite" for name in self._non_finite_parameters(named)]
+                where = where or ["no site is non-finite when the batch is re-run (a transient fault)"]
+            if fault is None:
+                optimizer.zero_grad()
+                loss.backward()
+                if cfg.grad_clip_norm is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
+                else:
+                    grads = [p.grad for p in params if p.grad is not None]
+                    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+                if not bool(torch.isfinite(norm)):
+                    fault = f"non-finite gradient (norm {norm.item()})"
+                    bad = [name for name, p in named.items()
+                           if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+                    where = [(f"parameter {bad[0]!r} has the first non-finite gradient ({len(bad)} of "
+                              f"{len(named)} parameters have one)")] if bad else []
+            if fault is not None:
+                message = self._fault_message(fault, epoch, progress.step, kwargs, where, progress)
+                if cfg.nan_policy == "stop":
+                    raise NumericalError(message + "; try a lower learning rate, grad_clip_norm, higher final "
+                                         "temperatures, or nan_policy='skip_batch'")
+                logger.warning("skipped a batch (nan_policy='skip_batch'): %s", message)
+                optimizer.zero_grad()
+                first_fault = first_fault or message
+                skipped += 1
+                progress.step += 1
+                continue
+            optimizer.step()
+            epoch_loss += loss.item() * len(rows)
+            rows_used += len(rows)
+            progress.step += 1
+        if skipped == batches:
+            raise NumericalError(f"all {batches} batches of epoch {epoch} had a non-finite loss or gradient and "
+                                 f"were skipped (nan_policy='skip_batch'); the first: {first_fault}")
+        bad = self._non_finite_parameters(named)
+        if bad:
+            raise NumericalError(f"non-finite parameters after epoch {epoch}, step {progress.step}: {bad[:5]}"
+                                 + (f"; the last good checkpoint is {str(progress.last_checkpoint)!r}"
+                                    if progress.last_checkpoint else ""))
+        step = progress.step
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": epoch_loss / rows_used,
+            "skipped_batches": skipped,
+            **{k: float(v) for k, v in schedule(step - 1).items()},
+        }
+        self.model.eval()
+        self.guide.eval()
+        if val is not None and val[0].shape[0] > 0:
+            record["val_loss"] = self.mean_loss(val, schedule.final(), cfg.seed + 1)
+            if not math.isfinite(record["val_loss"]):
+                raise NumericalError(f"non-finite validation loss {record['val_loss']} after epoch {epoch}, "
+                                     f"step {step}")
+            # before the schedules end, the trained objective is not the target one:
+            # neither keep a best state nor count patience then
+            improved = step >= schedule_end and record["val_loss"] < progress.best_val
+            if improved:
+                progress.best_val, progress.stale = record["val_loss"], 0
+                progress.best_state = (
+                    copy.deepcopy(self.model.state_dict()),
+                    copy.deepcopy(self.guide.state_dict()),
+                )
+            elif step >= schedule_end:
+                progress.stale += 1
+            record["best_epoch"] = improved
+        record["seconds"] = time.perf_counter() - started
+        return record
