@@ -23,6 +23,7 @@ from .exceptions import (
     DataFormatError,
     NotFittedError,
     NumericalError,
+    ResourceError,
     SDLGMError,
     UnknownComponentError,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "DataFormatError",
     "NotFittedError",
     "NumericalError",
+    "ResourceError",
     "CheckpointError",
     "__version__",
 ]

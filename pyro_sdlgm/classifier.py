@@ -22,6 +22,7 @@ from .conditional import build_conditional
 from .exceptions import CheckpointError, ConfigError, DataError, NotFittedError
 from .guides import GuideParams
 from .posterior import check_num_samples, draw_sparsity, seeded, sparsity_inference_data
+from .resources import guard_training_memory
 from .schedules import TrainingSchedule
 from .spec import ModelSpec
 from .support import greedy_picks, slot_gates, soft_support
@@ -117,10 +118,13 @@ class SDLGMClassifier:
         """The counts indexing the columns of :meth:`count_posterior`."""
         return self.spec.levels().numpy()
 
-    def _build(self) -> None:
+    def _networks(self):
         p = self.params
-        self.model, self.guide = build_conditional(self.spec, p["guide"], p["per_slot"], p["hidden"],
-                                                   p["activation"], p["label_noise"])
+        return build_conditional(self.spec, p["guide"], p["per_slot"], p["hidden"], p["activation"],
+                                 p["label_noise"])
+
+    def _build(self) -> None:
+        self.model, self.guide = self._networks()
 
     def _check_fitted(self, method: str) -> None:
         if self.model is None:
@@ -213,6 +217,8 @@ class SDLGMClassifier:
                 order = np.random.default_rng(cfg.seed).permutation(X.shape[0])
                 val = (X[order[:n_val]], Y[order[:n_val]])
                 X, Y = X[order[n_val:]], Y[order[n_val:]]
+        with torch.device("meta"):  # sizes only: refuse a configuration that cannot fit before allocating it
+            guard_training_memory(*self._networks(), cfg, 0 if val is None else val[0].shape[0])
         pyro.set_rng_seed(cfg.seed)
         self._build()
         self.history_ = Trainer(self.model, self.guide, cfg).fit((X, Y), val, run_dir, resume=resume,

@@ -246,6 +246,8 @@ class TrainConfig(_Section):
     checkpoint_every: int = 1  # epochs between checkpoints in run_dir/checkpoints; 0: only at the end
     keep_checkpoints: int = 3  # the newest checkpoints kept on disk
     nan_policy: str = "stop"  # "stop" | "skip_batch": what a non-finite loss or gradient does
+    check_memory: bool = True  # refuse a configuration whose estimated memory exceeds the limit
+    memory_limit_gb: float | None = None  # GiB; None: the memory the device reports available
 
     def validate(self):
         for key in ("epochs", "batch_size", "num_particles", "eval_batch_size"):
@@ -270,6 +272,8 @@ class TrainConfig(_Section):
             raise ConfigError(f"training.checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"training.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.memory_limit_gb is not None and not self.memory_limit_gb > 0:
+            raise ConfigError(f"training.memory_limit_gb must be positive or none, got {self.memory_limit_gb}")
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"training.nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):

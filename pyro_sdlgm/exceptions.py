@@ -37,3 +37,8 @@ class CheckpointError(SDLGMError, ValueError):
 
 class NumericalError(SDLGMError, FloatingPointError):
     """Training produced a non-finite loss or gradient; the message names the epoch and step."""
+
+
+class ResourceError(SDLGMError, MemoryError):
+    """A configuration needs more memory than is available; the message gives the estimate
+    and the options that reduce it."""

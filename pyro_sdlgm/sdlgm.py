@@ -22,6 +22,7 @@ from .guides import GUIDES
 from .model import SDLGMModel
 from .posterior import check_num_samples, draw_observations, draw_sparsity, seeded, sparsity_inference_data
 from .registry import ComponentSpec
+from .resources import guard_training_memory
 from .schedules import TrainingSchedule
 from .training import Trainer
 
@@ -230,6 +231,8 @@ class SDLGM:
                 x, x_val = x[order[n_val:]], x[order[:n_val]]
             else:
                 logger.warning("too few rows (%d) to hold out a validation split; early stopping is off", x.shape[0])
+        with torch.device("meta"):  # sizes only: refuse a configuration that cannot fit before allocating it
+            guard_training_memory(*build_model_and_guide(self.config), cfg, 0 if x_val is None else x_val.shape[0])
         pyro.set_rng_seed(cfg.seed)
         self.model, self.guide = build_model_and_guide(self.config)
         trainer = Trainer(self.model, self.guide, cfg)

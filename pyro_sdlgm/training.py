@@ -57,6 +57,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .exceptions import CheckpointError, ConfigError, NumericalError
+from .resources import guard_training_memory
 from .schedules import TrainingSchedule
 
 logger = logging.getLogger(__name__)
@@ -422,6 +423,7 @@ class Trainer:
         folder = run_dir / CHECKPOINT_DIR if run_dir is not None else None
         fingerprint = data_fingerprint(train, val) if run_dir is not None else None
 
+        guard_training_memory(self.model, self.guide, cfg, val[0].shape[0] if val is not None else 0)
         with pyro.settings.context(module_local_params=True):
             loss_fn = self.elbo(self.model, self.guide)
             named = dict(loss_fn.named_parameters())

@@ -1,0 +1,139 @@
+"""Memory guard: estimate what training needs before allocating it, and refuse what cannot fit.
+
+The estimate (bytes, float32) is
+
+    4 * (8 * P  +  max(26 * B * L0 * K * particles,  10 * E * L0 * K))
+
+with ``P`` the parameters of model and guide (the parameter, its gradient, Adam's two
+moments and the copies kept for the best epoch and checkpoints: 8 numbers each), ``B`` the
+batch size, ``E`` the validation batch size, ``L0`` the slots and ``K`` the dimensions.
+The constants 26 (training step: slot logits, masks, Gumbel noise, samples, KL terms of
+model and guide, and their gradients) and 10 (validation pass, no gradients) were fitted to
+the increase of peak RSS on CPU (torch 2.13, pyro-ppl 1.9.2) in six configurations, from
+``K = 2,000`` to ``20,000`` and ``L0 = 10`` to ``32`` (0.5 to 20.5 GB measured). The estimate
+was between 23% under (the smallest, 0.7 GB measured) and 19% over the measurement. It
+ignores the data set itself, which is already in memory when training
+starts. See the README's "Guarantees" section.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .exceptions import ResourceError
+
+logger = logging.getLogger(__name__)
+
+BYTES_PER_NUMBER = 4
+PARAMETER_COPIES = 8
+TRAIN_SLOT_TENSORS = 26
+EVAL_SLOT_TENSORS = 10
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a training run needs: ``parameters`` (with optimizer state and copies),
+    ``training_step`` and ``validation_pass`` activations, and the ``total`` peak."""
+
+    parameters: int
+    training_step: int
+    validation_pass: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + max(self.training_step, self.validation_pass)
+
+
+def estimate_training_memory(num_parameters: int, latent_dim: int, max_sparsity: int, batch_size: int,
+                             eval_batch_size: int = 0, num_particles: int = 1) -> MemoryEstimate:
+    """Estimate the peak memory of training (see the module docstring for the formula).
+
+    Args:
+        num_parameters: parameters of the model and the guide together.
+        latent_dim: ``K``; max_sparsity: ``L0``.
+        batch_size: ``B``; eval_batch_size: rows per validation batch (0: no validation).
+    """
+    slot_numbers = max_sparsity * latent_dim
+    return MemoryEstimate(
+        parameters=BYTES_PER_NUMBER * PARAMETER_COPIES * num_parameters,
+        training_step=BYTES_PER_NUMBER * TRAIN_SLOT_TENSORS * batch_size * slot_numbers * num_particles,
+        validation_pass=BYTES_PER_NUMBER * EVAL_SLOT_TENSORS * eval_batch_size * slot_numbers,
+    )
+
+
+def available_memory(device: torch.device) -> tuple[int | None, str]:
+    """Free memory on ``device`` in bytes and where the number comes from (None if unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free), f"free memory of {device}"
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "free physical pages (sysconf)"
+    except (ValueError, OSError, AttributeError):
+        return None, "unknown"
+
+
+def check_training_memory(estimate: MemoryEstimate, *, device: torch.device, limit_gb: float | None,
+                          describe: dict[str, int]) -> None:
+    """Raise :class:`ResourceError` when ``estimate.total`` exceeds the limit.
+
+    Args:
+        limit_gb: the limit in GiB; None takes the memory the device reports free.
+        describe: the options the estimate depends on (``batch_size``, ``latent_dim``...),
+            named in the message.
+    """
+    if limit_gb is None:
+        limit, source = available_memory(device)
+        if limit is None:
+            logger.warning("cannot tell the free memory of this machine; memory check skipped")
+            return
+    else:
+        limit, source = int(limit_gb * GIB), "training.memory_limit_gb"
+    logger.info("estimated training memory %.2f GiB (limit %.2f GiB, %s)", estimate.total / GIB, limit / GIB, source)
+    if estimate.total <= limit:
+        return
+    options = ", ".join(f"{key}={value}" for key, value in describe.items())
+    raise ResourceError(
+        f"training needs about {estimate.total / GIB:.2f} GiB ({estimate.parameters / GIB:.2f} GiB for parameters "
+        f"and optimizer state, {estimate.training_step / GIB:.2f} GiB for a training step, "
+        f"{estimate.validation_pass / GIB:.2f} GiB for a validation batch; {options}) but only "
+        f"{limit / GIB:.2f} GiB is available ({source}). Reduce training.batch_size, training.eval_batch_size, "
+        "model.latent_dim, model.max_sparsity or the hidden sizes; or set training.memory_limit_gb, or "
+        "training.check_memory = false to train anyway"
+    )
+
+
+def count_parameters(*modules) -> int:
+    """Parameters of the modules together (shared parameters counted once)."""
+    unique = {id(p): p for module in modules for p in module.parameters()}
+    return sum(p.numel() for p in unique.values())
+
+
+def guard_training_memory(model, guide, config, num_val_rows: int) -> MemoryEstimate | None:
+    """Estimate training's memory for ``model``/``guide`` (real or on the ``meta`` device) under
+    the :class:`~pyro_sdlgm.config.TrainConfig` ``config``; raise :class:`ResourceError` if it
+    cannot fit. Returns the estimate, or None when ``config.check_memory`` is off."""
+    if not config.check_memory:
+        return None
+    from .training import resolve_device
+
+    spec = model.spec
+    estimate = estimate_training_memory(
+        count_parameters(model, guide), spec.latent_dim, spec.max_sparsity, config.batch_size,
+        min(config.eval_batch_size, num_val_rows), config.num_particles)
+    check_training_memory(estimate, device=resolve_device(config.device), limit_gb=config.memory_limit_gb,
+                          describe={"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
+                                    "latent_dim": spec.latent_dim, "max_sparsity": spec.max_sparsity,
+                                    "parameters": count_parameters(model, guide)})
+    return estimate
