@@ -10,8 +10,14 @@ subsample, and :func:`split_dataset` makes a seeded train/test split.
 from __future__ import annotations
 
 import gzip
+import io
 import logging
+import lzma
+import math
+import struct
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,6 +44,8 @@ class Dataset:
         return replace(self, X=self.X[rows], y=None if self.y is None else self.y[rows])
 
 
+_FLOAT32_MAX = np.finfo(np.float32).max  # a numpy float32: comparing float16 arrays with it does not overflow
+
 # ----------------------------------------------------------------------------- IDX
 
 # IDX type codes (the MNIST file format): code -> big-endian numpy dtype
@@ -49,37 +57,49 @@ def read_idx(path: str | Path) -> np.ndarray:
 
     Written here because the format is four header fields and a raw buffer, and the
     PyPI readers of it are unmaintained; every malformed case raises
-    :class:`DataFormatError` with the file and the byte offset.
+    :class:`DataFormatError` with the file and the byte offset (into the decompressed
+    data for a gzipped file; a broken gzip stream itself is reported without an offset,
+    which zlib does not give).
     """
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"IDX file {str(path)!r} does not exist")
     raw = path.read_bytes()
+    where = str(path)
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:  # OSError includes gzip.BadGzipFile
             raise DataFormatError(f"{path}: corrupt gzip stream ({err})") from None
+        where = f"{path} (decompressed)"
     if len(raw) < 4:
-        raise DataFormatError(f"{path}: {len(raw)} bytes, too short for an IDX header (byte offset 0)")
+        raise DataFormatError(f"{where}: {len(raw)} bytes, too short for an IDX header (byte offset 0)")
     if raw[0] != 0 or raw[1] != 0:
-        raise DataFormatError(f"{path}: bad IDX magic number {raw[:4].hex()} at byte offset 0")
+        raise DataFormatError(f"{where}: bad IDX magic number {raw[:4].hex()} at byte offset 0")
     code, ndim = raw[2], raw[3]
     if code not in _IDX_DTYPES:
-        raise DataFormatError(f"{path}: unknown IDX data type 0x{code:02x} at byte offset 2")
+        raise DataFormatError(f"{where}: unknown IDX data type 0x{code:02x} at byte offset 2")
     if ndim == 0:
-        raise DataFormatError(f"{path}: IDX file with 0 dimensions (byte offset 3)")
+        raise DataFormatError(f"{where}: IDX file with 0 dimensions (byte offset 3)")
     header_end = 4 + 4 * ndim
     if len(raw) < header_end:
-        raise DataFormatError(f"{path}: truncated IDX header: {len(raw)} bytes, need {header_end}")
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+        raise DataFormatError(f"{where}: truncated IDX header: the file ends at byte offset {len(raw)}, "
+                              f"{ndim} dimensions need {header_end} bytes")
+    dims = struct.unpack(f">{ndim}I", raw[4:header_end])
     dtype = np.dtype(_IDX_DTYPES[code])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: an absurd header cannot overflow
     body = len(raw) - header_end
     if body != expected:
         raise DataFormatError(
-            f"{path}: header announces shape {dims} ({expected} data bytes) but the file holds "
+            f"{where}: header announces shape {dims} ({expected} data bytes) but the file holds "
             f"{body} data bytes after byte offset {header_end}"
         )
     return np.frombuffer(raw, dtype, offset=header_end).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _idx_offset(array: np.ndarray, flat_index: int) -> int:
+    """The byte offset of element ``flat_index`` of an array read by :func:`read_idx`."""
+    return 4 + 4 * array.ndim + flat_index * array.dtype.itemsize
 
 
 def load_idx(path: str | Path) -> Dataset:
@@ -88,6 +108,7 @@ def load_idx(path: str | Path) -> Dataset:
     Labels are read from the matching ``*labels-idx1*`` file when it exists (e.g.
     ``train-images-idx3-ubyte.gz`` pairs with ``train-labels-idx1-ubyte.gz``). In a
     directory, ``train`` files come first, then the others in name order, concatenated.
+    Values must be finite and within the float32 range; labels must be integers.
     """
     path = Path(path)
     if path.is_dir():
@@ -100,22 +121,33 @@ def load_idx(path: str | Path) -> Dataset:
     images, labels = [], []
     for file in files:
         array = read_idx(file)
+        if array.ndim not in (2, 3):
+            raise DataFormatError(f"{file}: expected images of shape (N, H, W), got {array.shape} "
+                                  "(dimension count at byte offset 3)")
+        if array.dtype.kind == "f":
+            bad = ~np.isfinite(array) | (np.abs(array) > _FLOAT32_MAX)
+            if bad.any():
+                flat = int(np.flatnonzero(bad)[0])
+                raise DataFormatError(f"{file}: value {float(array.flat[flat])!r} at byte offset "
+                                      f"{_idx_offset(array, flat)} is not finite or is outside the float32 range")
         if array.ndim == 2:
             array = array[:, :, None]
-        if array.ndim != 3:
-            raise DataFormatError(f"{file}: expected images of shape (N, H, W), got {array.shape}")
         images.append(array)
         label_file = file.with_name(file.name.replace("images", "labels").replace("idx3", "idx1"))
         if label_file != file and label_file.exists():
             label = read_idx(label_file)
+            if label.dtype.kind not in "iu":
+                raise DataFormatError(f"{label_file}: labels of type {label.dtype} (byte offset 2); "
+                                      "labels must be integers")
             if label.shape != (array.shape[0],):
-                raise DataFormatError(f"{label_file}: {label.shape} labels for {array.shape[0]} images in {file}")
+                raise DataFormatError(f"{label_file}: {label.shape} labels (dimensions at byte offset 4) "
+                                      f"for {array.shape[0]} images in {file}")
             labels.append(label.astype(np.int64))
     shapes = {a.shape[1:] for a in images}
     if len(shapes) > 1:
         raise DataFormatError(f"IDX files in {str(path)!r} hold images of different shapes: {sorted(shapes)}")
     stacked = np.concatenate(images)
-    X = stacked.reshape(stacked.shape[0], -1).astype(np.float32)
+    X = stacked.reshape(stacked.shape[0], math.prod(stacked.shape[1:])).astype(np.float32)
     if stacked.dtype == np.uint8:
         X /= 255.0
     y = np.concatenate(labels) if len(labels) == len(images) else None
@@ -129,49 +161,116 @@ def load_numpy(path: str | Path, key: str | None = None) -> Dataset:
     """A ``.npy`` array, or an array of a ``.npz`` file (``key``, else ``X``/``x``/``data``/the only one).
 
     ``(N, D)`` arrays are used as they are; ``(N, H, W)`` arrays are flattened and keep
-    their image shape. A ``.npz`` may also hold class labels under ``y`` or ``labels``.
-    Pickled (object) arrays are refused.
+    their image shape. A ``.npz`` may also hold integer class labels under ``y`` or
+    ``labels``. Pickled (object) arrays are refused; values must be real, finite and
+    within the float32 range. Errors name the file and the ``.npz`` member or the byte
+    offset in the ``.npy`` data (a bad value: its row and column in the ``(N, D)`` layout).
     """
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"numpy file {str(path)!r} does not exist")
+    # our own handle, so that it is closed even when parsing fails
+    with path.open("rb") as handle:
+        if path.suffix == ".npy":
+            array = _read_npy(str(path), handle, path.stat().st_size)
+            return _numpy_dataset(path, array, None, str(path), " (.npy header at byte offset 0)")
+        return _read_npz(path, handle, key)
+
+
+# .npy versions 1.0 and 2.0 (numpy writes 3.0 only for structured dtypes with non-Latin-1 field names)
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _read_npy(where: str, stream, size: int) -> np.ndarray:
+    """The array of a ``.npy`` stream of ``size`` bytes, its header checked against the size first.
+
+    numpy trusts the header: a shape of 10**13 in a file of 100 bytes is a huge allocation
+    (or a MemoryError) before it finds the data missing, so the header is read here with
+    numpy's own header readers and checked before ``np.load`` reads the data.
+    """
     try:
-        # our own handle, so that it is closed even when numpy fails to parse the file
-        with path.open("rb") as handle:
-            array, y, key = _read_numpy_handle(path, handle, key)
-    except DataFormatError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataFormatError(f"{path}: not a readable numpy file ({err})") from None
-    return _numpy_dataset(path, array, y)
+        version = np.lib.format.read_magic(stream)
+        if version not in _NPY_HEADER_READERS:
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+        shape, _, dtype = _NPY_HEADER_READERS[version](stream)
+    except (ValueError, EOFError, TypeError, SyntaxError, RecursionError, tokenize.TokenError) as err:
+        # numpy parses the header dictionary with tokenize and ast.literal_eval, whose errors it lets through
+        raise DataFormatError(f"{where}: bad .npy header at byte offset 0 ({err})") from None
+    if dtype.hasobject:
+        raise DataFormatError(f"{where}: the array holds Python objects ({dtype}), which would need unpickling; "
+                              "refused (.npy header at byte offset 0)")
+    header_end = stream.tell()
+    expected = math.prod(shape) * dtype.itemsize
+    if size - header_end != expected:
+        raise DataFormatError(f"{where}: header announces shape {shape} of {dtype} ({expected} data bytes) but "
+                              f"{size - header_end} bytes follow the header at byte offset {header_end}")
+    stream.seek(0)
+    try:
+        return np.load(stream, allow_pickle=False)
+    except (ValueError, OverflowError, EOFError, OSError) as err:
+        raise DataFormatError(f"{where}: unreadable array data after byte offset {header_end} ({err})") from None
 
 
-def _read_numpy_handle(path: Path, handle, key: str | None):
-    """``(array, labels or None, key)`` from an open ``.npy``/``.npz`` file."""
-    if path.suffix == ".npy":
-        return np.load(handle, allow_pickle=False), None, key
-    with np.load(handle, allow_pickle=False) as archive:
-        names = list(archive.files)
+# what zipfile and its decompressors raise on a corrupt archive or member (RuntimeError:
+# an encrypted member; NotImplementedError: an unknown compression method)
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError, OverflowError,
+               struct.error, NotImplementedError, RuntimeError)
+
+
+def _read_npz(path: Path, handle, key: str | None) -> Dataset:
+    """The data (and labels) of an ``.npz`` archive: zipfile for the container, ``np.load`` per member."""
+    try:
+        archive = zipfile.ZipFile(handle)
+        members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+    except _ZIP_ERRORS as err:
+        raise DataFormatError(f"{path}: not a readable zip archive ({type(err).__name__}: {err})") from None
+    names = sorted(members.values())
+    with archive:
         if key is None:
-            candidates = [k for k in ("X", "x", "data") if k in names]
-            key = candidates[0] if candidates else (names[0] if len(names) == 1 else None)
+            candidates = [k for k in ("X", "x", "data") if k in members]
+            key = candidates[0] if candidates else (next(iter(members)) if len(members) == 1 else None)
             if key is None:
-                raise DataFormatError(f"{path}: cannot tell which array holds the data among {names}; set data.npz_key")
-        if key not in names:
-            raise DataFormatError(f"{path}: no array named {key!r}; arrays: {names}")
-        labels = [archive[k] for k in ("y", "labels") if k in names and k != key]
-        return archive[key], (labels[0] if labels else None), key
+                raise DataFormatError(f"{path}: cannot tell which array holds the data among members {names}; "
+                                      "set data.npz_key")
+        if key not in members:
+            raise DataFormatError(f"{path}: no array named {key!r} among members {names}")
+        label_key = next((k for k in ("y", "labels") if k in members and k != key), None)
+        arrays = {}
+        for k in (key, label_key):
+            if k is not None:
+                try:
+                    content = archive.read(members[k])
+                except _ZIP_ERRORS as err:
+                    raise DataFormatError(f"{path}, member {members[k]!r}: corrupt zip member "
+                                          f"({type(err).__name__}: {err})") from None
+                arrays[k] = _read_npy(f"{path}, member {members[k]!r}", io.BytesIO(content), len(content))
+    labels = arrays.get(label_key)
+    label_where = None if label_key is None else f"{path}, member {members[label_key]!r}"
+    if labels is not None and labels.dtype.kind not in "biu":
+        raise DataFormatError(f"{label_where}: labels must be integers, got dtype {labels.dtype}")
+    return _numpy_dataset(path, arrays[key], labels, f"{path}, member {members[key]!r}", "", label_where)
 
 
-def _numpy_dataset(path: Path, array: np.ndarray, y: np.ndarray | None) -> Dataset:
-    if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
-        raise DataFormatError(f"{path}: array has non-numeric dtype {array.dtype}")
+def _numpy_dataset(path: Path, array: np.ndarray, y: np.ndarray | None, where: str, header_note: str,
+                   label_where: str | None = None) -> Dataset:
+    """A Dataset of a loaded array; ``where`` names it in messages (file, or file and member)."""
+    if not (array.dtype == bool or (np.issubdtype(array.dtype, np.number) and array.dtype.kind != "c")):
+        raise DataFormatError(f"{where}: array has dtype {array.dtype}; only real numbers and booleans are "
+                              f"supported{header_note}")
     image_shape = None
     if array.ndim == 3:
         image_shape = tuple(array.shape[1:])
-        array = array.reshape(array.shape[0], -1)
+        array = array.reshape(array.shape[0], math.prod(image_shape))
     elif array.ndim != 2:
-        raise DataFormatError(f"{path}: expected an (N, D) or (N, H, W) array, got shape {array.shape}")
+        raise DataFormatError(f"{where}: expected an (N, D) or (N, H, W) array, got shape {array.shape}{header_note}")
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (np.abs(array) > _FLOAT32_MAX)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            problem = "non-finite value" if not np.isfinite(array[row, col]) else "value outside the float32 range"
+            raise DataFormatError(f"{where}: {problem} {array[row, col]} at row {row}, column {col}")
     if y is not None and y.shape != (array.shape[0],):
-        raise DataFormatError(f"{path}: labels have shape {y.shape}, expected ({array.shape[0]},)")
+        raise DataFormatError(f"{label_where}: labels have shape {y.shape}, expected ({array.shape[0]},)")
     return Dataset(array.astype(np.float32), y, path.stem, image_shape)
 
 

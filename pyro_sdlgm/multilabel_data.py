@@ -9,6 +9,7 @@ and, where the format has lines, the line.
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 import xml.etree.ElementTree as ElementTree
@@ -19,7 +20,6 @@ import arff
 import numpy as np
 import scipy.sparse
 from sklearn.datasets import load_svmlight_file
-from sklearn.preprocessing import MultiLabelBinarizer
 
 from .exceptions import DataError, DataFormatError
 
@@ -47,12 +47,24 @@ class MultiLabelData:
 
 
 def _read_text(path: Path) -> str:
+    """The file as text, with universal newlines (``\\r\\n`` and a lone ``\\r`` end a line, as in
+    ``open``), so that the line numbers in messages count lines the way editors do."""
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
+    raw = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise DataFormatError(f"{path}: not UTF-8 text ({err})") from None
+        line = _universal_newlines(raw[: err.start].decode("utf-8")).count("\n") + 1
+        raise DataFormatError(f"{path}, line {line}: not UTF-8 text (byte offset {err.start}: {err.reason})") from None
+    return _universal_newlines(text.removeprefix("\ufeff"))  # a UTF-8 byte order mark is not content
+
+
+def _universal_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 # ----------------------------------------------------------------------------- ARFF
@@ -79,21 +91,27 @@ def load_arff(path: str | Path, labels: int | str | Path) -> MultiLabelData:
         labels: the number of label attributes (the last ones), or the label XML file.
 
     Label attributes must hold only 0 and 1. Nominal features are encoded by the index of
-    their value in the declaration.
+    their value in the declaration. Values must be finite and within the float32 range.
+    Every error names the file and the line, except a label XML that names attributes the
+    file lacks (the message names both files).
     """
     path = Path(path)
-    text = _read_text(path)
-    data_line = re.search(r"^\s*@data\s*$\n(?:\s*(?:%.*)?\n)*\s*(\S)", text, flags=re.IGNORECASE | re.MULTILINE)
-    sparse = bool(data_line) and data_line.group(1) == "{"
-    try:
-        obj = arff.loads(text, encode_nominal=True, return_type=arff.COO if sparse else arff.DENSE)
-    except arff.ArffException as err:
-        raise DataFormatError(f"{path}: {err}") from None
+    lines = _read_text(path).split("\n")
+    data_index = next((i for i, line in enumerate(lines) if line.strip(" \r\n").upper().startswith("@DATA")), None)
+    # the lines of the data rows, as liac-arff counts them (it skips blank and comment lines)
+    row_lines = [] if data_index is None else [
+        i + 1 for i in range(data_index + 1, len(lines)) if lines[i].strip() and not lines[i].strip().startswith("%")]
+    sparse = bool(row_lines) and lines[row_lines[0] - 1].strip().startswith("{")
+    obj = _decode_arff(path, lines, sparse)
     attributes = obj["attributes"]
     names = [name for name, _ in attributes]
+    # liac-arff read every @attribute line before @data in order, so the k-th one declares attribute k
+    attribute_lines = [i + 1 for i, line in enumerate(lines[:data_index])
+                       if line.strip(" \r\n").upper().startswith("@ATTRIBUTE")]
     if isinstance(labels, int):
         if not 1 <= labels < len(attributes):
-            raise DataFormatError(f"{path}: {labels} label attributes requested but the file has {len(attributes)} attributes")
+            raise DataFormatError(f"{path}, line {data_index + 1}: {labels} label attributes requested but the file "
+                                  f"declares {len(attributes)} attributes before @data")
         label_idx = list(range(len(attributes) - labels, len(attributes)))
     else:
         label_names = read_label_xml(labels)
@@ -101,20 +119,16 @@ def load_arff(path: str | Path, labels: int | str | Path) -> MultiLabelData:
         if missing:
             raise DataFormatError(f"{path}: labels {missing[:5]} of {labels} are not attributes of the file")
         label_idx = [names.index(name) for name in label_names]
+    _check_sparse_keys(path, lines, row_lines)
     if sparse:
-        values, rows, cols = (np.asarray(a, dtype=object if i == 0 else None) for i, a in enumerate(obj["data"]))
-        missing = [i for i, v in enumerate(values) if v is None]
-        if missing:
-            raise DataFormatError(f"{path}: missing value in data row {rows[missing[0]]}, "
-                                  f"attribute {names[cols[missing[0]]]!r}")
-        n = max(int(rows.max()) + 1 if len(values) else 0, _count_data_rows(text))
-        full = scipy.sparse.csr_matrix((_as_float(path, values), (rows, cols)), shape=(n, len(attributes)))
+        values, rows, cols = obj["data"]
+        values, rows, cols = np.asarray(values, dtype=object), np.asarray(rows, np.int64), np.asarray(cols, np.int64)
     else:
-        array = np.array(obj["data"], dtype=object)
-        if array.size and any(v is None for v in array.ravel()):
-            row, col = next((r, c) for r, c in zip(*np.nonzero(array == None)))  # noqa: E711
-            raise DataFormatError(f"{path}: missing value in data row {row}, attribute {names[col]!r}")
-        full = scipy.sparse.csr_matrix(_as_float(path, array).reshape(len(array), len(attributes)))
+        rows, cols = np.divmod(np.arange(len(obj["data"]) * len(attributes)), len(attributes))
+        values = np.array([v for row in obj["data"] for v in row], dtype=object)
+    numbers = _arff_numbers(path, values, rows, cols, names, row_lines)
+    full = scipy.sparse.csr_matrix((numbers, (rows, cols)), shape=(len(row_lines), len(attributes)))
+    full.eliminate_zeros()
     # map label values through their declarations: a nominal {1,0} must not flip 0 and 1
     label_columns = []
     for index in label_idx:
@@ -124,12 +138,14 @@ def load_arff(path: str | Path, labels: int | str | Path) -> MultiLabelData:
             try:
                 lookup = np.array([float(v) for v in declared])
             except ValueError:
-                raise DataFormatError(f"{path}: label attribute {names[index]!r} declares values {declared}") from None
+                raise DataFormatError(f"{path}, line {attribute_lines[index]}: label attribute {names[index]!r} "
+                                      f"declares values {declared}") from None
             column = lookup[column.astype(int)]
         bad = ~np.isin(column, (0.0, 1.0))
         if bad.any():
-            raise DataFormatError(f"{path}: label attribute {names[index]!r} has value {column[bad][0]!r} "
-                                  f"in data row {int(np.flatnonzero(bad)[0])}; labels must be 0 or 1")
+            row = int(np.flatnonzero(bad)[0])
+            raise DataFormatError(f"{path}, line {row_lines[row]}: label attribute {names[index]!r} has value "
+                                  f"{float(column[row])!r} in data row {row}; labels must be 0 or 1")
         label_columns.append(column)
     feature_idx = [i for i in range(len(attributes)) if i not in set(label_idx)]
     Y = scipy.sparse.csr_matrix(np.stack(label_columns, 1).astype(np.int8))
@@ -137,69 +153,161 @@ def load_arff(path: str | Path, labels: int | str | Path) -> MultiLabelData:
     return MultiLabelData(X, Y, path.stem, tuple(names[i] for i in label_idx))
 
 
-def _as_float(path: Path, values: np.ndarray) -> np.ndarray:
+def _decode_arff(path: Path, lines: list[str], sparse: bool) -> dict:
+    """``arff.load`` on the lines, with every error of liac-arff named by file and line.
+
+    liac-arff reports the line of its own errors but lets a few others through (e.g. a
+    bare ``@relation`` line, an INTEGER value of ``1e400``, a stray ``\\r`` in a row); the
+    line it was reading when they happened is the one the numbered generator below last
+    handed out.
+    """
+    position = [0]
+
+    def numbered():
+        for number, line in enumerate(lines, start=1):
+            position[0] = number
+            yield line
+
     try:
-        return values.astype(np.float64)
-    except (TypeError, ValueError) as err:  # e.g. a STRING attribute
-        raise DataFormatError(f"{path}: non-numeric attribute values ({err}); only numeric and nominal "
-                              "attributes are supported") from None
+        return arff.load(numbered(), encode_nominal=True, return_type=arff.COO if sparse else arff.DENSE)
+    except arff.ArffException as err:
+        try:
+            reason = str(err)
+        except (TypeError, ValueError):  # liac-arff formats some messages with '%' and the raw value
+            reason = type(err).__name__
+        raise DataFormatError(f"{path}, line {position[0]}: {reason}") from None
+    except (ValueError, TypeError, OverflowError, IndexError, KeyError, csv.Error) as err:
+        raise DataFormatError(f"{path}, line {position[0]}: cannot parse ({type(err).__name__}: {err})") from None
 
 
-def _count_data_rows(text: str) -> int:
-    body = re.split(r"^\s*@data\s*$", text, maxsplit=1, flags=re.IGNORECASE | re.MULTILINE)[-1]
-    return sum(1 for line in body.splitlines() if line.strip() and not line.lstrip().startswith("%"))
+# one cell ``index value`` of a sparse ARFF row (the value as liac-arff's grammar allows it)
+_SPARSE_CELL = re.compile(r"""(?:^\s*\{|,)\s*(\d+)\s+(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^,\s"'{}]+)""")
+
+
+def _check_sparse_keys(path: Path, lines: list[str], row_lines: list[int]) -> None:
+    """liac-arff keeps the last of two cells with one index; a repeated index is an error here."""
+    for number in row_lines:
+        if not lines[number - 1].strip().startswith("{"):
+            continue
+        keys = [int(key) for key in _SPARSE_CELL.findall(lines[number - 1])]
+        if len(set(keys)) != len(keys):
+            repeated = next(key for key in keys if keys.count(key) > 1)
+            raise DataFormatError(f"{path}, line {number}: attribute index {repeated} appears twice")
+
+
+def _arff_numbers(path: Path, values: np.ndarray, rows: np.ndarray, cols: np.ndarray, names: list[str],
+                  row_lines: list[int]) -> np.ndarray:
+    """The decoded values as float64: all present, numeric, finite and within the float32 range."""
+
+    def fail(i: int, problem: str):
+        raise DataFormatError(f"{path}, line {row_lines[rows[i]]}: {problem} in data row {rows[i]}, "
+                              f"attribute {names[cols[i]]!r}")
+
+    for i, value in enumerate(values):
+        # liac-arff gives numbers for numeric and (encoded) nominal attributes; None is a
+        # missing value, a string comes from a STRING attribute or a value it failed to convert
+        if value is None:
+            fail(i, "missing value")
+        if not isinstance(value, (int, float)):
+            fail(i, f"non-numeric value {value!r} (only numeric and nominal attributes are supported)")
+    numbers = np.array([float(v) for v in values], dtype=np.float64)  # float(): INTEGER values are Python ints
+    bad = ~np.isfinite(numbers) | (np.abs(numbers) > _FLOAT32_MAX)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        fail(i, f"value {float(numbers[i])!r} is not finite or is outside the float32 range")
+    return numbers
 
 
 # ----------------------------------------------------------------------------- XMC / svmlight
 
-_LABELS = re.compile(r"^\d+(,\d+)*$")
-_FEATURE = re.compile(r"^\d+:\S+$")
+# scikit-learn's svmlight parser holds a feature index in a C int; a larger index (or
+# label, or header count) is reported as an error here instead of an OverflowError there
+_MAX_INDEX = 2**31 - 1
+_LABELS = re.compile(r"[0-9]+(?:,[0-9]+)*")
+_FEATURE = re.compile(r"([0-9]+):(.*)")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_BLANKS = re.compile(r"[ \t]+")
 
 
-def _check_lines(path: Path, lines: list[str], first_line: int) -> None:
-    """Report the first malformed line by number (scikit-learn's parser does not)."""
+def _check_lines(path: Path, lines: list[str], first_line: int, n_features: int | None,
+                 zero_based: bool) -> list[tuple[int, ...]]:
+    """Check every line as scikit-learn will read it and return the label lists.
+
+    Written by hand because scikit-learn's parser names no line in its errors, splits on
+    more whitespace than a space or tab (so a form feed can hide a row), and lets some
+    problems through (values that overflow float32, indices beyond a C int). After this
+    check it parses lines of only ASCII digits, signs, ``.eE,:`` and blanks, and cannot fail.
+    """
+    base = 0 if zero_based else 1
+    labels = []
     for number, line in enumerate(lines, start=first_line):
-        if not line.strip():
-            raise DataFormatError(f"{path}, line {number}: empty line")
-        tokens = line.split()
-        if line[0].isspace() or ":" in tokens[0]:
-            features = tokens  # no labels
+        where = f"{path}, line {number}"
+        content = line.strip(" \t")
+        if not content:
+            raise DataFormatError(f"{where}: empty line")
+        tokens = _BLANKS.split(content)
+        if line[0] in " \t" or ":" in tokens[0]:
+            row_labels, features = (), tokens  # no labels
         else:
-            if not _LABELS.match(tokens[0]):
-                raise DataFormatError(f"{path}, line {number}: bad label list {tokens[0]!r}")
-            features = tokens[1:]
+            if not _LABELS.fullmatch(tokens[0]):
+                raise DataFormatError(f"{where}: bad label list {tokens[0]!r}")
+            row_labels, features = tuple(int(v) for v in tokens[0].split(",")), tokens[1:]
+            if len(set(row_labels)) != len(row_labels):
+                raise DataFormatError(f"{where}: label list {tokens[0]!r} repeats a label")
+            if max(row_labels) > _MAX_INDEX:
+                raise DataFormatError(f"{where}: label {max(row_labels)} is larger than {_MAX_INDEX}")
+        previous = None
         for token in features:
-            if not _FEATURE.match(token):
-                raise DataFormatError(f"{path}, line {number}: bad feature {token!r} (expected index:value)")
-            try:
-                float(token.split(":", 1)[1])
-            except ValueError:
-                raise DataFormatError(f"{path}, line {number}: bad feature value in {token!r}") from None
+            match = _FEATURE.fullmatch(token)
+            if not match:
+                raise DataFormatError(f"{where}: bad feature {token!r} (expected index:value)")
+            index, value = int(match[1]), match[2]
+            if index < base:
+                raise DataFormatError(f"{where}: invalid index {index} in {token!r}; feature indices start at {base}")
+            if index > _MAX_INDEX or (n_features is not None and index - base >= n_features):
+                top = _MAX_INDEX if n_features is None else n_features - 1 + base
+                raise DataFormatError(f"{where}: feature index {index} is outside [{base}, {top}]")
+            if previous is not None and index <= previous:
+                raise DataFormatError(f"{where}: feature indices must increase ({index} after {previous})")
+            previous = index
+            if not _NUMBER.fullmatch(value):
+                raise DataFormatError(f"{where}: bad feature value in {token!r}")
+            if abs(float(value)) > _FLOAT32_MAX:
+                raise DataFormatError(f"{where}: feature value in {token!r} is outside the float32 range")
+        labels.append(row_labels)
+    return labels
 
 
 def _parse_svmlight(path: Path, body: str, first_line: int, n_features: int | None, zero_based: bool):
-    lines = body.rstrip("\n").splitlines()  # trailing blank lines are fine; blank lines inside are not
-    _check_lines(path, lines, first_line)
+    """``(X, labels)`` of svmlight lines: checked here, parsed by scikit-learn."""
+    lines = body.split("\n")
+    while lines and not lines[-1].strip(" \t"):  # trailing blank lines are fine; blank lines inside are not
+        lines.pop()
+    labels = _check_lines(path, lines, first_line, n_features, zero_based)
     # scikit-learn reads a row without labels only with the separating space
-    fixed = "\n".join(line if not (line[:1].isspace() or ":" in line.split()[0]) else " " + line.lstrip()
-                      for line in lines)
+    fixed = "\n".join(" " + line.lstrip(" \t") if not row_labels else line for line, row_labels in zip(lines, labels))
     try:
-        X, labels = load_svmlight_file(io.BytesIO(fixed.encode()), multilabel=True, zero_based=zero_based,
-                                       n_features=n_features, dtype=np.float32)
-    except ValueError as err:
+        X, _ = load_svmlight_file(io.BytesIO(fixed.encode()), multilabel=True, zero_based=zero_based,
+                                  n_features=n_features, dtype=np.float32)
+    except ValueError as err:  # not expected after _check_lines
         raise DataFormatError(f"{path}: {err}") from None
-    return X.tocsr(), [tuple(int(v) for v in row) for row in labels]
+    return X.tocsr(), labels
 
 
-def _labels_to_csr(path: Path, labels: list[tuple[int, ...]], num_labels: int, zero_based: bool):
+def _labels_to_csr(path: Path, labels: list[tuple[int, ...]], num_labels: int, zero_based: bool, first_line: int):
+    """The 0/1 ``(N, num_labels)`` CSR matrix of the label lists (built directly: no memory per label)."""
     offset = 0 if zero_based else 1
     for row, row_labels in enumerate(labels):
         for label in row_labels:
             if not offset <= label < num_labels + offset:
-                raise DataFormatError(f"{path}: label {label} in data row {row} is outside "
+                raise DataFormatError(f"{path}, line {first_line + row}: label {label} is outside "
                                       f"[{offset}, {num_labels + offset - 1}]")
-    binarizer = MultiLabelBinarizer(classes=list(range(offset, num_labels + offset)), sparse_output=True)
-    return binarizer.fit_transform(labels).astype(np.int8).tocsr()
+    indptr = np.cumsum([0] + [len(row) for row in labels], dtype=np.int64)
+    indices = np.array([label - offset for row in labels for label in sorted(row)], dtype=np.int64)
+    return scipy.sparse.csr_matrix((np.ones(len(indices), np.int8), indices, indptr), shape=(len(labels), num_labels))
+
+
+_XMC_HEADER = re.compile(r"[ \t]*([0-9]+)[ \t]+([0-9]+)[ \t]+([0-9]+)[ \t]*")
 
 
 def load_xmc(path: str | Path) -> MultiLabelData:
@@ -208,16 +316,19 @@ def load_xmc(path: str | Path) -> MultiLabelData:
     Labels and features are 0-based. The header must agree with the rows.
     """
     path = Path(path)
-    text = _read_text(path)
-    header, _, body = text.partition("\n")
-    try:
-        n, d, k = (int(v) for v in header.split())
-    except ValueError:
-        raise DataFormatError(f"{path}, line 1: header must be 'N D K' (three integers), got {header!r}") from None
+    header, _, body = _read_text(path).partition("\n")
+    match = _XMC_HEADER.fullmatch(header)
+    if not match:
+        raise DataFormatError(f"{path}, line 1: header must be 'N D K' (three integers), got {header!r}")
+    n, d, k = (int(v) for v in match.groups())
+    if not (1 <= d <= _MAX_INDEX + 1 and 1 <= k <= _MAX_INDEX + 1):
+        raise DataFormatError(f"{path}, line 1: header announces {d} features and {k} labels; "
+                              f"each must be in [1, {_MAX_INDEX + 1}]")
     X, labels = _parse_svmlight(path, body, 2, d, zero_based=True)
     if X.shape[0] != n:
-        raise DataFormatError(f"{path}: header announces {n} rows but the file has {X.shape[0]}")
-    return MultiLabelData(X, _labels_to_csr(path, labels, k, True), path.stem)
+        raise DataFormatError(f"{path}, line 1: header announces {n} rows but the file has {X.shape[0]} "
+                              f"(lines 2 to {X.shape[0] + 1})")
+    return MultiLabelData(X, _labels_to_csr(path, labels, k, True, 2), path.stem)
 
 
 def load_svmlight_multilabel(path: str | Path, *, zero_based: bool, labels_zero_based: bool | None = None,
@@ -236,8 +347,9 @@ def load_svmlight_multilabel(path: str | Path, *, zero_based: bool, labels_zero_
     path = Path(path)
     X, labels = _parse_svmlight(path, _read_text(path), 1, num_features, zero_based)
     if num_labels is None:
-        num_labels = max((max(row) for row in labels if row), default=-1) + (0 if labels_zero_based else -1) + 1
-    return MultiLabelData(X, _labels_to_csr(path, labels, num_labels, labels_zero_based), path.stem)
+        largest = max((max(row) for row in labels if row), default=None)
+        num_labels = 0 if largest is None else max(largest + (1 if labels_zero_based else 0), 0)
+    return MultiLabelData(X, _labels_to_csr(path, labels, num_labels, labels_zero_based, 1), path.stem)
 
 
 # ----------------------------------------------------------------------------- Yeast
