@@ -15,8 +15,9 @@ import random
 import re
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -24,8 +25,9 @@ import torch
 from .exceptions import CheckpointError
 
 
-def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, flush and fsync, rename over ``path``.
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through ``write(handle)`` into a temporary file in the same folder, flush and
+    fsync it, rename it over ``path`` and fsync the folder.
 
     A process killed at any point leaves either the old file or the new one at ``path``
     (and possibly a ``.NAME.*.tmp`` file, which :func:`remove_temporaries` deletes).
@@ -35,7 +37,7 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -43,6 +45,11 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` of ``obj`` to ``path`` through :func:`atomic_write`."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def _fsync_folder(folder: Path) -> None:

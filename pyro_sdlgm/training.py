@@ -26,9 +26,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -46,6 +44,7 @@ from .checkpoint import (
     TRAINING_FORMAT,
     TRAINING_VERSION,
     atomic_save,
+    atomic_write,
     checkpoint_path,
     list_checkpoints,
     load_checkpoint,
@@ -177,19 +176,6 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
             "start the run anew"
         )
     return found[-1][1]
-
-
-def _write_lines_atomically(path: Path, lines: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.writelines(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _SITE = re.compile(r"at site '([^']+)'")
@@ -432,7 +418,8 @@ class Trainer:
             if resume:
                 progress = self._restore(run_dir, optimizer, generator, identity, fingerprint)
                 remove_temporaries(folder)
-                _write_lines_atomically(metrics_path, [json.dumps(r) + "\n" for r in progress.history])
+                lines = "".join(json.dumps(record) + "\n" for record in progress.history)
+                atomic_write(metrics_path, lambda handle: handle.write(lines.encode()))
             else:
                 progress = _Progress()
                 if run_dir is not None:

@@ -28,3 +28,39 @@ def binary_data():
 
 
 FAST_FIT = dict(epochs=2, batch_size=32, progress=False, seed=0)
+
+
+def write_xmc(path, X, Y):
+    """Write ``X (N, D)``, ``Y (N, K)`` in the Extreme Classification Repository's text format."""
+    lines = [f"{X.shape[0]} {X.shape[1]} {Y.shape[1]}"]
+    for x, y in zip(X, Y):
+        labels = ",".join(str(i) for i in np.flatnonzero(y))
+        features = " ".join(f"{j}:{v:.4f}" for j, v in enumerate(x) if v != 0)
+        lines.append(f"{labels} {features}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def multilabel_run_config(folder, training: str = "epochs = 2\nprogress = false", run_dir=None):
+    """A tiny multi-label run (XMC files: 120 train and 40 test rows, 6 features, 4 labels learnable
+    from the features) in ``folder``; returns ``(config path, X, Y)``. ``training``: the body of its
+    ``[training]`` table."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(160, 6)).astype(np.float32)
+    Y = (X[:, :4] > 0.3).astype(np.int8)
+    Y[Y.sum(1) == 0, 0] = 1
+    write_xmc(folder / "train.txt", X[:120], Y[:120])
+    write_xmc(folder / "test.txt", X[120:], Y[120:])
+    config = folder / "ml.toml"
+    run_line = f"run_dir = {str(run_dir)!r}\n" if run_dir is not None else ""
+    config.write_text(f"""task = "multilabel"
+{run_line}[classifier]
+max_labels = 4
+hidden = [16]
+[training]
+{training}
+[data]
+format = "xmc"
+train = {str(folder / "train.txt")!r}
+test = {str(folder / "test.txt")!r}
+""")
+    return config, X, Y

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import scipy.sparse
+from conftest import multilabel_run_config, write_xmc
 from pyro_sdlgm.cli import main
 
 TINY = [
@@ -78,37 +79,8 @@ def test_encode_names_the_file_it_writes(trained_run, tmp_path, capsys):
     assert (tmp_path / "codes.npz").is_file()
 
 
-def write_xmc(path, X, Y):
-    lines = [f"{X.shape[0]} {X.shape[1]} {Y.shape[1]}"]
-    for x, y in zip(X, Y):
-        labels = ",".join(str(i) for i in np.flatnonzero(y))
-        features = " ".join(f"{j}:{v:.4f}" for j, v in enumerate(x) if v != 0)
-        lines.append(f"{labels} {features}")
-    path.write_text("\n".join(lines) + "\n")
-
-
 def test_multilabel_run_train_evaluate_predict(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(160, 6)).astype(np.float32)
-    Y = (X[:, :4] > 0.3).astype(np.int8)
-    Y[Y.sum(1) == 0, 0] = 1
-    write_xmc(tmp_path / "train.txt", X[:120], Y[:120])
-    write_xmc(tmp_path / "test.txt", X[120:], Y[120:])
-    config = tmp_path / "ml.toml"
-    config.write_text(f"""
-task = "multilabel"
-run_dir = {str(tmp_path / "run")!r}
-[classifier]
-max_labels = 4
-hidden = [16]
-[training]
-epochs = 2
-progress = false
-[data]
-format = "xmc"
-train = {str(tmp_path / "train.txt")!r}
-test = {str(tmp_path / "test.txt")!r}
-""")
+    config, X, _ = multilabel_run_config(tmp_path, run_dir=tmp_path / "run")
     assert main(["train", "--config", str(config)]) == 0
     assert "P@1" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "run" / "evaluation.json").read_text())

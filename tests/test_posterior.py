@@ -20,9 +20,9 @@ from pyro_sdlgm.inspection import (
 )
 from pyro_sdlgm.posterior import group, import_arviz, load_inference_data, to_inference_data
 
-from conftest import FAST_FIT
+from conftest import FAST_FIT, multilabel_run_config
 from test_classifier import count_data
-from test_cli import TINY, write_xmc
+from test_cli import TINY
 
 
 @pytest.fixture(scope="module")
@@ -328,27 +328,7 @@ def test_inspect_cli_unsupervised(tmp_path, capsys):
 
 
 def test_inspect_cli_multilabel_writes_calibration(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(160, 6)).astype(np.float32)
-    Y = (X[:, :4] > 0.3).astype(np.int8)
-    Y[Y.sum(1) == 0, 0] = 1
-    write_xmc(tmp_path / "train.txt", X[:120], Y[:120])
-    write_xmc(tmp_path / "test.txt", X[120:], Y[120:])
-    config = tmp_path / "ml.toml"
-    config.write_text(f"""
-task = "multilabel"
-run_dir = {str(tmp_path / "run")!r}
-[classifier]
-max_labels = 4
-hidden = [16]
-[training]
-epochs = 2
-progress = false
-[data]
-format = "xmc"
-train = {str(tmp_path / "train.txt")!r}
-test = {str(tmp_path / "test.txt")!r}
-""")
+    config, _, _ = multilabel_run_config(tmp_path, run_dir=tmp_path / "run")
     assert main(["train", "--config", str(config)]) == 0
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "run"), "--num-samples", "10"]) == 0

@@ -25,6 +25,7 @@ from pyro_sdlgm import (
     TrainConfig,
 )
 from pyro_sdlgm.checkpoint import TRAINING_FORMAT, list_checkpoints, load_checkpoint
+from conftest import multilabel_run_config
 from pyro_sdlgm.cli import main
 from pyro_sdlgm.training import Trainer
 
@@ -204,38 +205,12 @@ def test_sigkilled_training_resumes_with_the_losses_of_an_uninterrupted_run(tmp_
     assert names == [f"epoch_{(last - 1) // 3 * 3:06d}.pt", f"epoch_{last:06d}.pt"]
 
 
-def write_xmc(path, X, Y):
-    lines = [f"{X.shape[0]} {X.shape[1]} {Y.shape[1]}"]
-    for x, y in zip(X, Y):
-        features = " ".join(f"{j}:{v:.4f}" for j, v in enumerate(x) if v != 0)
-        lines.append(f"{','.join(str(i) for i in np.flatnonzero(y))} {features}")
-    path.write_text("\n".join(lines) + "\n")
-
-
 def test_multilabel_run_resumes_from_the_command_line(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(160, 6)).astype(np.float32)
-    Y = (X[:, :4] > 0.3).astype(np.int8)
-    Y[Y.sum(1) == 0, 0] = 1
-    write_xmc(tmp_path / "train.txt", X[:120], Y[:120])
-    write_xmc(tmp_path / "test.txt", X[120:], Y[120:])
-    config = tmp_path / "ml.toml"
-    config.write_text(f"""
-task = "multilabel"
-[classifier]
-max_labels = 4
-hidden = [16]
-[training]
-epochs = 6
+    config, _, _ = multilabel_run_config(tmp_path, training="""epochs = 6
 batch_size = 32
 checkpoint_every = 2
 keep_checkpoints = 5
-progress = false
-[data]
-format = "xmc"
-train = {str(tmp_path / "train.txt")!r}
-test = {str(tmp_path / "test.txt")!r}
-""")
+progress = false""")
     assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "full")]) == 0
     crashed = simulate_crash(tmp_path / "full", tmp_path / "crashed", keep_epoch=2)
     assert main(["train", "--resume", str(crashed)]) == 0
