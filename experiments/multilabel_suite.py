@@ -26,7 +26,7 @@ Methods (the ``method`` column):
 Each method trains in a fresh spawned process (``--jobs N`` at a time, ``--threads T``
 threads each; ``--jobs 0``: in this process, without clean memory figures), which reports
 the wall time of training (``train_seconds``) and the increase of the process's peak
-resident memory during training (``train_peak_mb``, from ``resource.getrusage``). The data
+resident memory during training (``train_peak_mb``, sampled from ``/proc``). The data
 are loaded and split once, in this process, and handed to the runs as ``.npz`` files, so
 that parsing a file adds nothing to a run's peak. PSP@k uses the training labels'
 propensities.
@@ -41,10 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import logging
-import multiprocessing
-import resource
 import sys
 import tempfile
 import time
@@ -55,6 +52,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from suite_common import PeakMemory, mean_and_std, run_pool, write_csv  # noqa: E402
 DEFAULT_BIBTEX = HERE.parent.parent / "shared" / "data" / "bibtex"
 
 METHODS = ("sdlgm", "sdlgm_enumerate", "logistic_topk", "logistic_threshold", "logistic_oracle",
@@ -347,18 +346,18 @@ def run_one(job: dict) -> list[dict]:
         with threadpool_limits(threads), tempfile.TemporaryDirectory() as folder:
             if trainer.startswith("napkinxc"):
                 import napkinxc.models  # noqa: F401
-            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             started = time.perf_counter()
-            if trainer.startswith("sdlgm"):
-                fitted, epochs = train_sdlgm(X, Y, settings, seed, trainer == "sdlgm_enumerate")
-            elif trainer == "logistic":
-                fitted, epochs = train_logistic(X, Y, settings, seed)
-            elif trainer.startswith("napkinxc"):
-                fitted, epochs = train_napkinxc(X, Y, seed, threads, trainer.split("_")[1], folder)
-            else:
-                fitted, epochs = train_mlp(X, Y, settings, seed)
+            with PeakMemory() as meter:
+                if trainer.startswith("sdlgm"):
+                    fitted, epochs = train_sdlgm(X, Y, settings, seed, trainer == "sdlgm_enumerate")
+                elif trainer == "logistic":
+                    fitted, epochs = train_logistic(X, Y, settings, seed)
+                elif trainer.startswith("napkinxc"):
+                    fitted, epochs = train_napkinxc(X, Y, seed, threads, trainer.split("_")[1], folder)
+                else:
+                    fitted, epochs = train_mlp(X, Y, settings, seed)
             seconds = time.perf_counter() - started
-            peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # Linux: KiB
+            peak_mb = meter.peak_mb
             if trainer.startswith("sdlgm"):
                 predictions = predict_sdlgm(trainer, fitted, X_test)
             elif trainer == "logistic":
@@ -383,36 +382,17 @@ def run_one(job: dict) -> list[dict]:
     return rows
 
 
-def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
-    """Every job's rows, in job order: ``workers`` fresh spawned processes at a time (0: in this process)."""
-    from tqdm.auto import tqdm
+def describe(rows: list[dict]) -> str:
+    return "; ".join(f"{r['dataset']} {r['method']} seed {r['seed']}: P@1 {r['p@1']:.3f}, example-F1 "
+                     f"{r['example_f1']:.3f}, {r['train_seconds']:.1f} s, {r['train_peak_mb']:.0f} MB" for r in rows)
 
-    rows: list[dict] = []
-    if workers == 0:  # in this process (the smoke test): no clean peak-memory figures
-        for job in tqdm(jobs, desc="runs", unit="run"):
-            rows += run_one(job)
-        return rows
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, maxtasksperchild=1) as pool:  # a fresh process per run: clean peak memory
-        for result in tqdm(pool.imap(run_one, jobs), total=len(jobs), desc="runs", unit="run"):
-            for row in result:
-                logger.info("%s %s seed %d: P@1 %.3f, example-F1 %.3f, %.1f s, %.0f MB", row["dataset"],
-                            row["method"], row["seed"], row["p@1"], row["example_f1"], row["train_seconds"],
-                            row["train_peak_mb"])
-            rows += result
-    return rows
+
+def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
+    """Every job's rows, in job order (see :func:`suite_common.run_pool`)."""
+    return [row for rows in run_pool(run_one, jobs, workers, describe) for row in rows]
 
 
 # ----------------------------------------------------------------------------- outputs
-
-
-def write_csv(rows: list[dict], path: Path, columns: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -420,14 +400,10 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for dataset, method in dict.fromkeys((r["dataset"], r["method"]) for r in rows):
         group = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
-        summary = {"dataset": dataset, "method": method, "oracle": group[0]["oracle"],
-                   "decision": "; ".join(dict.fromkeys(r["decision"] for r in group)),
-                   "seeds": " ".join(str(r["seed"]) for r in group), "config": group[0]["config"]}
-        for key in METRICS:
-            values = np.array([float(r[key]) for r in group])
-            summary[f"{key}_mean"] = float(values.mean())
-            summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        out.append(summary)
+        out.append({"dataset": dataset, "method": method, "oracle": group[0]["oracle"],
+                    "decision": "; ".join(dict.fromkeys(r["decision"] for r in group)),
+                    "seeds": " ".join(str(r["seed"]) for r in group), "config": group[0]["config"],
+                    **mean_and_std(group, METRICS)})
     return out
 
 

@@ -21,12 +21,12 @@ from .config import TrainConfig, from_dict
 from .conditional import build_conditional
 from .exceptions import CheckpointError, ConfigError, DataError, NotFittedError
 from .guides import GuideParams
-from .posterior import check_num_samples, draw_sparsity, seeded, sparsity_inference_data
+from .posterior import check_num_samples, sample_batches, sparsity_inference_data
 from .resources import guard_training_memory
-from .schedules import TrainingSchedule
+from .schedules import final_schedule
 from .spec import ModelSpec
 from .support import greedy_picks, slot_gates, soft_support
-from .training import Trainer, take_rows
+from .training import Trainer, check_run_dir, take_rows
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +94,11 @@ class SDLGMClassifier:
                                       or input_dim < 1):
             raise ConfigError(f"input_dim must be a positive integer or None, got {input_dim!r}")
         self._fixed_input_dim = None if input_dim is None else int(input_dim)
-        # build once now, on a placeholder width if needed, so that bad options fail here, not in fit()
-        build_conditional(self._spec(self._fixed_input_dim or 1), guide, per_slot, self.params["hidden"],
-                          activation, label_noise)
+        # build once now, on a placeholder width if needed and on the meta device (nothing is
+        # allocated), so that bad options fail here, not in fit()
+        with torch.device("meta"):
+            build_conditional(self._spec(self._fixed_input_dim or 1), guide, per_slot, self.params["hidden"],
+                              activation, label_noise)
         self.model = self.guide = None
         self.train_config: TrainConfig | None = None
         self.history_: list[dict] | None = None
@@ -187,7 +189,7 @@ class SDLGMClassifier:
     # -- training ---------------------------------------------------------------------------
 
     def fit(self, X, Y, *, validation_data: tuple | None = None, run_dir: str | Path | None = None,
-            resume: bool = False, **train_options) -> list[dict]:
+            resume: bool = False, overwrite: bool = False, **train_options) -> list[dict]:
         """Train by SVI from a seeded initialization; return the per-epoch history.
 
         Args:
@@ -197,9 +199,11 @@ class SDLGMClassifier:
                 ``validation_fraction`` of the rows is held out for early stopping.
             run_dir: if given, per-epoch metrics and training checkpoints go there.
             resume: continue the interrupted training of ``run_dir`` from its newest checkpoint.
+            overwrite: replace the checkpoints and metrics an earlier run left in ``run_dir``.
             **train_options: fields of :class:`pyro_sdlgm.config.TrainConfig`.
         """
         cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGMClassifier.fit()")
+        check_run_dir(run_dir, resume, overwrite)
         X = _as_matrix(X, "X")
         # the width given at construction, or that of the data (inferred anew at each fit)
         self.params["input_dim"] = self._fixed_input_dim or int(X.shape[1])
@@ -218,11 +222,12 @@ class SDLGMClassifier:
                 val = (X[order[:n_val]], Y[order[:n_val]])
                 X, Y = X[order[n_val:]], Y[order[n_val:]]
         with torch.device("meta"):  # sizes only: refuse a configuration that cannot fit before allocating it
-            guard_training_memory(*self._networks(), cfg, 0 if val is None else val[0].shape[0])
+            guard_training_memory(*self._networks(), cfg, X.shape[0], 0 if val is None else val[0].shape[0])
         pyro.set_rng_seed(cfg.seed)
+        self.model = self.guide = None  # free the current networks before building the fresh ones
         self._build()
-        self.history_ = Trainer(self.model, self.guide, cfg).fit((X, Y), val, run_dir, resume=resume,
-                                                                 identity={"classifier": dict(self.params)})
+        self.history_ = Trainer(self.model, self.guide, cfg).fit(
+            (X, Y), val, run_dir, resume=resume, overwrite=overwrite, identity={"classifier": dict(self.params)})
         self.train_config = cfg
         return self.history_
 
@@ -257,15 +262,10 @@ class SDLGMClassifier:
             if labels.shape != (n_rows, self.params["num_labels"]):
                 raise DataError(f"Y has shape {labels.shape}, expected ({n_rows}, {self.params['num_labels']})")
             true_counts = np.asarray((labels != 0).sum(1)).ravel().astype(np.int64)
-        schedule = TrainingSchedule.from_config(self.train_config or TrainConfig(), 1).final()
-        place = partial(self.guide.place_sites, num_data=None, kl_weight=1.0,
-                        tau_sparsity=schedule["tau_sparsity"], tau_support=schedule["tau_support"])
-        probs, draws = [], []
-        device = next(self.model.parameters()).device
-        with seeded(seed, device):
-            for params in self._prior_params(X, batch_size, "posterior"):
-                probs.append(params.sparsity_logits.softmax(-1).cpu())
-                draws.append({k: v.cpu() for k, v in draw_sparsity(place, params, self.spec, num_samples).items()})
+        schedule = final_schedule(self.train_config)
+        batches = ((params.sparsity_logits.softmax(-1), partial(self.guide.place_sites, params, None), (), schedule,
+                    None) for params in self._prior_params(X, batch_size, "posterior"))
+        probs, draws = sample_batches(self.spec, batches, num_samples, seed, next(self.model.parameters()).device)
         return sparsity_inference_data(
             self.spec, probs, draws, num_samples=num_samples, seed=seed, model_name="SDLGMClassifier",
             obs_names=obs_names, observed=None if true_counts is None else {"label_count": true_counts},

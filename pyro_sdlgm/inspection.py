@@ -139,7 +139,13 @@ def count_calibration(idata, true_counts: Any = None, *, num_bins: int = 10) -> 
             true_counts = group(idata, "observed_data")["label_count"].values
         except KeyError:
             raise DataError("no true counts: pass true_counts or a posterior computed with Y") from None
-    truth = check_groups(true_counts, len(obs), "true_counts").astype(np.int64)
+    truth = check_groups(true_counts, len(obs), "true_counts")
+    if truth.dtype.kind not in "iu":
+        numeric = truth.astype(np.float64) if truth.dtype.kind in "fb" else None
+        if numeric is None or not np.all(np.isfinite(numeric)) or not np.all(numeric == np.round(numeric)):
+            bad = truth[0] if numeric is None else truth[~(np.isfinite(numeric) & (numeric == np.round(numeric)))][0]
+            raise DataError(f"true_counts must be whole numbers, found {bad}")
+    truth = truth.astype(np.int64)
     predicted = levels[probs.argmax(-1)]
     confidence = probs.max(-1)
     correct = predicted == truth
@@ -165,6 +171,20 @@ def count_calibration(idata, true_counts: Any = None, *, num_bins: int = 10) -> 
         "num_examples": int(len(truth)),
     }
     return metrics, pd.DataFrame(rows, columns=["lower", "upper", "count", "confidence", "accuracy"])
+
+
+DEAD_INCLUSION = 1e-3  # a dimension whose mean inclusion probability is below this is dead
+ALWAYS_ON_FRACTION = 0.99  # ... and one with inclusion >= 0.5 in this fraction of observations is always on
+
+
+def dead(usage: pd.DataFrame) -> pd.Series:
+    """Which dimensions of a :func:`dimension_usage` table are dead (mean inclusion < 0.001)."""
+    return usage["mean_inclusion"] < DEAD_INCLUSION
+
+
+def always_on(usage: pd.DataFrame) -> pd.Series:
+    """Which dimensions are in the support (inclusion >= 0.5) of at least 99% of observations."""
+    return usage["used_by"] >= ALWAYS_ON_FRACTION
 
 
 def dimension_usage(idata) -> pd.DataFrame:

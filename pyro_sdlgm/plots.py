@@ -8,6 +8,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from . import inspection
+
 
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
@@ -152,8 +154,8 @@ def plot_dimension_usage(usage, path: str | Path | None = None, fig: Figure | No
     ax = fig.add_subplot()
     mean = np.sort(usage["mean_inclusion"].to_numpy())[::-1]
     used_by = usage["used_by"].to_numpy()
-    dead = int((usage["mean_inclusion"] < 1e-3).sum())
-    always = int((used_by >= 0.99).sum())
+    dead = int(inspection.dead(usage).sum())
+    always = int(inspection.always_on(usage).sum())
     ax.plot(np.arange(len(mean)), mean, color="C0", label="mean inclusion probability")
     ax.plot(np.arange(len(mean)), np.sort(used_by)[::-1], color="C1", linestyle="--",
             label="fraction of observations with inclusion >= 0.5")

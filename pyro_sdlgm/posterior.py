@@ -37,11 +37,9 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
 from pyro.infer import Predictive
 
 from .exceptions import DataError
-from .guides import GuideParams
 from .spec import OBS_SITE, SPARSITY_SITE, ModelSpec
 
 MARGINALS_GROUP = "marginals"
@@ -137,70 +135,77 @@ def group(idata, name: str):
 # ----------------------------------------------------------------------------- draws
 
 
-def _chunk_size(num_rows: int, spec: ModelSpec, num_samples: int) -> int:
-    per_draw = 4 * num_rows * (spec.latent_dim * spec.max_sparsity + spec.num_levels)
+def _chunk_size(num_rows: int, spec: ModelSpec, num_samples: int, extra: int) -> int:
+    """Draws per :class:`Predictive` call such that its stacked sites stay within :data:`CHUNK_BYTES`.
+
+    ``extra``: further numbers per row and draw (e.g. the observations ``D``).
+    """
+    per_draw = 4 * num_rows * (2 * spec.latent_dim * spec.max_sparsity + spec.num_levels + extra)
     return max(1, min(num_samples, CHUNK_BYTES // max(per_draw, 1)))
 
 
 @torch.no_grad()
-def draw_sparsity(
-    place_sites: Callable[[GuideParams], None],
-    params: GuideParams,
-    spec: ModelSpec,
-    num_samples: int,
-) -> dict[str, torch.Tensor]:
+def draw_sparsity(spec: ModelSpec, num_samples: int, program: Callable, *args, guide: Callable | None = None,
+                  num_rows: int, obs_dim: int | None = None, **kwargs) -> dict[str, torch.Tensor]:
     """Draws of ``L_i`` and of the hard support for one batch, with :class:`pyro.infer.Predictive`.
 
     Args:
-        place_sites: places the ``sparsity`` and ``slot_*`` sites given ``params``
-            (the guide's :meth:`~pyro_sdlgm.guides.AmortizedGuide.place_sites`).
-        params: amortized parameters of ``N`` rows.
-        num_samples: ``S``.
+        program: places the ``sparsity`` and ``slot_*`` sites (and ``obs`` with ``observe``),
+            called with ``*args, **kwargs``; with ``guide``, those latent sites are drawn by
+            the guide and ``program`` (the model) is replayed on them.
+        num_rows: ``N``, the rows of the batch.
+        obs_dim: ``D``: also return ``x`` ``(S, N, D)``, draws of the site ``obs``: pass the model
+            under ``poutine.uncondition`` (else ``Predictive`` returns the data itself). Its
+            draw ``s`` is generated from the code of draw ``s``.
 
     Returns:
-        ``sparsity`` ``(S, N)`` int64 levels, ``nnz`` ``(S, N)`` int64 and ``inclusion``
-        ``(N, K)`` float64, the fraction of draws whose support holds each dimension.
+        ``sparsity`` ``(S, N)`` int64 levels, ``nnz`` ``(S, N)`` int64, ``inclusion``
+        ``(N, K)`` float64 (the fraction of draws whose support holds each dimension), and
+        ``x`` with ``obs_dim``. Draws are made in chunks whose stacked sites stay within
+        :data:`CHUNK_BYTES`.
     """
-    n = params.sparsity_logits.shape[0]
-    sites = [SPARSITY_SITE, *spec.slot_sites]
-    levels, nnz = [], []
-    inclusion = torch.zeros(n, spec.latent_dim, dtype=torch.float64, device=params.sparsity_logits.device)
+    observe = obs_dim is not None
+    sites = [SPARSITY_SITE, *spec.slot_sites] + ([OBS_SITE] if observe else [])
+    levels, nnz, observations = [], [], []
+    inclusion = torch.zeros(num_rows, spec.latent_dim, dtype=torch.float64)
     remaining = num_samples
     while remaining > 0:
-        chunk = min(remaining, _chunk_size(n, spec, num_samples))
+        chunk = min(remaining, _chunk_size(num_rows, spec, num_samples, extra=obs_dim or 0))
         remaining -= chunk
-        draws = Predictive(lambda: place_sites(params), num_samples=chunk, return_sites=sites, parallel=False)()
+        draws = Predictive(program, guide=guide, num_samples=chunk, return_sites=sites, parallel=False)(*args, **kwargs)
         value = draws[SPARSITY_SITE]
         # a relaxed site holds a log one-hot (S, N, levels); an enumerable one an index (S, N)
         index = value.argmax(-1) if value.is_floating_point() else value.long()
         level = index + spec.min_level
         picks = torch.stack([draws[name].argmax(-1) for name in spec.slot_sites], -1)  # (S, N, L0)
         used = torch.arange(spec.max_sparsity, device=picks.device) < level.unsqueeze(-1)
-        support = torch.zeros(chunk, n, spec.latent_dim, dtype=torch.bool, device=picks.device)
-        _mark(support, picks, used)
-        levels.append(level)
-        nnz.append(support.sum(-1))
-        inclusion += support.sum(0, dtype=torch.float64)
-    return {"sparsity": torch.cat(levels), "nnz": torch.cat(nnz), "inclusion": inclusion / num_samples}
+        hits = torch.zeros(chunk, num_rows, spec.latent_dim, dtype=torch.int32, device=picks.device)
+        support = hits.scatter_add_(-1, picks, used.to(torch.int32)) > 0  # a repeated pick counts once
+        levels.append(level.cpu())
+        nnz.append(support.sum(-1).cpu())
+        inclusion += support.sum(0, dtype=torch.float64).cpu()
+        if observe:
+            observations.append(draws[OBS_SITE].cpu())
+    out = {"sparsity": torch.cat(levels), "nnz": torch.cat(nnz), "inclusion": inclusion / num_samples}
+    if observe:
+        out["x"] = torch.cat(observations)
+    return out
 
 
-def _mark(support: torch.Tensor, picks: torch.Tensor, used: torch.Tensor) -> None:
-    """Set ``support[s, i, picks[s, i, l]] = True`` for the used slots (duplicates count once)."""
-    hits = torch.zeros(support.shape, dtype=torch.int32, device=support.device)
-    hits.scatter_add_(-1, picks, used.to(torch.int32))
-    support |= hits > 0
+def sample_batches(spec: ModelSpec, batches, num_samples: int, seed: int, device: torch.device,
+                   obs_dim: int | None = None) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Run :func:`draw_sparsity` over batches under one seed; the global RNG is left as it was.
 
-
-@torch.no_grad()
-def draw_observations(model, guide, x: torch.Tensor, num_samples: int, schedule: dict[str, float]) -> torch.Tensor:
-    """Posterior-predictive draws ``(S, N, D)``: ``x`` given each guide draw of the code.
-
-    ``Predictive(model, guide=...)`` would return the observed site as the data itself, so
-    the model is run under ``poutine.uncondition``.
+    ``batches`` yields ``(level_probs (n, levels), program, args, kwargs, guide)``.
+    Returns the per-batch exact probabilities and draws, for :func:`sparsity_inference_data`.
     """
-    predictive = Predictive(poutine.uncondition(model), guide=guide, num_samples=num_samples,
-                            return_sites=[OBS_SITE], parallel=False)
-    return predictive(x, **schedule)[OBS_SITE]
+    probs, draws = [], []
+    with seeded(seed, device):
+        for level_probs, program, args, kwargs, guide in batches:
+            probs.append(level_probs.cpu())
+            draws.append(draw_sparsity(spec, num_samples, program, *args, guide=guide,
+                                       num_rows=level_probs.shape[0], obs_dim=obs_dim, **kwargs))
+    return probs, draws
 
 
 @contextlib.contextmanager
@@ -220,11 +225,10 @@ def sparsity_inference_data(
     seed: int,
     model_name: str,
     obs_names: Any = None,
-    predictive: list[torch.Tensor] | None = None,
     observed: Mapping[str, np.ndarray] | None = None,
     observed_dims: Mapping[str, list[str]] | None = None,
 ):
-    """Assemble per-batch results (see :func:`draw_sparsity`) into the ArviZ object of this module."""
+    """Assemble per-batch results (see :func:`sample_batches`) into the ArviZ object of this module."""
     sparsity_probs = torch.cat(probs).numpy().astype(np.float64)
     n = sparsity_probs.shape[0]
     if obs_names is None:
@@ -238,10 +242,10 @@ def sparsity_inference_data(
     dims = {"sparsity": ["obs"], "nnz": ["obs"], "sparsity_probs": ["obs", "level"], "inclusion_probs": ["obs", "dim"]}
     coords = {"obs": obs_names, "level": spec.levels().numpy(), "dim": np.arange(spec.latent_dim)}
     posterior_predictive = None
-    if predictive is not None:
+    if "x" in draws[0]:
         # named "x", not after the Pyro site "obs": ArviZ 0.x drops a group whose variable
         # shares its name with a dimension (measured with 0.23.4)
-        posterior_predictive = {"x": torch.cat(predictive, dim=1).numpy()[None]}
+        posterior_predictive = {"x": torch.cat([d["x"] for d in draws], dim=1).numpy()[None]}
         dims["x"] = ["obs", "feature"]
         coords["feature"] = np.arange(posterior_predictive["x"].shape[-1])
     dims.update(observed_dims or {})

@@ -120,20 +120,40 @@ def count_parameters(*modules) -> int:
     return sum(p.numel() for p in unique.values())
 
 
-def guard_training_memory(model, guide, config, num_val_rows: int) -> MemoryEstimate | None:
-    """Estimate training's memory for ``model``/``guide`` (real or on the ``meta`` device) under
-    the :class:`~pyro_sdlgm.config.TrainConfig` ``config``; raise :class:`ResourceError` if it
-    cannot fit. Returns the estimate, or None when ``config.check_memory`` is off."""
+def guard_training_memory(model, guide, config, num_train_rows: int, num_val_rows: int) -> MemoryEstimate | None:
+    """Estimate training's memory for ``model``/``guide`` (built on the ``meta`` device, so that
+    nothing is allocated yet) under the :class:`~pyro_sdlgm.config.TrainConfig` ``config``;
+    raise :class:`ResourceError` if it cannot fit. Returns the estimate, or None when
+    ``config.check_memory`` is off."""
     if not config.check_memory:
         return None
     from .training import resolve_device
 
     spec = model.spec
+    parameters = count_parameters(model, guide)
     estimate = estimate_training_memory(
-        count_parameters(model, guide), spec.latent_dim, spec.max_sparsity, config.batch_size,
+        parameters, spec.latent_dim, spec.max_sparsity, min(config.batch_size, num_train_rows),
         min(config.eval_batch_size, num_val_rows), config.num_particles)
     check_training_memory(estimate, device=resolve_device(config.device), limit_gb=config.memory_limit_gb,
                           describe={"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
                                     "latent_dim": spec.latent_dim, "max_sparsity": spec.max_sparsity,
-                                    "parameters": count_parameters(model, guide)})
+                                    "parameters": parameters})
     return estimate
+
+
+def guard_parameters(model, guide) -> None:
+    """Refuse to build networks whose parameters alone exceed the free memory of this machine.
+
+    ``model``/``guide`` are built on the ``meta`` device: only their sizes are read.
+    """
+    size = BYTES_PER_NUMBER * count_parameters(model, guide)
+    free, source = available_memory(torch.device("cpu"))
+    if free is not None and size > free:
+        spec = model.spec
+        raise ResourceError(
+            f"the networks need {size / GIB:.2f} GiB for their {count_parameters(model, guide):,} parameters "
+            f"(latent_dim={spec.latent_dim}, max_sparsity={spec.max_sparsity}) but only {free / GIB:.2f} GiB "
+            f"is available ({source}). Reduce model.latent_dim or the hidden sizes, or use shared slot logits "
+            "(guide 'mlp_shared_slots', or per_slot=false): per-slot logits cost max_sparsity x latent_dim "
+            "x the last hidden size"
+        )

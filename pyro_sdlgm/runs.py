@@ -103,7 +103,7 @@ def train_run(config: RunConfig, *, overwrite: bool = False, resume: bool = Fals
     if not resume:
         write_yaml(config.to_dict(), run_dir / CONFIG_FILE)
     started = time.perf_counter()
-    history = model.fit(train.X, run_dir=run_dir, resume=resume, **config.training.to_dict())
+    history = model.fit(train.X, run_dir=run_dir, resume=resume, overwrite=True, **config.training.to_dict())
     wall = time.perf_counter() - started
     model.save(run_dir / MODEL_FILE)
     evaluation_data = test if test is not None else train
@@ -266,7 +266,8 @@ def train_multilabel_run(config: RunConfig, *, overwrite: bool = False, resume: 
     if not resume:
         write_yaml(config.to_dict(), run_dir / CONFIG_FILE)
     started = time.perf_counter()
-    history = model.fit(train.X, train.Y, run_dir=run_dir, resume=resume, **config.training.to_dict())
+    history = model.fit(train.X, train.Y, run_dir=run_dir, resume=resume, overwrite=True,
+                        **config.training.to_dict())
     wall = time.perf_counter() - started
     model.save(run_dir / MODEL_FILE)
     metrics = multilabel_metrics(model, train, test)
@@ -321,10 +322,14 @@ def read_groups(groups: str | None, num_obs: int, default: np.ndarray | None) ->
     if path.suffix == ".npy":
         try:
             labels = np.load(path, allow_pickle=False)
-        except ValueError as err:
-            raise DataError(f"--groups {groups!r}: cannot read the array ({err})") from None
+        except (ValueError, EOFError, OSError) as err:
+            raise DataError(f"--groups {groups!r}: cannot read the array ({type(err).__name__}: {err})") from None
     else:
-        labels = np.array([line.strip() for line in path.read_text().splitlines() if line.strip()])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"--groups {groups!r}: not UTF-8 text (byte offset {err.start})") from None
+        labels = np.array([line.strip() for line in text.splitlines() if line.strip()])
     return check_groups(labels, num_obs, f"groups file {groups!r}")
 
 
@@ -348,9 +353,9 @@ def inspect_run(run_dir: str | Path, source: str | None = None, groups: str | No
     image_shape = None
     if multilabel:
         _, data = multilabel_run_data(config, source)
-        X, true_counts = data.X, np.diff(data.Y.tocsr().indptr)
-        default_groups = true_counts
+        X = data.X
         idata = model.posterior(X, data.Y, num_samples=num_samples, seed=seed)
+        default_groups = group(idata, "observed_data")["label_count"].values  # the true label counts
     else:
         data = run_eval_data(config, source)
         X, image_shape, default_groups = data.X, data.image_shape, data.y
@@ -380,8 +385,8 @@ def inspect_run(run_dir: str | Path, source: str | None = None, groups: str | No
         "max_entropy": float(np.log(len(levels))),
         "mean_interval_width": float((summary["upper"] - summary["lower"]).mean()),
         "mean_nnz": float(summary["mean_nnz"].mean()),
-        "dead_dims": int((usage["mean_inclusion"] < 1e-3).sum()),
-        "always_on_dims": int((usage["used_by"] >= 0.99).sum()),
+        "dead_dims": int(inspection.dead(usage).sum()),
+        "always_on_dims": int(inspection.always_on(usage).sum()),
         "num_dims": int(len(usage)),
     }
     group_table = None
@@ -401,10 +406,19 @@ def inspect_run(run_dir: str | Path, source: str | None = None, groups: str | No
     figures = _inspection_figures(model, X, summary, probs, levels, usage, group_table, bins, calibration,
                                   image_shape, labels, multilabel, run_dir / "plots", show)
     written += figures
-    (run_dir / INSPECTION_FILE).write_text(json.dumps(result, indent=2))
+    (run_dir / INSPECTION_FILE).write_text(json.dumps(_finite_or_null(result), indent=2, allow_nan=False))
     written.append(run_dir / INSPECTION_FILE)
     result.update(files=[str(p) for p in written], groups=group_table)
     return result
+
+
+def _finite_or_null(value):
+    """``value`` with NaN and infinities replaced by None, so that it is valid JSON."""
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _inspection_figures(model, X, summary, probs, levels, usage, group_table, bins, calibration, image_shape,

@@ -65,3 +65,13 @@ class TrainingSchedule:
     def final(self) -> dict[str, float]:
         """The target objective: final temperatures and KL weight 1."""
         return {"tau_sparsity": self.tau_sparsity.end, "tau_support": self.tau_support.end, "kl_weight": 1.0}
+
+
+def final_schedule(config=None) -> dict[str, float]:
+    """The target objective's arguments for a model trained with ``config`` (a ``TrainConfig``;
+    default: the default options): its final temperatures and KL weight 1."""
+    if config is None:
+        from .config import TrainConfig
+
+        config = TrainConfig()
+    return TrainingSchedule.from_config(config, 1).final()

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pyro
+from pyro import poutine
 import scipy.sparse
 import torch
 
@@ -20,11 +21,11 @@ from .evaluation import code_statistics, elbo_terms, slot_duplicates
 from .exceptions import CheckpointError, DataError, NotFittedError
 from .guides import GUIDES
 from .model import SDLGMModel
-from .posterior import check_num_samples, draw_observations, draw_sparsity, seeded, sparsity_inference_data
+from .posterior import check_num_samples, sample_batches, sparsity_inference_data
 from .registry import ComponentSpec
-from .resources import guard_training_memory
-from .schedules import TrainingSchedule
-from .training import Trainer
+from .resources import guard_parameters, guard_training_memory
+from .schedules import final_schedule
+from .training import Trainer, check_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ class SDLGM:
     def _init_from_config(self, config: ModelConfig) -> None:
         self.config = config
         self.spec = config.spec()
+        with torch.device("meta"):  # sizes only: refuse networks that cannot fit before allocating them
+            guard_parameters(*build_model_and_guide(config))
         self.model, self.guide = build_model_and_guide(config)
         self.train_config: TrainConfig | None = None
         self.history_: list[dict] | None = None
@@ -179,10 +182,6 @@ class SDLGM:
     def device(self) -> torch.device:
         return next(self.model.decoder.parameters()).device
 
-    def _final_schedule(self) -> dict[str, float]:
-        cfg = self.train_config or TrainConfig()
-        return TrainingSchedule.from_config(cfg, 1).final()
-
     def _check_fitted(self, method: str) -> None:
         if not self.is_fitted:
             raise NotFittedError(f"SDLGM.{method}() needs a trained model: call fit() or SDLGM.load() first")
@@ -199,7 +198,7 @@ class SDLGM:
     # -- training -------------------------------------------------------------------------
 
     def fit(self, X, *, validation_data=None, run_dir: str | Path | None = None, resume: bool = False,
-            **train_options) -> list[dict]:
+            overwrite: bool = False, **train_options) -> list[dict]:
         """Train by SVI from a fresh, seeded initialization; return the per-epoch history.
 
         Args:
@@ -211,6 +210,8 @@ class SDLGM:
             resume: continue the interrupted training of ``run_dir`` from its newest
                 checkpoint (same data, model and training options; the result equals an
                 uninterrupted run's, see :meth:`pyro_sdlgm.training.Trainer.fit`).
+            overwrite: replace the checkpoints and metrics an earlier run left in ``run_dir``
+                (else a fresh fit there raises :class:`ConfigError`).
             **train_options: fields of :class:`pyro_sdlgm.config.TrainConfig`, e.g.
                 ``epochs``, ``batch_size``, ``learning_rate``, ``seed``, ``device``,
                 ``tau_sparsity_start``/``_end``, ``tau_support_start``/``_end``,
@@ -222,6 +223,7 @@ class SDLGM:
             ``skipped_batches``, ``seconds``): losses are negative ELBOs per example.
         """
         cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGM.fit()")
+        check_run_dir(run_dir, resume, overwrite)
         x = self._check(X)
         x_val = self._check(validation_data, "validation_data") if validation_data is not None else None
         if x_val is None and cfg.validation_fraction > 0:
@@ -232,11 +234,15 @@ class SDLGM:
             else:
                 logger.warning("too few rows (%d) to hold out a validation split; early stopping is off", x.shape[0])
         with torch.device("meta"):  # sizes only: refuse a configuration that cannot fit before allocating it
-            guard_training_memory(*build_model_and_guide(self.config), cfg, 0 if x_val is None else x_val.shape[0])
+            guard_training_memory(*build_model_and_guide(self.config), cfg, x.shape[0],
+                                  0 if x_val is None else x_val.shape[0])
         pyro.set_rng_seed(cfg.seed)
+        self.model = self.guide = None  # free the current networks before building the fresh ones
+        self.is_fitted = False
         self.model, self.guide = build_model_and_guide(self.config)
         trainer = Trainer(self.model, self.guide, cfg)
-        history = trainer.fit(x, x_val, run_dir, resume=resume, identity={"model": self.config.to_dict()})
+        history = trainer.fit(x, x_val, run_dir, resume=resume, overwrite=overwrite,
+                              identity={"model": self.config.to_dict()})
         self.train_config, self.history_, self.is_fitted = cfg, history, True
         return history
 
@@ -302,23 +308,24 @@ class SDLGM:
         num_samples = check_num_samples(num_samples)
         self._check_fitted("posterior")
         x = self._check(X)
-        schedule = self._final_schedule()
+        schedule = final_schedule(self.train_config)
         self.model.eval()
         self.guide.eval()
 
-        probs, draws, predictive = [], [], []
-        with seeded(seed, self.device):
+        def batches():
             for batch in self._batches(x, batch_size):
                 params = self.guide.amortize(batch)
-                probs.append(self.guide.sparsity_probs(params).cpu())
-                place = partial(self.guide.place_sites, num_data=None, kl_weight=1.0,
-                                tau_sparsity=schedule["tau_sparsity"], tau_support=schedule["tau_support"])
-                draws.append({k: v.cpu() for k, v in draw_sparsity(place, params, self.spec, num_samples).items()})
-                if posterior_predictive:
-                    predictive.append(draw_observations(self.model, self.guide, batch, num_samples, schedule).cpu())
+                if posterior_predictive:  # the model replayed on guide draws: x of draw s from the code of draw s
+                    yield (self.guide.sparsity_probs(params), poutine.uncondition(self.model), (batch,), schedule,
+                           self.guide)
+                else:  # the guide's sites alone, from parameters amortized once per batch
+                    yield (self.guide.sparsity_probs(params), partial(self.guide.place_sites, params, None),
+                           (), {**schedule}, None)
+
+        probs, draws = sample_batches(self.spec, batches(), num_samples, seed, self.device,
+                                      obs_dim=self.spec.input_dim if posterior_predictive else None)
         return sparsity_inference_data(
             self.spec, probs, draws, num_samples=num_samples, seed=seed, model_name="SDLGM", obs_names=obs_names,
-            predictive=predictive if posterior_predictive else None,
             observed={"x": x.cpu().numpy()} if posterior_predictive else None,
         )
 
@@ -360,7 +367,7 @@ class SDLGM:
             raise DataError(f"num_samples must be a positive integer, got {num_samples!r}")
         self._check_fitted("evaluate")
         x = self._check(X)
-        schedule = self._final_schedule()
+        schedule = final_schedule(self.train_config)
         self.model.eval()
         self.guide.eval()
         sums: dict[str, float] = {}

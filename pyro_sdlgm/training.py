@@ -56,14 +56,14 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .exceptions import CheckpointError, ConfigError, NumericalError
-from .resources import guard_training_memory
 from .schedules import TrainingSchedule
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 # options that may differ between a checkpoint and the run resuming from it
-RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints")
+# (the remedies that NumericalError and ResourceError suggest among them)
+RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints", "nan_policy", "check_memory", "memory_limit_gb")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -164,6 +164,22 @@ def config_differences(saved: dict, current: dict, ignore: tuple[str, ...] = ())
         for key in sorted(set(saved) | set(current))
         if key.split(".")[-1] not in ignore and saved.get(key) != current.get(key)
     ]
+
+
+def check_run_dir(run_dir: str | Path | None, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a fresh run in a folder holding an earlier run's checkpoints or metrics
+    (unless ``overwrite``), and to resume without a folder."""
+    if run_dir is None:
+        if resume:
+            raise ConfigError("resume=True needs the run_dir whose checkpoints to continue from")
+        return
+    run_dir = Path(run_dir)
+    if resume or overwrite:
+        return
+    metrics = run_dir / METRICS_FILE
+    if list_checkpoints(run_dir / CHECKPOINT_DIR) or (metrics.is_file() and metrics.stat().st_size > 0):
+        raise ConfigError(f"run_dir {str(run_dir)!r} holds the checkpoints or metrics of an earlier run; pass "
+                          "resume=True to continue it or overwrite=True to replace them")
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
@@ -342,8 +358,14 @@ class Trainer:
                 f"cannot resume from {str(path)!r}: the training/validation data differ from the checkpoint's "
                 f"(shapes {data['data'].get('shapes')} in the checkpoint, {fingerprint['shapes']} now)"
             )
-        early = data["early_stopping"]
         try:
+            early = data["early_stopping"]
+            best = None
+            if early["best_model_state"] is not None:
+                best = (early["best_model_state"], early["best_guide_state"])
+            restored = _Progress(epoch=int(data["epoch"]), step=int(data["step"]), history=list(data["history"]),
+                                 best_val=float(early["best_val"]), best_state=best, stale=int(early["stale"]),
+                                 finished=bool(data["finished"]), last_checkpoint=path)
             self.model.load_state_dict(data["model_state"])
             self.guide.load_state_dict(data["guide_state"])
             optimizer.load_state_dict(data["optimizer_state"])
@@ -351,18 +373,13 @@ class Trainer:
             set_rng_state(data["rng"])
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"checkpoint {str(path)!r} does not match the model being resumed: {err}") from None
-        best = None
-        if early["best_model_state"] is not None:
-            best = (early["best_model_state"], early["best_guide_state"])
-        logger.info("resuming from %s (epoch %d, step %d)", path, data["epoch"], data["step"])
-        return _Progress(epoch=data["epoch"], step=data["step"], history=list(data["history"]),
-                         best_val=early["best_val"], best_state=best, stale=early["stale"],
-                         finished=data["finished"], last_checkpoint=path)
+        logger.info("resuming from %s (epoch %d, step %d)", path, restored.epoch, restored.step)
+        return restored
 
     # -- the loop -------------------------------------------------------------------------
 
     def fit(self, train, val=None, run_dir: str | Path | None = None, *, resume: bool = False,
-            identity: dict | None = None):
+            overwrite: bool = False, identity: dict | None = None):
         """Train; return the history, one dict of metrics per epoch.
 
         Args:
@@ -377,6 +394,8 @@ class Trainer:
                 and history are restored, and ``metrics.jsonl`` is rewritten to hold exactly
                 the checkpointed epochs. The config, ``identity`` and data must equal the
                 checkpoint's (else :class:`ConfigError`/:class:`CheckpointError`).
+            overwrite: start afresh in a ``run_dir`` that holds an earlier run's checkpoints
+                and metrics, deleting them (else :class:`ConfigError`).
             identity: plain dict describing the model (e.g. ``{"model": ModelConfig dict}``),
                 stored in checkpoints and compared on resume.
 
@@ -393,7 +412,9 @@ class Trainer:
                 or validation loss after an epoch; no checkpoint is written for that epoch.
         """
         cfg = self.config
-        identity = dict(identity or {})
+        check_run_dir(run_dir, resume, overwrite)
+        # the device is part of what a checkpoint continues: CPU and CUDA draw different numbers
+        identity = {**dict(identity or {}), "device": self.device.type}
         train = as_columns(train)
         val = as_columns(val) if val is not None else None
         n = train[0].shape[0]
@@ -403,13 +424,10 @@ class Trainer:
         self.model.to(self.device)
         self.guide.to(self.device)
         run_dir = Path(run_dir) if run_dir is not None else None
-        if resume and run_dir is None:
-            raise ConfigError("resume=True needs the run_dir whose checkpoints to continue from")
         metrics_path = run_dir / METRICS_FILE if run_dir is not None else None
         folder = run_dir / CHECKPOINT_DIR if run_dir is not None else None
         fingerprint = data_fingerprint(train, val) if run_dir is not None else None
 
-        guard_training_memory(self.model, self.guide, cfg, val[0].shape[0] if val is not None else 0)
         with pyro.settings.context(module_local_params=True):
             loss_fn = self.elbo(self.model, self.guide)
             named = dict(loss_fn.named_parameters())

@@ -52,19 +52,46 @@ def test_groups_shapes_and_exact_probabilities(fitted):
     assert "posterior_predictive" not in idata.groups()
 
 
+def assert_draws_follow_q(idata, levels):
+    """Each level's draw frequency is within about 4.5 standard errors of q(L = level | x)."""
+    draws = group(idata, "posterior")["sparsity"].values[0]  # (S, N)
+    probs = group(idata, "marginals")["sparsity_probs"].values
+    S = draws.shape[0]
+    assert draws.min() >= levels[0] and draws.max() <= levels[-1]
+    for i in range(draws.shape[1]):
+        frequency = np.array([(draws[:, i] == level).mean() for level in levels])
+        bound = 4.5 * np.sqrt(probs[i] * (1 - probs[i]) / S) + 1e-3
+        assert (np.abs(frequency - probs[i]) <= bound).all(), (frequency, probs[i])
+
+
 def test_draws_match_q_within_sampling_error(fitted):
     model, X = fitted
-    S = 4000
-    idata = model.posterior(X[:4], num_samples=S, seed=3)
-    draws = group(idata, "posterior")["sparsity"].values[0]  # (S, 4)
-    probs = group(idata, "marginals")["sparsity_probs"].values
-    assert draws.min() >= 1 and draws.max() <= 4
-    for i in range(4):
-        frequency = np.bincount(draws[:, i], minlength=5)[1:] / S
-        bound = 4.5 * np.sqrt(probs[i] * (1 - probs[i]) / S) + 1e-3  # about 4.5 standard errors
-        assert (np.abs(frequency - probs[i]) <= bound).all(), (frequency, probs[i])
+    idata = model.posterior(X[:4], num_samples=4000, seed=3)
+    assert_draws_follow_q(idata, [1, 2, 3, 4])
     # slots drawn without replacement: each draw's code has exactly L_i non-zeros
     assert (group(idata, "posterior")["nnz"].values == group(idata, "posterior")["sparsity"].values).all()
+
+
+@pytest.mark.parametrize("variant", ["enumerate", "include_zero", "posterior_predictive", "classifier"])
+def test_draws_match_q_in_every_mode(binary_data, variant):
+    """Untrained models (seeded): the draw-to-level mapping is what is checked, in each mode."""
+    if variant == "classifier":
+        model = SDLGMClassifier(6, 3, hidden=[8])
+        rng = np.random.default_rng(0)
+        Y = (rng.random((40, 6)) > 0.6).astype(np.int8)
+        Y[Y.sum(1) == 0, 0] = 1
+        Y[Y.sum(1) > 3, 3:] = 0
+        model.fit(binary_data[:40], Y, **{**FAST_FIT, "epochs": 1})
+        idata, levels = model.posterior(binary_data[:3], num_samples=2000, seed=1), [1, 2, 3]
+    else:
+        options = {"enumerate": dict(sparsity_inference="enumerate", objective="relaxed"),
+                   "include_zero": dict(include_zero=True)}.get(variant, {})
+        model = SDLGM(12, 6, 3, decoder_hidden=[8], guide={"name": "mlp_per_slot", "hidden": [8]}, **options)
+        model.fit(binary_data, **{**FAST_FIT, "epochs": 1})
+        idata = model.posterior(binary_data[:3], num_samples=2000, seed=1, batch_size=2,
+                                posterior_predictive=variant == "posterior_predictive")
+        levels = [0, 1, 2, 3] if variant == "include_zero" else [1, 2, 3]
+    assert_draws_follow_q(idata, levels)
 
 
 def test_independent_slots_can_repeat_so_nnz_is_at_most_L(binary_data):
@@ -339,6 +366,35 @@ def test_inspect_cli_multilabel_writes_calibration(tmp_path, capsys):
     headline = json.loads((tmp_path / "run" / "inspection.json").read_text())
     assert 0 <= headline["calibration"]["ece"] <= 1 and headline["num_examples"] == 40
     assert (tmp_path / "run" / "count_calibration.csv").read_text().startswith("lower,upper,count")
+
+
+def test_bad_groups_files_are_data_errors(tmp_path):
+    from pyro_sdlgm.runs import read_groups
+
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(DataError, match="empty.npy"):
+        read_groups(str(tmp_path / "empty.npy"), 3, None)
+    (tmp_path / "latin1.txt").write_bytes(b"a\n\xe9\nb\n")
+    with pytest.raises(DataError, match="byte offset 2"):
+        read_groups(str(tmp_path / "latin1.txt"), 3, None)
+    with pytest.raises(DataError, match="no such file"):
+        read_groups(str(tmp_path / "missing.txt"), 3, None)
+
+
+def test_calibration_rejects_counts_that_are_not_whole_numbers():
+    idata = synthetic_idata(np.full((2, 3), 1 / 3), np.zeros((2, 2)), np.ones((1, 2), np.int64), [1, 2, 3])
+    with pytest.raises(DataError, match="whole numbers, found 1.7"):
+        count_calibration(idata, [1.7, 2.0])
+    with pytest.raises(DataError, match="whole numbers"):
+        count_calibration(idata, [np.nan, 2.0])
+    assert count_calibration(idata, [1.0, 2.0])[0]["num_examples"] == 2
+
+
+def test_inspection_json_has_no_nan():
+    from pyro_sdlgm.runs import _finite_or_null
+
+    assert _finite_or_null({"a": float("nan"), "b": {"c": float("inf"), "d": 1.5}, "e": 2}) == {
+        "a": None, "b": {"c": None, "d": 1.5}, "e": 2}
 
 
 def test_inspect_needs_a_trained_run(tmp_path, capsys):

@@ -129,6 +129,22 @@ def test_resume_refuses_other_configs_data_and_missing_checkpoints(binary_data, 
         SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path / "empty", resume=True, **options)
     with pytest.raises(ConfigError, match="needs the run_dir"):
         SDLGM(input_dim=12, **SMALL).fit(binary_data, resume=True, **options)
+    # the remedies the errors suggest may change on resume
+    SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path / "run", resume=True,
+                                     **{**options, "nan_policy": "skip_batch", "check_memory": False})
+
+
+def test_a_fresh_fit_never_overwrites_an_earlier_run(binary_data, tmp_path):
+    options = dict(epochs=1, **QUICK)
+    SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path / "run", **options)
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    fitted = SDLGM(input_dim=12, **SMALL)
+    fitted.fit(binary_data, **options)
+    with pytest.raises(ConfigError, match="earlier run; pass resume=True .* or overwrite=True"):
+        fitted.fit(binary_data, run_dir=tmp_path / "run", **options)
+    assert fitted.is_fitted  # refused before the fitted model was touched
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+    SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path / "run", overwrite=True, **options)
 
 
 def test_new_training_options_are_validated():
@@ -188,7 +204,7 @@ def test_sigkilled_training_resumes_with_the_losses_of_an_uninterrupted_run(tmp_
     assert at_kill and at_kill[-1][0] >= 3
     # metrics.jsonl usually runs ahead of the newest checkpoint: resuming drops those lines
     assert len((killed / "metrics.jsonl").read_text().splitlines()) >= at_kill[-1][0]
-    for _, path in at_kill:  # never a partial or corrupt checkpoint, whatever the moment of the kill
+    for _, path in at_kill:  # never a partial or corrupt checkpoint (a kill inside a write: next test)
         assert load_checkpoint(path, TRAINING_FORMAT)["epoch"] >= 3
 
     uninterrupted = tmp_path / "uninterrupted"
@@ -203,6 +219,45 @@ def test_sigkilled_training_resumes_with_the_losses_of_an_uninterrupted_run(tmp_
     last = len(expected)  # early stopping may end the run before 20 epochs: the same epoch in both
     names = sorted(p.name for p in (killed / "checkpoints").iterdir())
     assert names == [f"epoch_{(last - 1) // 3 * 3:06d}.pt", f"epoch_{last:06d}.pt"]
+
+
+KILL_INSIDE_SAVE = """
+import io, os, signal, sys
+import torch
+real_save, calls = torch.save, [0]
+
+def dying_save(obj, handle, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] < {kill_at}:
+        return real_save(obj, handle, *args, **kwargs)
+    buffer = io.BytesIO()
+    real_save(obj, buffer, *args, **kwargs)
+    handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])  # half a checkpoint on disk...
+    handle.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # ...when the process dies
+
+torch.save = dying_save
+from pyro_sdlgm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_inside_a_checkpoint_write_leaves_the_previous_checkpoint_and_resume_is_exact(tmp_path, capsys):
+    config = write_digits_config(tmp_path / "run.toml", tmp_path / "unused", epochs=9)
+    killed = tmp_path / "killed"
+    # checkpoints come after epochs 3, 6, 9: the 2nd write (epoch 6) is cut in half by SIGKILL
+    proc = subprocess.run([sys.executable, "-c", KILL_INSIDE_SAVE.format(kill_at=2), "train", "--config",
+                           str(config), "--run-dir", str(killed)], capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    names = sorted(p.name for p in (killed / "checkpoints").iterdir())
+    assert [n for n in names if n.endswith(".pt") and not n.startswith(".")] == ["epoch_000003.pt"]
+    assert any(n.startswith(".epoch_000006.pt.") and n.endswith(".tmp") for n in names)  # the torn write
+    assert load_checkpoint(killed / "checkpoints" / "epoch_000003.pt", TRAINING_FORMAT)["epoch"] == 3
+    assert main(["train", "--resume", str(killed)]) == 0
+    assert not any(p.name.endswith(".tmp") for p in (killed / "checkpoints").iterdir())
+    uninterrupted = tmp_path / "uninterrupted"
+    assert main(["train", "--config", str(config), "--run-dir", str(uninterrupted)]) == 0
+    assert without_seconds(metrics_lines(killed)) == without_seconds(metrics_lines(uninterrupted))
 
 
 def test_multilabel_run_resumes_from_the_command_line(tmp_path, capsys):

@@ -33,10 +33,10 @@ def test_available_memory_is_reported():
 
 
 def test_wide_configuration_is_refused_before_allocation():
-    # K = 100,000 with 32 per-slot heads: 900 M parameters (3.6 GB) before any activation
+    # K = 100,000 and L0 = 32 with shared slot logits (26 M parameters): the activations do not fit
     model = SDLGM(784, latent_dim=100_000, max_sparsity=32, guide={"name": "mlp_shared_slots", "hidden": [8]},
                   decoder_hidden=[8])
-    X = np.zeros((64, 784), np.float32)
+    X = np.zeros((600, 784), np.float32)
     with pytest.raises(ResourceError) as info:
         model.fit(X, memory_limit_gb=4, batch_size=256, epochs=1, progress=False)
     message = str(info.value)
@@ -74,3 +74,13 @@ def test_classifier_is_guarded_too():
     Y[Y.sum(1) == 0, 0] = 1
     with pytest.raises(ResourceError, match="latent_dim=6"):
         SDLGMClassifier(6, 6, hidden=[8]).fit(X, Y, memory_limit_gb=1e-6, **FAST_FIT)
+
+
+def test_networks_that_cannot_fit_are_refused_at_construction(monkeypatch):
+    """The per-slot guide at K = 100,000, L0 = 32 has 900 M parameters (3.6 GB): with 1 GiB free
+    the constructor refuses from sizes read on the meta device, before allocating anything."""
+    import pyro_sdlgm.resources as resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda device: (GIB, "a test's 1 GiB"))
+    with pytest.raises(ResourceError, match=r"3\.\d\d GiB for their 900,\d{3},\d{3} parameters.*mlp_shared_slots"):
+        SDLGM(784, latent_dim=100_000, max_sparsity=32)
