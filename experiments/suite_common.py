@@ -70,14 +70,14 @@ def run_pool(run_one: Callable, jobs: list[dict], workers: int, describe: Callab
     return results
 
 
-def write_csv(rows: list[dict], path: Path, columns: list[str]) -> None:
-    """Rows as CSV (floats with 6 significant digits), only the given columns, in their order."""
+def write_csv(rows: list[dict], path: Path, columns: list[str], float_format: str = ".6g") -> None:
+    """Rows as CSV (floats formatted with ``float_format``), only the given columns, in their order."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow({k: (format(v, float_format) if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def mean_and_std(group: list[dict], metrics: list[str]) -> dict[str, float]:

@@ -21,10 +21,7 @@ standard deviation over seeds), ``unsupervised_<data>_sweep.csv`` and
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
-import multiprocessing
-import resource
 import sys
 import time
 import tomllib
@@ -34,6 +31,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from suite_common import PeakMemory, mean_and_std, run_pool, write_csv  # noqa: E402
 
 METHODS = ("sdlgm", "sdlgm_enumerate", "sdlgm_fixed_L", "dense_vae", "spike_slab_vae", "topk_sae")
 SWEEP_METHODS = ("sdlgm", "spike_slab_vae", "topk_sae")
@@ -80,48 +79,6 @@ def code_metrics(codes: np.ndarray, L0: int) -> dict:
     nnz = (codes != 0).sum(1)
     return {"mean_nnz": float(nnz.mean()), "max_nnz": int(nnz.max()), "codes_over_L0": int((nnz > L0).sum()),
             "dead_dim_fraction": float(((codes != 0).sum(0) == 0).mean())}
-
-
-class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every 5 ms from ``/proc/self/statm``.
-
-    ``ru_maxrss`` cannot be used: loading the data can set a higher all-time peak than training.
-    Where ``/proc`` is missing (not Linux), ``peak_mb`` is NaN.
-    """
-
-    def __init__(self):
-        import threading
-
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self.peak_mb = float("nan")
-
-    @staticmethod
-    def _rss() -> int | None:
-        try:
-            with open("/proc/self/statm") as handle:
-                return int(handle.read().split()[1]) * resource.getpagesize()
-        except OSError:
-            return None
-
-    def _watch(self):
-        while not self._stop.wait(0.005):
-            rss = self._rss()
-            if rss is not None:
-                self._peak = max(self._peak, rss)
-
-    def __enter__(self):
-        self._base = self._rss()
-        self._peak = self._base or 0
-        if self._base is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self._base is not None:
-            self._stop.set()
-            self._thread.join()
-            self.peak_mb = (max(self._peak, self._rss() or 0) - self._base) / 2**20
 
 
 def run_one(job: dict) -> dict:
@@ -185,27 +142,13 @@ def run_one(job: dict) -> dict:
     return result
 
 
+def describe(result: dict) -> str:
+    return str({k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()})
+
+
 def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
-    from tqdm.auto import tqdm
-
-    if workers == 0:  # in this process (the smoke test): no clean peak-memory figures
-        return [run_one(job) for job in tqdm(jobs, desc="runs", unit="run")]
-    context = multiprocessing.get_context("spawn")
-    results = []
-    with context.Pool(workers, maxtasksperchild=1) as pool:  # a fresh process per run: clean peak memory
-        for result in tqdm(pool.imap(run_one, jobs), total=len(jobs), desc="runs", unit="run"):
-            logger.info("%s", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()})
-            results.append(result)
-    return results
-
-
-def write_csv(rows: list[dict], path: Path, columns: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    """Every job's result, in job order (see :func:`suite_common.run_pool`)."""
+    return run_pool(run_one, jobs, workers, describe)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -213,12 +156,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         group = [r for r in rows if r["method"] == method]
-        summary = {"dataset": group[0]["dataset"], "method": method, "seeds": len(group), "L0": group[0]["L0"]}
-        for key in METRICS:
-            values = np.array([float(r[key]) for r in group])
-            summary[f"{key}_mean"] = float(values.mean())
-            summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        out.append(summary)
+        out.append({"dataset": group[0]["dataset"], "method": method, "seeds": len(group), "L0": group[0]["L0"],
+                    **mean_and_std(group, METRICS)})
     return out
 
 
@@ -282,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         target = {r["seed"]: r["mean_nnz"] for r in first}
         rest = [job(dataset, m, seed, L0, target.get(seed, L0 / 2)) for m in methods if m != "sdlgm" for seed in seeds]
         rows = first + run_jobs(rest, args.jobs)
-        write_csv(rows, out / f"unsupervised_{dataset}{suffix}.csv", COLUMNS)
+        write_csv(rows, out / f"unsupervised_{dataset}{suffix}.csv", COLUMNS, ".4f")
         summary = summarize(rows)
-        write_csv(summary, out / f"unsupervised_{dataset}{suffix}_summary.csv", list(summary[0]))
+        write_csv(summary, out / f"unsupervised_{dataset}{suffix}_summary.csv", list(summary[0]), ".4f")
         for s in summary:
             print(f"{dataset:7s} {s['method']:16s} recon {s['recon_mean']:7.2f} ± {s['recon_std']:.2f}  "
                   f"ELBO {s['test_elbo_mean']:8.2f}  nnz {s['mean_nnz_mean']:6.2f} (max {s['max_nnz_mean']:.0f}, "
@@ -301,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep_rows += [r for r in rows if r["method"] in others and r["seed"] == seeds[0]]  # at L0 already
         sweep_rows += run_jobs([job(dataset, m, seeds[0], value, targets[value]) for m in others
                                 for value in settings["sweep_L0"] if value != L0], args.jobs)
-        write_csv(sweep_rows, out / f"unsupervised_{dataset}{suffix}_sweep.csv", COLUMNS)
+        write_csv(sweep_rows, out / f"unsupervised_{dataset}{suffix}_sweep.csv", COLUMNS, ".4f")
         plot_sweep(sweep_rows, [r for r in rows if r["method"] == "dense_vae" and r["seed"] == seeds[0]],
                    out / f"unsupervised_{dataset}{suffix}_sweep.png", dataset)
     return 0
