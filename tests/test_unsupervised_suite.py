@@ -35,3 +35,16 @@ def test_suite_smoke(tmp_path):
     assert {(r["method"], r["L0"]) for r in sweep} == {(m, L0) for m in unsupervised_suite.SWEEP_METHODS
                                                        for L0 in ("2", "3")}
     assert (tmp_path / "unsupervised_digits_smoke_sweep.png").stat().st_size > 5000
+
+
+def test_tables_script_renders_the_summary(tmp_path, capsys):
+    import tables
+
+    assert unsupervised_suite.main(["--smoke", "--datasets", "digits", "--seeds", "0", "1", "--jobs", "0",
+                                    "--methods", "sdlgm", "topk_sae", "--no-sweep", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert tables.main([str(tmp_path / "unsupervised_digits_smoke_summary.csv")]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["sdlgm", "topk_sae"]
+    assert " ± " in rows[0] and "| n/a |" in rows[1]  # the top-k autoencoder has no ELBO
