@@ -40,8 +40,8 @@ def table(path: Path, columns: list[str] | None = None) -> str:
         raise SystemExit(f"{path}: no columns {missing}")
     lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row in rows:
-        name = row["method"] + (" (oracle)" if row.get("oracle") == "1" else "")
-        lines.append(f"| `{name}` | " + " | ".join(cell(row[f"{c}_mean"], row[f"{c}_std"]) for c in columns) + " |")
+        name = f"`{row['method']}`" + (" (oracle)" if row.get("oracle") == "1" else "")
+        lines.append(f"| {name} | " + " | ".join(cell(row[f"{c}_mean"], row[f"{c}_std"]) for c in columns) + " |")
     return "\n".join(lines)
 
 
