@@ -4,6 +4,8 @@ import csv
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 import unsupervised_suite  # noqa: E402
@@ -48,3 +50,27 @@ def test_tables_script_renders_the_summary(tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == ["sdlgm", "topk_sae"]
     assert " ± " in rows[0] and "| n/a |" in rows[1]  # the top-k autoencoder has no ELBO
+
+
+def write_idx(path, array):
+    """An IDX file (big-endian header: two zero bytes, type 0x08 = uint8, the dimension count, sizes)."""
+    import struct
+
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_suite_runs_on_a_user_idx_folder(tmp_path):
+    """``--datasets idx --idx FOLDER``: any IDX images (here sklearn's digits written as IDX), with labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    write_idx(folder / "train-images-idx3-ubyte", (digits.images * 16).clip(0, 255))
+    write_idx(folder / "train-labels-idx1-ubyte", digits.target)
+    assert unsupervised_suite.main(["--smoke", "--datasets", "idx", "--idx", str(folder), "--seeds", "0", "--jobs",
+                                    "0", "--methods", "sdlgm", "dense_vae", "--no-sweep", "--out", str(tmp_path)]) == 0
+    rows = read(tmp_path / "unsupervised_idx_smoke.csv")
+    assert [r["method"] for r in rows] == ["sdlgm", "dense_vae"]
+    assert all(0.0 <= float(r["probe_accuracy"]) <= 1.0 for r in rows)  # the labels file was read
