@@ -150,15 +150,6 @@ def top_k_sets(scores: np.ndarray, counts: np.ndarray):
     return scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=scores.shape)
 
 
-def validation_split(n_rows: int, fraction: float, seed: int):
-    """``(fit_rows, val_rows)`` exactly as :meth:`SDLGMClassifier.fit` holds rows out (``val_rows`` None: no split)."""
-    n_val = round(fraction * n_rows)
-    if fraction <= 0 or not 1 <= n_val < n_rows:
-        return np.arange(n_rows), None
-    order = np.random.default_rng(seed).permutation(n_rows)
-    return order[n_val:], order[:n_val]
-
-
 def threshold_grid(baselines: dict) -> np.ndarray:
     start, stop, step = baselines.get("threshold_grid", [0.05, 0.95, 0.05])
     return np.round(np.arange(start, stop + step / 2, step), 6)
@@ -250,6 +241,7 @@ def train_mlp(X, Y, settings: dict, seed: int):
     best epoch. Returns ``((network, val_rows), epochs)``."""
     import torch
 
+    from pyro_sdlgm.classifier import validation_split
     from pyro_sdlgm.config import ClassifierConfig, TrainConfig, from_dict
     from pyro_sdlgm.networks import mlp
     from pyro_sdlgm.training import take_rows

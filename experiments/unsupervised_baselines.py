@@ -163,8 +163,7 @@ class TopKAutoencoder(nn.Module):
 
 def train_autoencoder(module: nn.Module, x_train: torch.Tensor, x_val: torch.Tensor, *, epochs: int, batch_size: int,
                       learning_rate: float, seed: int, tau_start: float = 1.0, tau_end: float = 0.5,
-                      anneal_fraction: float = 0.5, kl_warmup_fraction: float = 0.3, patience: int = 10,
-                      progress=None) -> list[dict]:
+                      anneal_fraction: float = 0.5, kl_warmup_fraction: float = 0.3, patience: int = 10) -> list[dict]:
     """Adam on ``module.loss`` with SDLGM's schedules and early stopping; returns the history.
 
     The temperature decays exponentially from ``tau_start`` to ``tau_end`` over the first
@@ -198,8 +197,6 @@ def train_autoencoder(module: nn.Module, x_train: torch.Tensor, x_val: torch.Ten
             torch.manual_seed(seed + 1)
             val = float(torch.cat([module.loss(b, tau_end, 1.0) for b in x_val.split(1024)]).mean())
         history.append({"epoch": epoch, "train_loss": epoch_loss / len(x_train), "val_loss": val})
-        if progress is not None:
-            progress.set_postfix(epoch=epoch, val=f"{val:.2f}")
         if step >= schedule_end:
             if val < best:
                 best, best_state, stale = val, copy.deepcopy(module.state_dict()), 0

@@ -76,19 +76,34 @@ def linear_probe(codes_train, y_train, codes_test, y_test) -> float:
 
 
 def code_metrics(codes: np.ndarray, L0: int) -> dict:
-    nnz = (codes != 0).sum(1)
-    return {"mean_nnz": float(nnz.mean()), "max_nnz": int(nnz.max()), "codes_over_L0": int((nnz > L0).sum()),
-            "dead_dim_fraction": float(((codes != 0).sum(0) == 0).mean())}
+    """The library's statistics of hard codes (:func:`pyro_sdlgm.evaluation.code_statistics`) the tables use."""
+    import torch
+
+    from pyro_sdlgm.evaluation import code_statistics
+
+    stats = code_statistics(torch.from_numpy(np.ascontiguousarray(codes)), L0)
+    return {"mean_nnz": stats["mean_nnz"], "max_nnz": stats["max_nnz"], "codes_over_L0": stats["codes_over_cap"],
+            "dead_dim_fraction": stats["dead_dim_fraction"]}
 
 
 def run_one(job: dict) -> dict:
     """Train and evaluate one method on one data set with one seed (in a fresh process)."""
     import torch
 
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(job["threads"])
+    try:
+        return _run(job)
+    finally:
+        torch.set_num_threads(previous_threads)  # in-process runs (--jobs 0) leave the caller as it was
+
+
+def _run(job: dict) -> dict:
+    import torch
+
     import unsupervised_baselines as B
     from pyro_sdlgm import SDLGM
 
-    torch.set_num_threads(job["threads"])
     s = job["settings"]
     (x_fit, y_fit), (x_val, _), (x_test, y_test) = load_splits(job["dataset"], s, job["idx"])
     method, seed, L0, K = job["method"], job["seed"], job["L0"], s["latent_dim"]
@@ -156,8 +171,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         group = [r for r in rows if r["method"] == method]
-        out.append({"dataset": group[0]["dataset"], "method": method, "seeds": len(group), "L0": group[0]["L0"],
-                    **mean_and_std(group, METRICS)})
+        out.append({"dataset": group[0]["dataset"], "method": method, "seeds": " ".join(str(r["seed"]) for r in group),
+                    "config": group[0]["config"], "L0": group[0]["L0"], **mean_and_std(group, METRICS)})
     return out
 
 
@@ -219,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         L0 = settings["max_sparsity"]
         first = run_jobs([job(dataset, "sdlgm", seed, L0) for seed in seeds], args.jobs) if "sdlgm" in methods else []
         target = {r["seed"]: r["mean_nnz"] for r in first}
-        rest = [job(dataset, m, seed, L0, target.get(seed, L0 / 2)) for m in methods if m != "sdlgm" for seed in seeds]
+        matched = [m for m in methods if m in ("spike_slab_vae", "topk_sae")]
+        if matched and "sdlgm" not in methods:
+            parser.error(f"{', '.join(matched)} take their sparsity from SDLGM's measured mean non-zeros on the same "
+                         "data and seed: include sdlgm in --methods")
+        rest = [job(dataset, m, seed, L0, target.get(seed)) for m in methods if m != "sdlgm" for seed in seeds]
         rows = first + run_jobs(rest, args.jobs)
         write_csv(rows, out / f"unsupervised_{dataset}{suffix}.csv", COLUMNS, ".4f")
         summary = summarize(rows)

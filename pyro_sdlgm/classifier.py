@@ -49,6 +49,16 @@ def _as_matrix(A, name: str) -> scipy.sparse.csr_matrix:
     return matrix
 
 
+def validation_split(n_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(fit_rows, val_rows)``: the seeded hold-out :meth:`SDLGMClassifier.fit` uses when no
+    validation data is given (``val_rows`` None when ``fraction`` leaves no row on either side)."""
+    n_val = int(round(fraction * n_rows))
+    if fraction <= 0 or not 1 <= n_val < n_rows:
+        return np.arange(n_rows), None
+    order = np.random.default_rng(seed).permutation(n_rows)
+    return order[n_val:], order[:n_val]
+
+
 class SDLGMClassifier:
     """Multi-label classifier whose label set is SDLGM's sparse support, capped at ``max_labels``.
 
@@ -215,12 +225,11 @@ class SDLGMClassifier:
                 raise DataError("validation_data must be a pair (X_val, Y_val)")
             X_val = self._features(validation_data[0], "X_val")
             val = (X_val, self._labels(validation_data[1], X_val.shape[0], "Y_val"))
-        elif cfg.validation_fraction > 0:
-            n_val = int(round(cfg.validation_fraction * X.shape[0]))
-            if 1 <= n_val < X.shape[0]:
-                order = np.random.default_rng(cfg.seed).permutation(X.shape[0])
-                val = (X[order[:n_val]], Y[order[:n_val]])
-                X, Y = X[order[n_val:]], Y[order[n_val:]]
+        else:
+            fit_rows, val_rows = validation_split(X.shape[0], cfg.validation_fraction, cfg.seed)
+            if val_rows is not None:
+                val = (X[val_rows], Y[val_rows])
+                X, Y = X[fit_rows], Y[fit_rows]
         with torch.device("meta"):  # sizes only: refuse a configuration that cannot fit before allocating it
             guard_training_memory(*self._networks(), cfg, X.shape[0], 0 if val is None else val[0].shape[0])
         pyro.set_rng_seed(cfg.seed)

@@ -74,3 +74,33 @@ def test_suite_runs_on_a_user_idx_folder(tmp_path):
     rows = read(tmp_path / "unsupervised_idx_smoke.csv")
     assert [r["method"] for r in rows] == ["sdlgm", "dense_vae"]
     assert all(0.0 <= float(r["probe_accuracy"]) <= 1.0 for r in rows)  # the labels file was read
+
+
+def test_rerun_reproduces_every_metric(tmp_path):
+    args = ["--smoke", "--datasets", "digits", "--seeds", "0", "--jobs", "0", "--methods", "sdlgm", "topk_sae",
+            "spike_slab_vae", "--no-sweep"]
+    assert unsupervised_suite.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert unsupervised_suite.main([*args, "--out", str(tmp_path / "b")]) == 0
+    volatile = {"train_seconds", "train_peak_mb"}
+    first, second = (read(tmp_path / run / "unsupervised_digits_smoke.csv") for run in ("a", "b"))
+    assert [{k: v for k, v in r.items() if k not in volatile} for r in first] == \
+        [{k: v for k, v in r.items() if k not in volatile} for r in second]
+
+
+def test_matched_baselines_need_sdlgm(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        unsupervised_suite.main(["--smoke", "--datasets", "digits", "--methods", "topk_sae", "--jobs", "0",
+                                 "--out", str(tmp_path)])
+    assert "include sdlgm in --methods" in capsys.readouterr().err
+
+
+def test_peak_memory_sees_an_allocation():
+    from suite_common import PeakMemory
+
+    with PeakMemory() as meter:
+        block = np.ones(60 * 2**20 // 8)  # 60 MB, touched
+        block[::512] += 1.0
+    del block
+    assert 50 <= meter.peak_mb < 200
