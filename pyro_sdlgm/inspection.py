@@ -210,7 +210,10 @@ def group_difference(idata, groups: Any) -> dict[str, float]:
     members = [mean[labels == label] for label in np.unique(labels)]
     if len(members) < 2:
         raise DataError("a group comparison needs at least 2 groups")
-    statistic, p_value = kruskal(*members)
+    if np.ptp(mean) == 0:  # every E[L_i] equal: nothing to rank (scipy would divide by zero)
+        statistic, p_value = float("nan"), float("nan")
+    else:
+        statistic, p_value = kruskal(*members)
     between = sum(len(m) * (m.mean() - mean.mean()) ** 2 for m in members)
     total = ((mean - mean.mean()) ** 2).sum()
     return {"statistic": float(statistic), "p_value": float(p_value), "num_groups": len(members),

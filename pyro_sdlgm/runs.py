@@ -389,6 +389,8 @@ def inspect_run(run_dir: str | Path, source: str | None = None, groups: str | No
         "always_on_dims": int(inspection.always_on(usage).sum()),
         "num_dims": int(len(usage)),
     }
+    for stale in (GROUPS_FILE, CALIBRATION_FILE):  # left by an earlier inspect of this folder
+        (run_dir / stale).unlink(missing_ok=True)
     group_table = None
     if labels is not None:
         group_table = inspection.group_summary(idata, labels)

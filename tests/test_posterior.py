@@ -255,6 +255,9 @@ def test_group_difference_detects_a_real_difference():
     assert separated["p_value"] < 1e-6 and separated["eta_squared"] > 0.5
     mixed = group_difference(idata, np.tile([0, 1], 30))
     assert mixed["p_value"] > 0.01 and mixed["eta_squared"] < 0.1
+    flat = synthetic_idata(np.full((6, 3), 1 / 3), np.zeros((6, 2)), np.ones((1, 6), np.int64), [1, 2, 3])
+    same = group_difference(flat, [0, 0, 0, 1, 1, 1])  # nothing to test: NaN, no warning, no error
+    assert np.isnan(same["p_value"]) and same["eta_squared"] == 0.0
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
