@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE))
 
 from suite_common import PeakMemory, mean_and_std, run_pool, write_csv  # noqa: E402
 
-METHODS = ("sdlgm", "sdlgm_enumerate", "sdlgm_fixed_L", "dense_vae", "spike_slab_vae", "topk_sae")
+METHODS = ("sdlgm", "sdlgm_binary", "sdlgm_enumerate", "sdlgm_fixed_L", "dense_vae", "spike_slab_vae", "topk_sae")
 SWEEP_METHODS = ("sdlgm", "spike_slab_vae", "topk_sae")
 METRICS = ["test_elbo", "recon", "mse", "mean_nnz", "max_nnz", "codes_over_L0", "dead_dim_fraction",
            "probe_accuracy", "epochs", "train_seconds", "train_peak_mb"]
@@ -115,6 +115,8 @@ def _run(job: dict) -> dict:
               "k_or_alpha": ""}
     if method.startswith("sdlgm"):
         options = dict(decoder_hidden=s["decoder_hidden"], guide={"name": "mlp_per_slot", "hidden": s["encoder_hidden"]})
+        if method == "sdlgm_binary":
+            options.update(binary=True)
         if method == "sdlgm_enumerate":
             options.update(sparsity_inference="enumerate", objective="relaxed")
         if method == "sdlgm_fixed_L":

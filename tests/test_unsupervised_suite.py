@@ -23,7 +23,7 @@ def test_suite_smoke(tmp_path):
     assert [r["method"] for r in rows] == list(unsupervised_suite.METHODS)
     assert all(r["config"] == "unsupervised_suite.toml" and r["seed"] == "0" for r in rows)
     by_method = {r["method"]: r for r in rows}
-    for method in ("sdlgm", "sdlgm_enumerate", "sdlgm_fixed_L"):
+    for method in ("sdlgm", "sdlgm_binary", "sdlgm_enumerate", "sdlgm_fixed_L"):
         assert int(by_method[method]["max_nnz"]) <= 3 and by_method[method]["codes_over_L0"] == "0"
     # L_i fixed to L0: every code uses all 3 slots
     assert float(by_method["sdlgm_fixed_L"]["mean_nnz"]) == 3.0
