@@ -265,9 +265,10 @@ class SDLGMClassifier:
         num_samples = check_num_samples(num_samples)
         self._check_fitted("posterior")
         true_counts = None
+        X = self._features(X)  # checked and converted once; _prior_params reuses the CSR matrix as it is
         if Y is not None:
             labels = _as_matrix(Y, "Y")
-            n_rows = self._features(X).shape[0]
+            n_rows = X.shape[0]
             if labels.shape != (n_rows, self.params["num_labels"]):
                 raise DataError(f"Y has shape {labels.shape}, expected ({n_rows}, {self.params['num_labels']})")
             true_counts = np.asarray((labels != 0).sum(1)).ravel().astype(np.int64)
