@@ -217,13 +217,18 @@ class Trainer:
     Args:
         model, guide: the Pyro model and guide (``PyroModule``s with the SDLGM signature).
         config: training options.
+        batch_kwargs: optional function of a batch (the tuple of tensors on the device)
+            returning extra keyword arguments for the model and the guide, computed once per
+            batch so that both see the same values (the wide-label mode's candidate
+            shortlists). It may draw from torch's global RNG, which checkpoints restore.
     The ELBO estimator follows ``model.spec`` (see :func:`make_elbo`).
     """
 
-    def __init__(self, model, guide, config: TrainConfig):
+    def __init__(self, model, guide, config: TrainConfig, batch_kwargs=None):
         self.model = model
         self.guide = guide
         self.config = config
+        self.batch_kwargs = batch_kwargs or (lambda batch: {})
         self.device = resolve_device(config.device)
         self.elbo = make_elbo(model.spec, config.num_particles)
 
@@ -244,7 +249,7 @@ class Trainer:
             for rows in torch.arange(num_rows).split(self.config.eval_batch_size):
                 batch = take_rows(columns, rows, self.device)
                 # no num_data: the plate is unscaled, so this is the batch's sum
-                total += self.elbo.loss(self.model, self.guide, *batch, **schedule_kwargs)
+                total += self.elbo.loss(self.model, self.guide, *batch, **schedule_kwargs, **self.batch_kwargs(batch))
         return total / num_rows
 
     # -- fault diagnosis ------------------------------------------------------------------
@@ -261,6 +266,7 @@ class Trainer:
         try:
             with torch.random.fork_rng(devices=self._cuda_devices()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                kwargs = {**kwargs, **self.batch_kwargs(batch)}
                 guide_trace = poutine.trace(self.guide).get_trace(*batch, num_data=num_data, **kwargs)
                 model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
                     *batch, num_data=num_data, **kwargs)
@@ -489,7 +495,7 @@ class Trainer:
             kwargs = schedule(progress.step)
             fault, where = None, []
             try:
-                loss = loss_fn(*batch, num_data=n, **kwargs) / n
+                loss = loss_fn(*batch, num_data=n, **kwargs, **self.batch_kwargs(batch)) / n
             except ValueError as err:  # Pyro's/torch's validation of distribution parameters
                 if "invalid values" not in str(err):
                     raise
