@@ -95,6 +95,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train(args, runs) -> int:
+    """``sdlgm train``: one process, or one rank of a data-parallel run started by ``torchrun``."""
+    from pathlib import Path
+
+    from . import distributed
+    from .exceptions import CheckpointError, ConfigError
+
+    if args.resume:
+        if args.config or args.overrides or args.run_dir or args.overwrite:
+            raise ConfigError("--resume RUN_DIR continues with RUN_DIR/config.yaml: it takes no --config, "
+                              "--run-dir, --overwrite or KEY=VALUE overrides")
+        if not (Path(args.resume) / runs.CONFIG_FILE).is_file():
+            raise CheckpointError(f"cannot resume {args.resume!r}: it is not a run folder (no {runs.CONFIG_FILE})")
+        config = load_run_config(Path(args.resume) / runs.CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}"])
+    else:
+        overrides = list(args.overrides) + ([f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir else [])
+        config = load_run_config(args.config, overrides)
+    with distributed.process_group(config.training.device) as replicas:
+        result = runs.train_run(config, overwrite=args.overwrite, resume=bool(args.resume))
+    if not replicas.is_main:
+        return 0
+    m = result["metrics"]
+    print(f"run folder: {result['run_dir']}" + (f" ({replicas.world_size} data-parallel processes)"
+                                                  if replicas.distributed else ""))
+    print(f"trained {m['epochs_run']} epochs in {m['train_seconds']:.1f} s")
+    print(f"{m['split']} ({m['num_examples']} examples): {_summary_line(m)}")
+    print("plots: " + ", ".join(result["plots"]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # overrides may also come after --run-dir/--overwrite: argparse leaves those over
@@ -108,29 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     from . import runs  # imported late so that `sdlgm --help` stays fast
 
     try:
-        if args.command == "train" and args.resume:
-            from pathlib import Path
-
-            from .exceptions import CheckpointError, ConfigError
-
-            if args.config or args.overrides or args.run_dir or args.overwrite:
-                raise ConfigError("--resume RUN_DIR continues with RUN_DIR/config.yaml: it takes no --config, "
-                                  "--run-dir, --overwrite or KEY=VALUE overrides")
-            if not (Path(args.resume) / runs.CONFIG_FILE).is_file():
-                raise CheckpointError(f"cannot resume {args.resume!r}: it is not a run folder (no {runs.CONFIG_FILE})")
-            config = load_run_config(Path(args.resume) / runs.CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}"])
-            result = runs.train_run(config, resume=True)
-        elif args.command == "train":
-            overrides = list(args.overrides) + ([f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir else [])
-            config = load_run_config(args.config, overrides)
-            result = runs.train_run(config, overwrite=args.overwrite)
         if args.command == "train":
-            m = result["metrics"]
-            print(f"run folder: {result['run_dir']}")
-            print(f"trained {m['epochs_run']} epochs in {m['train_seconds']:.1f} s")
-            print(f"{m['split']} ({m['num_examples']} examples): {_summary_line(m)}")
-            print("plots: " + ", ".join(result["plots"]))
-        elif args.command == "evaluate":
+            return _train(args, runs)
+        if args.command == "evaluate":
             metrics = runs.evaluate_run(args.run_dir, args.data, args.num_samples)
             if args.json:
                 print(json.dumps(metrics, indent=2))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import plots
+from . import distributed, plots
 from .config import RunConfig, load_run_config, write_yaml
 from .datasets import Dataset, prepare_dataset, split_dataset
 from .exceptions import CheckpointError, ConfigError, DataError
@@ -36,20 +36,24 @@ EVALUATION_FILE = "evaluation.json"
 def prepare_run_dir(path: str | Path, overwrite: bool, resume: bool = False) -> Path:
     """Create the run folder; refuse a non-empty existing one unless ``overwrite``.
 
-    With ``resume``, the folder must already exist (its checkpoints are continued).
+    With ``resume``, the folder must already exist (its checkpoints are continued). In a
+    data-parallel run every rank checks the folder, then rank 0 alone creates it.
     """
     path = Path(path)
+    replicas = distributed.current()
     if resume:
         if not path.is_dir():
             raise CheckpointError(f"cannot resume {str(path)!r}: no such run folder")
-        (path / "plots").mkdir(exist_ok=True)
-        return path
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"run_dir {str(path)!r} exists and is not a folder")
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise ConfigError(f"run folder {str(path)!r} already exists and is not empty; pass --overwrite to replace its files")
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "plots").mkdir(exist_ok=True)
+    else:
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"run_dir {str(path)!r} exists and is not a folder")
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise ConfigError(f"run folder {str(path)!r} already exists and is not empty; pass --overwrite to replace "
+                              "its files")
+    replicas.barrier()  # no rank checks a folder that rank 0 has started writing
+    if replicas.is_main:
+        (path / "plots").mkdir(parents=True, exist_ok=True)
+    replicas.barrier()
     return path
 
 
@@ -100,11 +104,13 @@ def train_run(config: RunConfig, *, overwrite: bool = False, resume: bool = Fals
                           f"has {train.X.shape[1]} features")
     model = SDLGM.from_config(config.model)  # before touching the run folder: bad options fail here
     run_dir = prepare_run_dir(config.run_dir, overwrite, resume)
-    if not resume:
+    if not resume and distributed.current().is_main:
         write_yaml(config.to_dict(), run_dir / CONFIG_FILE)
     started = time.perf_counter()
     history = model.fit(train.X, run_dir=run_dir, resume=resume, overwrite=True, **config.training.to_dict())
     wall = time.perf_counter() - started
+    if not distributed.current().is_main:  # rank 0 alone writes the run folder
+        return {"run_dir": str(run_dir), "rank": distributed.current().rank}
     model.save(run_dir / MODEL_FILE)
     evaluation_data = test if test is not None else train
     metrics = model.evaluate(evaluation_data.X)
@@ -263,12 +269,14 @@ def train_multilabel_run(config: RunConfig, *, overwrite: bool = False, resume: 
     max_labels = options.pop("max_labels")
     model = SDLGMClassifier(num_labels, max_labels, input_dim=int(train.X.shape[1]), **options)
     run_dir = prepare_run_dir(config.run_dir, overwrite, resume)
-    if not resume:
+    if not resume and distributed.current().is_main:
         write_yaml(config.to_dict(), run_dir / CONFIG_FILE)
     started = time.perf_counter()
     history = model.fit(train.X, train.Y, run_dir=run_dir, resume=resume, overwrite=True,
                         **config.training.to_dict())
     wall = time.perf_counter() - started
+    if not distributed.current().is_main:  # rank 0 alone writes the run folder
+        return {"run_dir": str(run_dir), "rank": distributed.current().rank}
     model.save(run_dir / MODEL_FILE)
     metrics = multilabel_metrics(model, train, test)
     metrics.update(split="test", train_seconds=wall, epochs_run=len(history))

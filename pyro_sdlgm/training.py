@@ -39,6 +39,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import (
     CHECKPOINT_DIR,
     TRAINING_FORMAT,
@@ -67,11 +68,17 @@ RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints", "nan_polic
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` picks CUDA when available; asking for CUDA without it raises ``ConfigError``."""
+    """``"auto"`` picks CUDA when available; asking for CUDA without it raises ``ConfigError``.
+
+    In a data-parallel run, ``"cuda"`` and ``"auto"`` mean this process's GPU, ``cuda:LOCAL_RANK``.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"training.device={name!r} but CUDA is not available on this machine")
+    replicas = distributed.current()
+    if name == "cuda" and replicas.distributed:
+        return torch.device("cuda", replicas.local_rank)
     return torch.device(name)
 
 
@@ -236,21 +243,30 @@ class Trainer:
         return [self.device] if self.device.type == "cuda" else []
 
     @torch.no_grad()
-    def mean_loss(self, data, schedule_kwargs: dict, seed: int) -> float:
+    def mean_loss(self, data, schedule_kwargs: dict, seed: int, replicas: distributed.Replicas | None = None) -> float:
         """Negative ELBO per example over ``data`` with a fixed seed, leaving the global RNG untouched.
 
         ``data``: the model's data arguments, one array (``x``) or a tuple (``x, y``).
+        ``replicas``: in a data-parallel run, each rank scores every ``R``-th row and the
+        sums are added up over the ranks (every rank must call it then).
         """
+        replicas = replicas or distributed.Replicas()
         columns = as_columns(data)
         num_rows = columns[0].shape[0]
         total = 0.0
         with torch.random.fork_rng(devices=self._cuda_devices()), pyro.settings.context(module_local_params=True):
             torch.manual_seed(seed)
-            for rows in torch.arange(num_rows).split(self.config.eval_batch_size):
+            mine = torch.arange(num_rows)[replicas.rank::replicas.world_size]
+            for rows in mine.split(self.config.eval_batch_size):
                 batch = take_rows(columns, rows, self.device)
                 # no num_data: the plate is unscaled, so this is the batch's sum
                 total += self.elbo.loss(self.model, self.guide, *batch, **schedule_kwargs, **self.batch_kwargs(batch))
+        if replicas.distributed:
+            (total,) = replicas.sum([total], self._collective_device())
         return total / num_rows
+
+    def _collective_device(self):
+        return self.device if self.device.type == "cuda" else None
 
     # -- fault diagnosis ------------------------------------------------------------------
 
@@ -418,7 +434,9 @@ class Trainer:
                 or validation loss after an epoch; no checkpoint is written for that epoch.
         """
         cfg = self.config
+        replicas = distributed.current()
         check_run_dir(run_dir, resume, overwrite)
+        replicas.barrier()  # every rank has checked the folder before rank 0 writes to it
         # the device is part of what a checkpoint continues: CPU and CUDA draw different numbers
         identity = {**dict(identity or {}), "device": self.device.type}
         train = as_columns(train)
@@ -433,6 +451,7 @@ class Trainer:
         metrics_path = run_dir / METRICS_FILE if run_dir is not None else None
         folder = run_dir / CHECKPOINT_DIR if run_dir is not None else None
         fingerprint = data_fingerprint(train, val) if run_dir is not None else None
+        writes = run_dir is not None and replicas.is_main  # rank 0 alone writes the run folder
 
         with pyro.settings.context(module_local_params=True):
             loss_fn = self.elbo(self.model, self.guide)
@@ -441,25 +460,33 @@ class Trainer:
             generator = torch.Generator().manual_seed(cfg.seed)
             if resume:
                 progress = self._restore(run_dir, optimizer, generator, identity, fingerprint)
-                remove_temporaries(folder)
-                lines = "".join(json.dumps(record) + "\n" for record in progress.history)
-                atomic_write(metrics_path, lambda handle: handle.write(lines.encode()))
+                if writes:
+                    remove_temporaries(folder)
+                    lines = "".join(json.dumps(record) + "\n" for record in progress.history)
+                    atomic_write(metrics_path, lambda handle: handle.write(lines.encode()))
             else:
                 progress = _Progress()
-                if run_dir is not None:
+                if writes:
                     run_dir.mkdir(parents=True, exist_ok=True)
                     metrics_path.write_text("")
                     remove_temporaries(folder)
                     prune_checkpoints(folder, 0)  # a fresh run never resumes an old run's checkpoints
+            step_fn = loss_fn
+            if replicas.distributed:
+                # wraps the ELBO module itself: its parameters are the model's and the guide's
+                step_fn = torch.nn.parallel.DistributedDataParallel(
+                    loss_fn, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                if not replicas.is_main:  # ranks draw different noise (rank 0 keeps the single-process stream)
+                    torch.manual_seed(distributed.rank_seed(cfg.seed, replicas.rank, progress.epoch))
             start = progress.epoch
             bar = tqdm(range(start, cfg.epochs), desc="SDLGM", unit="epoch", initial=start, total=cfg.epochs,
-                       disable=not cfg.progress or progress.finished)
+                       disable=not cfg.progress or progress.finished or not replicas.is_main)
             for epoch in ([] if progress.finished else bar):
-                record = self._epoch(epoch, train, val, n, loss_fn, named, optimizer, generator, schedule,
-                                     schedule_end, progress)
+                record = self._epoch(epoch, train, val, n, step_fn, named, optimizer, generator, schedule,
+                                     schedule_end, progress, replicas)
                 progress.history.append(record)
                 progress.epoch = epoch + 1
-                if metrics_path is not None:
+                if writes:
                     with metrics_path.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
                 bar.set_postfix({k: f"{record[k]:.2f}" for k in ("train_loss", "val_loss") if k in record})
@@ -468,21 +495,28 @@ class Trainer:
                 stop = cfg.patience is not None and progress.best_state is not None and progress.stale >= cfg.patience
                 progress.finished = stop or progress.epoch == cfg.epochs
                 due = cfg.checkpoint_every > 0 and progress.epoch % cfg.checkpoint_every == 0
-                if folder is not None and (due or progress.finished):
+                if writes and (due or progress.finished):
                     progress.last_checkpoint = self._save_checkpoint(folder, progress, optimizer, generator,
                                                                      schedule, identity, fingerprint)
                 if stop:
                     logger.info("early stopping at epoch %d (best validation loss %.4f)", epoch, progress.best_val)
                     break
             bar.close()
+        replicas.check_identical(named)
         if progress.best_state is not None:
             self.model.load_state_dict(progress.best_state[0])
             self.guide.load_state_dict(progress.best_state[1])
         return progress.history
 
     def _epoch(self, epoch: int, train: tuple, val: tuple | None, n: int, loss_fn, named: dict, optimizer,
-               generator, schedule, schedule_end: int, progress: _Progress) -> dict:
-        """One pass over the shuffled training rows, then validation; returns the epoch's record."""
+               generator, schedule, schedule_end: int, progress: _Progress,
+               replicas: distributed.Replicas | None = None) -> dict:
+        """One pass over the shuffled training rows, then validation; returns the epoch's record.
+
+        In a data-parallel run ``loss_fn`` is the ``DistributedDataParallel`` ELBO and each
+        rank takes its part of every global batch (see :mod:`pyro_sdlgm.distributed`).
+        """
+        replicas = replicas or distributed.Replicas()
         cfg = self.config
         params = list(named.values())
         started = time.perf_counter()
@@ -491,11 +525,18 @@ class Trainer:
         epoch_loss, rows_used, skipped, batches, first_fault = 0.0, 0, 0, 0, None
         for rows in iterate_minibatches(n, cfg.batch_size, generator):
             batches += 1
+            share = 1.0
+            if replicas.distributed:
+                rows, share = distributed.local_rows(rows, replicas)
             batch = take_rows(train, rows, self.device)
             kwargs = schedule(progress.step)
             fault, where = None, []
             try:
-                loss = loss_fn(*batch, num_data=n, **kwargs, **self.batch_kwargs(batch)) / n
+                elbo_loss = loss_fn(*batch, num_data=n, **kwargs, **self.batch_kwargs(batch))
+                if replicas.distributed:
+                    loss = elbo_loss * distributed.rank_loss_weight(share, replicas, n)
+                else:
+                    loss = elbo_loss / n
             except ValueError as err:  # Pyro's/torch's validation of distribution parameters
                 if "invalid values" not in str(err):
                     raise
@@ -507,6 +548,8 @@ class Trainer:
                 where = self.diagnose(batch, kwargs, n)
                 where += [f"parameter {name!r} is non-finite" for name in self._non_finite_parameters(named)]
                 where = where or ["no site is non-finite when the batch is re-run (a transient fault)"]
+            if replicas.distributed and replicas.any(fault is not None, self._collective_device()) and fault is None:
+                fault = "a fault on another data-parallel rank"  # every rank skips or stops together
             if fault is None:
                 optimizer.zero_grad()
                 loss.backward()
@@ -533,9 +576,16 @@ class Trainer:
                 progress.step += 1
                 continue
             optimizer.step()
-            epoch_loss += loss.item() * len(rows)
-            rows_used += len(rows)
+            if replicas.distributed:
+                # this rank's sum of per-row negative ELBOs: the plate scaled its B_r rows by N / B_r
+                epoch_loss += elbo_loss.item() * len(rows) / n if share > 0 else 0.0
+                rows_used += len(rows) if share > 0 else 0
+            else:
+                epoch_loss += loss.item() * len(rows)
+                rows_used += len(rows)
             progress.step += 1
+        if replicas.distributed:
+            epoch_loss, rows_used = replicas.sum([epoch_loss, rows_used], self._collective_device())
         if skipped == batches:
             raise NumericalError(f"all {batches} batches of epoch {epoch} had a non-finite loss or gradient and "
                                  f"were skipped (nan_policy='skip_batch'); the first: {first_fault}")
@@ -555,7 +605,7 @@ class Trainer:
         self.model.eval()
         self.guide.eval()
         if val is not None and val[0].shape[0] > 0:
-            record["val_loss"] = self.mean_loss(val, schedule.final(), cfg.seed + 1)
+            record["val_loss"] = self.mean_loss(val, schedule.final(), cfg.seed + 1, replicas)
             if not math.isfinite(record["val_loss"]):
                 raise NumericalError(f"non-finite validation loss {record['val_loss']} after epoch {epoch}, "
                                      f"step {step}")
