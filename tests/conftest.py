@@ -5,6 +5,21 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np
 import pyro
 import pytest
+import torch
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device; skipped on machines without one")
+    config.addinivalue_line("markers", "multi_gpu: needs two CUDA devices (NCCL); skipped otherwise")
+
+
+def pytest_collection_modifyitems(config, items):
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for item in items:
+        if "cuda" in item.keywords and gpus < 1:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device (this machine has none)"))
+        if "multi_gpu" in item.keywords and gpus < 2:
+            item.add_marker(pytest.mark.skip(reason=f"needs two CUDA devices (this machine has {gpus})"))
 
 
 @pytest.fixture(autouse=True)

@@ -98,7 +98,7 @@ def test_non_finite_loss_names_the_step(binary_data):
     assert any("NaN" in str(w.message) and "site 'obs'" in str(w.message) for w in warned)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_fit_and_encode_on_cuda(binary_data):
     model = SDLGM(input_dim=12, **SMALL)
     model.fit(binary_data, device="cuda", **FAST_FIT)
