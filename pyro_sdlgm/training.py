@@ -36,7 +36,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from tqdm.auto import tqdm
 
 from . import distributed
@@ -56,6 +56,7 @@ from .checkpoint import (
     to_cpu,
 )
 from .config import TrainConfig
+from .elbo import AnalyticKLELBO
 from .exceptions import CheckpointError, ConfigError, NumericalError
 from .schedules import TrainingSchedule
 
@@ -86,13 +87,14 @@ def make_elbo(spec, num_particles: int = 1):
     """The ELBO estimator of a :class:`~pyro_sdlgm.spec.ModelSpec`.
 
     ``TraceEnum_ELBO`` (exact sum over ``L_i``) in ``enumerate`` mode;
-    ``TraceMeanField_ELBO`` (analytic KL terms) for ``objective="discrete_kl"``;
+    ``AnalyticKLELBO`` (``TraceMeanField_ELBO``'s analytic KL terms, without the
+    log-densities it does not use) for ``objective="discrete_kl"``;
     ``Trace_ELBO`` (Monte-Carlo KL with Concrete densities) for ``objective="relaxed"``.
     """
     if spec.sparsity_inference == "enumerate":
         return TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=1)
     if spec.objective == "discrete_kl":
-        return TraceMeanField_ELBO(num_particles=num_particles)
+        return AnalyticKLELBO(num_particles=num_particles)
     return Trace_ELBO(num_particles=num_particles)
 
 
