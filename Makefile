@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; pip finds it on this project's machines without a download.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test
+.PHONY: setup demo test bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,3 +20,8 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Performance and scale benchmark (not part of the tests): writes benchmarks/results/.
+# BENCH_ARGS, e.g. "--quick" or "--device cuda"; see benchmarks/README.md.
+bench: setup
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
