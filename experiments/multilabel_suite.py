@@ -12,6 +12,10 @@ Methods (the ``method`` column):
 - ``sdlgm``: SDLGMClassifier (relaxed sparsity inference, the config's settings); predicts
   the count with its count network and the top-count labels.
 - ``sdlgm_enumerate``: the same with ``sparsity_inference="enumerate", objective="relaxed"``.
+- ``sdlgm_shared``: the same with ``per_slot=False`` (one slot logit vector shared by the
+  slots), still over all ``K`` labels: the full-mode reference of the shortlist.
+- ``sdlgm_shortlist``: ``per_slot=False`` and ``num_candidates = min(f * max_labels, K)``
+  (the shortlist mode; ``f`` is ``[sdlgm_shortlist] candidates_per_max_label``, 4).
 - ``logistic_topk`` / ``logistic_threshold`` / ``logistic_oracle``: one-vs-rest logistic
   regression (lbfgs, deterministic: the seed changes nothing) predicting its top-k labels
   with k the training mean count (rounded), its labels with probability above 0.5, and,
@@ -56,10 +60,11 @@ sys.path.insert(0, str(HERE))
 from suite_common import PeakMemory, mean_and_std, run_pool, write_csv  # noqa: E402
 DEFAULT_BIBTEX = HERE.parent.parent / "shared" / "data" / "bibtex"
 
-METHODS = ("sdlgm", "sdlgm_enumerate", "logistic_topk", "logistic_threshold", "logistic_oracle",
-           "napkinxc_br", "napkinxc_plt", "mlp_topk", "mlp_threshold")
+METHODS = ("sdlgm", "sdlgm_enumerate", "sdlgm_shared", "sdlgm_shortlist", "logistic_topk", "logistic_threshold",
+           "logistic_oracle", "napkinxc_br", "napkinxc_plt", "mlp_topk", "mlp_threshold")
 # one training gives the rows of several methods: the runs are per trainer
-TRAINERS = {"sdlgm": ("sdlgm",), "sdlgm_enumerate": ("sdlgm_enumerate",),
+TRAINERS = {"sdlgm": ("sdlgm",), "sdlgm_enumerate": ("sdlgm_enumerate",), "sdlgm_shared": ("sdlgm_shared",),
+            "sdlgm_shortlist": ("sdlgm_shortlist",),
             "logistic": ("logistic_topk", "logistic_threshold", "logistic_oracle"),
             "napkinxc_br": ("napkinxc_br",), "napkinxc_plt": ("napkinxc_plt",), "mlp": ("mlp_topk", "mlp_threshold")}
 REPORT = ["p@1", "p@3", "p@5", "ndcg@1", "ndcg@3", "ndcg@5", "psp@1", "psp@3", "psp@5", "example_f1", "micro_f1",
@@ -80,6 +85,7 @@ def settings_for(config: dict, dataset: str, smoke: bool) -> dict:
     section.setdefault("classifier", {})
     section.setdefault("fit", {})
     section["baselines"] = dict(config.get("baselines", {}))
+    section["shortlist"] = dict(config.get("sdlgm_shortlist", {}))
     if smoke:
         smoke_settings = config.get("smoke", {})
         section["fit"]["epochs"] = smoke_settings.get("epochs", 1)
@@ -169,13 +175,25 @@ def tune_threshold(Y_val, probs: np.ndarray, grid: np.ndarray) -> float:
 # ``predict`` after them
 
 
-def train_sdlgm(X, Y, settings: dict, seed: int, enumerate_: bool):
+def sdlgm_options(settings: dict, variant: str, num_labels: int) -> dict:
+    """``SDLGMClassifier`` arguments of an SDLGM method (``"sdlgm"``, ``"sdlgm_enumerate"``,
+    ``"sdlgm_shared"`` or ``"sdlgm_shortlist"``) on ``num_labels`` labels."""
+    options = dict(settings["classifier"])
+    options["max_labels"] = min(int(options.get("max_labels", 10)), num_labels)
+    if variant == "sdlgm_enumerate":
+        options.update(sparsity_inference="enumerate", objective="relaxed")
+    elif variant == "sdlgm_shared":
+        options.update(per_slot=False)
+    elif variant == "sdlgm_shortlist":
+        factor = int(settings.get("shortlist", {}).get("candidates_per_max_label", 4))
+        options.update(per_slot=False, num_candidates=min(factor * options["max_labels"], num_labels))
+    return options
+
+
+def train_sdlgm(X, Y, settings: dict, seed: int, variant: str):
     from pyro_sdlgm.classifier import SDLGMClassifier
 
-    options = dict(settings["classifier"])
-    options["max_labels"] = min(int(options.get("max_labels", 10)), Y.shape[1])
-    if enumerate_:
-        options.update(sparsity_inference="enumerate", objective="relaxed")
+    options = sdlgm_options(settings, variant, Y.shape[1])
     fit = dict(settings["fit"], seed=seed, progress=False)
     fit.setdefault("device", "cpu")
     clf = SDLGMClassifier(Y.shape[1], **options)
@@ -185,7 +203,10 @@ def train_sdlgm(X, Y, settings: dict, seed: int, enumerate_: bool):
 
 def predict_sdlgm(name: str, clf, X_test) -> list[dict]:
     scores = clf.predict_scores(X_test)
-    return [{"method": name, "decision": "predicted count", "predicted": clf.predict(X_test), "scores": scores,
+    decision = "predicted count"
+    if clf.params.get("num_candidates") is not None:
+        decision += f" (trained on shortlists of {clf.params['num_candidates']})"
+    return [{"method": name, "decision": decision, "predicted": clf.predict(X_test), "scores": scores,
                  "counts": clf.predict_count(X_test)}]
 
 
@@ -341,7 +362,7 @@ def run_one(job: dict) -> list[dict]:
             started = time.perf_counter()
             with PeakMemory() as meter:
                 if trainer.startswith("sdlgm"):
-                    fitted, epochs = train_sdlgm(X, Y, settings, seed, trainer == "sdlgm_enumerate")
+                    fitted, epochs = train_sdlgm(X, Y, settings, seed, trainer)
                 elif trainer == "logistic":
                     fitted, epochs = train_logistic(X, Y, settings, seed)
                 elif trainer.startswith("napkinxc"):

@@ -21,7 +21,7 @@ from .config import TrainConfig, from_dict
 from .conditional import build_conditional
 from .exceptions import CheckpointError, ConfigError, DataError, NotFittedError
 from .guides import GuideParams
-from .posterior import check_num_samples, sample_batches, sparsity_inference_data
+from .posterior import CHUNK_BYTES, check_num_samples, sample_batches, sparsity_inference_data
 from .resources import guard_training_memory
 from .schedules import final_schedule
 from .spec import ModelSpec
@@ -59,6 +59,23 @@ def validation_split(n_rows: int, fraction: float, seed: int) -> tuple[np.ndarra
     return order[n_val:], order[:n_val]
 
 
+def shared_inclusion(gates: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """``1 - prod_l (1 - g_l p_k)`` for slots sharing one distribution ``probs``, without an ``(N, L0, K)`` tensor.
+
+    Args:
+        gates: ``(N, L0)`` slot gates ``P(L >= l)``.
+        probs: ``(N, K)`` the slots' shared label probabilities.
+
+    Returns:
+        ``(N, K)``, equal to :func:`pyro_sdlgm.support.soft_support` of ``probs`` repeated for
+        every slot (up to rounding), computed one slot at a time in ``N x K`` memory.
+    """
+    remaining = torch.ones_like(probs)
+    for index in range(gates.shape[-1]):
+        remaining.mul_(1.0 - gates[:, index:index + 1] * probs)
+    return 1.0 - remaining
+
+
 class SDLGMClassifier:
     """Multi-label classifier whose label set is SDLGM's sparse support, capped at ``max_labels``.
 
@@ -79,13 +96,23 @@ class SDLGMClassifier:
         hidden, activation: MLP sizes of the prior network and the guide.
         label_noise: ``eps`` in ``y ~ Bernoulli(eps + (1 - 2 eps) s)``.
         sparsity_inference, objective, slot_selection: as for :class:`pyro_sdlgm.SDLGM`.
+        num_candidates: None (default, the full mode: every slot draws over all ``K``
+            labels) or ``C`` with ``L0 <= C <= K``: the shortlist mode for wide label spaces.
+            Each training (and validation) batch then draws its slots over a per-row
+            shortlist of ``C`` labels (the row's true labels, then hard negatives, the
+            highest prior-network scores among the other labels, for half of the remaining
+            places, then uniform random negatives); see :mod:`pyro_sdlgm.conditional` for
+            the approximation (slot distributions truncated to the shortlist). Needs
+            ``per_slot=False`` (per-slot heads cost ``L0 x K x hidden`` parameters).
+            Prediction still ranks all ``K`` labels, with ``(N, K)`` memory per batch.
     """
 
     def __init__(self, num_labels: int, max_labels: int = C.max_labels, *, input_dim: int | None = None,
                  include_zero: bool = C.include_zero, on_overflow: str = C.on_overflow, guide: str = C.guide,
                  per_slot: bool = C.per_slot, hidden: Sequence[int] = C.hidden, activation: str = C.activation,
                  label_noise: float = C.label_noise, sparsity_inference: str = C.sparsity_inference,
-                 objective: str = C.objective, slot_selection: str = C.slot_selection):
+                 objective: str = C.objective, slot_selection: str = C.slot_selection,
+                 num_candidates: int | None = C.num_candidates):
         if on_overflow not in OVERFLOW_POLICIES:
             raise ConfigError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
         for key, value in (("num_labels", num_labels), ("max_labels", max_labels)):
@@ -94,12 +121,14 @@ class SDLGMClassifier:
         num_labels, max_labels = int(num_labels), int(max_labels)
         if max_labels > num_labels:
             raise ConfigError(f"max_labels={max_labels} exceeds num_labels={num_labels}")
+        if num_candidates is not None:
+            num_candidates = self._check_candidates(num_candidates, num_labels, max_labels, per_slot)
         self.params = dict(num_labels=num_labels, max_labels=max_labels, input_dim=input_dim,
                            include_zero=include_zero, on_overflow=on_overflow, guide=guide, per_slot=per_slot,
                            hidden=list(hidden) if isinstance(hidden, Sequence) else hidden,
                            activation=activation, label_noise=label_noise,
                            sparsity_inference=sparsity_inference, objective=objective,
-                           slot_selection=slot_selection)
+                           slot_selection=slot_selection, num_candidates=num_candidates)
         if input_dim is not None and (isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral)
                                       or input_dim < 1):
             raise ConfigError(f"input_dim must be a positive integer or None, got {input_dim!r}")
@@ -114,6 +143,32 @@ class SDLGMClassifier:
         self.history_: list[dict] | None = None
 
     # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_candidates(num_candidates, num_labels: int, max_labels: int, per_slot) -> int:
+        if isinstance(num_candidates, bool) or not isinstance(num_candidates, numbers.Integral):
+            raise ConfigError(f"num_candidates must be an integer or None, got {num_candidates!r}")
+        num_candidates = int(num_candidates)
+        if not max_labels <= num_candidates <= num_labels:
+            raise ConfigError(f"num_candidates={num_candidates} must lie between max_labels={max_labels} and "
+                              f"num_labels={num_labels} (every row's true labels must fit in its shortlist)")
+        if per_slot:
+            raise ConfigError(f"num_candidates={num_candidates} (shortlist mode) needs per_slot=False: per-slot "
+                              f"heads cost max_labels x num_labels x the last hidden size parameters "
+                              f"({max_labels} x {num_labels} x hidden), which the shortlist cannot reduce")
+        return num_candidates
+
+    @property
+    def shortlist(self) -> bool:
+        """True in shortlist mode (``num_candidates`` set)."""
+        return self.params.get("num_candidates") is not None
+
+    def _batch_kwargs(self, batch: tuple) -> dict:
+        """The Trainer's per-batch extra arguments: ``candidates`` ``(N, C)`` in shortlist mode."""
+        if not self.shortlist:
+            return {}
+        x, y = batch
+        return {"candidates": self.model.candidates(x, y, self.params["num_candidates"])}
 
     @property
     def spec(self) -> ModelSpec:
@@ -211,6 +266,13 @@ class SDLGMClassifier:
             resume: continue the interrupted training of ``run_dir`` from its newest checkpoint.
             overwrite: replace the checkpoints and metrics an earlier run left in ``run_dir``.
             **train_options: fields of :class:`pyro_sdlgm.config.TrainConfig`.
+
+        In shortlist mode (``num_candidates``) each batch draws its candidates once for the
+        model and the guide; the history's ``train_loss`` and ``val_loss`` are then the
+        shortlist ELBO (truncated slot distributions, without the constant
+        ``(K - C) log(1 - eps)`` per row of the labels outside the shortlist), and the
+        validation candidates are drawn under the validation seed, so ``val_loss`` stays
+        comparable across epochs.
         """
         cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGMClassifier.fit()")
         check_run_dir(run_dir, resume, overwrite)
@@ -231,11 +293,12 @@ class SDLGMClassifier:
                 val = (X[val_rows], Y[val_rows])
                 X, Y = X[fit_rows], Y[fit_rows]
         with torch.device("meta"):  # sizes only: refuse a configuration that cannot fit before allocating it
-            guard_training_memory(*self._networks(), cfg, X.shape[0], 0 if val is None else val[0].shape[0])
+            guard_training_memory(*self._networks(), cfg, X.shape[0], 0 if val is None else val[0].shape[0],
+                                  num_candidates=self.params["num_candidates"])
         pyro.set_rng_seed(cfg.seed)
         self.model = self.guide = None  # free the current networks before building the fresh ones
         self._build()
-        self.history_ = Trainer(self.model, self.guide, cfg).fit(
+        self.history_ = Trainer(self.model, self.guide, cfg, batch_kwargs=self._batch_kwargs).fit(
             (X, Y), val, run_dir, resume=resume, overwrite=overwrite, identity={"classifier": dict(self.params)})
         self.train_config = cfg
         return self.history_
@@ -261,9 +324,22 @@ class SDLGMClassifier:
         (``sparsity`` draws are label counts, ``inclusion_probs`` ``(N, K)`` label
         probabilities); with ``Y`` ``(N, K)``, ``observed_data.label_count`` holds the true
         counts (for :func:`pyro_sdlgm.inspection.count_calibration`).
+
+        Memory: a draw holds the ``L0`` slot sites over all ``K`` labels, about ``8 L0 K``
+        bytes per row (no shortlist at prediction). In shortlist mode ``batch_size`` is
+        therefore lowered, if needed, so that one draw of a batch stays within 256 MB
+        (logged); the full mode uses ``batch_size`` as given.
         """
         num_samples = check_num_samples(num_samples)
         self._check_fitted("posterior")
+        if self.shortlist:
+            per_row = 8 * self.spec.max_sparsity * self.spec.latent_dim
+            rows = max(1, CHUNK_BYTES // per_row)
+            if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > rows:
+                logger.info("posterior: batch_size %d lowered to %d rows so that a draw of %d slots over %d labels "
+                            "stays within %d MB", batch_size, rows, self.spec.max_sparsity, self.spec.latent_dim,
+                            CHUNK_BYTES // 2**20)
+                batch_size = rows
         true_counts = None
         X = self._features(X)  # checked and converted once; _prior_params reuses the CSR matrix as it is
         if Y is not None:
@@ -284,14 +360,22 @@ class SDLGMClassifier:
 
     def _ranking(self, params: GuideParams) -> torch.Tensor:
         """Scores ``(N, K)``: labels the zero-temperature slot selection picks (slots 1..L0, in
-        order) rank first, the rest by the probability that a slot in use selects them."""
+        order) rank first, the rest by the probability that a slot in use selects them.
+
+        In shortlist mode (shared slot logits) the inclusion probability
+        ``1 - prod_l (1 - g_l p_k)`` is accumulated one slot at a time, so no ``(N, L0, K)``
+        tensor is built: memory ``N x K``.
+        """
         spec = self.spec
         n, k = params.slot_logits.shape[0], spec.latent_dim
         gates = slot_gates(params.sparsity_logits.softmax(-1), spec.min_level)  # P(L >= l)
-        probs = params.slot_logits.softmax(-1).expand(n, spec.max_sparsity, k)
-        inclusion = soft_support(gates, probs)  # P(a slot in use selects the label), in [0, 1]
+        if self.shortlist:
+            inclusion = shared_inclusion(gates, params.slot_logits[:, 0].softmax(-1))
+        else:
+            probs = params.slot_logits.softmax(-1).expand(n, spec.max_sparsity, k)
+            inclusion = soft_support(gates, probs)  # P(a slot in use selects the label), in [0, 1]
         picks = greedy_picks(params.slot_logits, spec.max_sparsity)  # (N, L0), in slot order
-        rank_scores = torch.arange(spec.max_sparsity, 0, -1, device=probs.device, dtype=probs.dtype)
+        rank_scores = torch.arange(spec.max_sparsity, 0, -1, device=inclusion.device, dtype=inclusion.dtype)
         return inclusion.scatter(-1, picks, 1.0 + rank_scores.expand(n, -1))
 
     def predict_scores(self, X, *, batch_size: int = 1024) -> np.ndarray:

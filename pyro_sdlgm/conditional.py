@@ -11,6 +11,19 @@ guide too (an ablation: the ELBO then reduces to the expected log-likelihood).
 
 Sites, their distributions, the slot machinery and the trainer are the unsupervised
 model's (``sparsity``, ``slot_1..slot_L0``, ``obs``).
+
+**Shortlist mode** (wide label spaces). Model and guides take an optional
+``candidates`` ``(N, C)`` LongTensor of distinct label ids per row (built per batch by
+:func:`shortlist_candidates`: the row's true labels, hard negatives and random negatives).
+The slot logits ``(N, S, K)`` are then gathered to ``(N, S, C)``, the slot sites have event
+shape ``(C,)``, the soft support is over the ``C`` candidates and ``obs`` observes ``y``
+gathered on them (event ``(C,)``), so the slot terms cost ``L0 x C`` per row instead of
+``L0 x K``. What is approximated: the slot distributions of model and guide are
+renormalized over the shortlist (a sampled-softmax-style truncation), so the slot KL terms
+are those of the truncated distributions. The likelihood is not approximated: every label
+outside the shortlist is a negative (the true labels are always candidates) that the
+support cannot reach, so its term is the constant ``log(1 - eps)``, and dropping those
+terms shifts the ELBO by ``(K - C) log(1 - eps)`` per row.
 """
 
 from __future__ import annotations
@@ -23,18 +36,71 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, DataError
 from .guides import AmortizedGuide, GuideParams, amortized_slot_logits, amortized_sparsity_dist
 from .model import data_plate, relaxed_support, sample_slots
 from .networks import AmortizedEncoder
 from .spec import OBS_SITE, SPARSITY_SITE, ModelSpec
 
 CONDITIONAL_GUIDES = ("label_aware", "prior_as_guide")
+#: the share of a shortlist's negatives that are hard negatives (the rest are uniform random ones)
+HARD_NEGATIVE_SHARE = 0.5
 
 
 def _label_network(spec: ModelSpec, input_dim: int, per_slot: bool, hidden: Sequence[int], activation: str):
     return AmortizedEncoder(input_dim, spec.latent_dim, spec.num_levels, spec.max_sparsity if per_slot else 1,
                             binary=True, hidden=hidden, activation=activation)
+
+
+def restrict_to_candidates(params: GuideParams, candidates: torch.Tensor | None) -> GuideParams:
+    """``params`` with the slot logits ``(N, S, K)`` gathered on ``candidates`` ``(N, C)``: ``(N, S, C)``.
+
+    Returns ``params`` unchanged when ``candidates`` is None (the full mode).
+    """
+    if candidates is None:
+        return params
+    logits = params.slot_logits
+    index = candidates.unsqueeze(1).expand(-1, logits.shape[1], -1)
+    return params._replace(slot_logits=logits.gather(-1, index))
+
+
+@torch.no_grad()
+def shortlist_candidates(scores: torch.Tensor, y: torch.Tensor, num_candidates: int,
+                         hard_share: float = HARD_NEGATIVE_SHARE) -> torch.Tensor:
+    """The training shortlist of each row: ``(N, C)`` distinct label ids in ``[0, K)``.
+
+    Row ``i`` holds its ``p_i`` true labels first, then ``floor(hard_share * (C - p_i))``
+    hard negatives (its highest-scored labels that are not true labels) and then uniform
+    random negatives, drawn without replacement from the remaining labels with torch's
+    global RNG (which training checkpoints restore), to fill the ``C`` places.
+
+    Args:
+        scores: ``(N, K)`` label scores of a cheap scorer (the prior network's shared slot logits).
+        y: ``(N, K)`` 0/1 labels of the batch, at most ``C`` per row.
+        num_candidates: ``C``, with ``C <= K``.
+        hard_share: the share of the ``C - p_i`` negatives that are hard negatives.
+
+    Raises:
+        DataError: a row with more than ``C`` labels, or ``C > K``.
+    """
+    n, k = y.shape
+    positive = y > 0.5
+    counts = positive.sum(-1)
+    if num_candidates > k:
+        raise DataError(f"num_candidates={num_candidates} exceeds the {k} labels")
+    if n and int(counts.max()) > num_candidates:
+        raise DataError(f"a row has {int(counts.max())} labels, more than num_candidates={num_candidates}")
+    # true labels first (key +inf), then the others by score: the first p_i + h_i places of a row
+    ranked = scores.masked_fill(positive, float("inf")).topk(num_candidates, dim=-1).indices  # (N, C)
+    kept = counts + ((num_candidates - counts) * hard_share).floor().long()  # p_i + h_i, (N,)
+    place = torch.arange(num_candidates, device=y.device)
+    head = place < kept.unsqueeze(-1)  # (N, C): places taken by true labels and hard negatives
+    # random negatives: the labels not yet taken, in a uniformly random order
+    taken = torch.zeros_like(positive).scatter_(-1, ranked, head)
+    keys = torch.rand(n, k, device=y.device).masked_fill_(taken, -1.0)
+    random = keys.topk(num_candidates, dim=-1).indices  # (N, C); the first C - kept_i are untaken
+    fill = random.gather(-1, (place - kept.unsqueeze(-1)).clamp(min=0))
+    return torch.where(head, ranked, fill)
 
 
 class ConditionalSDLGMModel(PyroModule):
@@ -64,18 +130,32 @@ class ConditionalSDLGMModel(PyroModule):
         """Logits of ``p(L | x)`` ``(N, num_levels)`` and of the slots ``(N, S, K)``."""
         return GuideParams(*self.prior_net(x))
 
+    @torch.no_grad()
+    def candidates(self, x: torch.Tensor, y: torch.Tensor, num_candidates: int) -> torch.Tensor:
+        """The training shortlist ``(N, C)`` of a batch (see :func:`shortlist_candidates`), with the
+        prior network's shared slot logits ``(N, K)`` as the scorer of the hard negatives."""
+        scores = self.prior_params(x).slot_logits[:, 0]
+        return shortlist_candidates(scores, y, num_candidates)
+
     def obs_dist(self, support: torch.Tensor) -> dist.TorchDistribution:
-        """``y ~ Bernoulli(eps + (1 - 2 eps) s)``, event ``(K,)``."""
+        """``y ~ Bernoulli(eps + (1 - 2 eps) s)``, event ``(K,)`` (``(C,)`` on a shortlist)."""
         eps = self.label_noise
         return dist.Bernoulli(probs=eps + (1.0 - 2.0 * eps) * support).to_event(1)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, *, num_data: int | None = None,
-                tau_sparsity: float = 1.0, tau_support: float = 1.0, kl_weight: float = 1.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, *, candidates: torch.Tensor | None = None,
+                num_data: int | None = None, tau_sparsity: float = 1.0, tau_support: float = 1.0,
+                kl_weight: float = 1.0) -> torch.Tensor:
         """Run the generative process given features ``x (N, D)``; condition on labels ``y (N, K)`` if given.
 
-        Returns the soft support ``(N, K)`` (with enumeration dims on the left in ``enumerate`` mode).
+        With ``candidates`` ``(N, C)`` (shortlist mode) the slots draw over each row's ``C``
+        candidates only and ``obs`` observes ``y`` gathered on them (see the module docstring).
+
+        Returns the soft support ``(N, K)``, or ``(N, C)`` over the candidates (with
+        enumeration dims on the left in ``enumerate`` mode).
         """
-        params = self.prior_params(x)
+        params = restrict_to_candidates(self.prior_params(x), candidates)
+        if y is not None and candidates is not None:
+            y = y.gather(-1, candidates)
         with data_plate(x.shape[0], num_data, x.device):
             with poutine.scale(scale=kl_weight):
                 sparsity = pyro.sample(SPARSITY_SITE, amortized_sparsity_dist(self.spec, params, tau_sparsity))
@@ -87,10 +167,16 @@ class ConditionalSDLGMModel(PyroModule):
 
 
 class _MultiLabelGuide(AmortizedGuide):
-    """A guide called as ``guide(x, y, ...)``; subclasses implement ``amortize(x, y)``."""
+    """A guide called as ``guide(x, y, ...)``; subclasses implement ``amortize(x, y)``.
 
-    def forward(self, x, y=None, *, num_data=None, tau_sparsity=1.0, tau_support=1.0, kl_weight=1.0) -> GuideParams:
-        params = self.amortize(x, y)
+    With ``candidates`` ``(N, C)`` (shortlist mode) the slot logits are gathered on them and
+    the slot sites draw over the ``C`` candidates, as in the model; the returned parameters
+    then hold slot logits ``(N, S, C)``.
+    """
+
+    def forward(self, x, y=None, *, candidates=None, num_data=None, tau_sparsity=1.0, tau_support=1.0,
+                kl_weight=1.0) -> GuideParams:
+        params = restrict_to_candidates(self.amortize(x, y), candidates)
         self.place_sites(params, num_data, tau_sparsity, tau_support, kl_weight)
         return params
 

@@ -323,6 +323,9 @@ class ClassifierConfig(_Section):
     sparsity_inference: str = "relaxed"
     objective: str = "discrete_kl"
     slot_selection: str = "without_replacement"
+    # None: full mode (slots over all K labels); C with max_labels <= C <= K: shortlist mode
+    # (slots over C candidates per row; needs per_slot = false). See SDLGMClassifier.
+    num_candidates: int | None = None
 
 
 MULTILABEL_FORMATS = ("yeast", "arff", "xmc", "svmlight")

@@ -36,6 +36,10 @@ def test_suite_smoke(tmp_path):
     oracle = [r for r in rows if r["method"] == "logistic_oracle"]
     assert all(r["oracle"] == "1" and float(r["count_accuracy"]) == 1.0 for r in oracle)
     assert all(r["decision"] == "top-4" for r in rows if r["method"].endswith("topk"))
+    # the shortlist method trains on shortlists of min(4 x max_labels, K) = 14 labels (Yeast: K = 14)
+    assert {"sdlgm_shared", "sdlgm_shortlist"} <= {r["method"] for r in rows}
+    assert all(r["decision"] == "predicted count (trained on shortlists of 14)"
+               for r in rows if r["method"] == "sdlgm_shortlist")
     summary = read(tmp_path / "multilabel_yeast_smoke_summary.csv")
     assert [s["method"] for s in summary] == expected
     logistic = [s for s in summary if s["method"].startswith("logistic")]
@@ -44,7 +48,7 @@ def test_suite_smoke(tmp_path):
 
 
 def test_rerun_reproduces(tmp_path):
-    args = ["--smoke", "--seeds", "1", "--methods", "sdlgm", "mlp_threshold"]
+    args = ["--smoke", "--seeds", "1", "--methods", "sdlgm", "sdlgm_shortlist", "mlp_threshold"]
     first, second = tmp_path / "a", tmp_path / "b"
     assert multilabel_suite.main(args + ["--out", str(first)]) == 0
     assert multilabel_suite.main(args + ["--out", str(second)]) == 0
@@ -52,6 +56,16 @@ def test_rerun_reproduces(tmp_path):
     timing = {"train_seconds", "train_peak_mb"}
     assert [{k: v for k, v in r.items() if k not in timing} for r in a] == \
            [{k: v for k, v in r.items() if k not in timing} for r in b]
+
+
+def test_sdlgm_variants_options():
+    settings = multilabel_suite.settings_for({"bibtex": {"classifier": {"max_labels": 10, "hidden": [32]}},
+                                              "sdlgm_shortlist": {"candidates_per_max_label": 4}}, "bibtex", False)
+    assert multilabel_suite.sdlgm_options(settings, "sdlgm", 159) == {"max_labels": 10, "hidden": [32]}
+    assert multilabel_suite.sdlgm_options(settings, "sdlgm_shared", 159)["per_slot"] is False
+    shortlist = multilabel_suite.sdlgm_options(settings, "sdlgm_shortlist", 159)
+    assert shortlist["per_slot"] is False and shortlist["num_candidates"] == 40
+    assert multilabel_suite.sdlgm_options(settings, "sdlgm_shortlist", 25)["num_candidates"] == 25  # capped at K
 
 
 def test_bad_paths_name_the_file(tmp_path):
