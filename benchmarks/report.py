@@ -14,6 +14,7 @@ GIB = 2**30
 VARIANT_LABELS = {
     "sdlgm_pyro": "SDLGM, Pyro (library step)",
     "sdlgm_pyro_novalidation": "SDLGM, Pyro, validation off",
+    "sdlgm_pyro_joint": "SDLGM, Pyro, joint slot site",
     "sdlgm_torch": "SDLGM, hand-written PyTorch loss",
     "dense_vae": "dense VAE",
     "dense_mlp": "dense MLP (BCE)",
@@ -98,6 +99,8 @@ def ratios(results: list[dict], targets: dict) -> list[dict]:
                   targets["sparse_overhead"] if task == "unsupervised" else None),
                  ("pyro_overhead", "sdlgm_pyro", "sdlgm_torch", targets["pyro_overhead"]),
                  ("pyro_overhead_validation_off", "sdlgm_pyro_novalidation", "sdlgm_torch", None),
+                 ("sparse_overhead_joint_layout", "sdlgm_pyro_joint", dense, None),
+                 ("joint_layout_speedup", "sdlgm_pyro", "sdlgm_pyro_joint", None),
                  ("sparse_machinery_in_torch", "sdlgm_torch", dense, None)]
         for name, num, den, target in pairs:
             row = {"task": task, "ratio": name, "numerator": num, "denominator": den, "K": job["K"], "L0": job["L0"],

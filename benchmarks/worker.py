@@ -8,6 +8,8 @@ A job (a JSON object, built by ``run.py``) names the task (``unsupervised`` or
   ``loss = loss_fn(*batch, num_data=n, **schedule) / n``, then the trainer's checks, backward and
   an Adam step; Pyro's validation as the library leaves it (on, Pyro's default);
 - ``sdlgm_pyro_novalidation``: the same with ``pyro.validation_enabled(False)``;
+- ``sdlgm_pyro_joint``: the library step with ``slot_layout="joint"`` (the ``L0`` slots as one
+  site, batched; the same distribution), validation on;
 - ``sdlgm_torch``: the same step on the hand-written loss of :mod:`torch_reference`
   (same networks, same draws, same value);
 - ``dense_vae``: the unsupervised suite's Gaussian VAE with SDLGM's encoder/decoder sizes and K;
@@ -54,7 +56,7 @@ from pyro_sdlgm.schedules import final_schedule
 from pyro_sdlgm.sdlgm import build_model_and_guide
 from pyro_sdlgm.training import make_elbo, take_rows
 
-PYRO_VARIANTS = ("sdlgm_pyro", "sdlgm_pyro_novalidation")
+PYRO_VARIANTS = ("sdlgm_pyro", "sdlgm_pyro_novalidation", "sdlgm_pyro_joint")
 UNSUPERVISED_GUIDES = {"per_slot": "mlp_per_slot", "shared": "mlp_shared_slots"}
 
 # ----------------------------------------------------------------------------- shortlist mode
@@ -166,7 +168,7 @@ def _pyro_variant(name, model, guide, num_data, schedule, batch_kwargs=None):
     def loss(batch):
         return loss_fn(*batch, num_data=num_data, **schedule, **batch_kwargs(batch)) / num_data
 
-    validate = name == "sdlgm_pyro"
+    validate = name in ("sdlgm_pyro", "sdlgm_pyro_joint")
 
     @contextlib.contextmanager
     def context():
@@ -194,7 +196,8 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
             vae = DenseVAE(D, K, encoder_hidden=(512, 256), decoder_hidden=cfg.decoder_hidden).to(device)
             return Variant(name, lambda batch: vae.loss(batch[0], schedule["tau_sparsity"], schedule["kl_weight"]).sum()
                            * (n / batch[0].shape[0]) / n, vae.parameters())
-        config = ModelConfig(input_dim=D, latent_dim=K, max_sparsity=L0, guide=UNSUPERVISED_GUIDES[job["mode"]])
+        config = ModelConfig(input_dim=D, latent_dim=K, max_sparsity=L0, guide=UNSUPERVISED_GUIDES[job["mode"]],
+                             slot_layout="joint" if name == "sdlgm_pyro_joint" else "per_slot")
         model, guide = build_model_and_guide(config)
         model.to(device), guide.to(device)
         if name in PYRO_VARIANTS:
@@ -205,7 +208,8 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
                            _unique_parameters(model, guide))
         raise ValueError(f"unknown unsupervised variant {name!r}")
     # multi-label
-    options = dict(input_dim=D, per_slot=job["mode"] == "per_slot")
+    options = dict(input_dim=D, per_slot=job["mode"] == "per_slot",
+                   slot_layout="joint" if name == "sdlgm_pyro_joint" else "per_slot")
     if job["mode"] == "shortlist":
         options["num_candidates"] = job["candidates"]
     clf = SDLGMClassifier(K, L0, **options)

@@ -95,7 +95,7 @@ class SDLGMClassifier:
         per_slot: one logit vector per slot (else shared).
         hidden, activation: MLP sizes of the prior network and the guide.
         label_noise: ``eps`` in ``y ~ Bernoulli(eps + (1 - 2 eps) s)``.
-        sparsity_inference, objective, slot_selection: as for :class:`pyro_sdlgm.SDLGM`.
+        sparsity_inference, objective, slot_selection, slot_layout: as for :class:`pyro_sdlgm.SDLGM`.
         num_candidates: None (default, the full mode: every slot draws over all ``K``
             labels) or ``C`` with ``L0 <= C <= K``: the shortlist mode for wide label spaces.
             Each training (and validation) batch then draws its slots over a per-row
@@ -112,7 +112,7 @@ class SDLGMClassifier:
                  per_slot: bool = C.per_slot, hidden: Sequence[int] = C.hidden, activation: str = C.activation,
                  label_noise: float = C.label_noise, sparsity_inference: str = C.sparsity_inference,
                  objective: str = C.objective, slot_selection: str = C.slot_selection,
-                 num_candidates: int | None = C.num_candidates):
+                 num_candidates: int | None = C.num_candidates, slot_layout: str = C.slot_layout):
         if on_overflow not in OVERFLOW_POLICIES:
             raise ConfigError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
         for key, value in (("num_labels", num_labels), ("max_labels", max_labels)):
@@ -129,6 +129,8 @@ class SDLGMClassifier:
                            activation=activation, label_noise=label_noise,
                            sparsity_inference=sparsity_inference, objective=objective,
                            slot_selection=slot_selection, num_candidates=num_candidates)
+        if slot_layout != C.slot_layout:  # absent from older checkpoints' params: the default
+            self.params["slot_layout"] = slot_layout
         if input_dim is not None and (isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral)
                                       or input_dim < 1):
             raise ConfigError(f"input_dim must be a positive integer or None, got {input_dim!r}")
@@ -178,7 +180,7 @@ class SDLGMClassifier:
         p = self.params
         return ModelSpec(input_dim, p["num_labels"], p["max_labels"], include_zero=p["include_zero"],
                          binary=True, sparsity_inference=p["sparsity_inference"], objective=p["objective"],
-                         slot_selection=p["slot_selection"])
+                         slot_selection=p["slot_selection"], slot_layout=p.get("slot_layout", C.slot_layout))
 
     @property
     def count_levels(self) -> np.ndarray:

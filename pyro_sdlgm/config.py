@@ -162,6 +162,7 @@ class ModelConfig(_Section):
     sparsity_inference: str = "relaxed"  # "relaxed" | "enumerate"
     objective: str = "discrete_kl"  # "discrete_kl" | "relaxed" (see ModelSpec)
     slot_selection: str = "without_replacement"  # "without_replacement" | "independent"
+    slot_layout: str = "per_slot"  # "per_slot" (sites slot_1..slot_L0) | "joint" (one site, faster)
     decoder_hidden: tuple[int, ...] = (256, 512)
     activation: str = "relu"
 
@@ -199,6 +200,7 @@ class ModelConfig(_Section):
             sparsity_inference=self.sparsity_inference,
             objective=self.objective,
             slot_selection=self.slot_selection,
+            slot_layout=self.slot_layout,
         )
 
 
@@ -326,6 +328,7 @@ class ClassifierConfig(_Section):
     # None: full mode (slots over all K labels); C with max_labels <= C <= K: shortlist mode
     # (slots over C candidates per row; needs per_slot = false). See SDLGMClassifier.
     num_candidates: int | None = None
+    slot_layout: str = "per_slot"  # "per_slot" | "joint" (see ModelSpec)
 
 
 MULTILABEL_FORMATS = ("yeast", "arff", "xmc", "svmlight")

@@ -13,11 +13,16 @@ from __future__ import annotations
 import numbers
 
 import torch
-from pyro.distributions.torch_distribution import TorchDistributionMixin
+from pyro.distributions.torch_distribution import TorchDistribution, TorchDistributionMixin
 from torch.distributions import constraints, register_kl
+from torch.distributions.utils import clamp_probs
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical as _TorchExpRelaxed
 
 from .exceptions import ConfigError
+from .support import MASKED_LOGIT
+
+#: floor of a slot's gate used as the weight of its log-density and KL (a scale must be > 0)
+GATE_FLOOR = 1e-6
 
 
 class _LogSimplex(constraints.Constraint):
@@ -129,3 +134,143 @@ def _kl_discrete(q: DiscreteKLExpRelaxedCategorical, p: DiscreteKLExpRelaxedCate
 def concrete_class(objective: str) -> type[ExpRelaxedCategorical]:
     """The ExpConcrete class whose KL matches the objective (``"discrete_kl"`` or ``"relaxed"``)."""
     return DiscreteKLExpRelaxedCategorical if objective == "discrete_kl" else ExpRelaxedCategorical
+
+
+class JointSlots(TorchDistribution):
+    """The ``L0`` selection slots of a row as one reparameterized site: a log one-hot per slot.
+
+    ``y ~ JointSlots(tau, logits, gates)`` has event shape ``(L0, K)``; ``y[..., l, :]`` is
+    distributed as the ExpConcrete slot ``l`` of the per-slot layout (``slot_1..slot_L0``
+    sites), and the sites are interchangeable: for the same random numbers the two layouts
+    draw the same values (a test checks it). With ``without_replacement``, the dimensions
+    that slots ``1..l-1`` peak on (their argmax) get the logit :data:`MASKED_LOGIT` in slot ``l``.
+
+    Why one site: the per-slot layout costs ``2 L0`` Pyro sites per step, each with its own
+    distribution objects, messengers and small tensor operations over ``K``; here the Gumbel
+    noise, the normalization and the KL terms of all slots are single batched operations
+    (``benchmarks/`` measures the difference). Only the argmax chain that decides which
+    dimensions are taken stays a loop over the slots, without gradients.
+
+    Args:
+        temperature: positive scalar ``tau``.
+        logits: ``batch_shape + (S, K)`` with ``S = 1`` (shared by the slots) or ``S = L0``.
+        gates: ``batch_shape + (L0,)``: slot ``l``'s log-density and KL are weighted by
+            ``max(gates[..., l], GATE_FLOOR)`` (``P(L_i >= l)``: only used slots count).
+        without_replacement: mask the dimensions taken by earlier slots.
+
+    ``log_prob`` is ``sum_l gate_l * log ExpConcrete_l(y_l)``, shape ``batch_shape``; the mask
+    of each slot is recomputed from the value, so the model scores the guide's draw with the
+    guide's masks.
+    """
+
+    # gates are tail sums of probabilities: in [0, 1] up to rounding (1 + 1e-7 happens)
+    arg_constraints = {"logits": constraints.real, "gates": constraints.nonnegative}
+    support = constraints.independent(log_simplex, 1)
+    has_rsample = True
+
+    def __init__(self, temperature, logits: torch.Tensor, gates: torch.Tensor, without_replacement: bool = True,
+                 validate_args=None):
+        self.temperature = check_temperature(temperature)
+        num_slots = gates.shape[-1]
+        if logits.dim() < 2 or logits.shape[-2] not in (1, num_slots):
+            raise ConfigError(f"logits must have shape batch + (1 or {num_slots}, K), got {tuple(logits.shape)}")
+        batch_shape = torch.broadcast_shapes(logits.shape[:-2], gates.shape[:-1])
+        self.logits = logits
+        self.gates = gates
+        self.without_replacement = bool(without_replacement)
+        self._taken = None  # masks of the last rsample, (..., L0, K) bool: what the analytic KL uses
+        super().__init__(batch_shape, torch.Size((num_slots, logits.shape[-1])), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        logits = self.logits.expand(batch_shape + self.logits.shape[-2:])
+        gates = self.gates.expand(batch_shape + self.gates.shape[-1:])
+        return type(self)(self.temperature, logits, gates, self.without_replacement,
+                          validate_args=self._validate_args if _instance is None else None)
+
+    def _full_logits(self, shape) -> torch.Tensor:
+        return self.logits.expand(shape)
+
+    def taken_masks(self, picks: torch.Tensor) -> torch.Tensor:
+        """``(..., L0, K)`` bool: the dimensions taken by earlier slots, from the slots' picks ``(..., L0)``."""
+        picked = torch.nn.functional.one_hot(picks, self.event_shape[-1]).to(torch.int32)
+        return (picked.cumsum(-2) - picked) > 0
+
+    def _normalized(self, taken: torch.Tensor | None, shape) -> torch.Tensor:
+        logits = self._full_logits(shape)
+        if taken is not None:
+            logits = logits.masked_fill(taken, MASKED_LOGIT)
+        return logits - logits.logsumexp(-1, keepdim=True)  # as torch's Categorical normalizes
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        num_slots, k = self.event_shape
+        # uniforms in the per-slot layout's order (slot by slot), so both layouts draw the same numbers
+        uniforms = torch.rand((num_slots,) + shape[:-2] + (k,), dtype=self.logits.dtype, device=self.logits.device)
+        uniforms = clamp_probs(uniforms).movedim(0, -2)
+        gumbels = -((-(uniforms.log())).log())
+        taken = None
+        if self.without_replacement:
+            with torch.no_grad():  # which dimensions earlier slots took: an argmax chain, constant for gradients
+                scores = self._full_logits(shape) + gumbels
+                taken = torch.zeros(shape, dtype=torch.bool, device=scores.device)
+                running = torch.zeros(shape[:-2] + (k,), dtype=torch.bool, device=scores.device)
+                for index in range(num_slots):
+                    taken[..., index, :] = running
+                    pick = scores[..., index, :].masked_fill(running, float("-inf")).argmax(-1, keepdim=True)
+                    running = running.scatter(-1, pick, True)
+        self._taken = taken
+        # normalizing the logits first changes nothing in exact arithmetic, but it keeps the masked
+        # entries (about MASKED_LOGIT / tau) rounded as in the per-slot layout's ExpConcrete draws
+        scores = (self._normalized(taken, shape) + gumbels) / self.temperature
+        return scores - scores.logsumexp(-1, keepdim=True)
+
+    def masks_of(self, value: torch.Tensor) -> torch.Tensor | None:
+        """The taken masks a value implies (None with independent slots)."""
+        return self.taken_masks(value.argmax(-1)) if self.without_replacement else None
+
+    def slot_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Per-slot ExpConcrete log-densities ``(..., L0)`` (unweighted)."""
+        if self._validate_args:
+            self._validate_sample(value)
+        shape = torch.broadcast_shapes(value.shape, self.batch_shape + self.event_shape)
+        logits = self._normalized(self.masks_of(value), shape)
+        k = self.event_shape[-1]
+        tau = torch.tensor(self.temperature, dtype=logits.dtype, device=logits.device)
+        log_scale = torch.full_like(tau, float(k)).lgamma() - tau.log().mul(-(k - 1))
+        score = logits - value.mul(tau)
+        return (score - score.logsumexp(dim=-1, keepdim=True)).sum(-1) + log_scale
+
+    def weights(self) -> torch.Tensor:
+        return self.gates.clamp(min=GATE_FLOOR)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return (self.slot_log_prob(value) * self.weights()).sum(-1)
+
+
+class DiscreteKLJointSlots(JointSlots):
+    """:class:`JointSlots` whose KL to another is the gated sum of the slots' categorical KLs.
+
+    ``kl_divergence(q, p) = sum_l gate_l KL(Cat(q_l) || Cat(p_l))`` with both slots masked by
+    the dimensions ``q``'s own last draw took, as in the per-slot layout (where each slot's
+    distributions are built after the earlier slots are drawn). It needs that draw: ``q``
+    must be the guide's distribution of the trace.
+    """
+
+
+@register_kl(DiscreteKLJointSlots, DiscreteKLJointSlots)
+def _kl_joint_slots(q: DiscreteKLJointSlots, p: DiscreteKLJointSlots) -> torch.Tensor:
+    if q.without_replacement and q._taken is None:
+        raise NotImplementedError("the KL of JointSlots depends on which dimensions the guide's draw took: "
+                                  "call it on the distribution that drew the site's value")
+    shape = q._taken.shape if q._taken is not None else torch.broadcast_shapes(
+        q.batch_shape + q.event_shape, p.batch_shape + p.event_shape)
+    log_q = q._normalized(q._taken, shape)
+    log_p = p._normalized(q._taken, shape)
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+    return (kl * q.weights()).sum(-1)
+
+
+def joint_slots_class(objective: str) -> type[JointSlots]:
+    """The joint slot distribution whose KL matches the objective."""
+    return DiscreteKLJointSlots if objective == "discrete_kl" else JointSlots

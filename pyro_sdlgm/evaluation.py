@@ -13,7 +13,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from .spec import OBS_SITE, SLOT_SITE_PREFIX, SPARSITY_SITE
+from .spec import OBS_SITE, SLOT_SITE_PREFIX, SLOTS_SITE, SPARSITY_SITE
 
 
 def site_kl(guide_site: dict, model_site: dict, analytic: bool) -> torch.Tensor:
@@ -48,7 +48,7 @@ def elbo_terms(model, guide, x: torch.Tensor, schedule_kwargs: dict):
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        key = "kl_slots" if name.startswith(SLOT_SITE_PREFIX) else f"kl_{name}"
+        key = "kl_slots" if name.startswith(SLOT_SITE_PREFIX) or name == SLOTS_SITE else f"kl_{name}"
         terms[key] = terms.get(key, 0.0) + site_kl(site, model_trace.nodes[name], analytic)
     terms["recon"] = -model_trace.nodes[OBS_SITE]["fn"].log_prob(x)
     terms["elbo"] = -(terms["recon"] + sum(v for k, v in terms.items() if k.startswith("kl_")))
@@ -68,7 +68,7 @@ def slot_duplicates(guide_trace, spec) -> torch.Tensor:
     """
     level = guide_trace.nodes["sparsity"]["value"]
     counts = (level.argmax(-1) if level.is_floating_point() else level.long()) + spec.min_level
-    picks = torch.stack([guide_trace.nodes[name]["value"].argmax(-1) for name in spec.slot_sites], -1)
+    picks = spec.slot_picks({name: guide_trace.nodes[name]["value"] for name in spec.slot_sites})
     used = torch.arange(spec.max_sparsity, device=picks.device) < counts.unsqueeze(-1)
     hits = torch.zeros(picks.shape[0], spec.latent_dim, dtype=torch.long, device=picks.device)
     hits.scatter_add_(1, picks, used.long())

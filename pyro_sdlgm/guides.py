@@ -52,8 +52,10 @@ def amortized_sparsity_dist(spec: ModelSpec, params: GuideParams, tau: float) ->
     return concrete_class(spec.objective)(tau, logits=params.sparsity_logits)
 
 
-def amortized_slot_logits(params: GuideParams, index: int) -> torch.Tensor:
-    """Logits of slot ``index`` ``(N, K)``: its own head, or the shared one."""
+def amortized_slot_logits(params: GuideParams, index: int | None) -> torch.Tensor:
+    """Logits of slot ``index`` ``(N, K)``: its own head, or the shared one (``None``: all, ``(N, S, K)``)."""
+    if index is None:
+        return params.slot_logits
     return params.slot_logits[:, min(index, params.slot_logits.shape[1] - 1)]
 
 
@@ -72,8 +74,8 @@ class AmortizedGuide(PyroModule):
     def sparsity_dist(self, params: GuideParams, tau: float) -> dist.TorchDistribution:
         return amortized_sparsity_dist(self.spec, params, tau)
 
-    def slot_logits(self, params: GuideParams, index: int) -> torch.Tensor:
-        """Logits of slot ``index`` before masking taken dimensions: ``(N, K)``."""
+    def slot_logits(self, params: GuideParams, index: int | None) -> torch.Tensor:
+        """Logits of slot ``index`` before masking taken dimensions: ``(N, K)`` (``None``: ``(N, S, K)``)."""
         return amortized_slot_logits(params, index)
 
     def values_dist(self, params: GuideParams) -> dist.TorchDistribution:

@@ -26,13 +26,13 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-from .distributions import concrete_class
+from .distributions import GATE_FLOOR, concrete_class, joint_slots_class
 from .exceptions import DataError
 from .likelihoods import LIKELIHOODS
 from .networks import Decoder
 from .priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
 from .registry import ComponentSpec
-from .spec import DATA_PLATE, OBS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec, slot_site
+from .spec import DATA_PLATE, OBS_SITE, SLOTS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec, slot_site
 from .support import exclude_taken, level_probs_from_value, mark_taken, slot_gates, soft_support
 
 
@@ -49,10 +49,6 @@ def data_plate(batch_size: int, num_data: int | None, device) -> pyro.plate:
     return pyro.plate(DATA_PLATE, size=num_data, subsample=torch.arange(batch_size, device=device))
 
 
-#: floor of a slot's gate used as the scale of its log-density (poutine.scale needs > 0)
-GATE_FLOOR = 1e-6
-
-
 def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Tensor) -> torch.Tensor:
     """Place the sites ``slot_1 .. slot_L0`` and return their relaxed one-hots ``(N, L0, K)``.
 
@@ -66,8 +62,17 @@ def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Te
     scaled by its gate ``g_il = P(L_i >= l)`` computed from the ``sparsity`` value, so the
     ELBO counts ``sum_l P(L_i >= l) KL_l``, the KL of the slots in use. Without it, unused
     slots would cost as much as used ones and the model could pad ``L_i`` for free.
+
+    With ``spec.slot_layout == "joint"`` the same slots are one site ``slots`` (event
+    ``(L0, K)``, :class:`~pyro_sdlgm.distributions.JointSlots`), whose log-density and KL
+    carry the gates; ``logits_of_slot`` is then called once with ``None`` and returns all
+    slots' logits ``(N, S, K)``.
     """
     gates = slot_gates(level_probs_from_value(sparsity, spec.num_levels), spec.min_level)
+    if spec.slot_layout == "joint":
+        joint = joint_slots_class(spec.objective)(tau, logits_of_slot(None), gates,
+                                                  spec.slot_selection == "without_replacement")
+        return pyro.sample(SLOTS_SITE, joint).exp()
     concrete = concrete_class(spec.objective)
     without_replacement = spec.slot_selection == "without_replacement"
     taken, selections = None, []
@@ -128,8 +133,11 @@ class SDLGMModel(PyroModule):
             return dist.Categorical(logits=logits).expand([batch_size])
         return concrete_class(self.spec.objective)(tau, logits=logits).expand([batch_size])
 
-    def slot_logits(self, batch_size: int, index: int) -> torch.Tensor:
-        """Prior logits of slot ``index`` before masking taken dimensions: ``(batch_size, K)``."""
+    def slot_logits(self, batch_size: int, index: int | None) -> torch.Tensor:
+        """Prior logits of slot ``index`` before masking taken dimensions: ``(batch_size, K)``
+        (``index=None``: of all slots, ``(batch_size, 1, K)``)."""
+        if index is None:  # all slots at once (joint slot layout): (batch_size, 1, K)
+            return self.support_prior.logits().expand(batch_size, 1, self.spec.latent_dim)
         return self.support_prior.logits().expand(batch_size, self.spec.latent_dim)
 
     def values_dist(self, batch_size: int) -> dist.TorchDistribution:

@@ -177,7 +177,7 @@ def draw_sparsity(spec: ModelSpec, num_samples: int, program: Callable, *args, g
         # a relaxed site holds a log one-hot (S, N, levels); an enumerable one an index (S, N)
         index = value.argmax(-1) if value.is_floating_point() else value.long()
         level = index + spec.min_level
-        picks = torch.stack([draws[name].argmax(-1) for name in spec.slot_sites], -1)  # (S, N, L0)
+        picks = spec.slot_picks(draws)  # (S, N, L0)
         used = torch.arange(spec.max_sparsity, device=picks.device) < level.unsqueeze(-1)
         hits = torch.zeros(chunk, num_rows, spec.latent_dim, dtype=torch.int32, device=picks.device)
         support = hits.scatter_add_(-1, picks, used.to(torch.int32)) > 0  # a repeated pick counts once

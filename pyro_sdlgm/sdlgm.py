@@ -103,6 +103,9 @@ class SDLGM:
             Concrete densities, ``Trace_ELBO``). See the README for the measured difference.
         slot_selection: ``"without_replacement"`` (slots mask the dimensions earlier slots
             took, so ``L_i`` counts distinct non-zeros) or ``"independent"``.
+        slot_layout: ``"per_slot"`` (one Pyro site per slot, ``slot_1..slot_L0``) or
+            ``"joint"`` (one site ``slots`` for all of them: the same distribution with batched
+            operations, faster; needs ``sparsity_inference="relaxed"``).
         decoder_hidden: hidden sizes of the decoder MLP.
         activation: activation of the decoder MLP.
 
@@ -130,6 +133,7 @@ class SDLGM:
         sparsity_inference: str = ModelConfig.sparsity_inference,
         objective: str = ModelConfig.objective,
         slot_selection: str = ModelConfig.slot_selection,
+        slot_layout: str = ModelConfig.slot_layout,
         decoder_hidden: Sequence[int] = ModelConfig.decoder_hidden,
         activation: str = ModelConfig.activation,
     ):
@@ -147,6 +151,7 @@ class SDLGM:
             sparsity_inference=sparsity_inference,
             objective=objective,
             slot_selection=slot_selection,
+            slot_layout=slot_layout,
             decoder_hidden=decoder_hidden,
             activation=activation,
         )

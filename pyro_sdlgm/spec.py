@@ -11,6 +11,7 @@ from .exceptions import ConfigError
 #: Sample-site names shared by every model and guide.
 SPARSITY_SITE = "sparsity"  # L_i: relaxed one-hot (log space) or enumerated categorical
 SLOT_SITE_PREFIX = "slot_"  # slot l (1..L0) is the site "slot_l": a relaxed one-hot over the K dims
+SLOTS_SITE = "slots"  # all L0 slots as one site (slot_layout="joint"): event (L0, K)
 VALUES_SITE = "values"  # v_i, the values of the representation (absent in binary mode)
 OBS_SITE = "obs"  # the likelihood of x_i
 DATA_PLATE = "data"
@@ -18,6 +19,7 @@ DATA_PLATE = "data"
 SPARSITY_INFERENCE_MODES = ("relaxed", "enumerate")
 OBJECTIVES = ("discrete_kl", "relaxed")
 SLOT_SELECTIONS = ("without_replacement", "independent")
+SLOT_LAYOUTS = ("per_slot", "joint")
 
 
 def slot_site(index: int) -> str:
@@ -49,6 +51,11 @@ class ModelSpec:
             samples) masked out, so the first ``L_i`` slots select ``L_i`` distinct
             dimensions and ``L_i`` is the number of non-zeros. ``"independent"``: slots draw independently; duplicates then make
             ``L_i`` over-count the non-zeros, and ``L_i`` is not identifiable.
+        slot_layout: ``"per_slot"``: one Pyro site per slot (``slot_1..slot_L0``, each an
+            ExpConcrete over ``K``). ``"joint"``: all slots in one site ``slots`` (event
+            ``(L0, K)``, :class:`~pyro_sdlgm.distributions.JointSlots`): the same
+            distribution, computed with batched operations (faster; ``benchmarks/``); needs
+            ``sparsity_inference="relaxed"``.
     """
 
     input_dim: int
@@ -59,6 +66,7 @@ class ModelSpec:
     sparsity_inference: str = "relaxed"
     objective: str = "discrete_kl"
     slot_selection: str = "without_replacement"
+    slot_layout: str = "per_slot"
 
     def __post_init__(self):
         for name in ("input_dim", "latent_dim", "max_sparsity"):
@@ -83,6 +91,12 @@ class ModelSpec:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.slot_selection not in SLOT_SELECTIONS:
             raise ConfigError(f"slot_selection must be one of {SLOT_SELECTIONS}, got {self.slot_selection!r}")
+        if self.slot_layout not in SLOT_LAYOUTS:
+            raise ConfigError(f"slot_layout must be one of {SLOT_LAYOUTS}, got {self.slot_layout!r}")
+        if self.slot_layout == "joint" and self.sparsity_inference != "relaxed":
+            raise ConfigError("slot_layout='joint' needs sparsity_inference='relaxed': with an enumerated L_i the "
+                              "slot gates carry enumeration dimensions that one joint site cannot weight "
+                              f"(got sparsity_inference={self.sparsity_inference!r})")
         if self.sparsity_inference == "enumerate" and self.objective != "relaxed":
             raise ConfigError(
                 "sparsity_inference='enumerate' needs objective='relaxed': TraceEnum_ELBO has no "
@@ -101,8 +115,16 @@ class ModelSpec:
 
     @property
     def slot_sites(self) -> list[str]:
-        """Names of the ``L0`` slot sites, in sampling order."""
+        """Names of the slot sites, in sampling order: ``L0`` of them, or the one joint site."""
+        if self.slot_layout == "joint":
+            return [SLOTS_SITE]
         return [slot_site(index) for index in range(self.max_sparsity)]
+
+    def slot_picks(self, values) -> torch.Tensor:
+        """The dimension each slot peaks on, ``(..., L0)``, from a mapping of site names to values."""
+        if self.slot_layout == "joint":
+            return values[SLOTS_SITE].argmax(-1)
+        return torch.stack([values[name].argmax(-1) for name in self.slot_sites], -1)
 
     def levels(self, device=None) -> torch.Tensor:
         """The sparsity level values, shape ``(num_levels,)``, e.g. ``[1, 2, ..., L0]``."""
