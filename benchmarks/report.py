@@ -15,6 +15,7 @@ VARIANT_LABELS = {
     "sdlgm_pyro": "SDLGM, Pyro (library step)",
     "sdlgm_pyro_novalidation": "SDLGM, Pyro, validation off",
     "sdlgm_pyro_joint": "SDLGM, Pyro, joint slot site",
+    "sdlgm_torch_joint": "SDLGM, hand-written PyTorch loss, joint slots",
     "sdlgm_torch": "SDLGM, hand-written PyTorch loss",
     "dense_vae": "dense VAE",
     "dense_mlp": "dense MLP (BCE)",
@@ -101,6 +102,7 @@ def ratios(results: list[dict], targets: dict) -> list[dict]:
                  ("pyro_overhead_validation_off", "sdlgm_pyro_novalidation", "sdlgm_torch", None),
                  ("sparse_overhead_joint_layout", "sdlgm_pyro_joint", dense, None),
                  ("joint_layout_speedup", "sdlgm_pyro", "sdlgm_pyro_joint", None),
+                 ("pyro_overhead_joint_layout", "sdlgm_pyro_joint", "sdlgm_torch_joint", targets["pyro_overhead"]),
                  ("sparse_machinery_in_torch", "sdlgm_torch", dense, None)]
         for name, num, den, target in pairs:
             row = {"task": task, "ratio": name, "numerator": num, "denominator": den, "K": job["K"], "L0": job["L0"],

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_sdlgm.model import GATE_FLOOR
-from pyro_sdlgm.support import exclude_taken, mark_taken, slot_gates, soft_support
+from pyro_sdlgm.support import MASKED_LOGIT, exclude_taken, mark_taken, slot_gates, soft_support, taken_before
 
 
 def _normalize(logits: torch.Tensor) -> torch.Tensor:
@@ -77,6 +77,10 @@ def sparse_support_and_kl(spec, q_sparsity_logits, p_sparsity_logits, q_slot_log
     gates = slot_gates(sparsity.exp(), spec.min_level)
     without_replacement = spec.slot_selection == "without_replacement"
     k = spec.latent_dim
+    if spec.slot_layout == "joint":
+        selections, slot_kl = joint_slots(q_slot_logits, p_slot_logits, n, spec.max_sparsity, k, tau_support,
+                                          without_replacement)
+        return soft_support(gates, selections), kl + (gates.clamp(min=GATE_FLOOR) * slot_kl).sum(-1)
     taken, selections = None, []
     for index in range(spec.max_sparsity):
         q_logits = q_slot_logits[:, min(index, q_slot_logits.shape[1] - 1)]
@@ -95,6 +99,23 @@ def sparse_support_and_kl(spec, q_sparsity_logits, p_sparsity_logits, q_slot_log
             taken = mark_taken(taken, selection)
     support = soft_support(gates, torch.stack(selections, dim=-2))
     return support, kl
+
+
+def joint_slots(q_slot_logits, p_slot_logits, n: int, num_slots: int, k: int, tau: float,
+                without_replacement: bool):
+    """All slots at once, as ``slot_layout="joint"`` draws them: ``(selections (N, L0, K), KL (N, L0))``."""
+    shape = (n, num_slots, k)
+    q_logits = q_slot_logits.expand(shape)
+    p_logits = (p_slot_logits.expand(n, 1, k) if p_slot_logits.dim() == 1 else p_slot_logits).expand(shape)
+    # uniforms slot by slot, as the per-slot layout draws them
+    uniforms = _clamp_probs(torch.rand((num_slots, n, k), dtype=q_logits.dtype, device=q_logits.device))
+    gumbels = -((-(uniforms.movedim(0, -2).log())).log())
+    if without_replacement:
+        taken = taken_before(q_logits + gumbels)
+        q_logits, p_logits = q_logits.masked_fill(taken, MASKED_LOGIT), p_logits.masked_fill(taken, MASKED_LOGIT)
+    log_q, log_p = _normalize(q_logits), _normalize(p_logits)
+    scores = (log_q + gumbels) / tau
+    return (scores - scores.logsumexp(-1, keepdim=True)).exp(), categorical_kl(log_q, log_p)
 
 
 def normal_kl(q_loc, q_scale, p_loc, p_scale) -> torch.Tensor:

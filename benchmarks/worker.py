@@ -10,6 +10,7 @@ A job (a JSON object, built by ``run.py``) names the task (``unsupervised`` or
 - ``sdlgm_pyro_novalidation``: the same with ``pyro.validation_enabled(False)``;
 - ``sdlgm_pyro_joint``: the library step with ``slot_layout="joint"`` (the ``L0`` slots as one
   site, batched; the same distribution), validation on;
+- ``sdlgm_torch_joint``: the hand-written loss of that layout (batched slots, no Pyro);
 - ``sdlgm_torch``: the same step on the hand-written loss of :mod:`torch_reference`
   (same networks, same draws, same value);
 - ``dense_vae``: the unsupervised suite's Gaussian VAE with SDLGM's encoder/decoder sizes and K;
@@ -57,6 +58,7 @@ from pyro_sdlgm.sdlgm import build_model_and_guide
 from pyro_sdlgm.training import make_elbo, take_rows
 
 PYRO_VARIANTS = ("sdlgm_pyro", "sdlgm_pyro_novalidation", "sdlgm_pyro_joint")
+JOINT_VARIANTS = ("sdlgm_pyro_joint", "sdlgm_torch_joint")
 UNSUPERVISED_GUIDES = {"per_slot": "mlp_per_slot", "shared": "mlp_shared_slots"}
 
 # ----------------------------------------------------------------------------- shortlist mode
@@ -197,19 +199,19 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
             return Variant(name, lambda batch: vae.loss(batch[0], schedule["tau_sparsity"], schedule["kl_weight"]).sum()
                            * (n / batch[0].shape[0]) / n, vae.parameters())
         config = ModelConfig(input_dim=D, latent_dim=K, max_sparsity=L0, guide=UNSUPERVISED_GUIDES[job["mode"]],
-                             slot_layout="joint" if name == "sdlgm_pyro_joint" else "per_slot")
+                             slot_layout="joint" if name in JOINT_VARIANTS else "per_slot")
         model, guide = build_model_and_guide(config)
         model.to(device), guide.to(device)
         if name in PYRO_VARIANTS:
             return _pyro_variant(name, model, guide, n, schedule)
-        if name == "sdlgm_torch":
+        if name in ("sdlgm_torch", "sdlgm_torch_joint"):
             return Variant(name, lambda batch: torch_reference.unsupervised_loss(model, guide, *batch, num_data=n,
                                                                                  **schedule) / n,
                            _unique_parameters(model, guide))
         raise ValueError(f"unknown unsupervised variant {name!r}")
     # multi-label
     options = dict(input_dim=D, per_slot=job["mode"] == "per_slot",
-                   slot_layout="joint" if name == "sdlgm_pyro_joint" else "per_slot")
+                   slot_layout="joint" if name in JOINT_VARIANTS else "per_slot")
     if job["mode"] == "shortlist":
         options["num_candidates"] = job["candidates"]
     clf = SDLGMClassifier(K, L0, **options)
@@ -224,7 +226,7 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
     if name in PYRO_VARIANTS:
         batch_kwargs = shortlist_batch_kwargs(clf, model, guide, n) if job["mode"] == "shortlist" else None
         return _pyro_variant(name, model, guide, n, schedule, batch_kwargs)
-    if name == "sdlgm_torch":
+    if name in ("sdlgm_torch", "sdlgm_torch_joint"):
         if job["mode"] == "shortlist":
             raise NotImplementedError("no PyTorch reference for the shortlist mode")
         return Variant(name, lambda batch: torch_reference.multilabel_loss(model, guide, *batch, num_data=n,

@@ -19,7 +19,7 @@ from torch.distributions.utils import clamp_probs
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical as _TorchExpRelaxed
 
 from .exceptions import ConfigError
-from .support import MASKED_LOGIT
+from .support import MASKED_LOGIT, taken_before
 
 #: floor of a slot's gate used as the weight of its log-density and KL (a scale must be > 0)
 GATE_FLOOR = 1e-6
@@ -209,16 +209,7 @@ class JointSlots(TorchDistribution):
         uniforms = torch.rand((num_slots,) + shape[:-2] + (k,), dtype=self.logits.dtype, device=self.logits.device)
         uniforms = clamp_probs(uniforms).movedim(0, -2)
         gumbels = -((-(uniforms.log())).log())
-        taken = None
-        if self.without_replacement:
-            with torch.no_grad():  # which dimensions earlier slots took: an argmax chain, constant for gradients
-                scores = self._full_logits(shape) + gumbels
-                taken = torch.zeros(shape, dtype=torch.bool, device=scores.device)
-                running = torch.zeros(shape[:-2] + (k,), dtype=torch.bool, device=scores.device)
-                for index in range(num_slots):
-                    taken[..., index, :] = running
-                    pick = scores[..., index, :].masked_fill(running, float("-inf")).argmax(-1, keepdim=True)
-                    running = running.scatter(-1, pick, True)
+        taken = taken_before(self._full_logits(shape) + gumbels) if self.without_replacement else None
         self._taken = taken
         # normalizing the logits first changes nothing in exact arithmetic, but it keeps the masked
         # entries (about MASKED_LOGIT / tau) rounded as in the per-slot layout's ExpConcrete draws

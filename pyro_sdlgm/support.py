@@ -76,6 +76,30 @@ def mark_taken(taken: torch.Tensor | None, selection: torch.Tensor) -> torch.Ten
     return hard if taken is None else taken | hard
 
 
+@torch.no_grad()
+def taken_before(scores: torch.Tensor) -> torch.Tensor:
+    """Which dimensions earlier slots took, for slots drawn in order without replacement.
+
+    Slot ``l`` takes the argmax of its perturbed scores among the dimensions slots
+    ``1..l-1`` have not taken (the argmax chain of the without-replacement selection).
+
+    Args:
+        scores: ``(..., L0, K)`` perturbed logits (logits plus Gumbel noise) of each slot.
+
+    Returns:
+        ``(..., L0, K)`` bool: entry ``[..., l, k]`` is True when a slot before ``l`` took ``k``.
+        A constant for gradients.
+    """
+    num_slots = scores.shape[-2]
+    taken = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    running = torch.zeros(scores.shape[:-2] + scores.shape[-1:], dtype=torch.bool, device=scores.device)
+    for index in range(num_slots):
+        taken[..., index, :] = running
+        pick = scores[..., index, :].masked_fill(running, float("-inf")).argmax(-1, keepdim=True)
+        running = running.scatter(-1, pick, True)
+    return taken
+
+
 def greedy_picks(slot_logits: torch.Tensor, num_slots: int) -> torch.Tensor:
     """Slots ``1..num_slots`` each take their highest-logit dimension not taken by an earlier slot.
 

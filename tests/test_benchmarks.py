@@ -45,10 +45,11 @@ def _assert_same(pyro_result, torch_result):
         assert (grads_t[name] - grads_p[name]).abs().max() / scale < 1e-5, name
 
 
-@pytest.mark.parametrize("guide", ["mlp_per_slot", "mlp_shared_slots"])
-def test_torch_reference_equals_pyro_loss_unsupervised(guide):
+@pytest.mark.parametrize("guide, layout", [("mlp_per_slot", "per_slot"), ("mlp_shared_slots", "per_slot"),
+                                           ("mlp_per_slot", "joint")])
+def test_torch_reference_equals_pyro_loss_unsupervised(guide, layout):
     torch.manual_seed(0)
-    model, g = build_model_and_guide(ModelConfig(input_dim=20, latent_dim=30, max_sparsity=5,
+    model, g = build_model_and_guide(ModelConfig(input_dim=20, latent_dim=30, max_sparsity=5, slot_layout=layout,
                                                  guide={"name": guide, "hidden": [16]}, decoder_hidden=(16,)))
     x = (torch.rand(8, 20) > 0.5).float()
     with pyro.settings.context(module_local_params=True):
@@ -62,10 +63,10 @@ def test_torch_reference_equals_pyro_loss_unsupervised(guide):
     assert not torch.isclose(other[0], torch_result[0], rtol=1e-4)
 
 
-@pytest.mark.parametrize("per_slot", [True, False])
-def test_torch_reference_equals_pyro_loss_multilabel(per_slot):
+@pytest.mark.parametrize("per_slot, layout", [(True, "per_slot"), (False, "per_slot"), (True, "joint")])
+def test_torch_reference_equals_pyro_loss_multilabel(per_slot, layout):
     torch.manual_seed(0)
-    model, g = SDLGMClassifier(40, 5, input_dim=20, per_slot=per_slot, hidden=[16])._networks()
+    model, g = SDLGMClassifier(40, 5, input_dim=20, per_slot=per_slot, hidden=[16], slot_layout=layout)._networks()
     x = torch.randn(8, 20)
     y = torch.zeros(8, 40)
     y[torch.arange(8), torch.randint(0, 40, (8,))] = 1.0
