@@ -149,6 +149,9 @@ def process_group(device: str):
         replicas = current()
         logger.info("data-parallel rank %d of %d (%s)", replicas.rank, replicas.world_size, backend)
         yield replicas
+        # no rank tears its connections down while another still uses them (gloo aborts the
+        # process whose peer vanished); after an error torchrun stops the other ranks itself
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
