@@ -16,6 +16,8 @@ from torch.distributions import kl_divergence
 from torch.overrides import TorchFunctionMode
 
 from conftest import write_xmc
+from test_classifier import count_data
+
 from pyro_sdlgm import ConfigError, SDLGMClassifier
 from pyro_sdlgm.checkpoint import list_checkpoints
 from pyro_sdlgm.classifier import shared_inclusion
@@ -39,16 +41,8 @@ FAST = dict(epochs=3, batch_size=32, progress=False, seed=0)
 
 
 def label_data(n, rng, K=40, D=20, L0=4):
-    """Labels are each row's ``L_i`` highest scores under a fixed random projection of x; ``x_0``
-    codes ``L_i``. Returns ``(X, Y)`` with ``Y`` CSR."""
-    counts = rng.integers(1, L0 + 1, n)
-    W = np.random.default_rng(99).normal(size=(D, K))
-    X = rng.normal(size=(n, D)).astype(np.float32)
-    X[:, 0] = counts + 0.1 * rng.normal(size=n)
-    order = np.argsort(-(X @ W), axis=1)
-    Y = np.zeros((n, K), np.int8)
-    for i, c in enumerate(counts):
-        Y[i, order[i, :c]] = 1
+    """:func:`test_classifier.count_data` with 40 labels and ``Y`` as CSR: ``(X, Y)``."""
+    X, Y, _ = count_data(n, rng, K=K, D=D, L0=L0)
     return X, scipy.sparse.csr_matrix(Y)
 
 
