@@ -143,6 +143,9 @@ def process_group(device: str):
                           "data-parallel runs with torchrun")
     backend = backend_for(device)
     if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"training.device={device!r} asks for NCCL on GPUs, but CUDA is not available on "
+                              "this machine")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     try:

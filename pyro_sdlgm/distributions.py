@@ -245,15 +245,23 @@ class DiscreteKLJointSlots(JointSlots):
     ``kl_divergence(q, p) = sum_l gate_l KL(Cat(q_l) || Cat(p_l))`` with both slots masked by
     the dimensions ``q``'s own last draw took, as in the per-slot layout (where each slot's
     distributions are built after the earlier slots are drawn). It needs that draw: ``q``
-    must be the guide's distribution of the trace.
+    must be the guide's distribution of the trace, drawn once without a ``sample_shape``. A
+    replayed or conditioned guide never draws, and the KL then raises ``RuntimeError``
+    instead of letting the ELBO fall back to another objective.
     """
 
 
 @register_kl(DiscreteKLJointSlots, DiscreteKLJointSlots)
 def _kl_joint_slots(q: DiscreteKLJointSlots, p: DiscreteKLJointSlots) -> torch.Tensor:
+    # not NotImplementedError: Pyro's ELBOs would take that as "no analytic KL" and silently switch
+    # this site to the Monte-Carlo (relaxed) objective
     if q.without_replacement and q._taken is None:
-        raise NotImplementedError("the KL of JointSlots depends on which dimensions the guide's draw took: "
-                                  "call it on the distribution that drew the site's value")
+        raise RuntimeError("the KL of JointSlots depends on which dimensions the guide's draw took, and this "
+                           "distribution has not drawn one (a replayed or conditioned guide?): call it on the "
+                           "distribution that drew the site's value")
+    if q._taken is not None and q._taken.shape[:-2] != q.batch_shape:
+        raise RuntimeError(f"the KL of JointSlots needs the guide's draw of batch shape {tuple(q.batch_shape)}, "
+                           f"but the last draw had shape {tuple(q._taken.shape[:-2])} (drawn with a sample_shape)")
     shape = q._taken.shape if q._taken is not None else torch.broadcast_shapes(
         q.batch_shape + q.event_shape, p.batch_shape + p.event_shape)
     log_q = q._normalized(q._taken, shape)

@@ -17,17 +17,23 @@ from .spec import OBS_SITE, SLOT_SITE_PREFIX, SLOTS_SITE, SPARSITY_SITE
 
 
 def site_kl(guide_site: dict, model_site: dict, analytic: bool) -> torch.Tensor:
-    """KL term of one latent site, as the training objective computes it.
+    """KL term of one latent site, as the training objective computes it, per row.
 
     Analytic (``kl_divergence``) when ``analytic`` and registered for the pair, as
     ``TraceMeanField_ELBO`` does; else the one-sample estimate ``log q(y) - log p(y)``.
+    Either is multiplied by the site's scale, as the ELBO does: a per-slot site is scaled by
+    its gate ``P(L_i >= l)`` (an unused slot costs nothing), and every latent site by the
+    ``kl_weight`` it was traced with (1 at the end of training).
     """
+    kl = None
     if analytic:
         try:
-            return kl_divergence(guide_site["fn"], model_site["fn"])
+            kl = kl_divergence(guide_site["fn"], model_site["fn"])
         except NotImplementedError:
             pass
-    return guide_site["fn"].log_prob(guide_site["value"]) - model_site["fn"].log_prob(model_site["value"])
+    if kl is None:
+        kl = guide_site["fn"].log_prob(guide_site["value"]) - model_site["fn"].log_prob(model_site["value"])
+    return kl * guide_site["scale"]
 
 
 @torch.no_grad()

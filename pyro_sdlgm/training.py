@@ -78,7 +78,10 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"training.device={name!r} but CUDA is not available on this machine")
     replicas = distributed.current()
-    if name == "cuda" and replicas.distributed:
+    if name.startswith("cuda") and replicas.distributed:
+        if name != "cuda":
+            raise ConfigError(f"training.device={name!r} in a data-parallel run would put every rank on one GPU: "
+                              "use 'cuda' (rank r takes cuda:LOCAL_RANK)")
         return torch.device("cuda", replicas.local_rank)
     return torch.device(name)
 
@@ -165,13 +168,24 @@ def _flat(prefix: str, value) -> dict[str, Any]:
     return {prefix: value}
 
 
+#: options added after checkpoints were first written, with the value every older checkpoint implies
+ADDED_OPTIONS = {"slot_layout": "per_slot", "num_candidates": None}
+
+
 def config_differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """``"key: A in the checkpoint, B now"`` for each dotted key whose value differs."""
+    """``"key: A in the checkpoint, B now"`` for each dotted key whose value differs.
+
+    A key of :data:`ADDED_OPTIONS` missing from the checkpoint counts as its default there.
+    """
     saved, current = _flat("", saved), _flat("", current)
+
+    def saved_value(key):
+        return saved[key] if key in saved else ADDED_OPTIONS.get(key.split(".")[-1])
+
     return [
-        f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        f"{key}: {saved_value(key)!r} in the checkpoint, {current.get(key)!r} now"
         for key in sorted(set(saved) | set(current))
-        if key.split(".")[-1] not in ignore and saved.get(key) != current.get(key)
+        if key.split(".")[-1] not in ignore and saved_value(key) != current.get(key)
     ]
 
 

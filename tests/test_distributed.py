@@ -201,3 +201,19 @@ def test_torchrun_sdlgm_train_writes_one_run_folder_and_resumes(tmp_path):
     resumed = [json.loads(line) for line in (crashed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in resumed] == [0, 1, 2] and resumed[:2] == history[:2]
     assert (crashed / "model.pt").is_file() and (crashed / "checkpoints" / "epoch_000003.pt").is_file()
+
+
+def test_gpu_options_that_cannot_work_data_parallel_are_named(monkeypatch):
+    from pyro_sdlgm.training import resolve_device
+
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="NCCL on GPUs, but CUDA is not available"):
+        with distributed.process_group("cuda"):
+            pass
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Replicas(1, 2, 1))
+    with pytest.raises(ConfigError, match="would put every rank on one GPU"):
+        resolve_device("cuda:0")
+    assert resolve_device("cuda") == torch.device("cuda", 1)

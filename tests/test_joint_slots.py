@@ -123,11 +123,25 @@ def test_log_prob_is_the_gated_sum_of_the_slots_exp_concrete_densities():
 def test_analytic_kl_needs_the_guide_draw():
     logits, gates = torch.randn(2, 1, 5), torch.ones(2, 3)
     q, p = DiscreteKLJointSlots(0.5, logits, gates), DiscreteKLJointSlots(0.5, torch.zeros(2, 1, 5), gates)
-    with pytest.raises(NotImplementedError, match="guide's draw"):
+    with pytest.raises(RuntimeError, match="guide's draw"):  # not NotImplementedError: no silent fallback
+        torch.distributions.kl_divergence(q, p)
+    q.rsample((3,))
+    with pytest.raises(RuntimeError, match="sample_shape"):
         torch.distributions.kl_divergence(q, p)
     q.rsample()
     kl = torch.distributions.kl_divergence(q, p)
     assert kl.shape == (2,) and bool((kl >= 0).all())
+
+
+def test_a_replayed_guide_is_refused_rather_than_scored_with_another_objective(binary_data):
+    from pyro_sdlgm.elbo import AnalyticKLELBO
+
+    model = SDLGM(input_dim=12, **SMALL, slot_layout="joint")
+    x = torch.as_tensor(binary_data[:10])
+    with pyro.settings.context(module_local_params=True):
+        trace = poutine.trace(model.guide).get_trace(x, **KWARGS)
+        with pytest.raises(RuntimeError, match="replayed or conditioned"):
+            AnalyticKLELBO().differentiable_loss(model.model, poutine.replay(model.guide, trace=trace), x, **KWARGS)
 
 
 def test_expand_and_shape_errors():
@@ -153,3 +167,28 @@ def test_a_joint_model_trains_saves_and_reloads(binary_data, tmp_path):
     assert SDLGM.load(tmp_path / "m.pt").spec.slot_layout == "joint"
     idata = model.posterior(binary_data[:5], num_samples=30)
     assert (idata.posterior["nnz"] == idata.posterior["sparsity"]).all()  # without replacement: L_i distinct
+
+
+def test_evaluate_reports_the_same_gated_kl_for_both_layouts(binary_data):
+    """The slot KL that evaluate() reports is the training objective's: each slot scaled by its gate."""
+    from pyro_sdlgm.evaluation import elbo_terms
+    from pyro_sdlgm.schedules import final_schedule
+
+    per_slot = SDLGM(input_dim=12, **SMALL)
+    joint = SDLGM(input_dim=12, **SMALL, slot_layout="joint")
+    joint.model.load_state_dict(per_slot.model.state_dict())
+    joint.guide.load_state_dict(per_slot.guide.state_dict())
+    x = torch.as_tensor(binary_data[:30])
+    schedule = final_schedule(None)
+    results = []
+    for m in (per_slot, joint):
+        pyro.set_rng_seed(3)
+        terms, guide_trace = elbo_terms(m.model, m.guide, x, schedule)
+        results.append(terms)
+    torch.testing.assert_close(results[0]["kl_slots"], results[1]["kl_slots"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results[0]["elbo"], results[1]["elbo"], rtol=1e-5, atol=1e-4)
+    # and it equals the (unscaled, num_data = N) training loss of the same draw
+    with pyro.settings.context(module_local_params=True):
+        pyro.set_rng_seed(3)
+        loss = make_elbo(per_slot.spec)(per_slot.model, per_slot.guide)(x, **schedule)
+    torch.testing.assert_close(-results[0]["elbo"].sum(), loss, rtol=1e-5, atol=1e-3)

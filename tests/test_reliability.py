@@ -449,3 +449,12 @@ def test_no_module_deserializes_unsafely():
                 line = text.count("\n", 0, match.start()) + 1
                 found.append(f"{path.name}:{line}: {what}")
     assert not found, found
+
+
+def test_checkpoints_written_before_an_option_existed_still_resume():
+    from pyro_sdlgm.training import config_differences
+
+    old = {"training": {"epochs": 3}, "model": {"latent_dim": 8}}  # before slot_layout existed
+    assert config_differences(old, {"training": {"epochs": 3}, "model": {"latent_dim": 8, "slot_layout": "per_slot"}}) == []
+    assert config_differences(old, {"training": {"epochs": 3}, "model": {"latent_dim": 8, "slot_layout": "joint"}}) == [
+        "model.slot_layout: 'per_slot' in the checkpoint, 'joint' now"]
