@@ -54,7 +54,8 @@ def import_arviz():
     :func:`to_inference_data`), so users need not see it on every call.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="ArviZ is undergoing a major refactor", category=FutureWarning)
+        # the message starts with a newline: the pattern must allow leading whitespace
+        warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
         import arviz
 
     return arviz
