@@ -21,6 +21,7 @@ from .config import TrainConfig, from_dict
 from .conditional import build_conditional
 from .exceptions import CheckpointError, ConfigError, DataError, NotFittedError
 from .guides import GuideParams
+from .metrics import top_k
 from .posterior import CHUNK_BYTES, check_num_samples, sample_batches, sparsity_inference_data
 from .resources import guard_training_memory
 from .schedules import final_schedule
@@ -383,6 +384,19 @@ class SDLGMClassifier:
     def predict_scores(self, X, *, batch_size: int = 1024) -> np.ndarray:
         """``(N, K)`` label scores for ranking (P@k, nDCG@k)."""
         return torch.cat([self._ranking(p).cpu() for p in self._prior_params(X, batch_size, "predict_scores")]).numpy()
+
+    def predict_top_labels(self, X, k: int = 5, *, batch_size: int = 1024) -> np.ndarray:
+        """``(N, min(k, K))`` int64 label indices ranked best first by :meth:`predict_scores`.
+
+        The ranking of :func:`pyro_sdlgm.metrics.top_k` (ties: lower index first), taken one
+        batch at a time, so a wide label space never holds more than ``(batch_size, K)`` scores.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise DataError(f"k must be a positive integer, got {k!r}")
+        parts = [top_k(self._ranking(p).cpu().numpy(), k)
+                 for p in self._prior_params(X, batch_size, "predict_top_labels")]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros((0, min(k, self.spec.latent_dim)),
+                                                                           dtype=np.int64)
 
     def predict(self, X, *, batch_size: int = 1024) -> scipy.sparse.csr_matrix:
         """``(N, K)`` CSR 0/1: the top-``L_hat`` labels of each row (``L_hat`` from the count network)."""

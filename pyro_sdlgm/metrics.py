@@ -34,22 +34,35 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 def _hits(Y, scores, k) -> np.ndarray:
     """``(N, k)`` 0/1 relevance of the top-``k`` predictions."""
-    Y = _csr(Y)
-    idx = top_k(scores, k)
-    return np.asarray(Y[np.arange(Y.shape[0])[:, None], idx].todense()) if Y.shape[0] else np.zeros((0, k))
+    return _ranked_hits(_csr(Y), top_k(scores, k))
+
+
+def _ranked_hits(Y: scipy.sparse.csr_matrix, ranked: np.ndarray) -> np.ndarray:
+    """``(N, k)`` 0/1 relevance of ranked label indices ``(N, k)``, best first."""
+    if not Y.shape[0]:
+        return np.zeros((0, ranked.shape[1]))
+    return np.asarray(Y[np.arange(Y.shape[0])[:, None], ranked].todense())
 
 
 def precision_at_k(Y, scores, k: int) -> float:
     """Mean over rows of ``|top-k ∩ y| / k``."""
-    return float(_hits(Y, scores, k).sum(1).mean() / k)
+    return _precision(_hits(Y, scores, k), k)
+
+
+def _precision(hits: np.ndarray, k: int) -> float:
+    return float(hits[:, :k].sum(1).mean() / k)
 
 
 def ndcg_at_k(Y, scores, k: int) -> float:
     """Mean over rows of ``DCG@k / IDCG@k`` (binary relevance, ``log2(rank + 1)`` discount); 0 for empty rows."""
-    hits = _hits(Y, scores, k)
+    return _ndcg(_csr(Y), _hits(Y, scores, k), k)
+
+
+def _ndcg(Y: scipy.sparse.csr_matrix, hits: np.ndarray, k: int) -> float:
+    hits = hits[:, :k]
     discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
     dcg = hits @ discounts
-    counts = np.minimum(np.asarray(_csr(Y).sum(1)).ravel().astype(int), hits.shape[1])
+    counts = np.minimum(np.asarray(Y.sum(1)).ravel().astype(int), hits.shape[1])
     ideal = np.concatenate([[0.0], np.cumsum(discounts)])[counts]
     return float(np.divide(dcg, ideal, out=np.zeros_like(dcg), where=ideal > 0).mean())
 
@@ -70,9 +83,12 @@ def psp_at_k(Y, scores, k: int, inv_propensities: np.ndarray) -> float:
     ``sum_rows sum_{top k} y_l / p_l`` divided by the same sum for the ideal ranking (each
     row's true labels ordered by ``1 / p_l``).
     """
-    Y = _csr(Y)
-    idx = top_k(scores, k)
-    gained = (_hits(Y, scores, k) * inv_propensities[idx]).sum()
+    return _psp(_csr(Y), top_k(scores, k), k, inv_propensities)
+
+
+def _psp(Y: scipy.sparse.csr_matrix, ranked: np.ndarray, k: int, inv_propensities: np.ndarray) -> float:
+    ranked = ranked[:, :k]
+    gained = (_ranked_hits(Y, ranked) * inv_propensities[ranked]).sum()
     best = 0.0
     for row in range(Y.shape[0]):
         weights = np.sort(inv_propensities[Y.indices[Y.indptr[row]:Y.indptr[row + 1]]])[::-1][:k]
@@ -88,13 +104,17 @@ def count_mae(true_counts, predicted_counts) -> float:
     return float(np.mean(np.abs(np.asarray(true_counts) - np.asarray(predicted_counts))))
 
 
-def multilabel_report(Y, Y_pred, scores, *, predicted_counts=None, inv_propensities=None) -> dict[str, float]:
+def multilabel_report(Y, Y_pred, scores=None, *, top_labels=None, predicted_counts=None,
+                      inv_propensities=None) -> dict[str, float]:
     """All metrics of one prediction.
 
     Args:
         Y: true labels ``(N, K)``.
         Y_pred: predicted label sets ``(N, K)`` 0/1.
-        scores: ``(N, K)`` ranking scores.
+        scores: ``(N, K)`` ranking scores; or, instead of them,
+        top_labels: ``(N, k)`` label indices ranked best first, ``k >= min(5, K)`` (what
+            :func:`top_k` gives; the ranking metrics need no more, so a wide label space
+            needs no dense ``(N, K)`` array).
         predicted_counts: ``(N,)`` predicted numbers of labels (default: row sums of ``Y_pred``).
         inv_propensities: ``(K,)`` for PSP@k (default: from ``Y`` itself; pass the training
             labels' for a fair test-time value).
@@ -108,19 +128,39 @@ def multilabel_report(Y, Y_pred, scores, *, predicted_counts=None, inv_propensit
         ``count_mae``, ``mean_predicted_labels``.
     """
     Y, Y_pred = _csr(Y), _csr(Y_pred)
-    scores = np.asarray(scores)
-    if not (Y.shape == Y_pred.shape == scores.shape):
-        raise DataError(f"shapes disagree: true labels {Y.shape}, predictions {Y_pred.shape}, scores {scores.shape}")
+    if (scores is None) == (top_labels is None):
+        raise DataError("pass either scores (N, K) or top_labels (N, k), not both or neither")
+    if Y.shape != Y_pred.shape:
+        raise DataError(f"shapes disagree: true labels {Y.shape}, predictions {Y_pred.shape}")
+    if Y.shape[0] < 1 or Y.shape[1] < 2:  # scikit-learn's sample-wise F1 needs a multi-label indicator
+        raise DataError(f"a multi-label report needs at least 1 row and 2 labels, got labels of shape {Y.shape}")
+    depth = min(max(KS), Y.shape[1])
+    if scores is not None:
+        scores = np.asarray(scores)
+        if scores.shape != Y.shape:
+            raise DataError(f"shapes disagree: true labels {Y.shape}, scores {scores.shape}")
+        ranked = top_k(scores, depth)  # stable: each top-k is a prefix of the top-5
+    else:
+        ranked = np.asarray(top_labels)
+        if (ranked.ndim != 2 or ranked.shape[0] != Y.shape[0] or ranked.shape[1] < depth
+                or not np.issubdtype(ranked.dtype, np.integer)):
+            raise DataError(f"top_labels must be ({Y.shape[0]}, >= {depth}) integer label indices, got "
+                            f"shape {ranked.shape} and dtype {ranked.dtype}")
+        if ranked.size and (ranked.min() < 0 or ranked.max() >= Y.shape[1]):
+            raise DataError(f"top_labels holds indices in [{ranked.min()}, {ranked.max()}], outside the "
+                            f"{Y.shape[1]} labels")
+        ranked = ranked[:, :depth]
     if inv_propensities is None:
         inv_propensities = inverse_propensities(Y)
     true_counts = np.asarray(Y.sum(1)).ravel()
     if predicted_counts is None:
         predicted_counts = np.asarray(Y_pred.sum(1)).ravel()
+    hits = _ranked_hits(Y, ranked)
     report = {}
     for k in KS:
-        report[f"p@{k}"] = precision_at_k(Y, scores, k)
-        report[f"ndcg@{k}"] = ndcg_at_k(Y, scores, k)
-        report[f"psp@{k}"] = psp_at_k(Y, scores, k, inv_propensities)
+        report[f"p@{k}"] = _precision(hits, k)
+        report[f"ndcg@{k}"] = _ndcg(Y, hits, k)
+        report[f"psp@{k}"] = _psp(Y, ranked, k, inv_propensities)
     Yb, Pb = Y.astype(np.int8), Y_pred.astype(np.int8)
     report.update(
         example_f1=float(skm.f1_score(Yb, Pb, average="samples", zero_division=1)),

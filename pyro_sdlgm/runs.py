@@ -244,10 +244,11 @@ def multilabel_run_data(config, source: str | None = None):
 
 
 def multilabel_metrics(model, train, test) -> dict[str, Any]:
-    from .metrics import inverse_propensities, multilabel_report
+    from .metrics import KS, inverse_propensities, multilabel_report
 
     inv = inverse_propensities(train.Y) if train is not None else None
-    report = multilabel_report(test.Y, model.predict(test.X), model.predict_scores(test.X),
+    # ranked label indices, not (N, K) scores: evaluation stays within (batch, K) memory at wide K
+    report = multilabel_report(test.Y, model.predict(test.X), top_labels=model.predict_top_labels(test.X, max(KS)),
                                predicted_counts=model.predict_count(test.X), inv_propensities=inv)
     report["num_examples"] = int(test.X.shape[0])
     return report

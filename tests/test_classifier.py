@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse
 from pyro_sdlgm import ConfigError, DataError, NotFittedError
 from pyro_sdlgm.classifier import SDLGMClassifier
+from pyro_sdlgm.metrics import top_k
 
 FAST = dict(epochs=3, batch_size=32, progress=False, seed=0)
 SMALL = dict(hidden=[32])
@@ -62,6 +63,14 @@ def test_outputs(fitted):
     for row in range(10):
         chosen = set(predicted[row].indices)
         assert chosen == set(top[row, :len(chosen)])
+
+
+def test_top_labels_are_the_ranking_of_the_scores_batch_by_batch(fitted):
+    clf, X = fitted
+    assert np.array_equal(clf.predict_top_labels(X, 5, batch_size=7), top_k(clf.predict_scores(X), 5))
+    assert clf.predict_top_labels(X, 50).shape == (200, 8)  # at most K
+    with pytest.raises(DataError, match="k must be a positive integer, got 0"):
+        clf.predict_top_labels(X, 0)
 
 
 def test_save_load_round_trip(fitted, tmp_path):

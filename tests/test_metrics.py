@@ -3,6 +3,9 @@
 import numpy as np
 import pytest
 import scipy.sparse
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyro_sdlgm.exceptions import DataError
 from pyro_sdlgm.metrics import (
     inverse_propensities,
     multilabel_report,
@@ -64,3 +67,34 @@ def test_perfect_ranking_scores_one_on_nonempty_rows():
     Y = np.eye(4)
     assert precision_at_k(Y, Y, 1) == 1.0 and ndcg_at_k(Y, Y, 3) == 1.0
     assert psp_at_k(Y, Y, 1, inverse_propensities(Y)) == 1.0
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(rows=st.integers(1, 12), labels=st.integers(2, 9), seed=st.integers(0, 2**16), ties=st.booleans())
+def test_report_from_ranked_labels_equals_report_from_scores(rows, labels, seed, ties):
+    """Wide label spaces pass the top-5 indices instead of (N, K) scores: the same report."""
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((rows, labels)) < 0.3).astype(np.float32)
+    scores = rng.integers(0, 3, (rows, labels)).astype(float) if ties else rng.random((rows, labels))
+    Y_pred = (scores > scores.mean()).astype(np.float32)
+    from_scores = multilabel_report(Y, Y_pred, scores)
+    from_ranked = multilabel_report(Y, Y_pred, top_labels=top_k(scores, 5))
+    assert from_ranked == pytest.approx(from_scores, nan_ok=True)
+
+
+def test_report_refuses_bad_rankings(random_labels):
+    Y, scores = random_labels
+    with pytest.raises(DataError, match="either scores"):
+        multilabel_report(Y, Y, scores, top_labels=top_k(scores, 5))
+    with pytest.raises(DataError, match="either scores"):
+        multilabel_report(Y, Y)
+    with pytest.raises(DataError, match=r"\(60, >= 5\).*shape \(60, 3\)"):
+        multilabel_report(Y, Y, top_labels=top_k(scores, 3))
+    with pytest.raises(DataError, match="dtype float64"):
+        multilabel_report(Y, Y, top_labels=top_k(scores, 5).astype(float))
+    with pytest.raises(DataError, match=r"\[1, 12\], outside the 12 labels"):
+        multilabel_report(Y, Y, top_labels=top_k(scores, 5) + 1)
+    with pytest.raises(DataError, match=r"at least 1 row and 2 labels, got labels of shape \(60, 1\)"):
+        multilabel_report(Y[:, :1], Y[:, :1], scores[:, :1])
+    with pytest.raises(DataError, match=r"scores \(60, 11\)"):
+        multilabel_report(Y, Y, scores[:, :11])
