@@ -21,7 +21,8 @@ VARIANT_LABELS = {
     "dense_mlp": "dense MLP (BCE)",
 }
 CSV_COLUMNS = ["section", "task", "mode", "K", "L0", "batch", "candidates", "status", "median_step_ms", "mean_step_ms",
-               "examples_per_s", "steps", "peak_rss_gb", "peak_increase_gb", "cuda_peak_gb", "estimate_gb", "note"]
+               "examples_per_s", "steps", "peak_rss_gb", "peak_increase_gb", "cuda_peak_gb", "watched_peak_gb", "estimate_gb",
+               "note"]
 
 
 # ----------------------------------------------------------------------------- rows
@@ -58,6 +59,8 @@ def scaling_rows(results: list[dict]) -> list[dict]:
         estimate = result.get("estimate")
         row["estimate_gb"] = estimate["total_bytes"] / GIB if estimate else math.nan
         row["note"] = "" if result["status"] == "ok" else result.get("error", "")
+        # the parent's own sampling of the cell's resident memory (also kept for cells it stopped)
+        row["watched_peak_gb"] = result.get("watched_peak_rss_bytes", math.nan) / GIB
         if result["status"] == "ok":
             timing = result["variants"]["sdlgm_pyro"]
             row.update(median_step_ms=timing["median_step_s"] * 1e3, mean_step_ms=timing["mean_step_s"] * 1e3,
@@ -83,8 +86,10 @@ def verdict_ratio(ratio: float, target: float | None) -> str:
     if not math.isfinite(ratio):
         return "not measured"
     if ratio <= target:
-        return f"met ({ratio:.2f}x <= {target:g}x)"
-    return f"MISSED by {ratio / target:.2f}x ({ratio:.2f}x vs {target:g}x, +{100 * (ratio / target - 1):.0f}% over)"
+        return f"met ({ratio:.3f}x <= {target:g}x)"
+    # three decimals and a tenth of a percent: a near miss (1.3049 vs 1.3) must not read as a pass
+    return (f"MISSED by {ratio / target:.3f}x ({ratio:.3f}x vs {target:g}x, "
+            f"+{100 * (ratio / target - 1):.1f}% over)")
 
 
 def ratios(results: list[dict], targets: dict) -> list[dict]:
@@ -150,7 +155,11 @@ def memory_linearity(rows: list[dict], device: str) -> list[dict]:
             exponent = math.log(ratio) / math.log(hi["L0"] / lo["L0"]) if ratio > 0 else math.nan
             entry.update(at_K=k, L0_low=lo["L0"], L0_high=hi["L0"], memory_low_gb=m_lo, memory_high_gb=m_hi,
                          ratio=ratio, ratio_if_K_times_L0=hi["L0"] / lo["L0"], exponent=exponent)
-            if exponent >= 0.7:
+            if not math.isfinite(exponent):
+                entry["verdict"] = (f"cannot tell: at K={k:,} the memory figures are {m_lo:.3g} GB (L0 {lo['L0']}) "
+                                    f"and {m_hi:.3g} GB (L0 {hi['L0']}); a zero means the process peaked before "
+                                    "the networks were built")
+            elif exponent >= 0.7:
                 entry["verdict"] = (f"grows as K x L0: at K={k:,}, L0 {lo['L0']} -> {hi['L0']} multiplies memory by "
                                     f"{ratio:.1f} (K x L0 would give {hi['L0'] / lo['L0']:.0f}; linear in K, 1)")
             elif exponent <= 0.3:
@@ -197,6 +206,10 @@ def target_rows(rows: list[dict], targets: dict, device: str) -> list[dict]:
             entry["verdict"] = (f"MISSED (not run): the library estimates {est:.1f} GB, {est / limit:.1f}x the "
                                 f"{limit:g} GB target" if est > limit else
                                 f"{r['note']}; the library estimates {est:.2f} GB <= {limit:g} GB")
+        elif r["status"] == "stopped" and r.get("watched_peak_gb", 0) > limit:
+            seen = r["watched_peak_gb"]
+            entry["verdict"] = (f"MISSED by at least {seen / limit:.2f}x (stopped): resident memory reached "
+                                f"{seen:.2f} GB > {limit:g} GB before the cell was stopped ({r['note']})")
         else:
             entry["verdict"] = f"not measured: {r['note']}"
         out.append(entry)

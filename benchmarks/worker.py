@@ -283,9 +283,9 @@ def timed_steps(variant: Variant, optimizer, batches: Batches, steps: int, max_s
     started = time.perf_counter()
     with variant.context():
         for _ in range(steps):
-            batch = batches.next()  # taking the batch is part of the trainer's step
             _sync(device)
             t0 = time.perf_counter()
+            batch = batches.next()  # taking the batch (densified, on the device) is part of the trainer's step
             train_step(variant, optimizer, batch)
             _sync(device)
             times.append(time.perf_counter() - t0)

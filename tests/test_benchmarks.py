@@ -154,3 +154,22 @@ def test_configurations_over_the_memory_cap_are_not_run(tmp_path):
     results = run.execute(jobs, refuse, cap_bytes=1)
     assert results and all(r["status"] == "not run" and r["estimate"]["total_bytes"] > 1 for r in results)
     assert all("not run: estimated" in r["error"] for r in results)
+
+
+def test_report_verdicts_on_near_misses_stopped_targets_and_zero_memory():
+    import report
+
+    assert report.verdict_ratio(1.3049, 1.3).startswith("MISSED by 1.004x") and "+0.4% over" in report.verdict_ratio(
+        1.3049, 1.3)
+    assert report.verdict_ratio(1.3, 1.3).startswith("met")
+    stopped = {"section": "target", "status": "stopped", "estimate_gb": 3.0, "watched_peak_gb": 6.0,
+               "note": "stopped: resident memory 6.00 GB passed the hard limit"}
+    (verdict,) = report.target_rows([stopped], {"memory_gb": 4.0}, "cpu")
+    assert verdict["verdict"].startswith("MISSED by at least 1.50x (stopped)")
+    timed_out = dict(stopped, watched_peak_gb=1.0, note="stopped: ran past 600 s")
+    (verdict,) = report.target_rows([timed_out], {"memory_gb": 4.0}, "cpu")
+    assert verdict["verdict"].startswith("not measured")
+    cells = [{"section": "grid", "task": "unsupervised", "mode": "per_slot", "K": 200, "L0": L0, "status": "ok",
+              "peak_increase_gb": 0.0} for L0 in (5, 50)]
+    (linearity,) = report.memory_linearity(cells, "cpu")
+    assert linearity["verdict"].startswith("cannot tell") and "nan" not in linearity["verdict"]
