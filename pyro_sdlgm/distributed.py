@@ -12,8 +12,9 @@ How a run is split (see the README's "Data-parallel training"):
   resumed as, a single-process run.
 - Each rank's minibatch ELBO is scaled to the global data size (``pyro.plate`` with
   ``size = N``) and weighted by its share of the global batch, so that the average of the
-  ranks' gradients that ``DistributedDataParallel`` computes is exactly the gradient of
-  the single-process loss on the same global batch (:func:`rank_loss_weight`).
+  ranks' gradients that ``DistributedDataParallel`` computes is the gradient of the
+  single-process loss on the same global batch, up to the order of floating-point sums
+  (:func:`rank_loss_weight`).
 - The model and the guide hold their parameters as local module parameters
   (``pyro.settings.context(module_local_params=True)``), never in Pyro's global
   parameter store, which ``DistributedDataParallel`` cannot see; every parameter exists
@@ -89,13 +90,25 @@ class Replicas:
         local = torch.cat(sums).to(_collective_device())
         gathered = [torch.empty_like(local) for _ in range(self.world_size)]
         dist.all_gather(gathered, local)
-        names = list(named)
-        for rank, other in enumerate(gathered):
-            differ = (other != gathered[0]).reshape(-1, 2).any(-1)
-            if bool(differ.any()):
-                first = names[int(differ.nonzero()[0])]
-                raise DistributedError(f"rank {rank}'s parameters differ from rank 0's (first: {first!r}); "
-                                       "the data-parallel replicas diverged")
+        diverged = first_divergence(gathered, list(named))
+        if diverged is not None:
+            rank, name = diverged
+            raise DistributedError(f"rank {rank}'s parameters differ from rank 0's (first: {name!r}); "
+                                   "the data-parallel replicas diverged")
+
+
+def first_divergence(checksums: list[torch.Tensor], names: list[str]) -> tuple[int, str] | None:
+    """``(rank, parameter name)`` of the first rank whose checksums ``(2 * len(names),)`` differ from rank 0's.
+
+    Exact comparison with NaN equal to NaN: a NaN parameter is a numerical fault, reported as
+    such elsewhere, not a divergence (an empty parameter's mean checksum is NaN too).
+    """
+    for rank, other in enumerate(checksums):
+        same = torch.isclose(other, checksums[0], rtol=0.0, atol=0.0, equal_nan=True)
+        differ = (~same).reshape(-1, 2).any(-1)
+        if bool(differ.any()):
+            return rank, names[int(differ.nonzero()[0])]
+    return None
 
 
 def _collective_device() -> torch.device:

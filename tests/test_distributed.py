@@ -91,6 +91,18 @@ def test_rank_loss_weights_average_to_the_single_process_loss():
     assert averaged == pytest.approx(sum(sums) / batch)
 
 
+def test_divergence_check_is_exact_and_takes_nan_as_equal():
+    nan = float("nan")
+    rank0 = torch.tensor([1.0, 2.0, nan, nan, 5.0, 6.0], dtype=torch.float64)
+    assert distributed.first_divergence([rank0, rank0.clone()], ["a", "b", "c"]) is None
+    off = rank0.clone()
+    off[5] = torch.nextafter(off[5], torch.tensor(7.0, dtype=torch.float64))  # one ulp
+    assert distributed.first_divergence([rank0, rank0.clone(), off], ["a", "b", "c"]) == (2, "c")
+    off = rank0.clone()
+    off[2] = 0.0  # a NaN on one rank only is a difference
+    assert distributed.first_divergence([rank0, off], ["a", "b", "c"]) == (1, "b")
+
+
 def test_bad_launch_environment_is_named(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ConfigError, match="WORLD_SIZE='two'"):
