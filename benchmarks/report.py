@@ -13,7 +13,7 @@ import numpy as np
 GIB = 2**30
 VARIANT_LABELS = {
     "sdlgm_pyro": "SDLGM, Pyro (library step)",
-    "sdlgm_pyro_novalidation": "SDLGM, Pyro, validation off",
+    "sdlgm_pyro_validated": "SDLGM, Pyro, validated step",
     "sdlgm_pyro_joint": "SDLGM, Pyro, joint slot site",
     "sdlgm_torch_joint": "SDLGM, hand-written PyTorch loss, joint slots",
     "sdlgm_torch": "SDLGM, hand-written PyTorch loss",
@@ -104,7 +104,7 @@ def ratios(results: list[dict], targets: dict) -> list[dict]:
         pairs = [("sparse_overhead", "sdlgm_pyro", dense,
                   targets["sparse_overhead"] if task == "unsupervised" else None),
                  ("pyro_overhead", "sdlgm_pyro", "sdlgm_torch", targets["pyro_overhead"]),
-                 ("pyro_overhead_validation_off", "sdlgm_pyro_novalidation", "sdlgm_torch", None),
+                 ("pyro_overhead_validated_step", "sdlgm_pyro_validated", "sdlgm_torch", None),
                  ("sparse_overhead_joint_layout", "sdlgm_pyro_joint", dense, None),
                  ("joint_layout_speedup", "sdlgm_pyro", "sdlgm_pyro_joint", None),
                  ("pyro_overhead_joint_layout", "sdlgm_pyro_joint", "sdlgm_torch_joint", targets["pyro_overhead"]),

@@ -267,7 +267,7 @@ def plan(args, s: dict, device: torch.device, threads: int) -> list[dict]:
         for variant in ("sdlgm_pyro", "sdlgm_pyro_joint", "sdlgm_torch", dense):
             job("headline", task, "per_slot", **head, kind="measure", variants=[variant], **measure)
         job("compare", task, "per_slot", **head, kind="compare",
-            variants=["sdlgm_pyro", "sdlgm_torch", dense, "sdlgm_pyro_novalidation", "sdlgm_pyro_joint",
+            variants=["sdlgm_pyro", "sdlgm_torch", dense, "sdlgm_pyro_validated", "sdlgm_pyro_joint",
                       "sdlgm_torch_joint"], **compare)
     grid = dict(steps=s["grid_steps"], max_seconds=s["grid_seconds"], min_steps=s["grid_min_steps"],
                 warmup=s["grid_warmup"])

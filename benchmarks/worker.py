@@ -6,10 +6,12 @@ A job (a JSON object, built by ``run.py``) names the task (``unsupervised`` or
 - ``sdlgm_pyro``: the library's training step, as :class:`pyro_sdlgm.training.Trainer` takes
   it: ``make_elbo(spec)(model, guide)`` under ``pyro.settings.context(module_local_params=True)``,
   ``loss = loss_fn(*batch, num_data=n, **schedule) / n``, then the trainer's checks, backward and
-  an Adam step; Pyro's validation as the library leaves it (on, Pyro's default);
-- ``sdlgm_pyro_novalidation``: the same with ``pyro.validation_enabled(False)``;
+  an Adam step; Pyro's validation off, as the trainer runs every step but the first of each
+  epoch (``TrainConfig.pyro_validation="epoch_start"``, the default);
+- ``sdlgm_pyro_validated``: the same with Pyro's validation on (Pyro's default), as the trainer
+  runs each epoch's first step, or every step with ``pyro_validation="always"``;
 - ``sdlgm_pyro_joint``: the library step with ``slot_layout="joint"`` (the ``L0`` slots as one
-  site, batched; the same distribution), validation on;
+  site, batched; the same distribution), validation off as in ``sdlgm_pyro``;
 - ``sdlgm_torch_joint``: the hand-written loss of that layout (batched slots, no Pyro);
 - ``sdlgm_torch``: the same step on the hand-written loss of :mod:`torch_reference`
   (same networks, same draws, same value);
@@ -57,7 +59,7 @@ from pyro_sdlgm.schedules import final_schedule
 from pyro_sdlgm.sdlgm import build_model_and_guide
 from pyro_sdlgm.training import make_elbo, take_rows
 
-PYRO_VARIANTS = ("sdlgm_pyro", "sdlgm_pyro_novalidation", "sdlgm_pyro_joint")
+PYRO_VARIANTS = ("sdlgm_pyro", "sdlgm_pyro_validated", "sdlgm_pyro_joint")
 JOINT_VARIANTS = ("sdlgm_pyro_joint", "sdlgm_torch_joint")
 UNSUPERVISED_GUIDES = {"per_slot": "mlp_per_slot", "shared": "mlp_shared_slots"}
 
@@ -170,7 +172,7 @@ def _pyro_variant(name, model, guide, num_data, schedule, batch_kwargs=None):
     def loss(batch):
         return loss_fn(*batch, num_data=num_data, **schedule, **batch_kwargs(batch)) / num_data
 
-    validate = name in ("sdlgm_pyro", "sdlgm_pyro_joint")
+    validate = name == "sdlgm_pyro_validated"  # the trainer's steps but each epoch's first run without it
 
     @contextlib.contextmanager
     def context():

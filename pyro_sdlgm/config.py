@@ -205,6 +205,7 @@ class ModelConfig(_Section):
 
 
 NAN_POLICIES = ("stop", "skip_batch")
+PYRO_VALIDATION = ("epoch_start", "always")
 
 
 @dataclasses.dataclass
@@ -224,6 +225,14 @@ class TrainConfig(_Section):
     ``nan_policy="stop"`` ends training with :class:`NumericalError` at the first
     non-finite loss or gradient; ``"skip_batch"`` skips that batch's update and counts it
     (``skipped_batches`` in the history), stopping only when a whole epoch is skipped.
+
+    ``pyro_validation="epoch_start"`` (the default) lets Pyro's validation (on unless
+    ``pyro.enable_validation(False)``) check the first training step of each epoch and
+    the validation passes; the other steps run without it, as Pyro's argument and support
+    checks repeat what the first step established and the trainer checks every step's
+    loss and gradients and every epoch's parameters itself. It changes no number (the
+    draws and the losses are bit-identical) and makes a default step about 10% faster.
+    ``"always"`` validates every step.
     """
 
     section: typing.ClassVar[str] = "training"
@@ -250,6 +259,7 @@ class TrainConfig(_Section):
     nan_policy: str = "stop"  # "stop" | "skip_batch": what a non-finite loss or gradient does
     check_memory: bool = True  # refuse a configuration whose estimated memory exceeds the limit
     memory_limit_gb: float | None = None  # GiB; None: the memory the device reports available
+    pyro_validation: str = "epoch_start"  # "epoch_start" | "always": which training steps Pyro validates
 
     def validate(self):
         for key in ("epochs", "batch_size", "num_particles", "eval_batch_size"):
@@ -278,6 +288,9 @@ class TrainConfig(_Section):
             raise ConfigError(f"training.memory_limit_gb must be positive or none, got {self.memory_limit_gb}")
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"training.nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
+        if self.pyro_validation not in PYRO_VALIDATION:
+            raise ConfigError(f"training.pyro_validation must be one of {PYRO_VALIDATION}, "
+                              f"got {self.pyro_validation!r}")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"training.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 

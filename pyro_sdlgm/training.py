@@ -20,6 +20,7 @@ skips that update instead and counts it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -65,7 +66,15 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 # options that may differ between a checkpoint and the run resuming from it
 # (the remedies that NumericalError and ResourceError suggest among them)
-RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints", "nan_policy", "check_memory", "memory_limit_gb")
+# (and pyro_validation, which changes no number)
+RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints", "nan_policy", "check_memory", "memory_limit_gb",
+                  "pyro_validation")
+
+
+def validation_failure(err: ValueError) -> list[str]:
+    """What a ValueError of Pyro's or torch's validation (``... invalid values``) says of the sites."""
+    where = [f"site {m!r} has invalid parameters or values" for m in dict.fromkeys(_SITE.findall(str(err)))]
+    return where or ["Pyro's validation: " + str(err).splitlines()[0].rstrip(":")[:300]]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -291,12 +300,15 @@ class Trainer:
         """Sample sites whose values or log-densities are non-finite on ``batch``.
 
         Re-runs the guide and the model replayed on the guide's draws once (with the global
-        RNG state restored afterwards) and checks each sample site. Best effort: a fault
+        RNG state restored afterwards, and Pyro's validation off) and checks each sample site. Best effort: a fault
         that does not recur on the rerun, or a failing rerun, gives an empty list.
         """
         found: list[str] = []
         try:
-            with torch.random.fork_rng(devices=self._cuda_devices()), warnings.catch_warnings():
+            # without Pyro's validation, so that a site with invalid parameters is reached and
+            # named by its non-finite values or log-density instead of stopping the re-trace
+            with torch.random.fork_rng(devices=self._cuda_devices()), warnings.catch_warnings(), \
+                    pyro.validation_enabled(False):
                 warnings.simplefilter("ignore")
                 kwargs = {**kwargs, **self.batch_kwargs(batch)}
                 guide_trace = poutine.trace(self.guide).get_trace(*batch, num_data=num_data, **kwargs)
@@ -317,6 +329,11 @@ class Trainer:
                             continue
                         if not torch.isfinite(log_prob).all():
                             found.append(f"{role} site {name!r} has a non-finite log-density")
+        except ValueError as err:  # a distribution built with validate_args=True rejected its parameters
+            if "invalid values" not in str(err):
+                logger.debug("could not re-trace the faulty batch: %s", err)
+            else:
+                found += validation_failure(err)
         except Exception as err:  # noqa: BLE001 - the diagnosis must never hide the original fault
             logger.debug("could not re-trace the faulty batch: %s", err)
         return found
@@ -547,8 +564,13 @@ class Trainer:
             batch = take_rows(train, rows, self.device)
             kwargs = schedule(progress.step)
             fault, where = None, []
+            # Pyro's validation on the epoch's first step only, unless pyro_validation="always"
+            # (it never switches validation on: a global pyro.enable_validation(False) stays)
+            checks = (contextlib.nullcontext() if batches == 1 or cfg.pyro_validation == "always"
+                      else pyro.validation_enabled(False))
             try:
-                elbo_loss = loss_fn(*batch, num_data=n, **kwargs, **self.batch_kwargs(batch))
+                with checks:
+                    elbo_loss = loss_fn(*batch, num_data=n, **kwargs, **self.batch_kwargs(batch))
                 if replicas.distributed:
                     loss = elbo_loss * distributed.rank_loss_weight(share, replicas, n)
                 else:
@@ -557,8 +579,7 @@ class Trainer:
                 if "invalid values" not in str(err):
                     raise
                 fault = "invalid distribution parameters"
-                where = [f"site {m!r} has invalid parameters or values" for m in dict.fromkeys(_SITE.findall(str(err)))]
-                where = where or ["Pyro's validation: " + str(err).splitlines()[0].rstrip(":")[:300]]
+                where = validation_failure(err)
             if fault is None and not bool(torch.isfinite(loss.detach())):
                 fault = f"non-finite loss {loss.item()}"
                 where = self.diagnose(batch, kwargs, n)

@@ -13,6 +13,7 @@ import time
 import warnings
 
 import numpy as np
+import pyro
 import pytest
 import torch
 
@@ -149,7 +150,8 @@ def test_a_fresh_fit_never_overwrites_an_earlier_run(binary_data, tmp_path):
 
 def test_new_training_options_are_validated():
     assert TrainConfig().checkpoint_every == 1 and TrainConfig().nan_policy == "stop"
-    for key, value in [("checkpoint_every", -1), ("keep_checkpoints", 0), ("nan_policy", "ignore")]:
+    for key, value in [("checkpoint_every", -1), ("keep_checkpoints", 0), ("nan_policy", "ignore"),
+                       ("pyro_validation", "never")]:
         with pytest.raises(ConfigError, match=f"training.{key}"):
             TrainConfig(**{key: value})
 
@@ -360,6 +362,61 @@ def test_invalid_distribution_parameters_are_a_numerical_error(binary_data):
     # Pyro's validation (on in the tests) rejects the NaN location of q(values | x)
     with pytest.raises(NumericalError, match=r"invalid distribution parameters at epoch 0, step 0.*Normal"):
         trainer.fit(torch.as_tensor(binary_data))
+
+
+class ValidationRecorder:
+    """Records, for each training forward pass of a module, whether Pyro's validation is on."""
+
+    def __init__(self, module):
+        self.seen = []
+        module.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output):
+        if module.training and torch.is_grad_enabled():
+            self.seen.append(pyro.infer.util.is_validation_enabled())
+
+
+def test_pyro_validation_checks_each_epochs_first_step_and_changes_no_number(binary_data):
+    """4 steps per epoch: validated, then 3 without Pyro's checks; 'always' validates all, with the same numbers."""
+    fits = {}
+    for mode in ("epoch_start", "always"):
+        pyro.set_rng_seed(0)  # the same initial networks and noise for both
+        model = SDLGM(input_dim=12, **SMALL)
+        recorder = ValidationRecorder(model.guide.encoder)
+        history = Trainer(model.model, model.guide, TrainConfig(epochs=3, pyro_validation=mode, **QUICK)).fit(
+            torch.as_tensor(binary_data))
+        fits[mode] = (model, history, recorder.seen)
+    assert fits["epoch_start"][2] == [True, False, False, False] * 3
+    assert fits["always"][2] == [True] * 12
+    assert losses(fits["epoch_start"][1]) == losses(fits["always"][1])
+    assert_same_states(fits["epoch_start"][0].model, fits["always"][0].model)
+    assert_same_states(fits["epoch_start"][0].guide, fits["always"][0].guide)
+    assert pyro.infer.util.is_validation_enabled()  # restored after training
+
+
+def test_pyro_validation_is_never_switched_on_by_the_trainer(binary_data):
+    model = SDLGM(input_dim=12, **SMALL)
+    recorder = ValidationRecorder(model.guide.encoder)
+    with pyro.validation_enabled(False):
+        Trainer(model.model, model.guide, TrainConfig(epochs=1, **QUICK)).fit(torch.as_tensor(binary_data))
+    assert recorder.seen == [False] * 4
+
+
+def test_invalid_parameters_in_an_unvalidated_step_still_name_the_site(binary_data):
+    model = SDLGM(input_dim=12, **SMALL)
+    calls = []
+
+    def poison(module, inputs, output):  # from the 3rd training call on: step 2, not an epoch's first step
+        calls.append(1)
+        return output * float("nan") if module.training and len(calls) >= 3 else None
+
+    model.guide.encoder.value_head.register_forward_hook(poison)
+    trainer = Trainer(model.model, model.guide, TrainConfig(epochs=1, **QUICK))
+    with pytest.warns(UserWarning, match="NaN"), pytest.raises(NumericalError) as raised:
+        trainer.fit(torch.as_tensor(binary_data))
+    message = str(raised.value)
+    assert "non-finite loss nan at epoch 0, step 2" in message
+    assert "guide site 'values' has non-finite values" in message
 
 
 @pytest.mark.parametrize("kind", ["loss", "gradient"])
