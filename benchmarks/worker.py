@@ -172,7 +172,7 @@ def _pyro_variant(name, model, guide, num_data, schedule, batch_kwargs=None):
     def loss(batch):
         return loss_fn(*batch, num_data=num_data, **schedule, **batch_kwargs(batch)) / num_data
 
-    validate = name == "sdlgm_pyro_validated"  # the trainer's steps but each epoch's first run without it
+    validate = name == "sdlgm_pyro_validated"  # as the trainer runs each epoch's first step only
 
     @contextlib.contextmanager
     def context():

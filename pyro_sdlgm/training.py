@@ -71,12 +71,6 @@ RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints", "nan_polic
                   "pyro_validation")
 
 
-def validation_failure(err: ValueError) -> list[str]:
-    """What a ValueError of Pyro's or torch's validation (``... invalid values``) says of the sites."""
-    where = [f"site {m!r} has invalid parameters or values" for m in dict.fromkeys(_SITE.findall(str(err)))]
-    return where or ["Pyro's validation: " + str(err).splitlines()[0].rstrip(":")[:300]]
-
-
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` picks CUDA when available; asking for CUDA without it raises ``ConfigError``.
 
@@ -229,6 +223,12 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 _SITE = re.compile(r"at site '([^']+)'")
 
 
+def validation_failure(err: ValueError) -> list[str]:
+    """What a ValueError of Pyro's or torch's validation (``... invalid values``) says of the sites."""
+    where = [f"site {m!r} has invalid parameters or values" for m in dict.fromkeys(_SITE.findall(str(err)))]
+    return where or ["Pyro's validation: " + str(err).splitlines()[0].rstrip(":")[:300]]
+
+
 @dataclasses.dataclass
 class _Progress:
     """The state of the training loop between epochs (what a checkpoint restores)."""
@@ -300,8 +300,9 @@ class Trainer:
         """Sample sites whose values or log-densities are non-finite on ``batch``.
 
         Re-runs the guide and the model replayed on the guide's draws once (with the global
-        RNG state restored afterwards, and Pyro's validation off) and checks each sample site. Best effort: a fault
-        that does not recur on the rerun, or a failing rerun, gives an empty list.
+        RNG state restored afterwards, and Pyro's validation off) and checks each sample site.
+        Best effort: a fault that does not recur on the rerun, or a failing rerun, gives an
+        empty list.
         """
         found: list[str] = []
         try:
