@@ -228,11 +228,15 @@ class TrainConfig(_Section):
 
     ``pyro_validation="epoch_start"`` (the default) lets Pyro's validation (on unless
     ``pyro.enable_validation(False)``) check the first training step of each epoch and
-    the validation passes; the other steps run without it, as Pyro's argument and support
-    checks repeat what the first step established and the trainer checks every step's
-    loss and gradients and every epoch's parameters itself. It changes no number (the
-    draws and the losses are bit-identical) and makes a default step about 10% faster.
-    ``"always"`` validates every step.
+    the validation passes; the other steps run without it. The trainer checks every
+    step's loss and gradients and every epoch's parameters itself, and ``fit`` checks all
+    the data against the likelihood's support before training (``Likelihood.check_data``),
+    so what Pyro would check again is mostly the distributions' parameters. A custom
+    likelihood without its own ``check_data``, or a :class:`~pyro_sdlgm.training.Trainer`
+    used directly on unchecked data, has its observed values checked in each epoch's
+    first batch only: use ``"always"`` there. It changes no number (the draws and the
+    losses are bit-identical) and makes a default step about 10% faster. ``"always"``
+    validates every step.
     """
 
     section: typing.ClassVar[str] = "training"

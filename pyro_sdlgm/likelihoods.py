@@ -29,7 +29,12 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
     def check_data(self, x: np.ndarray) -> None:
-        """Raise :class:`DataError` if ``x`` (finite, shape ``(N, D)``) is outside the support."""
+        """Raise :class:`DataError` if ``x`` (finite, shape ``(N, D)``) is outside the support.
+
+        Called on all the data before training. Implement it for a custom likelihood: with
+        ``training.pyro_validation = "epoch_start"`` (the default) Pyro checks the observed
+        values only in each epoch's first batch. This default checks nothing.
+        """
 
     def mean(self, decoder_output: torch.Tensor) -> torch.Tensor:
         """The expected observation, used for reconstructions."""

@@ -150,6 +150,12 @@ def multilabel_report(Y, Y_pred, scores=None, *, top_labels=None, predicted_coun
             raise DataError(f"top_labels holds indices in [{ranked.min()}, {ranked.max()}], outside the "
                             f"{Y.shape[1]} labels")
         ranked = ranked[:, :depth]
+        ordered = np.sort(ranked, axis=1)
+        repeated = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(1))
+        if repeated.size:  # a ranking of scores never repeats a label
+            row = int(repeated[0])
+            raise DataError(f"top_labels repeats a label in row {row}: {ranked[row].tolist()} (the first {depth} "
+                            "indices of a row must be distinct)")
     if inv_propensities is None:
         inv_propensities = inverse_propensities(Y)
     true_counts = np.asarray(Y.sum(1)).ravel()

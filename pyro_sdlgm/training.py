@@ -71,6 +71,21 @@ RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints", "nan_polic
                   "pyro_validation")
 
 
+@contextlib.contextmanager
+def without_pyro_validation():
+    """Pyro's validation off for a block, then Pyro's and torch's settings as they were.
+
+    ``pyro.validation_enabled`` alone restores torch's default ``validate_args`` to Pyro's
+    flag, which would switch torch's validation on where a user had turned only that off.
+    """
+    torch_default = torch.distributions.Distribution._validate_args
+    try:
+        with pyro.validation_enabled(False):
+            yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(torch_default)
+
+
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` picks CUDA when available; asking for CUDA without it raises ``ConfigError``.
 
@@ -309,7 +324,7 @@ class Trainer:
             # without Pyro's validation, so that a site with invalid parameters is reached and
             # named by its non-finite values or log-density instead of stopping the re-trace
             with torch.random.fork_rng(devices=self._cuda_devices()), warnings.catch_warnings(), \
-                    pyro.validation_enabled(False):
+                    without_pyro_validation():
                 warnings.simplefilter("ignore")
                 kwargs = {**kwargs, **self.batch_kwargs(batch)}
                 guide_trace = poutine.trace(self.guide).get_trace(*batch, num_data=num_data, **kwargs)
@@ -568,7 +583,7 @@ class Trainer:
             # Pyro's validation on the epoch's first step only, unless pyro_validation="always"
             # (it never switches validation on: a global pyro.enable_validation(False) stays)
             checks = (contextlib.nullcontext() if batches == 1 or cfg.pyro_validation == "always"
-                      else pyro.validation_enabled(False))
+                      else without_pyro_validation())
             try:
                 with checks:
                     elbo_loss = loss_fn(*batch, num_data=n, **kwargs, **self.batch_kwargs(batch))

@@ -94,6 +94,10 @@ def test_report_refuses_bad_rankings(random_labels):
         multilabel_report(Y, Y, top_labels=top_k(scores, 5).astype(float))
     with pytest.raises(DataError, match=r"\[1, 12\], outside the 12 labels"):
         multilabel_report(Y, Y, top_labels=top_k(scores, 5) + 1)
+    repeated = top_k(scores, 5)
+    repeated[7, 3] = repeated[7, 0]
+    with pytest.raises(DataError, match=r"repeats a label in row 7"):
+        multilabel_report(Y, Y, top_labels=repeated)
     with pytest.raises(DataError, match=r"at least 1 row and 2 labels, got labels of shape \(60, 1\)"):
         multilabel_report(Y[:, :1], Y[:, :1], scores[:, :1])
     with pytest.raises(DataError, match=r"scores \(60, 11\)"):

@@ -400,6 +400,16 @@ def test_pyro_validation_is_never_switched_on_by_the_trainer(binary_data):
     with pyro.validation_enabled(False):
         Trainer(model.model, model.guide, TrainConfig(epochs=1, **QUICK)).fit(torch.as_tensor(binary_data))
     assert recorder.seen == [False] * 4
+    # torch's own default alone off (Pyro's on): training leaves it off
+    torch_default = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        model = SDLGM(input_dim=12, **SMALL)
+        Trainer(model.model, model.guide, TrainConfig(epochs=2, **QUICK)).fit(torch.as_tensor(binary_data))
+        assert torch.distributions.Distribution._validate_args is False
+        assert pyro.infer.util.is_validation_enabled()
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(torch_default)
 
 
 def test_invalid_parameters_in_an_unvalidated_step_still_name_the_site(binary_data):
