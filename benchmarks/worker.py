@@ -57,7 +57,7 @@ from pyro_sdlgm.config import ModelConfig
 from pyro_sdlgm.networks import mlp
 from pyro_sdlgm.schedules import final_schedule
 from pyro_sdlgm.sdlgm import build_model_and_guide
-from pyro_sdlgm.training import make_elbo, take_rows
+from pyro_sdlgm.training import make_elbo, take_rows, without_pyro_validation
 
 PYRO_VARIANTS = ("sdlgm_pyro", "sdlgm_pyro_validated", "sdlgm_pyro_joint")
 JOINT_VARIANTS = ("sdlgm_pyro_joint", "sdlgm_torch_joint")
@@ -180,7 +180,7 @@ def _pyro_variant(name, model, guide, num_data, schedule, batch_kwargs=None):
             if validate:
                 yield
             else:
-                with pyro.validation_enabled(False):
+                with without_pyro_validation():  # the trainer's own switch
                     yield
 
     return Variant(name, loss, params, context)
