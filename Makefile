@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU build of torch; pip finds it on this project's machines without a download.
+# The torch release the project is tested with; TORCH_SPEC=... picks another (e.g. a CUDA build).
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: setup demo test bench

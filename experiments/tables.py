@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-UNSUPERVISED = ["recon", "test_elbo", "mean_nnz", "max_nnz", "codes_over_L0", "dead_dim_fraction", "probe_accuracy",
+UNSUPERVISED = ["recon", "test_elbo", "mean_nnz", "max_nnz", "codes_over_L0", "unused_dim_fraction", "probe_accuracy",
                 "epochs", "train_seconds", "train_peak_mb"]
 MULTILABEL = ["p@1", "p@3", "ndcg@3", "psp@3", "example_f1", "micro_f1", "macro_f1", "count_accuracy", "count_mae",
               "train_seconds", "train_peak_mb"]

@@ -36,7 +36,7 @@ from suite_common import PeakMemory, mean_and_std, run_pool, write_csv  # noqa: 
 
 METHODS = ("sdlgm", "sdlgm_binary", "sdlgm_enumerate", "sdlgm_fixed_L", "dense_vae", "spike_slab_vae", "topk_sae")
 SWEEP_METHODS = ("sdlgm", "spike_slab_vae", "topk_sae")
-METRICS = ["test_elbo", "recon", "mse", "mean_nnz", "max_nnz", "codes_over_L0", "dead_dim_fraction",
+METRICS = ["test_elbo", "recon", "mse", "mean_nnz", "max_nnz", "codes_over_L0", "unused_dim_fraction",
            "probe_accuracy", "epochs", "train_seconds", "train_peak_mb"]
 COLUMNS = ["dataset", "method", "seed", "L0", "k_or_alpha", "config"] + METRICS
 
@@ -83,7 +83,7 @@ def code_metrics(codes: np.ndarray, L0: int) -> dict:
 
     stats = code_statistics(torch.from_numpy(np.ascontiguousarray(codes)), L0)
     return {"mean_nnz": stats["mean_nnz"], "max_nnz": stats["max_nnz"], "codes_over_L0": stats["codes_over_cap"],
-            "dead_dim_fraction": stats["dead_dim_fraction"]}
+            "unused_dim_fraction": stats["unused_dim_fraction"]}
 
 
 def run_one(job: dict) -> dict:
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in summary:
             print(f"{dataset:7s} {s['method']:16s} recon {s['recon_mean']:7.2f} ± {s['recon_std']:.2f}  "
                   f"ELBO {s['test_elbo_mean']:8.2f}  nnz {s['mean_nnz_mean']:6.2f} (max {s['max_nnz_mean']:.0f}, "
-                  f"over L0 {s['codes_over_L0_mean']:.0f})  dead {s['dead_dim_fraction_mean']:.2f}  "
+                  f"over L0 {s['codes_over_L0_mean']:.0f})  unused {s['unused_dim_fraction_mean']:.2f}  "
                   f"probe {s['probe_accuracy_mean']:.3f}  {s['train_seconds_mean']:.0f} s  "
                   f"{s['train_peak_mb_mean']:.0f} MB")
         if args.no_sweep:

@@ -5,44 +5,51 @@ per-observation sparsity ``L_i`` drawn, like the support, through Concrete
 (Gumbel-Softmax) distributions, trained by amortized SVI.
 """
 
-from .classifier import SDLGMClassifier
-from .config import (
-    ClassifierConfig,
-    DataConfig,
-    ModelConfig,
-    MultiLabelDataConfig,
-    RunConfig,
-    TrainConfig,
-    load_run_config,
-)
-from .distributions import ExpRelaxedCategorical
-from .exceptions import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    DataFormatError,
-    NotFittedError,
-    NumericalError,
-    ResourceError,
-    SDLGMError,
-    UnknownComponentError,
-)
-from .guides import GUIDES, AmortizedGuide, GuideParams, MLPGuide, register_guide
-from .likelihoods import LIKELIHOODS, Likelihood, register_likelihood
-from .model import SDLGMModel
-from .priors import (
-    SPARSITY_PRIORS,
-    SUPPORT_PRIORS,
-    VALUE_PRIORS,
-    SparsityPrior,
-    SupportPrior,
-    ValuePrior,
-    register_sparsity_prior,
-    register_support_prior,
-    register_value_prior,
-)
-from .sdlgm import SDLGM, build_model_and_guide
-from .spec import ModelSpec
+from importlib import import_module
+
+# Names are imported on first use (PEP 562), so that `import pyro_sdlgm` and the command
+# line's --help stay fast: torch, Pyro and scikit-learn load only when a name that needs them is used.
+_EXPORTS = {
+    "SDLGMClassifier": "classifier",
+    "ClassifierConfig": "config",
+    "DataConfig": "config",
+    "ModelConfig": "config",
+    "MultiLabelDataConfig": "config",
+    "RunConfig": "config",
+    "TrainConfig": "config",
+    "load_run_config": "config",
+    "ExpRelaxedCategorical": "distributions",
+    "CheckpointError": "exceptions",
+    "ConfigError": "exceptions",
+    "DataError": "exceptions",
+    "DataFormatError": "exceptions",
+    "NotFittedError": "exceptions",
+    "NumericalError": "exceptions",
+    "ResourceError": "exceptions",
+    "SDLGMError": "exceptions",
+    "UnknownComponentError": "exceptions",
+    "GUIDES": "guides",
+    "AmortizedGuide": "guides",
+    "GuideParams": "guides",
+    "MLPGuide": "guides",
+    "register_guide": "guides",
+    "LIKELIHOODS": "likelihoods",
+    "Likelihood": "likelihoods",
+    "register_likelihood": "likelihoods",
+    "SDLGMModel": "model",
+    "SPARSITY_PRIORS": "priors",
+    "SUPPORT_PRIORS": "priors",
+    "VALUE_PRIORS": "priors",
+    "SparsityPrior": "priors",
+    "SupportPrior": "priors",
+    "ValuePrior": "priors",
+    "register_sparsity_prior": "priors",
+    "register_support_prior": "priors",
+    "register_value_prior": "priors",
+    "SDLGM": "sdlgm",
+    "build_model_and_guide": "sdlgm",
+    "ModelSpec": "spec",
+}
 
 __version__ = "0.1.0"
 
@@ -88,3 +95,16 @@ __all__ = [
     "CheckpointError",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyro_sdlgm' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -22,7 +22,7 @@ from .conditional import build_conditional
 from .exceptions import CheckpointError, ConfigError, DataError, NotFittedError
 from .guides import GuideParams
 from .metrics import top_k
-from .posterior import CHUNK_BYTES, check_num_samples, sample_batches, sparsity_inference_data
+from .posterior import CHUNK_BYTES, batch_count, check_num_samples, sample_batches, sparsity_inference_data
 from .resources import guard_training_memory
 from .schedules import final_schedule
 from .spec import ModelSpec
@@ -215,7 +215,7 @@ class SDLGMClassifier:
             raise DataError(f"{name} has shape {matrix.shape}, expected ({n_rows}, {self.params['num_labels']})")
         if not np.isin(matrix.data, (0.0, 1.0)).all():
             bad = matrix.data[~np.isin(matrix.data, (0.0, 1.0))][0]
-            raise DataError(f"{name} must hold only 0 and 1, found {bad!r}")
+            raise DataError(f"{name} must hold only 0 and 1, found {float(bad)}")
         matrix.eliminate_zeros()
         counts = np.diff(matrix.indptr)
         cap = self.params["max_labels"]
@@ -318,7 +318,8 @@ class SDLGMClassifier:
         return self.count_levels[self.count_posterior(X, batch_size=batch_size).argmax(-1)]
 
     @torch.no_grad()
-    def posterior(self, X, Y=None, *, num_samples: int = 100, seed: int = 0, batch_size: int = 256, obs_names=None):
+    def posterior(self, X, Y=None, *, num_samples: int = 100, seed: int = 0, batch_size: int = 256, obs_names=None,
+                  progress: bool = False):
         """The predicted distribution over each row's label count and labels, as ArviZ data.
 
         At prediction time labels are unknown, so this is the distribution of the ``x``-only
@@ -331,7 +332,8 @@ class SDLGMClassifier:
         Memory: a draw holds the ``L0`` slot sites over all ``K`` labels, about ``8 L0 K``
         bytes per row (no shortlist at prediction). In shortlist mode ``batch_size`` is
         therefore lowered, if needed, so that one draw of a batch stays within 256 MB
-        (logged); the full mode uses ``batch_size`` as given.
+        (logged); the full mode uses ``batch_size`` as given. ``progress`` shows a progress
+        bar over the batches.
         """
         num_samples = check_num_samples(num_samples)
         self._check_fitted("posterior")
@@ -354,7 +356,8 @@ class SDLGMClassifier:
         schedule = final_schedule(self.train_config)
         batches = ((params.sparsity_logits.softmax(-1), partial(self.guide.place_sites, params, None), (), schedule,
                     None) for params in self._prior_params(X, batch_size, "posterior"))
-        probs, draws = sample_batches(self.spec, batches, num_samples, seed, next(self.model.parameters()).device)
+        probs, draws = sample_batches(self.spec, batches, num_samples, seed, next(self.model.parameters()).device,
+                                      progress=progress, num_batches=batch_count(X.shape[0], batch_size))
         return sparsity_inference_data(
             self.spec, probs, draws, num_samples=num_samples, seed=seed, model_name="SDLGMClassifier",
             obs_names=obs_names, observed=None if true_counts is None else {"label_count": true_counts},

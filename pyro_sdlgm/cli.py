@@ -7,8 +7,10 @@ import json
 import logging
 import sys
 
-from .config import load_run_config
+# Only the standard library at import time: `sdlgm --help` must not wait for torch and Pyro.
 from .exceptions import SDLGMError
+
+INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 def _summary_line(metrics: dict) -> str:
@@ -19,7 +21,7 @@ def _summary_line(metrics: dict) -> str:
     return (
         f"ELBO {metrics['elbo']:.2f} | recon (hard) {metrics['recon']:.2f} | "
         f"non-zeros mean {metrics['mean_nnz']:.2f}, max {metrics['max_nnz']} | "
-        f"dead dims {100 * metrics['dead_dim_fraction']:.1f}%"
+        f"unused dims {100 * metrics['unused_dim_fraction']:.1f}% (non-zero in no hard code)"
     )
 
 
@@ -53,12 +55,26 @@ def _inspection_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdlgm", description="Sparse deep latent generative model (SDLGM) in Pyro")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="CPU threads torch may use (default: torch's own choice, usually one per core; "
+                             "1 is often fastest on a busy machine); for train, the same as training.num_threads=N")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a model and write a run folder")
+    train = sub.add_parser("train", parents=[common], help="train a model and write a run folder")
     train.add_argument("--config", help="TOML or YAML config file (default: built-in defaults)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="dotted overrides, e.g. training.epochs=5 model.sparsity_prior.name=truncated_poisson")
@@ -67,18 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the interrupted run in RUN_DIR from its newest checkpoint, with its own config.yaml")
 
-    evaluate = sub.add_parser("evaluate", help="evaluate a trained run")
+    evaluate = sub.add_parser("evaluate", parents=[common], help="evaluate a trained run")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data", help="data source (mnist, digits, .npy/.npz, IDX); default: the run's test split")
     evaluate.add_argument("--num-samples", type=int, default=1, help="Monte-Carlo samples of the ELBO")
     evaluate.add_argument("--json", action="store_true", help="print all metrics as JSON")
 
-    predict = sub.add_parser("predict", help="write a multi-label run's predicted label ids")
+    predict = sub.add_parser("predict", parents=[common], help="write a multi-label run's predicted label ids")
     predict.add_argument("run_dir")
     predict.add_argument("--out", required=True, help="output text file: one line of label ids per row")
     predict.add_argument("--data", help="a file in the run's data format; default: the run's test split")
 
-    inspect = sub.add_parser("inspect", help="posterior over sparsity: netCDF, summary tables and plots")
+    inspect = sub.add_parser("inspect", parents=[common], help="posterior over sparsity: netCDF, summary tables and plots")
     inspect.add_argument("run_dir")
     inspect.add_argument("--data", help="data source (or a file in a multi-label run's format); default: the run's test split")
     inspect.add_argument("--groups", default="auto",
@@ -88,41 +104,112 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--seed", type=int, default=0, help="seed of the draws")
     inspect.add_argument("--show", action="store_true", help="also show the plots on screen")
 
-    encode = sub.add_parser("encode", help="write hard sparse codes as a scipy CSR .npz")
+    encode = sub.add_parser("encode", parents=[common], help="write hard sparse codes as a scipy CSR .npz")
     encode.add_argument("run_dir")
     encode.add_argument("--out", required=True, help="output .npz file")
     encode.add_argument("--data", help="data source; default: the run's test split")
     return parser
 
 
-def _train(args, runs) -> int:
-    """``sdlgm train``: one process, or one rank of a data-parallel run started by ``torchrun``."""
+def _train_config(args, runs):
+    """The run config of ``sdlgm train``: a config file with overrides, or a run folder's own for ``--resume``."""
     from pathlib import Path
 
-    from . import distributed
+    from .config import load_run_config
     from .exceptions import CheckpointError, ConfigError
 
-    if args.resume:
-        if args.config or args.overrides or args.run_dir or args.overwrite:
-            raise ConfigError("--resume RUN_DIR continues with RUN_DIR/config.yaml: it takes no --config, "
-                              "--run-dir, --overwrite or KEY=VALUE overrides")
-        if not (Path(args.resume) / runs.CONFIG_FILE).is_file():
-            raise CheckpointError(f"cannot resume {args.resume!r}: it is not a run folder (no {runs.CONFIG_FILE})")
-        config = load_run_config(Path(args.resume) / runs.CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}"])
-    else:
+    threads = [f"training.num_threads={args.threads}"] if args.threads is not None else []
+    if not args.resume:
         overrides = list(args.overrides) + ([f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir else [])
-        config = load_run_config(args.config, overrides)
-    with distributed.process_group(config.training.device) as replicas:
-        result = runs.train_run(config, overwrite=args.overwrite, resume=bool(args.resume))
+        return load_run_config(args.config, overrides + threads)
+    if args.config or args.overrides or args.run_dir or args.overwrite:
+        raise ConfigError("--resume RUN_DIR continues with RUN_DIR/config.yaml: it takes no --config, "
+                          "--run-dir, --overwrite or KEY=VALUE overrides (--threads is allowed)")
+    folder = Path(args.resume)
+    if not folder.is_dir():
+        raise CheckpointError(f"cannot resume {args.resume!r}: no such folder")
+    if not (folder / runs.CONFIG_FILE).is_file():
+        raise CheckpointError(f"cannot resume {args.resume!r}: it is not a run folder (no {runs.CONFIG_FILE})")
+    return load_run_config(folder / runs.CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}", *threads])
+
+
+def _announce_resume(config) -> None:
+    from .training import latest_checkpoint_epoch
+
+    epoch, path = latest_checkpoint_epoch(config.run_dir)
+    print(f"resuming {config.run_dir} after epoch {epoch} of {config.training.epochs} (checkpoint {path})")
+
+
+def _interrupted(config) -> int:
+    """Ctrl-C during training: one line naming the last checkpoint and how to continue."""
+    from .training import latest_checkpoint_epoch
+
+    try:
+        epoch, path = latest_checkpoint_epoch(config.run_dir)
+    except SDLGMError:
+        print(f"sdlgm train: interrupted before the first checkpoint of {config.run_dir}; nothing to resume, "
+              "start the run again", file=sys.stderr)
+    else:
+        print(f"sdlgm train: interrupted; the last checkpoint is {path} (after epoch {epoch}); continue with: "
+              f"sdlgm train --resume {config.run_dir}", file=sys.stderr)
+    return INTERRUPTED
+
+
+def _train(args, runs) -> int:
+    """``sdlgm train``: one process, or one rank of a data-parallel run started by ``torchrun``."""
+    from . import distributed
+
+    config = _train_config(args, runs)
+    if args.resume:
+        _announce_resume(config)
+    try:
+        with distributed.process_group(config.training.device) as replicas:
+            result = runs.train_run(config, overwrite=args.overwrite, resume=bool(args.resume))
+    except KeyboardInterrupt:
+        return _interrupted(config)
     if not replicas.is_main:
         return 0
     m = result["metrics"]
     print(f"run folder: {result['run_dir']}" + (f" ({replicas.world_size} data-parallel processes)"
                                                   if replicas.distributed else ""))
-    print(f"trained {m['epochs_run']} epochs in {m['train_seconds']:.1f} s")
+    print(f"trained {m['epochs_run']} epochs in {m['train_seconds']:.1f} s" + _stopping_note(m))
     print(f"{m['split']} ({m['num_examples']} examples): {_summary_line(m)}")
     print("plots: " + ", ".join(result["plots"]))
     return 0
+
+
+def _stopping_note(metrics: dict) -> str:
+    note = "; stopped early" if metrics.get("early_stopped") else ""
+    if metrics.get("restored_epoch") is not None:
+        note += f"; the model is the one after epoch {metrics['restored_epoch']} (best validation loss)"
+    return note
+
+
+def _run_command(args, runs) -> None:
+    """``sdlgm evaluate | predict | inspect | encode``."""
+    if args.command == "evaluate":
+        metrics = runs.evaluate_run(args.run_dir, args.data, args.num_samples)
+        if args.json:
+            print(json.dumps(metrics, indent=2))
+        elif "p@1" in metrics:
+            print(f"{metrics['data']} ({metrics['num_examples']} examples): {_summary_line(metrics)}")
+            print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+        else:
+            print(f"{metrics['data']} ({metrics['num_examples']} examples): {_summary_line(metrics)}")
+            print(f"KL: sparsity {metrics['kl_sparsity']:.3f}, slots {metrics['kl_slots']:.3f}"
+                  + (f", values {metrics['kl_values']:.3f}" if "kl_values" in metrics else ""))
+            print(f"non-zero histogram (0..L0): {metrics['nnz_histogram']}")
+    elif args.command == "predict":
+        result = runs.predict_run(args.run_dir, args.out, args.data)
+        print(f"wrote {result['out']}: {result['rows']} rows, {result['mean_labels']:.2f} labels per row")
+    elif args.command == "inspect":
+        print(_inspection_text(runs.inspect_run(args.run_dir, args.data, args.groups, num_samples=args.num_samples,
+                                                seed=args.seed, show=args.show, progress=True)))
+    elif args.command == "encode":
+        result = runs.encode_run(args.run_dir, args.out, args.data)
+        print(f"wrote {result['out']}: shape {tuple(result['shape'])}, "
+              f"non-zeros per row mean {result['mean_nnz']:.2f}, max {result['max_nnz']}")
+        print(f"wrote {result['rows_out']}: the row of {result['source']} each code row belongs to")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,33 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     from . import runs  # imported late so that `sdlgm --help` stays fast
 
     try:
-        if args.command == "train":
+        if args.command == "train":  # applies training.num_threads itself, recorded in config.yaml
             return _train(args, runs)
-        if args.command == "evaluate":
-            metrics = runs.evaluate_run(args.run_dir, args.data, args.num_samples)
-            if args.json:
-                print(json.dumps(metrics, indent=2))
-            elif "p@1" in metrics:
-                print(f"{metrics['data']} ({metrics['num_examples']} examples): {_summary_line(metrics)}")
-                print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-            else:
-                print(f"{metrics['data']} ({metrics['num_examples']} examples): {_summary_line(metrics)}")
-                print(f"KL: sparsity {metrics['kl_sparsity']:.3f}, slots {metrics['kl_slots']:.3f}"
-                      + (f", values {metrics['kl_values']:.3f}" if "kl_values" in metrics else ""))
-                print(f"non-zero histogram (0..L0): {metrics['nnz_histogram']}")
-        elif args.command == "predict":
-            result = runs.predict_run(args.run_dir, args.out, args.data)
-            print(f"wrote {result['out']}: {result['rows']} rows, {result['mean_labels']:.2f} labels per row")
-        elif args.command == "inspect":
-            print(_inspection_text(runs.inspect_run(args.run_dir, args.data, args.groups,
-                                                    num_samples=args.num_samples, seed=args.seed, show=args.show)))
-        elif args.command == "encode":
-            result = runs.encode_run(args.run_dir, args.out, args.data)
-            print(f"wrote {result['out']}: shape {tuple(result['shape'])}, "
-                  f"non-zeros per row mean {result['mean_nnz']:.2f}, max {result['max_nnz']}")
+        from .resources import cpu_threads
+
+        with cpu_threads(args.threads):
+            _run_command(args, runs)
     except SDLGMError as err:
         print(f"sdlgm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # train handles its own (it names the checkpoint to resume from)
+        print(f"sdlgm {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

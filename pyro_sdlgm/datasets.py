@@ -33,15 +33,24 @@ BUILTIN_SOURCES = ("mnist", "digits")
 
 @dataclass(frozen=True)
 class Dataset:
-    """``X (N, D)`` float32 features, optional ``y (N,)`` class labels, and the image shape if any."""
+    """``X (N, D)`` float32 features, optional ``y (N,)`` class labels, and the image shape if any.
+
+    ``rows (N,)``: the row of the source file each row is (None: rows 0..N-1, as loaded).
+    """
 
     X: np.ndarray
     y: np.ndarray | None
     name: str
     image_shape: tuple[int, int] | None = None
+    rows: np.ndarray | None = None
+
+    def source_rows(self) -> np.ndarray:
+        """``(N,)`` int64: the row of the source file each row is."""
+        return np.arange(self.X.shape[0], dtype=np.int64) if self.rows is None else self.rows
 
     def subset(self, rows: np.ndarray) -> Dataset:
-        return replace(self, X=self.X[rows], y=None if self.y is None else self.y[rows])
+        return replace(self, X=self.X[rows], y=None if self.y is None else self.y[rows],
+                       rows=self.source_rows()[rows])
 
 
 _FLOAT32_MAX = np.finfo(np.float32).max  # a numpy float32: comparing float16 arrays with it does not overflow

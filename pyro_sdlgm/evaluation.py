@@ -82,7 +82,10 @@ def slot_duplicates(guide_trace, spec) -> torch.Tensor:
 
 
 def code_statistics(codes: torch.Tensor, max_sparsity: int) -> dict:
-    """Statistics of hard codes ``(N, K)``: non-zeros per row and dimension usage."""
+    """Statistics of hard codes ``(N, K)``: non-zeros per row and dimension usage.
+
+    ``unused_dim_fraction``: the fraction of the K dimensions that are non-zero in no row.
+    """
     active = codes != 0
     nnz = active.sum(-1)
     return {
@@ -92,5 +95,5 @@ def code_statistics(codes: torch.Tensor, max_sparsity: int) -> dict:
         "max_nnz": int(nnz.max()),
         "nnz_histogram": torch.bincount(nnz, minlength=max_sparsity + 1).tolist(),
         "codes_over_cap": int((nnz > max_sparsity).sum()),
-        "dead_dim_fraction": float((active.sum(0) == 0).float().mean()),
+        "unused_dim_fraction": float((active.sum(0) == 0).float().mean()),
     }

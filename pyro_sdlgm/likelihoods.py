@@ -62,7 +62,7 @@ class BernoulliLikelihood(Likelihood):
         if low < 0.0 or high > 1.0:
             bad = np.argwhere((x < 0) | (x > 1))[0]
             raise DataError(
-                f"the bernoulli likelihood needs data in [0, 1]; found {x[tuple(bad)]!r} at "
+                f"the bernoulli likelihood needs data in [0, 1]; found {float(x[tuple(bad)])} at "
                 f"row {bad[0]}, column {bad[1]} (range of the data: [{low}, {high}]); "
                 "rescale the data or use likelihood='normal'"
             )

@@ -19,20 +19,27 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def plot_training_curve(history: list[dict], path: str | Path) -> Path:
-    """Training and validation negative ELBO per example, by epoch, with the temperature."""
+    """Training and validation negative ELBO per example, by epoch (from 1), with the temperature
+    and the epoch whose parameters training kept (the best validation epoch)."""
     fig = Figure(figsize=(6.5, 4))
     ax = fig.add_subplot()
-    epochs = [r["epoch"] for r in history]
+    epochs = [r["epoch"] + 1 for r in history]
     ax.plot(epochs, [r["train_loss"] for r in history], label="train (annealed objective)")
     if any("val_loss" in r for r in history):
-        ax.plot([r["epoch"] for r in history if "val_loss" in r], [r["val_loss"] for r in history if "val_loss" in r],
-                label="validation (final temperatures)")
+        ax.plot([r["epoch"] + 1 for r in history if "val_loss" in r],
+                [r["val_loss"] for r in history if "val_loss" in r], label="validation (final temperatures)")
+    best = [r["epoch"] + 1 for r in history if r.get("best_epoch")]
+    if best:
+        ax.axvline(best[-1], color="C2", linestyle="--", linewidth=1, label=f"kept: epoch {best[-1]}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("negative ELBO per example")
-    ax.legend(loc="upper right")
     twin = ax.twinx()
-    twin.plot(epochs, [r["tau_support"] for r in history], color="grey", linestyle=":", label="tau (support)")
+    twin.plot(epochs, [r["tau_support"] for r in history], color="grey", linestyle=":",
+              label="temperature of the support (right axis)")
     twin.set_ylabel("temperature", color="grey")
+    handles, names = ax.get_legend_handles_labels()
+    twin_handles, twin_names = twin.get_legend_handles_labels()
+    ax.legend(handles + twin_handles, names + twin_names, loc="upper right", fontsize=8)
     ax.set_title("SDLGM training")
     return _save(fig, path)
 
@@ -84,22 +91,6 @@ def _finish(fig: Figure, path: str | Path | None) -> Figure:
     if path is not None:
         _save(fig, path)
     return fig
-
-
-def plot_sparsity_modes(modes: np.ndarray, levels: np.ndarray, mean_probs: np.ndarray,
-                        path: str | Path | None = None, fig: Figure | None = None) -> Figure:
-    """Histogram of the posterior modes of ``L_i`` next to the average ``q(L = l | x)``."""
-    fig = _figure(fig, (6.5, 4))
-    ax = fig.add_subplot()
-    counts = np.array([(modes == level).mean() for level in levels])
-    ax.bar(levels, counts, alpha=0.6, label="mode of q(L | x_i)")
-    ax.plot(levels, mean_probs, "o-", color="C3", label="mean of q(L = l | x_i)")
-    ax.set_xticks(levels)
-    ax.set_xlabel("sparsity level l")
-    ax.set_ylabel("fraction of observations")
-    ax.legend()
-    ax.set_title(f"posterior over sparsity ({len(modes)} observations)")
-    return _finish(fig, path)
 
 
 def plot_sparsity_examples(probs: np.ndarray, levels: np.ndarray, titles: list[str], inputs: np.ndarray | None = None,
@@ -167,19 +158,26 @@ def plot_dimension_usage(usage, path: str | Path | None = None, fig: Figure | No
     return _finish(fig, path)
 
 
-def plot_dimension_images(images: np.ndarray, dims: np.ndarray, usage: np.ndarray, image_shape: tuple[int, int],
+def plot_dimension_images(effects: np.ndarray, dims: np.ndarray, usage: np.ndarray, image_shape: tuple[int, int],
                           path: str | Path | None = None, fig: Figure | None = None) -> Figure:
-    """The decoder's picture of each of the most used dimensions, titled with its usage."""
+    """What each of the most used dimensions adds to the empty code's output.
+
+    ``effects (M, D)``: ``E[x | z = v_k e_k] - E[x | z = 0]`` per dimension. Each image has
+    its own colour scale, symmetric around 0 (red: more, blue: less), so that dimensions
+    whose effects differ in size stay visible; the title gives the scale and the usage.
+    """
     n = len(dims)
     cols = min(n, 8)
     rows = int(np.ceil(n / cols))
-    fig = _figure(fig, (1.3 * cols, 1.5 * rows + 0.4))
+    fig = _figure(fig, (1.3 * cols, 1.6 * rows + 0.5))
     for i in range(n):
         ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(images[i].reshape(image_shape), cmap="gray")
+        scale = float(np.abs(effects[i]).max()) or 1.0
+        ax.imshow(effects[i].reshape(image_shape), cmap="RdBu_r", vmin=-scale, vmax=scale)
         ax.set_axis_off()
-        ax.set_title(f"dim {dims[i]}\n{usage[i]:.2f}", fontsize=7)
-    fig.suptitle("decoder output for one active dimension (title: mean inclusion probability)", fontsize=9)
+        ax.set_title(f"dim {dims[i]}, {usage[i]:.2f}\n\u00b1{scale:.2f}", fontsize=7)
+    fig.suptitle("what one active dimension adds to the empty code's output\n"
+                 "(title: dimension, mean inclusion probability, colour scale)", fontsize=9)
     return _finish(fig, path)
 
 

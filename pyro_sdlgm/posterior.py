@@ -38,6 +38,7 @@ import numpy as np
 import pyro
 import torch
 from pyro.infer import Predictive
+from tqdm.auto import tqdm
 
 from .exceptions import DataError
 from .spec import OBS_SITE, SPARSITY_SITE, ModelSpec
@@ -193,16 +194,26 @@ def draw_sparsity(spec: ModelSpec, num_samples: int, program: Callable, *args, g
     return out
 
 
+def batch_count(num_rows: int, batch_size) -> int | None:
+    """``ceil(num_rows / batch_size)`` for a progress bar; None for a batch size the caller will refuse."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        return None
+    return -(-num_rows // batch_size)
+
+
 def sample_batches(spec: ModelSpec, batches, num_samples: int, seed: int, device: torch.device,
-                   obs_dim: int | None = None) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+                   obs_dim: int | None = None, *, progress: bool = False,
+                   num_batches: int | None = None) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     """Run :func:`draw_sparsity` over batches under one seed; the global RNG is left as it was.
 
     ``batches`` yields ``(level_probs (n, levels), program, args, kwargs, guide)``.
     Returns the per-batch exact probabilities and draws, for :func:`sparsity_inference_data`.
+    ``progress``: a progress bar over the ``num_batches`` batches (on stderr).
     """
     probs, draws = [], []
+    bar = tqdm(batches, total=num_batches, desc="posterior draws", unit="batch", disable=not progress)
     with seeded(seed, device):
-        for level_probs, program, args, kwargs, guide in batches:
+        for level_probs, program, args, kwargs, guide in bar:
             probs.append(level_probs.cpu())
             draws.append(draw_sparsity(spec, num_samples, program, *args, guide=guide,
                                        num_rows=level_probs.shape[0], obs_dim=obs_dim, **kwargs))

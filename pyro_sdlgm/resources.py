@@ -1,4 +1,10 @@
-"""Memory guard: estimate what training needs before allocating it, and refuse what cannot fit.
+"""Resources: the CPU threads torch may use, and the memory guard.
+
+:func:`cpu_threads` sets torch's intra-op thread count for a block (``training.num_threads``,
+``sdlgm ... --threads N``). On a busy machine torch's default, one thread per core, can be
+several times slower than one thread: OpenMP threads that wait for a core spin.
+
+Memory guard: estimate what training needs before allocating it, and refuse what cannot fit.
 
 The estimate (bytes, float32) is
 
@@ -35,13 +41,14 @@ a validation batch of 1,024 rows (``training.eval_batch_size`` sets it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
 
 import torch
 
-from .exceptions import ResourceError
+from .exceptions import ConfigError, ResourceError
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +62,22 @@ EVAL_SLOT_TENSORS = 10
 LABEL_TENSORS = 6
 EVAL_LABEL_TENSORS = 5
 GIB = 2**30
+
+
+@contextlib.contextmanager
+def cpu_threads(num_threads: int | None):
+    """torch's CPU threads set to ``num_threads`` inside the block, then as they were (None: unchanged)."""
+    if num_threads is None:
+        yield
+        return
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ConfigError(f"num_threads must be a whole number >= 1 or None, got {num_threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)

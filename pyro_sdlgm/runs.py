@@ -6,13 +6,21 @@ A run folder holds::
     metrics.jsonl     one JSON line of training metrics per epoch
     model.pt          weights-only checkpoint (SDLGM.save)
     evaluation.json   test-split metrics of the final model
+    checkpoints/      training checkpoints (epoch_NNNNNN.pt), for --resume
     plots/            training_curve.png, reconstructions.png, sparsity.png
+    (sdlgm inspect adds posterior.nc, inspection.json, sparsity_*.csv, count_calibration.csv
+    and more plots)
+
+``--overwrite`` deletes every one of these files an earlier run left before training, so
+the folder never mixes two runs; it refuses a folder that holds anything else.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,15 +30,53 @@ import numpy as np
 from . import distributed, plots
 from .config import RunConfig, load_run_config, write_yaml
 from .datasets import Dataset, prepare_dataset, split_dataset
+from .checkpoint import CHECKPOINT_DIR
 from .exceptions import CheckpointError, ConfigError, DataError
 from .registry import component_name
+from .resources import cpu_threads
 from .sdlgm import SDLGM
+from .training import METRICS_FILE, early_stopped, restored_epoch
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.pt"
 EVALUATION_FILE = "evaluation.json"
+POSTERIOR_FILE = "posterior.nc"
+SUMMARY_FILE = "sparsity_summary.csv"
+GROUPS_FILE = "sparsity_groups.csv"
+CALIBRATION_FILE = "count_calibration.csv"
+INSPECTION_FILE = "inspection.json"
+PLOTS_DIR = "plots"
+TEMPORARY = ".*.tmp"  # what an interrupted atomic write leaves (see checkpoint.atomic_write)
+#: the files a run (train, then inspect) writes: name patterns at the top, and in each folder
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, MODEL_FILE, EVALUATION_FILE, POSTERIOR_FILE, SUMMARY_FILE, GROUPS_FILE,
+             CALIBRATION_FILE, INSPECTION_FILE, TEMPORARY)
+RUN_FOLDERS = {PLOTS_DIR: ("*.png",), CHECKPOINT_DIR: ("epoch_*.pt", TEMPORARY)}
+
+
+def earlier_run_files(path: Path) -> list[Path]:
+    """The files an earlier run left in the folder ``path``, for ``--overwrite`` to delete.
+
+    Raises :class:`ConfigError` naming an entry that no run writes: overwriting never
+    deletes a file of the user's.
+    """
+    found, foreign = [], []
+    for entry in sorted(path.iterdir()):
+        if entry.is_file() and any(fnmatch.fnmatchcase(entry.name, p) for p in RUN_FILES):
+            found.append(entry)
+        elif entry.is_dir() and not entry.is_symlink() and entry.name in RUN_FOLDERS:
+            for inner in sorted(entry.iterdir()):
+                patterns = RUN_FOLDERS[entry.name]
+                ok = inner.is_file() and any(fnmatch.fnmatchcase(inner.name, p) for p in patterns)
+                (found if ok else foreign).append(inner)
+        else:
+            foreign.append(entry)
+    if foreign:
+        raise ConfigError(f"--overwrite replaces the files of an earlier run, but {str(path)!r} also holds "
+                          f"{str(foreign[0])!r}, which no run writes ({len(foreign)} such entries); move them or "
+                          "choose another run folder")
+    return found
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool, resume: bool = False) -> Path:
@@ -44,15 +90,22 @@ def prepare_run_dir(path: str | Path, overwrite: bool, resume: bool = False) -> 
     if resume:
         if not path.is_dir():
             raise CheckpointError(f"cannot resume {str(path)!r}: no such run folder")
-    else:
+    stale: list[Path] = []
+    if not resume:
         if path.exists() and not path.is_dir():
             raise ConfigError(f"run_dir {str(path)!r} exists and is not a folder")
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise ConfigError(f"run folder {str(path)!r} already exists and is not empty; pass --overwrite to replace "
-                              "its files")
+        if path.exists() and any(path.iterdir()):
+            if not overwrite:
+                raise ConfigError(f"run folder {str(path)!r} already exists and is not empty; pass --overwrite to "
+                                  "replace its files")
+            stale = earlier_run_files(path)
     replicas.barrier()  # no rank checks a folder that rank 0 has started writing
     if replicas.is_main:
-        (path / "plots").mkdir(parents=True, exist_ok=True)
+        for old in stale:
+            old.unlink(missing_ok=True)
+        if stale:
+            logger.info("--overwrite: deleted the %d files of the earlier run in %s", len(stale), path)
+        (path / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
     replicas.barrier()
     return path
 
@@ -70,7 +123,7 @@ def run_data(config: RunConfig) -> tuple[Dataset, Dataset | None]:
 def write_plots(model: SDLGM, data: Dataset, history: list[dict] | None, run_dir: Path) -> list[Path]:
     """Training curve, reconstructions (image data) and the sparsity histogram."""
     out = []
-    plot_dir = run_dir / "plots"
+    plot_dir = run_dir / PLOTS_DIR
     plot_dir.mkdir(exist_ok=True)
     if history:
         out.append(plots.plot_training_curve(history, plot_dir / "training_curve.png"))
@@ -92,9 +145,21 @@ def train_run(config: RunConfig, *, overwrite: bool = False, resume: bool = Fals
 
     ``resume``: continue the interrupted training in ``config.run_dir`` from its newest
     checkpoint (``config`` is the folder's own config.yaml; it is not rewritten).
+    ``config.training.num_threads`` applies to the whole run (training, evaluation, plots).
     """
-    if config.task == "multilabel":
-        return train_multilabel_run(config, overwrite=overwrite, resume=resume)
+    with cpu_threads(config.training.num_threads):
+        if config.task == "multilabel":
+            return train_multilabel_run(config, overwrite=overwrite, resume=resume)
+        return train_unsupervised_run(config, overwrite=overwrite, resume=resume)
+
+
+def training_summary(history: list[dict], epochs: int, wall: float) -> dict[str, Any]:
+    """How a fit went: seconds, epochs run, whether it stopped early and which epoch it kept."""
+    return {"train_seconds": wall, "epochs_run": len(history), "early_stopped": early_stopped(history, epochs),
+            "restored_epoch": restored_epoch(history)}
+
+
+def train_unsupervised_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     train, test = run_data(config)
     if config.model.input_dim is None:
         config.model.input_dim = int(train.X.shape[1])
@@ -114,7 +179,8 @@ def train_run(config: RunConfig, *, overwrite: bool = False, resume: bool = Fals
     model.save(run_dir / MODEL_FILE)
     evaluation_data = test if test is not None else train
     metrics = model.evaluate(evaluation_data.X)
-    metrics.update(split="test" if test is not None else "train", train_seconds=wall, epochs_run=len(history))
+    metrics.update(split="test" if test is not None else "train", **training_summary(history, config.training.epochs,
+                                                                                    wall))
     (run_dir / EVALUATION_FILE).write_text(json.dumps(metrics, indent=2))
     figures = write_plots(model, evaluation_data, history, run_dir)
     return {"run_dir": str(run_dir), "metrics": metrics, "plots": [str(p) for p in figures]}
@@ -163,7 +229,11 @@ def evaluate_run(run_dir: str | Path, source: str | None = None, num_samples: in
 
 
 def encode_run(run_dir: str | Path, out: str | Path, source: str | None = None) -> dict[str, Any]:
-    """Write the hard codes of the run's test split (or of ``source``) to ``out`` as a sparse CSR ``.npz``."""
+    """Write the hard codes of the run's test split (or of ``source``) to ``out`` as a sparse CSR ``.npz``.
+
+    Beside it, ``<out>_rows.npy`` holds ``(N,)`` int64: the row of the data source each code
+    row encodes (the test split is a seeded subset of the source's rows).
+    """
     import scipy.sparse
 
     config, model = open_run(run_dir)
@@ -176,8 +246,11 @@ def encode_run(run_dir: str | Path, out: str | Path, source: str | None = None) 
         out = out.with_name(out.name + ".npz")
     out.parent.mkdir(parents=True, exist_ok=True)
     scipy.sparse.save_npz(out, codes)
+    rows_out = out.with_name(out.stem + "_rows.npy")
+    np.save(rows_out, data.source_rows(), allow_pickle=False)
     nnz = np.diff(codes.indptr)
-    return {"out": str(out), "shape": list(codes.shape), "mean_nnz": float(nnz.mean()), "max_nnz": int(nnz.max())}
+    return {"out": str(out), "rows_out": str(rows_out), "source": source or config.data.source,
+            "shape": list(codes.shape), "mean_nnz": float(nnz.mean()), "max_nnz": int(nnz.max())}
 
 
 # ----------------------------------------------------------------------------- multi-label runs
@@ -280,9 +353,9 @@ def train_multilabel_run(config: RunConfig, *, overwrite: bool = False, resume: 
         return {"run_dir": str(run_dir), "rank": distributed.current().rank}
     model.save(run_dir / MODEL_FILE)
     metrics = multilabel_metrics(model, train, test)
-    metrics.update(split="test", train_seconds=wall, epochs_run=len(history))
+    metrics.update(split="test", **training_summary(history, config.training.epochs, wall))
     (run_dir / EVALUATION_FILE).write_text(json.dumps(metrics, indent=2))
-    figures = [plots.plot_training_curve(history, run_dir / "plots" / "training_curve.png")]
+    figures = [plots.plot_training_curve(history, run_dir / PLOTS_DIR / "training_curve.png")]
     return {"run_dir": str(run_dir), "metrics": metrics, "plots": [str(p) for p in figures]}
 
 
@@ -305,13 +378,6 @@ def predict_run(run_dir: str | Path, out: str | Path, source: str | None = None)
 
 
 # ----------------------------------------------------------------------------- inspect
-
-POSTERIOR_FILE = "posterior.nc"
-SUMMARY_FILE = "sparsity_summary.csv"
-GROUPS_FILE = "sparsity_groups.csv"
-CALIBRATION_FILE = "count_calibration.csv"
-INSPECTION_FILE = "inspection.json"
-
 
 def read_groups(groups: str | None, num_obs: int, default: np.ndarray | None) -> np.ndarray | None:
     """Group labels for ``sdlgm inspect``: ``"auto"`` (the data's own), ``"none"``, or a file.
@@ -343,14 +409,15 @@ def read_groups(groups: str | None, num_obs: int, default: np.ndarray | None) ->
 
 
 def inspect_run(run_dir: str | Path, source: str | None = None, groups: str | None = "auto", *,
-                num_samples: int = 100, seed: int = 0, show: bool = False) -> dict[str, Any]:
+                num_samples: int = 100, seed: int = 0, show: bool = False, progress: bool = False) -> dict[str, Any]:
     """Write the posterior over sparsity of the run's test split (or of ``source``) into the run folder.
 
     Files: ``posterior.nc`` (ArviZ, netCDF), ``sparsity_summary.csv`` (one row per
     observation), ``sparsity_groups.csv`` (with groups), ``count_calibration.csv``
     (multi-label), ``inspection.json`` (the headline numbers) and plots in ``plots/``.
     Groups: ``"auto"`` uses the data's classes (unsupervised) or the true label counts
-    (multi-label). Returns the headline numbers, the tables and the written paths.
+    (multi-label). ``progress``: a progress bar over the posterior draws, then a line per
+    stage (on stderr). Returns the headline numbers, the tables and the written paths.
     """
     from . import inspection
     from .posterior import check_num_samples, group
@@ -363,14 +430,15 @@ def inspect_run(run_dir: str | Path, source: str | None = None, groups: str | No
     if multilabel:
         _, data = multilabel_run_data(config, source)
         X = data.X
-        idata = model.posterior(X, data.Y, num_samples=num_samples, seed=seed)
+        idata = model.posterior(X, data.Y, num_samples=num_samples, seed=seed, progress=progress)
         default_groups = group(idata, "observed_data")["label_count"].values  # the true label counts
     else:
         data = run_eval_data(config, source)
         X, image_shape, default_groups = data.X, data.image_shape, data.y
-        idata = model.posterior(X, num_samples=num_samples, seed=seed)
+        idata = model.posterior(X, num_samples=num_samples, seed=seed, progress=progress)
     labels = read_groups(groups, X.shape[0], default_groups)
 
+    _stage(progress, f"writing {POSTERIOR_FILE} and the tables")
     written = []
     posterior_path = run_dir / POSTERIOR_FILE
     posterior_path.unlink(missing_ok=True)  # netCDF writers may refuse to replace an open-able file
@@ -414,13 +482,19 @@ def inspect_run(run_dir: str | Path, source: str | None = None, groups: str | No
         written.append(run_dir / CALIBRATION_FILE)
         result["calibration"] = calibration
 
+    _stage(progress, "drawing the plots")
     figures = _inspection_figures(model, X, summary, probs, levels, usage, group_table, bins, calibration,
-                                  image_shape, labels, multilabel, run_dir / "plots", show)
+                                  image_shape, labels, multilabel, run_dir / PLOTS_DIR, show)
     written += figures
     (run_dir / INSPECTION_FILE).write_text(json.dumps(_finite_or_null(result), indent=2, allow_nan=False))
     written.append(run_dir / INSPECTION_FILE)
     result.update(files=[str(p) for p in written], groups=group_table)
     return result
+
+
+def _stage(progress: bool, message: str) -> None:
+    if progress:
+        print(f"inspect: {message}", file=sys.stderr, flush=True)
 
 
 def _finite_or_null(value):
@@ -450,8 +524,6 @@ def _inspection_figures(model, X, summary, probs, levels, usage, group_table, bi
         draw(path, figure())
         out.append(path)
 
-    save("sparsity_modes.png", lambda p, f: plots.plot_sparsity_modes(summary["mode"].to_numpy(), levels,
-                                                                      probs.mean(0), p, f))
     # observations spread over the range of E[L_i]: the sparsest, the densest and between
     order = np.argsort(summary["mean"].to_numpy(), kind="stable")
     chosen = order[np.unique(np.linspace(0, len(order) - 1, min(8, len(order))).astype(int))]
@@ -472,9 +544,9 @@ def _inspection_figures(model, X, summary, probs, levels, usage, group_table, bi
             codes = model.encode(X)[:, dims]
             used = codes != 0
             values = np.where(used.any(0), codes.sum(0) / np.maximum(used.sum(0), 1), 1.0)
-        images = model.decode_dimensions(dims, values)
+        effects = model.decode_dimensions(dims, values) - model.decode_dimensions(dims[:1], [0.0])
         save("dimension_images.png", lambda p, f: plots.plot_dimension_images(
-            images, dims, top["mean_inclusion"].to_numpy(), image_shape, p, f))
+            effects, dims, top["mean_inclusion"].to_numpy(), image_shape, p, f))
     if bins is not None:
         save("count_calibration.png", lambda p, f: plots.plot_count_calibration(bins, calibration, p, f))
     if show:

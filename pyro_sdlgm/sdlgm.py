@@ -21,7 +21,7 @@ from .evaluation import code_statistics, elbo_terms, slot_duplicates
 from .exceptions import CheckpointError, DataError, NotFittedError
 from .guides import GUIDES
 from .model import SDLGMModel
-from .posterior import check_num_samples, sample_batches, sparsity_inference_data
+from .posterior import batch_count, check_num_samples, sample_batches, sparsity_inference_data
 from .registry import ComponentSpec
 from .resources import guard_parameters, guard_training_memory
 from .schedules import final_schedule
@@ -296,7 +296,7 @@ class SDLGM:
 
     @torch.no_grad()
     def posterior(self, X, *, num_samples: int = 100, seed: int = 0, batch_size: int = 256,
-                  posterior_predictive: bool = False, obs_names=None):
+                  posterior_predictive: bool = False, obs_names=None, progress: bool = False):
         """The posterior over sparsity of each row of ``X (N, D)`` as ArviZ data.
 
         Groups (see :mod:`pyro_sdlgm.posterior`): ``posterior`` with ``sparsity`` (draws of
@@ -307,8 +307,8 @@ class SDLGM:
         ``posterior_predictive.x`` ``(1, S, N, D)`` and ``observed_data.x`` (``X``).
 
         Draws use the final training temperatures and are seeded by ``seed``; the global
-        RNG state is left untouched. Returns ``arviz.InferenceData`` (ArviZ 0.x) or an
-        ``xarray.DataTree`` (ArviZ 1.x).
+        RNG state is left untouched. ``progress`` shows a progress bar over the batches.
+        Returns ``arviz.InferenceData`` (ArviZ 0.x) or an ``xarray.DataTree`` (ArviZ 1.x).
         """
         num_samples = check_num_samples(num_samples)
         self._check_fitted("posterior")
@@ -328,7 +328,8 @@ class SDLGM:
                            (), {**schedule}, None)
 
         probs, draws = sample_batches(self.spec, batches(), num_samples, seed, self.device,
-                                      obs_dim=self.spec.input_dim if posterior_predictive else None)
+                                      obs_dim=self.spec.input_dim if posterior_predictive else None,
+                                      progress=progress, num_batches=batch_count(x.shape[0], batch_size))
         return sparsity_inference_data(
             self.spec, probs, draws, num_samples=num_samples, seed=seed, model_name="SDLGM", obs_names=obs_names,
             observed={"x": x.cpu().numpy()} if posterior_predictive else None,
@@ -363,7 +364,9 @@ class SDLGM:
         ``recon`` (``-log p(x | decoder(hard code))``), ``mse`` (squared error of the
         hard reconstruction, summed over features), ``mean_nnz``, ``std_nnz``,
         ``min_nnz``, ``max_nnz``, ``nnz_histogram`` (counts for 0..L0),
-        ``codes_over_cap`` (always 0), ``dead_dim_fraction``, ``slot_duplicate_rate``
+        ``codes_over_cap`` (always 0), ``unused_dim_fraction`` (the fraction of the K
+        dimensions non-zero in no hard code of ``X``; ``inspect``'s *dead* dimensions are
+        another measure, posterior inclusion below 0.001), ``slot_duplicate_rate``
         (fraction of the used slots of a relaxed guide draw at the final temperature whose
         argmax repeats an earlier used slot's),
         ``mean_sparsity_entropy`` (nats) and ``num_examples``.

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -59,6 +60,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .elbo import AnalyticKLELBO
 from .exceptions import CheckpointError, ConfigError, NumericalError
+from .resources import cpu_threads
 from .schedules import TrainingSchedule
 
 logger = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ METRICS_FILE = "metrics.jsonl"
 # (the remedies that NumericalError and ResourceError suggest among them)
 # (and pyro_validation, which changes no number)
 RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints", "nan_policy", "check_memory", "memory_limit_gb",
-                  "pyro_validation")
+                  "pyro_validation", "num_threads")
 
 
 @contextlib.contextmanager
@@ -225,6 +227,11 @@ def check_run_dir(run_dir: str | Path | None, resume: bool, overwrite: bool) -> 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The newest training checkpoint of a run folder; :class:`CheckpointError` if there is none."""
+    return latest_checkpoint_epoch(run_dir)[1]
+
+
+def latest_checkpoint_epoch(run_dir: str | Path) -> tuple[int, Path]:
+    """``(completed epochs, path)`` of the newest training checkpoint; :class:`CheckpointError` if none."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     found = list_checkpoints(folder)
     if not found:
@@ -232,7 +239,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
             f"cannot resume {str(run_dir)!r}: it holds no training checkpoint ({str(folder)}/epoch_*.pt); "
             "start the run anew"
         )
-    return found[-1][1]
+    return found[-1]
+
+
+def restored_epoch(history: list[dict]) -> int | None:
+    """The epoch (counted from 1) whose parameters :meth:`Trainer.fit` returned: the best
+    validation epoch, or None without validation (the last epoch's parameters)."""
+    best = [record["epoch"] for record in history if record.get("best_epoch")]
+    return best[-1] + 1 if best else None
+
+
+def early_stopped(history: list[dict], epochs: int) -> bool:
+    return len(history) < epochs
 
 
 _SITE = re.compile(r"at site '([^']+)'")
@@ -482,6 +500,10 @@ class Trainer:
                 whose batches were all skipped (``"skip_batch"``), or non-finite parameters
                 or validation loss after an epoch; no checkpoint is written for that epoch.
         """
+        with cpu_threads(self.config.num_threads):
+            return self._fit(train, val, run_dir, resume=resume, overwrite=overwrite, identity=identity)
+
+    def _fit(self, train, val, run_dir, *, resume: bool, overwrite: bool, identity: dict | None):
         cfg = self.config
         replicas = distributed.current()
         check_run_dir(run_dir, resume, overwrite)
@@ -528,9 +550,9 @@ class Trainer:
                 if not replicas.is_main:  # ranks draw different noise (rank 0 keeps the single-process stream)
                     torch.manual_seed(distributed.rank_seed(cfg.seed, replicas.rank, progress.epoch))
             start = progress.epoch
-            bar = tqdm(range(start, cfg.epochs), desc="SDLGM", unit="epoch", initial=start, total=cfg.epochs,
+            bar = tqdm(desc="SDLGM", unit="epoch", initial=start, total=cfg.epochs,
                        disable=not cfg.progress or progress.finished or not replicas.is_main)
-            for epoch in ([] if progress.finished else bar):
+            for epoch in ([] if progress.finished else range(start, cfg.epochs)):
                 record = self._epoch(epoch, train, val, n, step_fn, named, optimizer, generator, schedule,
                                      schedule_end, progress, replicas)
                 progress.history.append(record)
@@ -538,7 +560,9 @@ class Trainer:
                 if writes:
                     with metrics_path.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
-                bar.set_postfix({k: f"{record[k]:.2f}" for k in ("train_loss", "val_loss") if k in record})
+                bar.set_postfix({k: f"{record[k]:.2f}" for k in ("train_loss", "val_loss") if k in record},
+                                refresh=False)
+                bar.update(1)
                 logger.info("epoch %d: %s", epoch,
                             {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
                 stop = cfg.patience is not None and progress.best_state is not None and progress.stale >= cfg.patience
@@ -548,14 +572,32 @@ class Trainer:
                     progress.last_checkpoint = self._save_checkpoint(folder, progress, optimizer, generator,
                                                                      schedule, identity, fingerprint)
                 if stop:
-                    logger.info("early stopping at epoch %d (best validation loss %.4f)", epoch, progress.best_val)
                     break
             bar.close()
         replicas.check_identical(named)
         if progress.best_state is not None:
             self.model.load_state_dict(progress.best_state[0])
             self.guide.load_state_dict(progress.best_state[1])
+        if len(progress.history) > start:  # epochs ran in this call: say how training ended
+            self._announce_end(progress, announce=cfg.progress and replicas.is_main)
         return progress.history
+
+    def _announce_end(self, progress: _Progress, announce: bool) -> None:
+        """Say whether training stopped early and which epoch's parameters it returns."""
+        best = restored_epoch(progress.history)
+        ran = len(progress.history)
+        parts = []
+        if early_stopped(progress.history, self.config.epochs):
+            parts.append(f"early stopping after epoch {ran}: the validation loss has not improved for "
+                         f"{self.config.patience} epochs")
+        if best is not None and best != ran:
+            parts.append(f"restored epoch {best}, the best validation loss ({progress.best_val:.4f})")
+        if not parts:
+            return
+        message = "; ".join(parts)
+        logger.info(message)
+        if announce:
+            tqdm.write(message, file=sys.stderr)
 
     def _epoch(self, epoch: int, train: tuple, val: tuple | None, n: int, loss_fn, named: dict, optimizer,
                generator, schedule, schedule_end: int, progress: _Progress,

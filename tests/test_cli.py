@@ -1,6 +1,8 @@
 """The sdlgm command line end to end on tiny data: train, evaluate, encode, and its errors."""
 
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -99,3 +101,78 @@ def test_multilabel_run_train_evaluate_predict(tmp_path, capsys):
     assert "6 labels" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "run"), "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def run_files(run_dir):
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "training.checkpoint_every=1", "--run-dir", str(run_dir)]) == 0
+    assert main(["inspect", str(run_dir), "--num-samples", "5"]) == 0
+    (run_dir / "plots" / "old_extra_plot.png").write_bytes(b"png")  # a plot name this version no longer writes
+    earlier = run_files(run_dir)
+    assert {"posterior.nc", "inspection.json", "sparsity_summary.csv", "checkpoints/epoch_000002.pt"} <= earlier
+    fresh = tmp_path / "fresh"
+    overrides = [*TINY, "training.epochs=1"]
+    assert main(["train", *overrides, "--run-dir", str(fresh)]) == 0
+    assert main(["train", *overrides, "--run-dir", str(run_dir), "--overwrite"]) == 0
+    assert run_files(run_dir) == run_files(fresh)  # nothing of the earlier run is left beside the new one
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_overwrite_refuses_a_folder_holding_files_no_run_writes(trained_run, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    shutil.copytree(trained_run, folder)
+    (folder / "notes.txt").write_text("my notes")
+    before = run_files(folder)
+    assert main(["train", *TINY, "--run-dir", str(folder), "--overwrite"]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert run_files(folder) == before and (folder / "notes.txt").read_text() == "my notes"
+
+
+def test_help_imports_neither_torch_nor_pyro():
+    code = ("import sys\nfrom pyro_sdlgm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'pyro', 'sklearn', 'scipy') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout
+
+
+def test_threads_flag_is_recorded_as_training_num_threads(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "--threads", "1", "--run-dir", str(run_dir)]) == 0
+    assert "num_threads: 1" in (run_dir / "config.yaml").read_text()
+    assert main(["evaluate", str(run_dir), "--threads", "1"]) == 0
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(run_dir), "--threads", "0"])
+    assert "--threads" in capsys.readouterr().err
+
+
+def test_encode_writes_the_source_row_of_each_code(trained_run, tmp_path):
+    from pyro_sdlgm import SDLGM
+    from pyro_sdlgm.config import load_run_config
+    from pyro_sdlgm.datasets import load_source, prepare_dataset
+
+    out = tmp_path / "codes.npz"
+    assert main(["encode", str(trained_run), "--out", str(out)]) == 0
+    rows = np.load(tmp_path / "codes_rows.npy")
+    codes = scipy.sparse.load_npz(out).toarray()
+    assert rows.shape == (15,) and len(set(rows.tolist())) == 15
+    config = load_run_config(trained_run / "config.yaml")
+    source = prepare_dataset(dataclasses.replace(config.data, max_examples=None), "bernoulli")
+    assert source.X.shape[0] == load_source("digits").X.shape[0] == 1797
+    np.testing.assert_array_equal(SDLGM.load(trained_run / "model.pt").encode(source.X[rows]), codes)
+
+
+def test_an_override_typo_is_blamed_on_the_command_line_not_the_file(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('[training]\nepochs = 2\n')
+    assert main(["train", "--config", str(config), "training.epoch=3", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "'training.epoch'" in err and "command-line" in err and str(config) not in err
+    config.write_text('[training]\nepoch = 2\n')  # the file's own typo names the file
+    assert main(["train", "--config", str(config), "training.epochs=3", "--run-dir", str(tmp_path / "r")]) == 2
+    assert str(config) in capsys.readouterr().err

@@ -348,7 +348,9 @@ def test_inspect_cli_unsupervised(tmp_path, capsys):
     assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 0
     capsys.readouterr()
     assert main(["inspect", str(run_dir), "--num-samples", "20"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "posterior draws" in err and "plots" in err  # progress on stderr, the summary on stdout
+    assert "posterior draws" not in out
     assert "modes of q(L|x)" in out and "per group:" in out and "Kruskal-Wallis" in out
     idata = load_inference_data(str(run_dir / "posterior.nc"))
     assert group(idata, "posterior")["sparsity"].shape == (1, 20, 15)  # the 15 test rows
@@ -356,7 +358,7 @@ def test_inspect_cli_unsupervised(tmp_path, capsys):
     assert len(summary) == 15
     np.testing.assert_allclose(summary["mean"], group(idata, "marginals")["sparsity_probs"].values @ [1, 2, 3])
     assert (run_dir / "sparsity_groups.csv").read_text().startswith("group,count,mean_L")
-    for name in ["sparsity_modes", "sparsity_examples", "sparsity_by_group", "dimension_usage",
+    for name in ["sparsity_examples", "sparsity_by_group", "dimension_usage",
                  "dimension_images"]:
         assert _png(run_dir / "plots" / f"{name}.png"), name
     headline = json.loads((run_dir / "inspection.json").read_text())

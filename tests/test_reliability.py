@@ -223,6 +223,33 @@ def test_sigkilled_training_resumes_with_the_losses_of_an_uninterrupted_run(tmp_
     assert names == [f"epoch_{(last - 1) // 3 * 3:06d}.pt", f"epoch_{last:06d}.pt"]
 
 
+def test_ctrl_c_exits_130_naming_the_checkpoint_and_resume_says_where_it_continues(tmp_path, capsys):
+    config = write_digits_config(tmp_path / "run.toml", tmp_path / "unused", epochs=40)
+    run_dir = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "pyro_sdlgm", "train", "--config", str(config), "--run-dir",
+                             str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list_checkpoints(run_dir / "checkpoints"):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    epoch, checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
+    assert len(lines) == 1 and str(checkpoint) in lines[0] and f"sdlgm train --resume {run_dir}" in lines[0]
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"after epoch {epoch} of 40" in out.splitlines()[0]
+
+
 KILL_INSIDE_SAVE = """
 import io, os, signal, sys
 import torch
@@ -284,6 +311,9 @@ progress = false""")
     assert main(["train", "--resume", str(crashed), "--config", str(config)]) == 2
     assert "takes no --config" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--resume", str(tmp_path / "empty")]) == 2
     assert "not a run folder" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "full" / "checkpoints")
     assert main(["train", "--resume", str(tmp_path / "full")]) == 2

@@ -49,7 +49,7 @@ def test_include_zero_and_binary_modes(binary_data):
 def test_evaluate_reports_the_documented_metrics(fitted, binary_data):
     metrics = fitted.evaluate(binary_data, num_samples=2)
     for key in ["elbo", "recon", "recon_relaxed", "kl_sparsity", "kl_slots", "kl_values", "mse", "mean_nnz",
-                "max_nnz", "nnz_histogram", "codes_over_cap", "dead_dim_fraction", "slot_duplicate_rate"]:
+                "max_nnz", "nnz_histogram", "codes_over_cap", "unused_dim_fraction", "slot_duplicate_rate"]:
         assert key in metrics
     assert metrics["codes_over_cap"] == 0 and metrics["max_nnz"] <= 3
     assert sum(metrics["nnz_histogram"]) == 120
@@ -169,3 +169,19 @@ def test_encode_checks_features(fitted):
         fitted.encode(np.zeros((3, 11)))
     with pytest.raises(DataError, match="num_samples"):
         fitted.evaluate(np.zeros((3, 12)), num_samples=0)
+
+
+def test_bad_values_are_named_as_plain_numbers_not_numpy_reprs():
+    from pyro_sdlgm import SDLGMClassifier
+
+    X = np.zeros((4, 3), np.float32)
+    X[2, 1] = 51.0
+    with pytest.raises(DataError) as bernoulli:
+        SDLGM(input_dim=3, latent_dim=4, max_sparsity=2).fit(X, epochs=1, progress=False)
+    Y = np.eye(4, 3, dtype=np.float32)
+    Y[1, 0] = 2.0
+    with pytest.raises(DataError) as labels:
+        SDLGMClassifier(num_labels=3, max_labels=2).fit(X, Y, epochs=1, progress=False)
+    for err in (bernoulli, labels):
+        assert "np." not in str(err.value), str(err.value)
+    assert "51.0 at row 2, column 1" in str(bernoulli.value) and "2.0" in str(labels.value)

@@ -6,7 +6,9 @@ import json
 
 import pytest
 import torch
-from pyro_sdlgm import GUIDES, SDLGM, SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS, NumericalError, TrainConfig
+from pyro_sdlgm import (
+    GUIDES, SDLGM, SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS, ConfigError, NumericalError, TrainConfig,
+)
 from pyro_sdlgm.schedules import ExponentialAnnealing, LinearWarmup, TrainingSchedule
 from pyro_sdlgm.training import Trainer
 
@@ -104,3 +106,31 @@ def test_fit_and_encode_on_cuda(binary_data):
     model.fit(binary_data, device="cuda", **FAST_FIT)
     assert model.device.type == "cuda"
     assert (model.encode(binary_data) != 0).sum(1).max() <= 3
+
+
+def test_early_stopping_is_announced_with_the_restored_epoch(binary_data, capsys):
+    model = SDLGM(input_dim=12, **SMALL)
+    history = model.fit(binary_data, epochs=200, batch_size=16, learning_rate=3e-2, patience=2, progress=True)
+    err = capsys.readouterr().err
+    restored = [r["epoch"] + 1 for r in history if r["best_epoch"]][-1]  # counted from 1, as the bar counts
+    assert len(history) < 200 and restored < len(history)
+    announcement = [line for line in err.replace("\r", "\n").splitlines() if "early stopping" in line]
+    assert len(announcement) == 1
+    assert f"epoch {len(history)}" in announcement[0] and f"epoch {restored}" in announcement[0]
+    # the bar ends at the epoch training stopped at, not one before it
+    assert f"{len(history)}/200" in err and f"{len(history) - 1}/200" not in err.split("early stopping")[-1]
+
+
+def test_num_threads_applies_while_training_and_is_restored(binary_data):
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    seen = []
+    model = SDLGM(input_dim=12, **SMALL)
+    trainer = Trainer(model.model, model.guide, TrainConfig(epochs=1, batch_size=40, progress=False,
+                                                             num_threads=target),
+                      batch_kwargs=lambda batch: seen.append(torch.get_num_threads()) or {})
+    trainer.fit(torch.as_tensor(binary_data))
+    assert seen == [target] * 3
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="num_threads"):
+        TrainConfig(num_threads=0).validate()
