@@ -39,6 +39,14 @@ def _inspection_text(result: dict) -> str:
         f"dimensions: {result['dead_dims']} of {result['num_dims']} dead (mean inclusion < 0.001), "
         f"{result['always_on_dims']} always on",
     ]
+    if "prefix" in result:
+        p, e = result["prefix"], result["dimension_effects"]
+        lines.append(f"counts the hard reconstructions support (argmin_l R_l + KL of the first l slots): mean "
+                     f"{p['mean_best_count']:.2f} against mean L_hat {p['mean_l_hat']:.2f}; L_hat equals it for "
+                     f"{100 * p['l_hat_equals_best']:.0f}% of rows (mean |difference| {p['l_hat_abs_error']:.2f})")
+        lines.append(f"hard codes use {e['used_dims']} of {e['num_dims']} dimensions; median effect on the output "
+                     f"(|E[x | one dimension] - E[x | empty code]|): {e['median_effect_used']:.3g} used, "
+                     f"{e['median_effect_unused']:.3g} unused")
     if "calibration" in result:
         c = result["calibration"]
         lines.append(f"count calibration: ECE {c['ece']:.3f}, accuracy {c['accuracy']:.3f}, mean confidence "

@@ -159,10 +159,12 @@ class ModelConfig(_Section):
     support_prior: ComponentSpec = "uniform"
     value_prior: ComponentSpec = "normal"
     guide: ComponentSpec = "mlp_per_slot"
-    sparsity_inference: str = "relaxed"  # "relaxed" | "enumerate"
+    sparsity_inference: str = "relaxed"  # "relaxed" | "enumerate" | "marginal"
     objective: str = "discrete_kl"  # "discrete_kl" | "relaxed" (see ModelSpec)
     slot_selection: str = "without_replacement"  # "without_replacement" | "independent"
     slot_layout: str = "per_slot"  # "per_slot" (sites slot_1..slot_L0) | "joint" (one site, faster)
+    count_coupling: str = "gated_code"  # "gated_code" | "prefix_mixture" (see ModelSpec)
+    slot_estimator: str = "relaxed"  # "relaxed" | "straight_through" (see ModelSpec)
     decoder_hidden: tuple[int, ...] = (256, 512)
     activation: str = "relu"
 
@@ -201,6 +203,8 @@ class ModelConfig(_Section):
             objective=self.objective,
             slot_selection=self.slot_selection,
             slot_layout=self.slot_layout,
+            count_coupling=self.count_coupling,
+            slot_estimator=self.slot_estimator,
         )
 
 

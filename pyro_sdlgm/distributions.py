@@ -273,3 +273,86 @@ def _kl_joint_slots(q: DiscreteKLJointSlots, p: DiscreteKLJointSlots) -> torch.T
 def joint_slots_class(objective: str) -> type[JointSlots]:
     """The joint slot distribution whose KL matches the objective."""
     return DiscreteKLJointSlots if objective == "discrete_kl" else JointSlots
+
+
+class LevelMarginal(TorchDistribution):
+    """``q(L_i)`` itself as the value of the ``sparsity`` site (``sparsity_inference="marginal"``).
+
+    The value is ``log q(L_i = l)``, shape ``batch_shape + (num_levels,)``: a point mass in log
+    space on the distribution of the count, so that everything computed from the site (the
+    slot gates ``P(L_i >= l)`` and the expected log-likelihood of
+    :class:`ExpectedLogLikelihood`) is an exact expectation over ``L_i`` instead of a
+    Monte-Carlo one. ``kl_divergence`` between two of them is the KL of the categoricals, so
+    the ELBO keeps the discrete KL of ``L_i``. It has no density (``log_prob`` raises): only an
+    objective with analytic KL terms (``objective="discrete_kl"``) can score it.
+    """
+
+    arg_constraints = {"logits": constraints.real_vector}
+    support = log_simplex
+    has_rsample = True
+
+    def __init__(self, logits: torch.Tensor, validate_args=None):
+        self.logits = logits - logits.logsumexp(-1, keepdim=True)
+        super().__init__(self.logits.shape[:-1], self.logits.shape[-1:], validate_args=validate_args)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.exp()
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(LevelMarginal, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.logits = self.logits.expand(batch_shape + self.event_shape)
+        super(LevelMarginal, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.logits.expand(self._extended_shape(sample_shape))
+
+    def log_prob(self, value):
+        raise NotImplementedError("a LevelMarginal site (sparsity_inference='marginal') has no density; "
+                                  "score it by its KL (objective='discrete_kl')")
+
+
+@register_kl(LevelMarginal, LevelMarginal)
+def _kl_level_marginal(q: LevelMarginal, p: LevelMarginal) -> torch.Tensor:
+    return (q.probs * (q.logits - p.logits)).sum(-1)
+
+
+class ExpectedLogLikelihood(TorchDistribution):
+    """The likelihood of ``x`` averaged in log space over the count: ``sum_l w_l log p(x | z_l)``.
+
+    ``base`` has batch shape ``batch_shape + (num_levels,)``: the likelihood of each level's
+    code ``z_l`` (its first ``l`` slots), and ``weights`` ``batch_shape + (num_levels,)`` the
+    level weights (``q(L_i = l)`` in ``marginal`` mode, a relaxed one-hot of ``L_i``
+    otherwise). Its ``log_prob`` is the expected log-likelihood the ELBO needs (an
+    unnormalized density of ``x``); ``sample`` draws a level from the weights, then ``x`` from
+    that level's likelihood, so posterior-predictive draws follow the discrete model.
+    The decoder only ever sees codes with a whole number of slots.
+    """
+
+    arg_constraints = {}
+
+    def __init__(self, base, weights: torch.Tensor, validate_args=None):
+        self.base, self.weights = base, weights
+        super().__init__(weights.shape[:-1], base.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.base.support
+
+    def log_prob(self, value):
+        per_level = self.base.log_prob(value.unsqueeze(-1 - len(self.event_shape)))
+        return (per_level * self.weights).sum(-1)
+
+    def sample(self, sample_shape=torch.Size()):
+        draws = self.base.sample(sample_shape)  # sample_shape + batch + (levels,) + event
+        level = torch.distributions.Categorical(probs=self.weights).sample(sample_shape)
+        index = level.reshape(level.shape + (1,) * (1 + len(self.event_shape)))
+        index = index.expand(level.shape + (1,) + self.event_shape)
+        return draws.gather(len(level.shape), index).squeeze(len(level.shape))
+
+    @property
+    def mean(self):
+        return (self.base.mean * self.weights.unsqueeze(-1)).sum(-2) if self.event_shape else None

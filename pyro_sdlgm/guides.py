@@ -17,7 +17,8 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-from .distributions import concrete_class
+from .distributions import LevelMarginal, concrete_class
+from .exceptions import ConfigError
 from .model import data_plate, sample_slots
 from .networks import AmortizedEncoder
 from .registry import Registry
@@ -49,6 +50,8 @@ def amortized_sparsity_dist(spec: ModelSpec, params: GuideParams, tau: float) ->
     """``L_i`` given per-row logits ``(N, num_levels)``: categorical (enumerate mode) or ExpConcrete."""
     if spec.sparsity_inference == "enumerate":
         return dist.Categorical(logits=params.sparsity_logits)
+    if spec.sparsity_inference == "marginal":
+        return LevelMarginal(params.sparsity_logits)
     return concrete_class(spec.objective)(tau, logits=params.sparsity_logits)
 
 
@@ -164,6 +167,37 @@ class MLPGuide(AmortizedGuide):
 
     def amortize(self, x):
         return GuideParams(*self.encoder(x))
+
+
+class MagnitudeSlotsGuide(MLPGuide):
+    """Slot logits tied to the values: ``softplus(a) * |E[v_k | x]| + b_k``, shared by all slots.
+
+    The selection follows the values' magnitudes, as a top-k autoencoder's does, so the
+    encoder learns "which dimension" from the same signal as "what value"; the
+    zero-temperature support is the ``L_hat`` dimensions with the largest ``|E[v_k | x]|``
+    (plus the learned per-dimension offsets ``b``). ``a`` starts at ``init_gain`` (before the
+    softplus). Not for binary codes (there are no values to tie to).
+    """
+
+    def __init__(self, spec: ModelSpec, hidden: Sequence[int] = (512, 256), activation: str = "relu",
+                 init_gain: float = 3.0):
+        if spec.binary:
+            raise ConfigError("guide 'mlp_magnitude_slots' ties the slots to the values: it needs binary=False")
+        super().__init__(spec, per_slot=False, hidden=hidden, activation=activation)
+        self.gain = torch.nn.Parameter(torch.tensor(float(init_gain)))
+        self.offset = torch.nn.Parameter(torch.zeros(spec.latent_dim))
+
+    def amortize(self, x):
+        params = super().amortize(x)
+        logits = torch.nn.functional.softplus(self.gain) * params.value_loc.abs() + self.offset
+        return params._replace(slot_logits=logits.unsqueeze(-2))
+
+
+@register_guide("mlp_magnitude_slots")
+def mlp_magnitude_slots(spec: ModelSpec, hidden: Sequence[int] = (512, 256), activation: str = "relu",
+                        init_gain: float = 3.0) -> MagnitudeSlotsGuide:
+    """MLP guide whose shared slot logits are the magnitudes of the value means (see :class:`MagnitudeSlotsGuide`)."""
+    return MagnitudeSlotsGuide(spec, hidden=hidden, activation=activation, init_gain=init_gain)
 
 
 @register_guide("mlp_shared_slots")

@@ -26,14 +26,14 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-from .distributions import GATE_FLOOR, concrete_class, joint_slots_class
+from .distributions import GATE_FLOOR, ExpectedLogLikelihood, LevelMarginal, concrete_class, joint_slots_class
 from .exceptions import DataError
 from .likelihoods import LIKELIHOODS
 from .networks import Decoder
 from .priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
 from .registry import ComponentSpec
 from .spec import DATA_PLATE, OBS_SITE, SLOTS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec, slot_site
-from .support import exclude_taken, level_probs_from_value, mark_taken, slot_gates, soft_support
+from .support import exclude_taken, level_probs_from_value, mark_taken, slot_gates, soft_support, straight_through
 
 
 def data_plate(batch_size: int, num_data: int | None, device) -> pyro.plate:
@@ -72,7 +72,8 @@ def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Te
     if spec.slot_layout == "joint":
         joint = joint_slots_class(spec.objective)(tau, logits_of_slot(None), gates,
                                                   spec.slot_selection == "without_replacement")
-        return pyro.sample(SLOTS_SITE, joint).exp()
+        selections = pyro.sample(SLOTS_SITE, joint).exp()
+        return straight_through(selections) if spec.slot_estimator == "straight_through" else selections
     concrete = concrete_class(spec.objective)
     without_replacement = spec.slot_selection == "without_replacement"
     taken, selections = None, []
@@ -82,10 +83,21 @@ def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Te
             logits = exclude_taken(logits, taken)
         with poutine.scale(scale=gates[..., index].clamp(min=GATE_FLOOR)):
             selection = pyro.sample(slot_site(index), concrete(tau, logits=logits)).exp()
-        selections.append(selection)
+        selections.append(straight_through(selection) if spec.slot_estimator == "straight_through" else selection)
         if without_replacement:
             taken = mark_taken(taken, selection)
     return torch.stack(selections, dim=-2)
+
+
+def prefix_supports(spec: ModelSpec, slot_probs: torch.Tensor) -> torch.Tensor:
+    """Soft supports of every whole count: level ``l`` uses slots ``1..l``, shape ``(N, num_levels, K)``.
+
+    ``s_l = 1 - prod_{j <= l} (1 - c_j)`` (the empty support first when ``include_zero``).
+    """
+    supports = 1.0 - torch.cumprod(1.0 - slot_probs, dim=-2)
+    if spec.include_zero:
+        supports = torch.cat([torch.zeros_like(supports[..., :1, :]), supports], dim=-2)
+    return supports
 
 
 def relaxed_support(spec: ModelSpec, sparsity: torch.Tensor, slot_probs: torch.Tensor) -> torch.Tensor:
@@ -131,6 +143,8 @@ class SDLGMModel(PyroModule):
         logits = self.sparsity_prior.logits()
         if self.spec.sparsity_inference == "enumerate":
             return dist.Categorical(logits=logits).expand([batch_size])
+        if self.spec.sparsity_inference == "marginal":
+            return LevelMarginal(logits).expand([batch_size])
         return concrete_class(self.spec.objective)(tau, logits=logits).expand([batch_size])
 
     def slot_logits(self, batch_size: int, index: int | None) -> torch.Tensor:
@@ -161,6 +175,19 @@ class SDLGMModel(PyroModule):
         """
         support = relaxed_support(self.spec, sparsity, slot_probs)
         return support if values is None else support * values
+
+    def prefix_mixture(self, sparsity: torch.Tensor, slot_probs: torch.Tensor, values: torch.Tensor | None):
+        """``count_coupling="prefix_mixture"``: the likelihood of ``x`` averaged over the counts.
+
+        Returns ``(obs distribution, z)``: an :class:`~pyro_sdlgm.distributions.ExpectedLogLikelihood`
+        over the codes of every whole count ``(N, num_levels, K)``, weighted by the level
+        weights of the ``sparsity`` value, and their weighted mean code ``z (N, K)``.
+        """
+        codes = prefix_supports(self.spec, slot_probs)
+        if values is not None:
+            codes = codes * values.unsqueeze(-2)
+        weights = level_probs_from_value(sparsity, self.spec.num_levels)
+        return ExpectedLogLikelihood(self.obs_dist(codes), weights), (codes * weights.unsqueeze(-1)).sum(-2)
 
     # -- the Pyro program ---------------------------------------------------------------
 
@@ -195,6 +222,10 @@ class SDLGMModel(PyroModule):
                 sparsity = pyro.sample(SPARSITY_SITE, self.sparsity_dist(n, tau_sparsity))
                 slot_probs = sample_slots(self.spec, lambda index: self.slot_logits(n, index), tau_support, sparsity)
                 values = None if self.spec.binary else pyro.sample(VALUES_SITE, self.values_dist(n))
-            z = self.representation(sparsity, slot_probs, values)
-            pyro.sample(OBS_SITE, self.obs_dist(z), obs=x)
+            if self.spec.count_coupling == "prefix_mixture":
+                likelihood, z = self.prefix_mixture(sparsity, slot_probs, values)
+            else:
+                z = self.representation(sparsity, slot_probs, values)
+                likelihood = self.obs_dist(z)
+            pyro.sample(OBS_SITE, likelihood, obs=x)
         return z

@@ -197,3 +197,30 @@ def plot_count_calibration(bins, metrics: dict, path: str | Path | None = None, 
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(f"count calibration: ECE {metrics['ece']:.3f}, accuracy {metrics['accuracy']:.3f}")
     return _finish(fig, path)
+
+
+def plot_prefix_diagnostics(levels: np.ndarray, recon: np.ndarray, slot_kl: np.ndarray, l_hat: np.ndarray,
+                            best: np.ndarray, path: str | Path | None = None, fig: Figure | None = None) -> Figure:
+    """Left: mean hard reconstruction ``R_l`` and ``R_l + KL_{1..l}`` by count ``l``. Right: how
+    often each count is ``L_hat`` (the mode of ``q(L|x)``) and how often it is the count that
+    minimises ``R_l + KL_{1..l}``."""
+    fig = _figure(fig, (10, 4))
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    left.plot(levels, recon.mean(0), "o-", label="R_l: -log p(x | first l slots)")
+    left.plot(levels, (recon + slot_kl).mean(0), "s--", label="R_l + KL of the first l slots")
+    left.set_xlabel("count l")
+    left.set_ylabel("nats per observation (mean)")
+    left.set_xticks(levels)
+    left.legend(fontsize=8)
+    width = 0.4
+    left_edge = levels - width / 2
+    right.bar(left_edge, [(l_hat == level).mean() for level in levels], width, label="L_hat (mode of q(L|x))")
+    right.bar(left_edge + width, [(best == level).mean() for level in levels], width,
+              label="argmin_l R_l + KL_{1..l}")
+    right.set_xticks(levels)
+    right.set_xlabel("count l")
+    right.set_ylabel("fraction of observations")
+    right.legend(fontsize=8)
+    agree = float((l_hat == best).mean())
+    fig.suptitle(f"which count the reconstructions support: L_hat equals it for {100 * agree:.0f}% of rows")
+    return _finish(fig, path)

@@ -177,7 +177,10 @@ def draw_sparsity(spec: ModelSpec, num_samples: int, program: Callable, *args, g
         draws = Predictive(program, guide=guide, num_samples=chunk, return_sites=sites, parallel=False)(*args, **kwargs)
         value = draws[SPARSITY_SITE]
         # a relaxed site holds a log one-hot (S, N, levels); an enumerable one an index (S, N)
-        index = value.argmax(-1) if value.is_floating_point() else value.long()
+        if spec.sparsity_inference == "marginal":  # the site holds log q(L) itself: draw L from it
+            index = torch.distributions.Categorical(logits=value).sample()
+        else:
+            index = value.argmax(-1) if value.is_floating_point() else value.long()
         level = index + spec.min_level
         picks = spec.slot_picks(draws)  # (S, N, L0)
         used = torch.arange(spec.max_sparsity, device=picks.device) < level.unsqueeze(-1)

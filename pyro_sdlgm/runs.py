@@ -47,11 +47,13 @@ SUMMARY_FILE = "sparsity_summary.csv"
 GROUPS_FILE = "sparsity_groups.csv"
 CALIBRATION_FILE = "count_calibration.csv"
 INSPECTION_FILE = "inspection.json"
+PREFIX_FILE = "prefix_counts.csv"
+EFFECTS_FILE = "dimension_effects.csv"
 PLOTS_DIR = "plots"
 TEMPORARY = ".*.tmp"  # what an interrupted atomic write leaves (see checkpoint.atomic_write)
 #: the files a run (train, then inspect) writes: name patterns at the top, and in each folder
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, MODEL_FILE, EVALUATION_FILE, POSTERIOR_FILE, SUMMARY_FILE, GROUPS_FILE,
-             CALIBRATION_FILE, INSPECTION_FILE, TEMPORARY)
+             CALIBRATION_FILE, INSPECTION_FILE, PREFIX_FILE, EFFECTS_FILE, TEMPORARY)
 RUN_FOLDERS = {PLOTS_DIR: ("*.png",), CHECKPOINT_DIR: ("epoch_*.pt", TEMPORARY)}
 
 
@@ -466,8 +468,14 @@ def inspect_run(run_dir: str | Path, source: str | None = None, groups: str | No
         "always_on_dims": int(inspection.always_on(usage).sum()),
         "num_dims": int(len(usage)),
     }
-    for stale in (GROUPS_FILE, CALIBRATION_FILE):  # left by an earlier inspect of this folder
+    for stale in (GROUPS_FILE, CALIBRATION_FILE, PREFIX_FILE, EFFECTS_FILE):  # left by an earlier inspect
         (run_dir / stale).unlink(missing_ok=True)
+    diagnosis = None
+    if not multilabel:  # why rows got their counts: per-prefix reconstructions, dimension effects
+        diagnosis = model.diagnose(X)
+        written += _write_diagnosis(diagnosis, model.sparsity_levels, run_dir)
+        result["prefix"] = diagnosis["summary"]
+        result["dimension_effects"] = _effect_summary(diagnosis)
     group_table = None
     if labels is not None:
         group_table = inspection.group_summary(idata, labels)
@@ -484,7 +492,7 @@ def inspect_run(run_dir: str | Path, source: str | None = None, groups: str | No
 
     _stage(progress, "drawing the plots")
     figures = _inspection_figures(model, X, summary, probs, levels, usage, group_table, bins, calibration,
-                                  image_shape, labels, multilabel, run_dir / PLOTS_DIR, show)
+                                  image_shape, labels, multilabel, run_dir / PLOTS_DIR, show, diagnosis)
     written += figures
     (run_dir / INSPECTION_FILE).write_text(json.dumps(_finite_or_null(result), indent=2, allow_nan=False))
     written.append(run_dir / INSPECTION_FILE)
@@ -506,8 +514,33 @@ def _finite_or_null(value):
     return value
 
 
+def _write_diagnosis(diagnosis: dict, levels: np.ndarray, run_dir: Path) -> list[Path]:
+    """``prefix_counts.csv`` (one row per count) and ``dimension_effects.csv`` (one row per dimension)."""
+    import pandas as pd
+
+    recon, kl = diagnosis["prefix_recon"], diagnosis["prefix_slot_kl"]
+    pd.DataFrame({
+        "level": levels, "mean_recon": recon.mean(0), "mean_slot_kl": kl.mean(0),
+        "mean_recon_plus_kl": (recon + kl).mean(0),
+        "rows_with_l_hat": [(diagnosis["l_hat"] == level).sum() for level in levels],
+        "rows_with_best_count": [(diagnosis["best_count"] == level).sum() for level in levels],
+    }).to_csv(run_dir / PREFIX_FILE, index=False)
+    effect, usage = diagnosis["dimension_effect"], diagnosis["dimension_usage"]
+    pd.DataFrame({"dim": np.arange(len(effect)), "effect": effect, "hard_code_usage": usage}).to_csv(
+        run_dir / EFFECTS_FILE, index=False)
+    return [run_dir / PREFIX_FILE, run_dir / EFFECTS_FILE]
+
+
+def _effect_summary(diagnosis: dict) -> dict:
+    effect, usage = diagnosis["dimension_effect"], diagnosis["dimension_usage"]
+    used = usage > 0
+    return {"used_dims": int(used.sum()), "num_dims": int(len(usage)),
+            "median_effect_used": float(np.median(effect[used])) if used.any() else float("nan"),
+            "median_effect_unused": float(np.median(effect[~used])) if (~used).any() else float("nan")}
+
+
 def _inspection_figures(model, X, summary, probs, levels, usage, group_table, bins, calibration, image_shape,
-                        labels, multilabel, plot_dir: Path, show: bool) -> list[Path]:
+                        labels, multilabel, plot_dir: Path, show: bool, diagnosis: dict | None = None) -> list[Path]:
     """The inspect plots, saved as PNG (and shown on screen with ``show``)."""
     if show:
         from matplotlib import pyplot
@@ -547,6 +580,10 @@ def _inspection_figures(model, X, summary, probs, levels, usage, group_table, bi
         effects = model.decode_dimensions(dims, values) - model.decode_dimensions(dims[:1], [0.0])
         save("dimension_images.png", lambda p, f: plots.plot_dimension_images(
             effects, dims, top["mean_inclusion"].to_numpy(), image_shape, p, f))
+    if diagnosis is not None:
+        save("prefix_counts.png", lambda p, f: plots.plot_prefix_diagnostics(
+            model.sparsity_levels, diagnosis["prefix_recon"], diagnosis["prefix_slot_kl"], diagnosis["l_hat"],
+            diagnosis["best_count"], p, f))
     if bins is not None:
         save("count_calibration.png", lambda p, f: plots.plot_count_calibration(bins, calibration, p, f))
     if show:

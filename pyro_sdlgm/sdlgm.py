@@ -96,8 +96,10 @@ class SDLGM:
         support_prior: ``"uniform"`` or ``"learned"``.
         value_prior: ``"normal"`` or ``"laplace"`` (option ``scale``).
         guide: ``"mlp_per_slot"`` or ``"mlp_shared_slots"`` (options ``hidden``, ``activation``).
-        sparsity_inference: ``"relaxed"`` (Concrete ``L_i``) or ``"enumerate"`` (exact sum
-            over ``L_i`` with ``TraceEnum_ELBO``; needs ``objective="relaxed"``).
+        sparsity_inference: ``"relaxed"`` (Concrete ``L_i``), ``"enumerate"`` (exact sum
+            over ``L_i`` with ``TraceEnum_ELBO``; needs ``objective="relaxed"``) or
+            ``"marginal"`` (exact expectations over ``q(L_i)`` with its discrete KL; needs
+            ``count_coupling="prefix_mixture"``). See :class:`~pyro_sdlgm.spec.ModelSpec`.
         objective: ``"discrete_kl"`` (KL terms of the discrete variables, analytic,
             ``TraceMeanField_ELBO``) or ``"relaxed"`` (the relaxed model's ELBO with
             Concrete densities, ``Trace_ELBO``). See the README for the measured difference.
@@ -105,7 +107,12 @@ class SDLGM:
             took, so ``L_i`` counts distinct non-zeros) or ``"independent"``.
         slot_layout: ``"per_slot"`` (one Pyro site per slot, ``slot_1..slot_L0``) or
             ``"joint"`` (one site ``slots`` for all of them: the same distribution with batched
-            operations, faster; needs ``sparsity_inference="relaxed"``).
+            operations, faster; not with ``sparsity_inference="enumerate"``).
+        count_coupling: ``"gated_code"`` (the relaxed count gates the code inside the
+            decoder) or ``"prefix_mixture"`` (the decoder sees the code of each whole count; the
+            log-likelihoods are averaged over the count).
+        slot_estimator: ``"relaxed"`` (Gumbel-Softmax slots in the code) or
+            ``"straight_through"`` (their one-hot in the code, relaxed gradient).
         decoder_hidden: hidden sizes of the decoder MLP.
         activation: activation of the decoder MLP.
 
@@ -134,6 +141,8 @@ class SDLGM:
         objective: str = ModelConfig.objective,
         slot_selection: str = ModelConfig.slot_selection,
         slot_layout: str = ModelConfig.slot_layout,
+        count_coupling: str = ModelConfig.count_coupling,
+        slot_estimator: str = ModelConfig.slot_estimator,
         decoder_hidden: Sequence[int] = ModelConfig.decoder_hidden,
         activation: str = ModelConfig.activation,
     ):
@@ -152,6 +161,8 @@ class SDLGM:
             objective=objective,
             slot_selection=slot_selection,
             slot_layout=slot_layout,
+            count_coupling=count_coupling,
+            slot_estimator=slot_estimator,
             decoder_hidden=decoder_hidden,
             activation=activation,
         )
@@ -293,6 +304,27 @@ class SDLGM:
             z = self.guide.hard_code(params)[0]
             out.append(self.model.likelihood.mean(self.model.decoder(z)).cpu())
         return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def diagnose(self, X, *, batch_size: int = 1024) -> dict[str, Any]:
+        """Why the rows of ``X (N, D)`` got their sparsity (see :mod:`pyro_sdlgm.diagnostics`).
+
+        Returns a dict: ``prefix_recon (N, num_levels)``, the hard reconstruction cost
+        ``R_l`` of the code with the first ``l`` slots; ``prefix_slot_kl (N, num_levels)``,
+        the discrete KL of those slots; ``l_hat (N,)``, the mode of ``q(L|x)``;
+        ``best_count (N,)``, the level minimising ``R_l + KL_{1..l}``; ``summary``, their
+        means and agreement; ``dimension_effect (K,)`` and ``dimension_usage (K,)``, what
+        each dimension adds to the empty code's output and how often hard codes use it.
+        """
+        from .diagnostics import dimension_effects, prefix_terms, summarize_prefixes
+
+        parts = [prefix_terms(self.model, self.guide, batch) for batch, _ in
+                 self._guide_outputs(X, batch_size, "diagnose")]
+        terms = {key: torch.cat([part[key] for part in parts]).cpu().numpy() for key in parts[0]}
+        effects = dimension_effects(self.model, self.encode(X, batch_size=batch_size))
+        return {"prefix_recon": terms["recon"], "prefix_slot_kl": terms["slot_kl"], "l_hat": terms["l_hat"],
+                "best_count": terms["best"], "summary": summarize_prefixes(terms, self.sparsity_levels),
+                "dimension_effect": effects["effect"], "dimension_usage": effects["usage"]}
 
     @torch.no_grad()
     def posterior(self, X, *, num_samples: int = 100, seed: int = 0, batch_size: int = 256,

@@ -16,7 +16,9 @@ VALUES_SITE = "values"  # v_i, the values of the representation (absent in binar
 OBS_SITE = "obs"  # the likelihood of x_i
 DATA_PLATE = "data"
 
-SPARSITY_INFERENCE_MODES = ("relaxed", "enumerate")
+SPARSITY_INFERENCE_MODES = ("relaxed", "enumerate", "marginal")
+COUNT_COUPLINGS = ("gated_code", "prefix_mixture")
+SLOT_ESTIMATORS = ("relaxed", "straight_through")
 OBJECTIVES = ("discrete_kl", "relaxed")
 SLOT_SELECTIONS = ("without_replacement", "independent")
 SLOT_LAYOUTS = ("per_slot", "joint")
@@ -37,8 +39,23 @@ class ModelSpec:
         max_sparsity: ``L0``, the cap on non-zeros (``1 <= L0 <= K``).
         include_zero: if True the sparsity levels are ``{0..L0}``, else ``{1..L0}``.
         binary: if True the representation is the support itself (``z = s``), with no values.
-        sparsity_inference: ``"relaxed"`` (Concrete site for ``L_i``) or ``"enumerate"``
-            (categorical ``L_i`` summed out exactly with ``TraceEnum_ELBO``).
+        sparsity_inference: ``"relaxed"`` (Concrete site for ``L_i``), ``"enumerate"``
+            (categorical ``L_i`` summed out exactly with ``TraceEnum_ELBO``) or ``"marginal"``
+            (the site's value is ``q(L_i)`` itself, :class:`~pyro_sdlgm.distributions.LevelMarginal`:
+            the slot gates and the expected log-likelihood are exact sums over ``L_i``, with the
+            discrete KL of ``L_i``; needs ``objective="discrete_kl"`` and
+            ``count_coupling="prefix_mixture"``).
+        count_coupling: how ``L_i`` reaches the likelihood. ``"gated_code"``: the code is
+            ``z = s * v`` with the soft support ``s`` of the gated slots, so a relaxed ``L_i``
+            interpolates between codes inside the decoder. ``"prefix_mixture"``: the decoder sees
+            the code of every whole count ``l`` (its first ``l`` slots) and the likelihood is
+            ``sum_l w_l log p(x | z_l)`` with the level weights ``w`` of the ``sparsity`` site
+            (:class:`~pyro_sdlgm.distributions.ExpectedLogLikelihood`); ``L0`` decoder passes.
+        slot_estimator: the gradient estimator of the support. ``"relaxed"``: the code uses the
+            slots' Concrete samples (Gumbel-Softmax). ``"straight_through"``: the code uses their
+            one-hot argmax, with the Concrete samples' gradient (the sites, their densities and
+            KL terms are unchanged), so the decoder is trained on the hard supports it is
+            evaluated on.
         objective: how the KL terms of the relaxed sites are computed.
             ``"discrete_kl"``: analytically, as the KL of the discrete variables the
             relaxations stand for (``TraceMeanField_ELBO``; Jang et al. 2017), with the
@@ -54,8 +71,8 @@ class ModelSpec:
         slot_layout: ``"per_slot"``: one Pyro site per slot (``slot_1..slot_L0``, each an
             ExpConcrete over ``K``). ``"joint"``: all slots in one site ``slots`` (event
             ``(L0, K)``, :class:`~pyro_sdlgm.distributions.JointSlots`): the same
-            distribution, computed with batched operations (faster; ``benchmarks/``); needs
-            ``sparsity_inference="relaxed"``.
+            distribution, computed with batched operations (faster; ``benchmarks/``); not with
+            ``sparsity_inference="enumerate"``.
     """
 
     input_dim: int
@@ -67,6 +84,8 @@ class ModelSpec:
     objective: str = "discrete_kl"
     slot_selection: str = "without_replacement"
     slot_layout: str = "per_slot"
+    count_coupling: str = "gated_code"
+    slot_estimator: str = "relaxed"
 
     def __post_init__(self):
         for name in ("input_dim", "latent_dim", "max_sparsity"):
@@ -93,10 +112,22 @@ class ModelSpec:
             raise ConfigError(f"slot_selection must be one of {SLOT_SELECTIONS}, got {self.slot_selection!r}")
         if self.slot_layout not in SLOT_LAYOUTS:
             raise ConfigError(f"slot_layout must be one of {SLOT_LAYOUTS}, got {self.slot_layout!r}")
-        if self.slot_layout == "joint" and self.sparsity_inference != "relaxed":
-            raise ConfigError("slot_layout='joint' needs sparsity_inference='relaxed': with an enumerated L_i the "
+        if self.slot_layout == "joint" and self.sparsity_inference == "enumerate":
+            raise ConfigError("slot_layout='joint' does not take sparsity_inference='enumerate': with an enumerated L_i the "
                               "slot gates carry enumeration dimensions that one joint site cannot weight "
                               f"(got sparsity_inference={self.sparsity_inference!r})")
+        if self.slot_estimator not in SLOT_ESTIMATORS:
+            raise ConfigError(f"slot_estimator must be one of {SLOT_ESTIMATORS}, got {self.slot_estimator!r}")
+        if self.count_coupling not in COUNT_COUPLINGS:
+            raise ConfigError(f"count_coupling must be one of {COUNT_COUPLINGS}, got {self.count_coupling!r}")
+        if self.sparsity_inference == "marginal" and (self.objective != "discrete_kl"
+                                                      or self.count_coupling != "prefix_mixture"):
+            raise ConfigError("sparsity_inference='marginal' needs objective='discrete_kl' (its site is scored by "
+                              "the KL of L_i alone) and count_coupling='prefix_mixture' (the likelihood averaged "
+                              f"over L_i), got objective={self.objective!r}, count_coupling={self.count_coupling!r}")
+        if self.sparsity_inference == "enumerate" and self.count_coupling != "gated_code":
+            raise ConfigError("sparsity_inference='enumerate' needs count_coupling='gated_code' (TraceEnum_ELBO "
+                              f"sums the enumerated L_i out itself), got {self.count_coupling!r}")
         if self.sparsity_inference == "enumerate" and self.objective != "relaxed":
             raise ConfigError(
                 "sparsity_inference='enumerate' needs objective='relaxed': TraceEnum_ELBO has no "

@@ -55,6 +55,13 @@ def level_probs_from_value(value: torch.Tensor, num_levels: int) -> torch.Tensor
     return F.one_hot(value.long(), num_levels).to(torch.get_default_dtype())
 
 
+def straight_through(selection: torch.Tensor) -> torch.Tensor:
+    """The one-hot of the argmax of a relaxed selection ``(..., K)`` in the forward pass, with the
+    relaxed selection's gradient in the backward pass (Bengio et al. 2013; Jang et al. 2017)."""
+    hard = torch.zeros_like(selection).scatter_(-1, selection.argmax(-1, keepdim=True), 1.0)
+    return hard + selection - selection.detach()
+
+
 #: logit given to dimensions taken by earlier slots: far below any learned logit, yet finite so
 #: that the ExpConcrete log-density and the categorical KL stay finite
 MASKED_LOGIT = -1e4
