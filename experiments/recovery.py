@@ -125,6 +125,17 @@ SDLGM_VARIANTS = {
     "sdlgm_magnitude": {"guide": "mlp_magnitude_slots"},
     "sdlgm_magnitude_st_marginal": {"guide": "mlp_magnitude_slots", "slot_estimator": "straight_through",
                                     "sparsity_inference": "marginal", "count_coupling": "prefix_mixture"},
+    # linear decoders (the generators' decoders are linear)
+    "sdlgm_lin_magnitude": {"guide": "mlp_magnitude_slots", "decoder_hidden": []},
+    "sdlgm_lin_magnitude_marginal": {"guide": "mlp_magnitude_slots", "decoder_hidden": [],
+                                     "sparsity_inference": "marginal", "count_coupling": "prefix_mixture"},
+    "sdlgm_lin_magnitude_marginal_st": {"guide": "mlp_magnitude_slots", "decoder_hidden": [],
+                                        "sparsity_inference": "marginal", "count_coupling": "prefix_mixture",
+                                        "slot_estimator": "straight_through"},
+    "sdlgm_lin_magnitude_refined": {"guide": "mlp_magnitude_slots", "decoder_hidden": [], "count_estimate": "refined"},
+    "sdlgm_lin_magnitude_marginal_refined": {"guide": "mlp_magnitude_slots", "decoder_hidden": [],
+                                             "sparsity_inference": "marginal", "count_coupling": "prefix_mixture",
+                                             "count_estimate": "refined"},
 }
 
 LIKELIHOODS = {"linear_gaussian": "normal", "bernoulli": "bernoulli"}

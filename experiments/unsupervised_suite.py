@@ -21,6 +21,7 @@ standard deviation over seeds), ``unsupervised_<data>_sweep.csv`` and
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -115,6 +116,7 @@ def _run(job: dict) -> dict:
               "k_or_alpha": ""}
     if method.startswith("sdlgm"):
         options = dict(decoder_hidden=s["decoder_hidden"], guide={"name": "mlp_per_slot", "hidden": s["encoder_hidden"]})
+        options.update(job.get("sdlgm_options") or {})  # --sdlgm-options: a variant of every SDLGM method
         if method == "sdlgm_binary":
             options.update(binary=True)
         if method == "sdlgm_enumerate":
@@ -214,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--smoke", action="store_true", help="tiny data and 1 epoch, for the tests")
+    parser.add_argument("--sdlgm-options", type=json.loads, default=None, metavar="JSON",
+                        help='SDLGM options that replace the suite\'s, e.g. \'{"guide": {"name": '
+                             '"mlp_magnitude_slots", "hidden": [512, 256]}}\' (write to another --out)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config_path = Path(args.config)
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def job(dataset, method, seed, L0, target=None):
         return dict(dataset=dataset, method=method, seed=seed, L0=L0, target_nnz=target, settings=settings,
-                    idx=args.idx, config=name, threads=args.threads)
+                    idx=args.idx, config=name, threads=args.threads, sdlgm_options=args.sdlgm_options)
 
     for dataset in datasets:
         L0 = settings["max_sparsity"]

@@ -31,6 +31,8 @@ from .exceptions import ConfigError
 from .registry import ComponentSpec, component_name
 
 
+COUNT_ESTIMATES = ("amortized", "refined")
+
 # ----------------------------------------------------------------------------- typing helpers
 
 
@@ -165,6 +167,7 @@ class ModelConfig(_Section):
     slot_layout: str = "per_slot"  # "per_slot" (sites slot_1..slot_L0) | "joint" (one site, faster)
     count_coupling: str = "gated_code"  # "gated_code" | "prefix_mixture" (see ModelSpec)
     slot_estimator: str = "relaxed"  # "relaxed" | "straight_through" (see ModelSpec)
+    count_estimate: str = "amortized"  # "amortized" | "refined": the count posterior after training (see SDLGM)
     decoder_hidden: tuple[int, ...] = (256, 512)
     activation: str = "relu"
 
@@ -183,6 +186,8 @@ class ModelConfig(_Section):
         ):
             registry.get(component_name(getattr(self, key), registry.kind)[0])
         self._spec(1 if self.input_dim is None else self.input_dim)  # checks sizes and modes
+        if self.count_estimate not in COUNT_ESTIMATES:
+            raise ConfigError(f"model.count_estimate must be one of {COUNT_ESTIMATES}, got {self.count_estimate!r}")
 
     def spec(self):
         """The :class:`~pyro_sdlgm.spec.ModelSpec` of this config (``input_dim`` must be set)."""

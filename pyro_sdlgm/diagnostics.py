@@ -13,6 +13,11 @@ Dimension effects: the size of what one dimension adds to the empty code's outpu
 use it, next to how often the hard codes use it; a dimension that matters but is unused, or
 is used but changes nothing, is a sign of a poor optimum.
 
+:func:`refined_count_logits` turns the same terms into a count posterior: given the hard
+supports and values, ``q*(L = l | x) ∝ p(L = l) exp(-R_l - KL_{1..l})`` is the ``q(L | x)``
+that maximises the ELBO (the coordinate-ascent update of mean-field VI), which the model
+option ``count_estimate="refined"`` uses in place of the count network's ``q(L | x)``.
+
 Plain torch on the fitted networks; nothing here places Pyro sites.
 """
 
@@ -39,31 +44,44 @@ def _slot_kls(slot_logits: torch.Tensor, prior_logits: torch.Tensor, picks: torc
 
 
 @torch.no_grad()
-def prefix_terms(model, guide, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-prefix terms of one batch ``x (N, D)``.
-
-    Returns ``recon (N, num_levels)`` (``R_l``), ``slot_kl (N, num_levels)`` (``KL_{1..l}``,
-    cumulative), ``l_hat (N,)`` (mode of ``q(L|x)``) and ``best (N,)`` (the level value
-    minimising ``R_l + KL_{1..l}``).
-    """
+def prefix_costs(model, params, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(R, KL)``, both ``(N, num_levels)``: the hard reconstruction cost ``R_l`` of each row's
+    prefix code with ``l`` slots, and the discrete KL ``KL_{1..l}`` of those slots (cumulative)."""
     spec = model.spec
-    params = guide.amortize(x)
     picks = greedy_picks(params.slot_logits, spec.max_sparsity)  # (N, L0)
     levels = spec.levels(device=x.device)
     n = x.shape[0]
-    # codes of every whole count: (N, num_levels, K)
     used = torch.arange(spec.max_sparsity, device=x.device) < levels.view(-1, 1)  # (num_levels, L0)
-    codes = torch.zeros(n, len(levels), spec.latent_dim, device=x.device)
+    codes = torch.zeros(n, len(levels), spec.latent_dim, device=x.device)  # codes of every whole count
     codes.scatter_(-1, picks.unsqueeze(1).expand(n, len(levels), -1), used.to(codes.dtype).expand(n, -1, -1))
     if params.value_loc is not None:
         codes = codes * params.value_loc.unsqueeze(1)
-    recon = -model.likelihood.dist(model.decoder(codes)).log_prob(x.unsqueeze(1))  # (N, num_levels)
+    recon = -model.likelihood.dist(model.decoder(codes)).log_prob(x.unsqueeze(1))
     kls = _slot_kls(params.slot_logits, model.support_prior.logits(), picks)  # (N, L0)
     cumulative = torch.cat([torch.zeros(n, 1, device=x.device), kls.cumsum(-1)], -1)  # KL of 0..L0 slots
-    slot_kl = cumulative[:, levels]
-    best = levels[(recon + slot_kl).argmin(-1)]
-    l_hat = levels[params.sparsity_logits.argmax(-1)]
-    return {"recon": recon, "slot_kl": slot_kl, "l_hat": l_hat, "best": best}
+    return recon, cumulative[:, levels]
+
+
+@torch.no_grad()
+def refined_count_logits(model, params, x: torch.Tensor) -> torch.Tensor:
+    """``log p(L = l) - R_l - KL_{1..l}`` ``(N, num_levels)``: the optimal ``q(L | x)`` given the rows'
+    hard supports and mean values (one exact coordinate-ascent step of mean-field VI for ``L``)."""
+    recon, slot_kl = prefix_costs(model, params, x)
+    return model.sparsity_prior.logits().log_softmax(-1) - recon - slot_kl
+
+
+@torch.no_grad()
+def prefix_terms(model, params, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-prefix terms of one batch ``x (N, D)`` with the guide's parameters ``params``.
+
+    Returns ``recon (N, num_levels)`` (``R_l``), ``slot_kl (N, num_levels)`` (``KL_{1..l}``,
+    cumulative), ``l_hat (N,)`` (the mode of ``params.sparsity_logits``) and ``best (N,)`` (the
+    level value minimising ``R_l + KL_{1..l}``).
+    """
+    levels = model.spec.levels(device=x.device)
+    recon, slot_kl = prefix_costs(model, params, x)
+    return {"recon": recon, "slot_kl": slot_kl, "l_hat": levels[params.sparsity_logits.argmax(-1)],
+            "best": levels[(recon + slot_kl).argmin(-1)]}
 
 
 def summarize_prefixes(terms: dict[str, np.ndarray], levels: np.ndarray) -> dict:

@@ -76,6 +76,11 @@ def as_data_tensor(X: Any, input_dim: int, likelihood, name: str = "X") -> torch
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def _place_guide_sites(guide, params, x, *, tau_sparsity=1.0, tau_support=1.0, kl_weight=1.0, **_):
+    """The guide's sites from given parameters, called as the guide is (for ``Predictive``)."""
+    guide.place_sites(params, None, tau_sparsity, tau_support, kl_weight)
+
+
 class SDLGM:
     """Sparse deep latent generative model with adaptive, capped sparsity (unsupervised).
 
@@ -113,6 +118,11 @@ class SDLGM:
             log-likelihoods are averaged over the count).
         slot_estimator: ``"relaxed"`` (Gumbel-Softmax slots in the code) or
             ``"straight_through"`` (their one-hot in the code, relaxed gradient).
+        count_estimate: the count posterior used after training (``sparsity_posterior``,
+            ``predict_sparsity``, ``encode``, ``posterior``): ``"amortized"`` (the count
+            network's ``q(L|x)``) or ``"refined"`` (``q*(L = l | x) ∝ p(l) exp(-R_l - KL_{1..l})``
+            from the hard reconstruction of each prefix; ``L0`` decoder passes, see
+            :mod:`pyro_sdlgm.diagnostics`).
         decoder_hidden: hidden sizes of the decoder MLP.
         activation: activation of the decoder MLP.
 
@@ -143,6 +153,7 @@ class SDLGM:
         slot_layout: str = ModelConfig.slot_layout,
         count_coupling: str = ModelConfig.count_coupling,
         slot_estimator: str = ModelConfig.slot_estimator,
+        count_estimate: str = ModelConfig.count_estimate,
         decoder_hidden: Sequence[int] = ModelConfig.decoder_hidden,
         activation: str = ModelConfig.activation,
     ):
@@ -163,6 +174,7 @@ class SDLGM:
             slot_layout=slot_layout,
             count_coupling=count_coupling,
             slot_estimator=slot_estimator,
+            count_estimate=count_estimate,
             decoder_hidden=decoder_hidden,
             activation=activation,
         )
@@ -269,8 +281,18 @@ class SDLGM:
         self._check_fitted(method)
         x = self._check(X)
         self.guide.eval()
+        self.model.eval()
         for batch in self._batches(x, batch_size):
-            yield batch, self.guide.amortize(batch)
+            yield batch, self._amortize(batch)
+
+    def _amortize(self, batch: torch.Tensor):
+        """The guide's parameters of a batch, with the count posterior ``count_estimate`` names."""
+        params = self.guide.amortize(batch)
+        if self.config.count_estimate == "refined":
+            from .diagnostics import refined_count_logits
+
+            params = params._replace(sparsity_logits=refined_count_logits(self.model, params, batch))
+        return params
 
     @torch.no_grad()
     def encode(self, X, *, sparse: bool = False, batch_size: int = 1024):
@@ -318,7 +340,7 @@ class SDLGM:
         """
         from .diagnostics import dimension_effects, prefix_terms, summarize_prefixes
 
-        parts = [prefix_terms(self.model, self.guide, batch) for batch, _ in
+        parts = [prefix_terms(self.model, params, batch) for batch, params in
                  self._guide_outputs(X, batch_size, "diagnose")]
         terms = {key: torch.cat([part[key] for part in parts]).cpu().numpy() for key in parts[0]}
         effects = dimension_effects(self.model, self.encode(X, batch_size=batch_size))
@@ -351,10 +373,11 @@ class SDLGM:
 
         def batches():
             for batch in self._batches(x, batch_size):
-                params = self.guide.amortize(batch)
+                params = self._amortize(batch)
                 if posterior_predictive:  # the model replayed on guide draws: x of draw s from the code of draw s
+                    guide = partial(_place_guide_sites, self.guide, params)
                     yield (self.guide.sparsity_probs(params), poutine.uncondition(self.model), (batch,), schedule,
-                           self.guide)
+                           guide)
                 else:  # the guide's sites alone, from parameters amortized once per batch
                     yield (self.guide.sparsity_probs(params), partial(self.guide.place_sites, params, None),
                            (), {**schedule}, None)
@@ -424,6 +447,8 @@ class SDLGM:
                         duplicates += int(repeats.sum())
                         used += int(drawn_counts.sum())
                         params = guide_trace.nodes["_RETURN"]["value"]  # the guide's amortized parameters
+                        if self.config.count_estimate == "refined":
+                            params = self._amortize(batch)
                 z, _ = self.guide.hard_code(params)
                 codes.append(z.cpu())
                 decoded = self.model.decoder(z)

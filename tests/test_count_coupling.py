@@ -139,3 +139,26 @@ def test_diagnose_reports_per_prefix_costs_consistent_with_the_hard_codes(binary
     assert d["summary"]["l_hat_equals_best"] == pytest.approx(float((d["l_hat"] == d["best_count"]).mean()))
     assert d["dimension_effect"].shape == d["dimension_usage"].shape == (6,)
     np.testing.assert_allclose(d["dimension_usage"], (model.encode(binary_data) != 0).mean(0))
+
+
+def test_refined_count_is_the_coordinate_ascent_posterior_of_the_prefix_costs(binary_data, tmp_path):
+    model = SDLGM(12, 6, 3, decoder_hidden=[8], guide={"name": "mlp_per_slot", "hidden": [8]},
+                  count_estimate="refined", sparsity_prior={"name": "truncated_geometric", "p": 0.3})
+    model.fit(binary_data, **{**FAST_FIT, "epochs": 3})
+    d = model.diagnose(binary_data)
+    log_prior = model.model.sparsity_prior.logits().log_softmax(-1).detach().numpy()
+    expected = log_prior - d["prefix_recon"] - d["prefix_slot_kl"]
+    expected = np.exp(expected - expected.max(1, keepdims=True))
+    np.testing.assert_allclose(model.sparsity_posterior(binary_data), expected / expected.sum(1, keepdims=True),
+                               rtol=1e-4, atol=1e-6)
+    counts = model.predict_sparsity(binary_data)
+    np.testing.assert_array_equal(counts, d["l_hat"])
+    np.testing.assert_array_equal((model.encode(binary_data) != 0).sum(1), counts)
+    assert model.evaluate(binary_data)["mean_nnz"] == pytest.approx(counts.mean())
+    model.save(tmp_path / "m.pt")
+    np.testing.assert_array_equal(SDLGM.load(tmp_path / "m.pt").predict_sparsity(binary_data), counts)
+    amortized = SDLGM(12, 6, 3, decoder_hidden=[8], guide={"name": "mlp_per_slot", "hidden": [8]})
+    amortized.fit(binary_data, **{**FAST_FIT, "epochs": 3})
+    assert not np.allclose(amortized.sparsity_posterior(binary_data), model.sparsity_posterior(binary_data))
+    with pytest.raises(ConfigError, match="count_estimate"):
+        SDLGM(12, 6, 3, count_estimate="mode")
