@@ -18,7 +18,6 @@ from pyro import poutine
 from pyro.nn import PyroModule
 
 from .distributions import LevelMarginal, concrete_class
-from .exceptions import ConfigError
 from .model import data_plate, sample_slots
 from .networks import AmortizedEncoder
 from .registry import Registry
@@ -176,19 +175,21 @@ class MagnitudeSlotsGuide(MLPGuide):
     encoder learns "which dimension" from the same signal as "what value"; the
     zero-temperature support is the ``L_hat`` dimensions with the largest ``|E[v_k | x]|``
     (plus the learned per-dimension offsets ``b``). ``a`` starts at ``init_gain`` (before the
-    softplus). Not for binary codes (there are no values to tie to).
+    softplus). Binary codes have no values to tie to: there the shared slot head's logits are
+    used, as in ``mlp_shared_slots``.
     """
 
     def __init__(self, spec: ModelSpec, hidden: Sequence[int] = (512, 256), activation: str = "relu",
                  init_gain: float = 3.0):
-        if spec.binary:
-            raise ConfigError("guide 'mlp_magnitude_slots' ties the slots to the values: it needs binary=False")
         super().__init__(spec, per_slot=False, hidden=hidden, activation=activation)
-        self.gain = torch.nn.Parameter(torch.tensor(float(init_gain)))
-        self.offset = torch.nn.Parameter(torch.zeros(spec.latent_dim))
+        if not spec.binary:  # (no unused parameters in binary mode: data-parallel training refuses them)
+            self.gain = torch.nn.Parameter(torch.tensor(float(init_gain)))
+            self.offset = torch.nn.Parameter(torch.zeros(spec.latent_dim))
 
     def amortize(self, x):
         params = super().amortize(x)
+        if params.value_loc is None:  # binary codes: the shared slot head
+            return params
         logits = torch.nn.functional.softplus(self.gain) * params.value_loc.abs() + self.offset
         return params._replace(slot_logits=logits.unsqueeze(-2))
 
