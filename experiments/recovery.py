@@ -117,25 +117,26 @@ SETTINGS = {
 }
 
 # method name -> options: either SDLGM keyword options, or {"model": {...}, "fit": {...}}
+# the previous library defaults: per-slot logits and the count network's q(L|x)
+PREVIOUS = {"guide": "mlp_per_slot", "count_estimate": "amortized"}
+MAGNITUDE = {"guide": "mlp_magnitude_slots", "count_estimate": "amortized"}
+MARGINAL = {"sparsity_inference": "marginal", "count_coupling": "prefix_mixture"}
 SDLGM_VARIANTS = {
-    "sdlgm_default": {},
-    "sdlgm_linear_decoder": {"model": {"decoder_hidden": []}},  # the generators' decoders are linear
-    "sdlgm_prefix": {"count_coupling": "prefix_mixture"},
-    "sdlgm_marginal": {"sparsity_inference": "marginal", "count_coupling": "prefix_mixture"},
-    "sdlgm_st": {"slot_estimator": "straight_through"},
-    "sdlgm_magnitude": {"guide": "mlp_magnitude_slots"},
-    "sdlgm_magnitude_st_marginal": {"guide": "mlp_magnitude_slots", "slot_estimator": "straight_through",
-                                    "sparsity_inference": "marginal", "count_coupling": "prefix_mixture"},
-    # linear decoders (the generators' decoders are linear)
-    "sdlgm_lin_magnitude": {"guide": "mlp_magnitude_slots", "decoder_hidden": []},
-    "sdlgm_lin_magnitude_marginal": {"guide": "mlp_magnitude_slots", "decoder_hidden": [],
-                                     "sparsity_inference": "marginal", "count_coupling": "prefix_mixture"},
-    "sdlgm_lin_magnitude_marginal_st": {"guide": "mlp_magnitude_slots", "decoder_hidden": [],
-                                        "sparsity_inference": "marginal", "count_coupling": "prefix_mixture",
+    "sdlgm_default": {},  # the library's defaults at the time of the run
+    "sdlgm_previous": PREVIOUS,
+    "sdlgm_linear_decoder": {**PREVIOUS, "decoder_hidden": []},  # the generators' decoders are linear
+    "sdlgm_prefix": {**PREVIOUS, "count_coupling": "prefix_mixture"},
+    "sdlgm_marginal": {**PREVIOUS, **MARGINAL},
+    "sdlgm_st": {**PREVIOUS, "slot_estimator": "straight_through"},
+    "sdlgm_magnitude": MAGNITUDE,
+    "sdlgm_magnitude_st_marginal": {**MAGNITUDE, **MARGINAL, "slot_estimator": "straight_through"},
+    # linear decoders
+    "sdlgm_lin_magnitude": {**MAGNITUDE, "decoder_hidden": []},
+    "sdlgm_lin_magnitude_marginal": {**MAGNITUDE, **MARGINAL, "decoder_hidden": []},
+    "sdlgm_lin_magnitude_marginal_st": {**MAGNITUDE, **MARGINAL, "decoder_hidden": [],
                                         "slot_estimator": "straight_through"},
-    "sdlgm_lin_magnitude_refined": {"guide": "mlp_magnitude_slots", "decoder_hidden": [], "count_estimate": "refined"},
-    "sdlgm_lin_magnitude_marginal_refined": {"guide": "mlp_magnitude_slots", "decoder_hidden": [],
-                                             "sparsity_inference": "marginal", "count_coupling": "prefix_mixture",
+    "sdlgm_lin_magnitude_refined": {**MAGNITUDE, "decoder_hidden": [], "count_estimate": "refined"},
+    "sdlgm_lin_magnitude_marginal_refined": {**MAGNITUDE, **MARGINAL, "decoder_hidden": [],
                                              "count_estimate": "refined"},
 }
 

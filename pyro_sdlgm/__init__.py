@@ -100,7 +100,10 @@ __all__ = [
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'pyro_sdlgm' has no attribute {name!r}")
+        try:  # a submodule, e.g. pyro_sdlgm.posterior after a plain `import pyro_sdlgm`
+            return import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'pyro_sdlgm' has no attribute {name!r}") from None
     value = getattr(import_module(f".{module}", __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 # Only the standard library at import time: `sdlgm --help` must not wait for torch and Pyro.
@@ -42,8 +43,9 @@ def _inspection_text(result: dict) -> str:
     if "prefix" in result:
         p, e = result["prefix"], result["dimension_effects"]
         lines.append(f"counts the hard reconstructions support (argmin_l R_l + KL of the first l slots): mean "
-                     f"{p['mean_best_count']:.2f} against mean L_hat {p['mean_l_hat']:.2f}; L_hat equals it for "
-                     f"{100 * p['l_hat_equals_best']:.0f}% of rows (mean |difference| {p['l_hat_abs_error']:.2f})")
+                     f"{p['mean_best_count']:.2f} against mean {p['mean_l_hat']:.2f} for the count network's mode, "
+                     f"which equals it for {100 * p['l_hat_equals_best']:.0f}% of rows (mean |difference| "
+                     f"{p['l_hat_abs_error']:.2f}); count_estimate='refined' uses the supported count")
         lines.append(f"hard codes use {e['used_dims']} of {e['num_dims']} dimensions; median effect on the output "
                      f"(|E[x | one dimension] - E[x | empty code]|): {e['median_effect_used']:.3g} used, "
                      f"{e['median_effect_unused']:.3g} unused")
@@ -141,22 +143,30 @@ def _train_config(args, runs):
     return load_run_config(folder / runs.CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}", *threads])
 
 
+def _is_first_rank() -> bool:
+    """True unless this process is a later rank of a ``torchrun`` launch (which sets ``RANK``)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _announce_resume(config) -> None:
     from .training import latest_checkpoint_epoch
 
     epoch, path = latest_checkpoint_epoch(config.run_dir)
-    print(f"resuming {config.run_dir} after epoch {epoch} of {config.training.epochs} (checkpoint {path})")
+    if _is_first_rank():
+        print(f"resuming {config.run_dir} after epoch {epoch} of {config.training.epochs} (checkpoint {path})")
 
 
 def _interrupted(config) -> int:
     """Ctrl-C during training: one line naming the last checkpoint and how to continue."""
     from .training import latest_checkpoint_epoch
 
+    if not _is_first_rank():
+        return INTERRUPTED
     try:
         epoch, path = latest_checkpoint_epoch(config.run_dir)
     except SDLGMError:
-        print(f"sdlgm train: interrupted before the first checkpoint of {config.run_dir}; nothing to resume, "
-              "start the run again", file=sys.stderr)
+        print(f"sdlgm train: interrupted before the first checkpoint of {config.run_dir}; nothing to resume: "
+              "run the same command again with --overwrite", file=sys.stderr)
     else:
         print(f"sdlgm train: interrupted; the last checkpoint is {path} (after epoch {epoch}); continue with: "
               f"sdlgm train --resume {config.run_dir}", file=sys.stderr)

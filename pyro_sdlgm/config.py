@@ -160,14 +160,14 @@ class ModelConfig(_Section):
     sparsity_prior: ComponentSpec = "uniform"
     support_prior: ComponentSpec = "uniform"
     value_prior: ComponentSpec = "normal"
-    guide: ComponentSpec = "mlp_per_slot"
+    guide: ComponentSpec = "mlp_magnitude_slots"  # chosen by measurement: experiments/NOTES.md
     sparsity_inference: str = "relaxed"  # "relaxed" | "enumerate" | "marginal"
     objective: str = "discrete_kl"  # "discrete_kl" | "relaxed" (see ModelSpec)
     slot_selection: str = "without_replacement"  # "without_replacement" | "independent"
     slot_layout: str = "per_slot"  # "per_slot" (sites slot_1..slot_L0) | "joint" (one site, faster)
     count_coupling: str = "gated_code"  # "gated_code" | "prefix_mixture" (see ModelSpec)
     slot_estimator: str = "relaxed"  # "relaxed" | "straight_through" (see ModelSpec)
-    count_estimate: str = "amortized"  # "amortized" | "refined": the count posterior after training (see SDLGM)
+    count_estimate: str = "refined"  # "refined" | "amortized": the count posterior after training (see SDLGM)
     decoder_hidden: tuple[int, ...] = (256, 512)
     activation: str = "relu"
 

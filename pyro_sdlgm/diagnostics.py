@@ -51,12 +51,16 @@ def prefix_costs(model, params, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     picks = greedy_picks(params.slot_logits, spec.max_sparsity)  # (N, L0)
     levels = spec.levels(device=x.device)
     n = x.shape[0]
-    used = torch.arange(spec.max_sparsity, device=x.device) < levels.view(-1, 1)  # (num_levels, L0)
-    codes = torch.zeros(n, len(levels), spec.latent_dim, device=x.device)  # codes of every whole count
-    codes.scatter_(-1, picks.unsqueeze(1).expand(n, len(levels), -1), used.to(codes.dtype).expand(n, -1, -1))
-    if params.value_loc is not None:
-        codes = codes * params.value_loc.unsqueeze(1)
-    recon = -model.likelihood.dist(model.decoder(codes)).log_prob(x.unsqueeze(1))
+    rows = torch.arange(n, device=x.device)
+    values = torch.ones(n, spec.latent_dim, device=x.device) if params.value_loc is None else params.value_loc
+    code = torch.zeros(n, spec.latent_dim, device=x.device)
+    costs = []
+    for level in levels.tolist():  # one level at a time: (N, K) codes, never (N, levels, K)
+        if level > 0:
+            pick = picks[:, level - 1]
+            code[rows, pick] = values[rows, pick]
+        costs.append(-model.likelihood.dist(model.decoder(code)).log_prob(x))
+    recon = torch.stack(costs, -1)
     kls = _slot_kls(params.slot_logits, model.support_prior.logits(), picks)  # (N, L0)
     cumulative = torch.cat([torch.zeros(n, 1, device=x.device), kls.cumsum(-1)], -1)  # KL of 0..L0 slots
     return recon, cumulative[:, levels]
@@ -100,7 +104,7 @@ def summarize_prefixes(terms: dict[str, np.ndarray], levels: np.ndarray) -> dict
 
 
 @torch.no_grad()
-def dimension_effects(model, codes: np.ndarray) -> dict[str, np.ndarray]:
+def dimension_effects(model, codes: np.ndarray, chunk: int = 1024) -> dict[str, np.ndarray]:
     """What each dimension does, from hard codes ``(N, K)``: ``effect (K,)`` and ``usage (K,)``.
 
     ``effect[k] = ||E[x | z = v_k e_k] - E[x | z = 0]||_2`` with ``v_k`` the mean non-zero value
@@ -112,8 +116,12 @@ def dimension_effects(model, codes: np.ndarray) -> dict[str, np.ndarray]:
     usage = active.mean(0)
     values = np.where(active.any(0), codes.sum(0) / np.maximum(active.sum(0), 1), 1.0)
     device = next(model.decoder.parameters()).device
-    z = torch.zeros(k + 1, k, device=device)
-    z[torch.arange(k), torch.arange(k)] = torch.as_tensor(values, dtype=z.dtype, device=device)
-    means = model.likelihood.mean(model.decoder(z))
-    effect = (means[:k] - means[k:]).norm(dim=-1).cpu().numpy()
+    empty = model.likelihood.mean(model.decoder(torch.zeros(1, k, device=device)))
+    effect = np.empty(k)
+    for start in range(0, k, chunk):  # (chunk, K) codes at a time, not (K, K)
+        dims = torch.arange(start, min(start + chunk, k), device=device)
+        z = torch.zeros(len(dims), k, device=device)
+        z[torch.arange(len(dims)), dims] = torch.as_tensor(values[start:start + len(dims)], dtype=z.dtype,
+                                                           device=device)
+        effect[start:start + len(dims)] = (model.likelihood.mean(model.decoder(z)) - empty).norm(dim=-1).cpu().numpy()
     return {"effect": effect, "usage": usage, "value": values}

@@ -152,13 +152,14 @@ class MLPGuide(AmortizedGuide):
         activation: activation function name.
     """
 
-    def __init__(self, spec: ModelSpec, per_slot: bool, hidden: Sequence[int] = (512, 256), activation: str = "relu"):
+    def __init__(self, spec: ModelSpec, per_slot: bool, hidden: Sequence[int] = (512, 256), activation: str = "relu",
+                 num_slot_heads: int | None = None):
         super().__init__(spec)
         self.encoder = AmortizedEncoder(
             spec.input_dim,
             spec.latent_dim,
             spec.num_levels,
-            spec.max_sparsity if per_slot else 1,
+            (spec.max_sparsity if per_slot else 1) if num_slot_heads is None else num_slot_heads,
             spec.binary,
             hidden,
             activation,
@@ -181,8 +182,10 @@ class MagnitudeSlotsGuide(MLPGuide):
 
     def __init__(self, spec: ModelSpec, hidden: Sequence[int] = (512, 256), activation: str = "relu",
                  init_gain: float = 3.0):
-        super().__init__(spec, per_slot=False, hidden=hidden, activation=activation)
-        if not spec.binary:  # (no unused parameters in binary mode: data-parallel training refuses them)
+        # one shared slot head in binary mode only: data-parallel training refuses unused parameters
+        super().__init__(spec, per_slot=False, hidden=hidden, activation=activation,
+                         num_slot_heads=1 if spec.binary else 0)
+        if not spec.binary:
             self.gain = torch.nn.Parameter(torch.tensor(float(init_gain)))
             self.offset = torch.nn.Parameter(torch.zeros(spec.latent_dim))
 

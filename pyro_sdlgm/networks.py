@@ -56,7 +56,7 @@ class AmortizedEncoder(nn.Module):
 
     Returns a tuple:
         ``sparsity_logits (N, num_levels)``, ``slot_logits (N, S, K)`` with ``S`` 1
-        (shared slots) or ``L0`` (per-slot logits), and, unless ``binary``,
+        (shared slots) or ``L0`` (per-slot logits) (None with ``num_slot_heads=0``), and, unless ``binary``,
         ``value_loc (N, K)`` and ``value_scale (N, K)`` (positive); else ``None, None``.
     """
 
@@ -79,14 +79,16 @@ class AmortizedEncoder(nn.Module):
         self.trunk = mlp(input_dim, hidden, None, activation)
         width = output_width(hidden, input_dim)
         self.sparsity_head = nn.Linear(width, num_levels)
-        self.slot_head = nn.Linear(width, num_slot_heads * latent_dim)
+        # num_slot_heads=0: no slot head (a guide that derives the slot logits otherwise); slot_logits is None
+        self.slot_head = nn.Linear(width, num_slot_heads * latent_dim) if num_slot_heads else None
         if not binary:
             self.value_head = nn.Linear(width, 2 * latent_dim)
 
     def forward(self, x: torch.Tensor):
         h = self.trunk(x)
         sparsity_logits = self.sparsity_head(h)
-        slot_logits = self.slot_head(h).reshape(*h.shape[:-1], self.num_slot_heads, self.latent_dim)
+        slot_logits = (None if self.slot_head is None else
+                       self.slot_head(h).reshape(*h.shape[:-1], self.num_slot_heads, self.latent_dim))
         if self.binary:
             return sparsity_logits, slot_logits, None, None
         loc, raw_scale = self.value_head(h).chunk(2, dim=-1)

@@ -214,7 +214,8 @@ def plot_prefix_diagnostics(levels: np.ndarray, recon: np.ndarray, slot_kl: np.n
     left.legend(fontsize=8)
     width = 0.4
     left_edge = levels - width / 2
-    right.bar(left_edge, [(l_hat == level).mean() for level in levels], width, label="L_hat (mode of q(L|x))")
+    right.bar(left_edge, [(l_hat == level).mean() for level in levels], width,
+              label="mode of the count network's q(L|x)")
     right.bar(left_edge + width, [(best == level).mean() for level in levels], width,
               label="argmin_l R_l + KL_{1..l}")
     right.set_xticks(levels)
@@ -222,5 +223,6 @@ def plot_prefix_diagnostics(levels: np.ndarray, recon: np.ndarray, slot_kl: np.n
     right.set_ylabel("fraction of observations")
     right.legend(fontsize=8)
     agree = float((l_hat == best).mean())
-    fig.suptitle(f"which count the reconstructions support: L_hat equals it for {100 * agree:.0f}% of rows")
+    fig.suptitle(f"which count the reconstructions support: the count network's mode equals it for "
+                 f"{100 * agree:.0f}% of rows")
     return _finish(fig, path)

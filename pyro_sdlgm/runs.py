@@ -50,11 +50,12 @@ INSPECTION_FILE = "inspection.json"
 PREFIX_FILE = "prefix_counts.csv"
 EFFECTS_FILE = "dimension_effects.csv"
 PLOTS_DIR = "plots"
-TEMPORARY = ".*.tmp"  # what an interrupted atomic write leaves (see checkpoint.atomic_write)
-#: the files a run (train, then inspect) writes: name patterns at the top, and in each folder
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, MODEL_FILE, EVALUATION_FILE, POSTERIOR_FILE, SUMMARY_FILE, GROUPS_FILE,
-             CALIBRATION_FILE, INSPECTION_FILE, PREFIX_FILE, EFFECTS_FILE, TEMPORARY)
-RUN_FOLDERS = {PLOTS_DIR: ("*.png",), CHECKPOINT_DIR: ("epoch_*.pt", TEMPORARY)}
+_OUTPUTS = (CONFIG_FILE, METRICS_FILE, MODEL_FILE, EVALUATION_FILE, POSTERIOR_FILE, SUMMARY_FILE, GROUPS_FILE,
+            CALIBRATION_FILE, INSPECTION_FILE, PREFIX_FILE, EFFECTS_FILE)
+#: the files a run (train, then inspect) writes: name patterns at the top, and in each folder; an
+#: interrupted atomic write leaves ``.NAME.*.tmp`` (see checkpoint.atomic_write)
+RUN_FILES = _OUTPUTS + tuple(f".{name}.*.tmp" for name in _OUTPUTS)
+RUN_FOLDERS = {PLOTS_DIR: ("*.png",), CHECKPOINT_DIR: ("epoch_*.pt", ".epoch_*.pt.*.tmp")}
 
 
 def earlier_run_files(path: Path) -> list[Path]:

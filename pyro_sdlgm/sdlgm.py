@@ -100,7 +100,10 @@ class SDLGM:
             ``"truncated_poisson"`` (``rate``), ``"learned"``, or a registered name.
         support_prior: ``"uniform"`` or ``"learned"``.
         value_prior: ``"normal"`` or ``"laplace"`` (option ``scale``).
-        guide: ``"mlp_per_slot"`` or ``"mlp_shared_slots"`` (options ``hidden``, ``activation``).
+        guide: ``"mlp_magnitude_slots"`` (default: shared slot logits from the magnitudes of
+            the value means, so the selection follows the values as a top-k autoencoder's
+            does), ``"mlp_per_slot"`` or ``"mlp_shared_slots"`` (options ``hidden``,
+            ``activation``).
         sparsity_inference: ``"relaxed"`` (Concrete ``L_i``), ``"enumerate"`` (exact sum
             over ``L_i`` with ``TraceEnum_ELBO``; needs ``objective="relaxed"``) or
             ``"marginal"`` (exact expectations over ``q(L_i)`` with its discrete KL; needs
@@ -120,8 +123,8 @@ class SDLGM:
             ``"straight_through"`` (their one-hot in the code, relaxed gradient).
         count_estimate: the count posterior used after training (``sparsity_posterior``,
             ``predict_sparsity``, ``encode``, ``posterior``): ``"amortized"`` (the count
-            network's ``q(L|x)``) or ``"refined"`` (``q*(L = l | x) ∝ p(l) exp(-R_l - KL_{1..l})``
-            from the hard reconstruction of each prefix; ``L0`` decoder passes, see
+            network's ``q(L|x)``) or ``"refined"`` (default; ``q*(L = l | x) ∝ p(l) exp(-R_l - KL_{1..l})``
+            from the hard reconstruction of each prefix; one decoder pass per level, see
             :mod:`pyro_sdlgm.diagnostics`).
         decoder_hidden: hidden sizes of the decoder MLP.
         activation: activation of the decoder MLP.
@@ -287,12 +290,15 @@ class SDLGM:
 
     def _amortize(self, batch: torch.Tensor):
         """The guide's parameters of a batch, with the count posterior ``count_estimate`` names."""
-        params = self.guide.amortize(batch)
-        if self.config.count_estimate == "refined":
-            from .diagnostics import refined_count_logits
+        return self._refine(self.guide.amortize(batch), batch)
 
-            params = params._replace(sparsity_logits=refined_count_logits(self.model, params, batch))
-        return params
+    def _refine(self, params, batch: torch.Tensor):
+        """``params`` with the refined count logits when ``count_estimate="refined"``."""
+        if self.config.count_estimate != "refined":
+            return params
+        from .diagnostics import refined_count_logits
+
+        return params._replace(sparsity_logits=refined_count_logits(self.model, params, batch))
 
     @torch.no_grad()
     def encode(self, X, *, sparse: bool = False, batch_size: int = 1024):
@@ -333,15 +339,20 @@ class SDLGM:
 
         Returns a dict: ``prefix_recon (N, num_levels)``, the hard reconstruction cost
         ``R_l`` of the code with the first ``l`` slots; ``prefix_slot_kl (N, num_levels)``,
-        the discrete KL of those slots; ``l_hat (N,)``, the mode of ``q(L|x)``;
+        the discrete KL of those slots; ``l_hat (N,)``, the mode of the count network's
+        ``q(L|x)`` (whatever ``count_estimate`` is);
         ``best_count (N,)``, the level minimising ``R_l + KL_{1..l}``; ``summary``, their
         means and agreement; ``dimension_effect (K,)`` and ``dimension_usage (K,)``, what
         each dimension adds to the empty code's output and how often hard codes use it.
         """
         from .diagnostics import dimension_effects, prefix_terms, summarize_prefixes
 
-        parts = [prefix_terms(self.model, params, batch) for batch, params in
-                 self._guide_outputs(X, batch_size, "diagnose")]
+        self._check_fitted("diagnose")
+        x = self._check(X)
+        self.model.eval()
+        self.guide.eval()
+        # the count network's own q(L|x) (with count_estimate="refined", L_hat would be the supported count)
+        parts = [prefix_terms(self.model, self.guide.amortize(batch), batch) for batch in self._batches(x, batch_size)]
         terms = {key: torch.cat([part[key] for part in parts]).cpu().numpy() for key in parts[0]}
         effects = dimension_effects(self.model, self.encode(X, batch_size=batch_size))
         return {"prefix_recon": terms["recon"], "prefix_slot_kl": terms["slot_kl"], "l_hat": terms["l_hat"],
@@ -425,6 +436,10 @@ class SDLGM:
         (fraction of the used slots of a relaxed guide draw at the final temperature whose
         argmax repeats an earlier used slot's),
         ``mean_sparsity_entropy`` (nats) and ``num_examples``.
+
+        The ELBO and its terms are those of the trained guide (the count network's
+        ``q(L|x)``); the hard codes, their statistics and ``mean_sparsity_entropy`` use the
+        count posterior ``count_estimate`` names.
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise DataError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -446,9 +461,8 @@ class SDLGM:
                         repeats, drawn_counts = slot_duplicates(guide_trace, self.spec)
                         duplicates += int(repeats.sum())
                         used += int(drawn_counts.sum())
-                        params = guide_trace.nodes["_RETURN"]["value"]  # the guide's amortized parameters
-                        if self.config.count_estimate == "refined":
-                            params = self._amortize(batch)
+                        # the guide's amortized parameters, with the count posterior in use
+                        params = self._refine(guide_trace.nodes["_RETURN"]["value"], batch)
                 z, _ = self.guide.hard_code(params)
                 codes.append(z.cpu())
                 decoded = self.model.decoder(z)
@@ -495,7 +509,8 @@ class SDLGM:
                 f"checkpoint {str(path)!r} has format version {data.get('format_version')!r}; "
                 f"this version of pyro_sdlgm reads version {CHECKPOINT_VERSION}"
             )
-        self = cls.from_config(data["model_config"])
+        # a model saved before count_estimate existed used the count network's q(L|x)
+        self = cls.from_config({"count_estimate": "amortized", **data["model_config"]})
         try:
             self.model.load_state_dict(data["model_state"])
             self.guide.load_state_dict(data["guide_state"])

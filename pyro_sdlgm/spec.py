@@ -50,12 +50,12 @@ class ModelSpec:
             interpolates between codes inside the decoder. ``"prefix_mixture"``: the decoder sees
             the code of every whole count ``l`` (its first ``l`` slots) and the likelihood is
             ``sum_l w_l log p(x | z_l)`` with the level weights ``w`` of the ``sparsity`` site
-            (:class:`~pyro_sdlgm.distributions.ExpectedLogLikelihood`); ``L0`` decoder passes.
+            (:class:`~pyro_sdlgm.distributions.ExpectedLogLikelihood`); one decoder pass per level.
         slot_estimator: the gradient estimator of the support. ``"relaxed"``: the code uses the
             slots' Concrete samples (Gumbel-Softmax). ``"straight_through"``: the code uses their
             one-hot argmax, with the Concrete samples' gradient (the sites, their densities and
-            KL terms are unchanged), so the decoder is trained on the hard supports it is
-            evaluated on.
+            KL terms are unchanged), so the decoder sees hard slot choices (with
+            ``count_coupling="gated_code"`` the relaxed gates still weight them).
         objective: how the KL terms of the relaxed sites are computed.
             ``"discrete_kl"``: analytically, as the KL of the discrete variables the
             relaxations stand for (``TraceMeanField_ELBO``; Jang et al. 2017), with the

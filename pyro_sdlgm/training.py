@@ -68,9 +68,9 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 # options that may differ between a checkpoint and the run resuming from it
 # (the remedies that NumericalError and ResourceError suggest among them)
-# (and pyro_validation, which changes no number)
+# (and pyro_validation, num_threads and count_estimate, which change no training step)
 RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints", "nan_policy", "check_memory", "memory_limit_gb",
-                  "pyro_validation", "num_threads")
+                  "pyro_validation", "num_threads", "count_estimate")
 
 
 @contextlib.contextmanager
@@ -189,7 +189,8 @@ def _flat(prefix: str, value) -> dict[str, Any]:
 
 
 #: options added after checkpoints were first written, with the value every older checkpoint implies
-ADDED_OPTIONS = {"slot_layout": "per_slot", "num_candidates": None}
+ADDED_OPTIONS = {"slot_layout": "per_slot", "num_candidates": None, "count_coupling": "gated_code",
+                 "slot_estimator": "relaxed"}
 
 
 def config_differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -91,7 +91,7 @@ def test_from_dict_rejects_unknown_fit_options():
 
 def test_option_only_component_tables_keep_the_default_name(tmp_path):
     config = load_run_config(None, ["model.guide.hidden=[64]"])
-    assert config.model.guide == {"name": "mlp_per_slot", "hidden": [64]}
+    assert config.model.guide == {"name": "mlp_magnitude_slots", "hidden": [64]}  # the default guide
 
 
 @pytest.mark.parametrize("override, match", [

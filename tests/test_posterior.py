@@ -73,7 +73,7 @@ def test_draws_match_q_within_sampling_error(fitted):
 
 
 @pytest.mark.parametrize("variant", ["enumerate", "include_zero", "posterior_predictive", "classifier", "marginal",
-                                     "refined"])
+                                     "amortized"])
 def test_draws_match_q_in_every_mode(binary_data, variant):
     """Untrained models (seeded): the draw-to-level mapping is what is checked, in each mode."""
     if variant == "classifier":
@@ -88,7 +88,7 @@ def test_draws_match_q_in_every_mode(binary_data, variant):
         options = {"enumerate": dict(sparsity_inference="enumerate", objective="relaxed"),
                    "include_zero": dict(include_zero=True),
                    "marginal": dict(sparsity_inference="marginal", count_coupling="prefix_mixture"),
-                   "refined": dict(count_estimate="refined")}.get(variant, {})
+                   "amortized": dict(count_estimate="amortized")}.get(variant, {})
         model = SDLGM(12, 6, 3, decoder_hidden=[8], guide={"name": "mlp_per_slot", "hidden": [8]}, **options)
         model.fit(binary_data, **{**FAST_FIT, "epochs": 1})
         idata = model.posterior(binary_data[:3], num_samples=2000, seed=1, batch_size=2,
