@@ -16,7 +16,12 @@ is used but changes nothing, is a sign of a poor optimum.
 :func:`refined_count_logits` turns the same terms into a count posterior: given the hard
 supports and values, ``q*(L = l | x) ∝ p(L = l) exp(-R_l - KL_{1..l})`` is the ``q(L | x)``
 that maximises the ELBO (the coordinate-ascent update of mean-field VI), which the model
-option ``count_estimate="refined"`` uses in place of the count network's ``q(L | x)``.
+option ``count_estimate="refined"`` uses in place of the count network's ``q(L | x)``. The
+KL terms are the discrete ones of slots drawn without replacement, so it is that update for
+``objective="discrete_kl"`` with ``slot_selection="without_replacement"`` (the defaults); with
+other options it is the same formula, not the trained objective's update. It is only as good
+as the decoder's reconstructions: on the recovery benchmark with an overfitting MLP decoder it
+tracked the true counts worse than the count network (``experiments/NOTES.md``).
 
 Plain torch on the fitted networks; nothing here places Pyro sites.
 """
