@@ -76,9 +76,9 @@ def as_data_tensor(X: Any, input_dim: int, likelihood, name: str = "X") -> torch
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def _place_guide_sites(guide, params, x, *, tau_sparsity=1.0, tau_support=1.0, kl_weight=1.0, **_):
+def _place_guide_sites(guide, params, x, **schedule):
     """The guide's sites from given parameters, called as the guide is (for ``Predictive``)."""
-    guide.place_sites(params, None, tau_sparsity, tau_support, kl_weight)
+    guide.place_sites(params, None, **schedule)
 
 
 class SDLGM:
