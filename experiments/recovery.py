@@ -118,8 +118,8 @@ SETTINGS = {
 
 # method name -> options: either SDLGM keyword options, or {"model": {...}, "fit": {...}}
 # the previous library defaults: per-slot logits and the count network's q(L|x)
-PREVIOUS = {"guide": "mlp_per_slot", "count_estimate": "amortized"}
-MAGNITUDE = {"guide": "mlp_magnitude_slots", "count_estimate": "amortized"}
+PREVIOUS = {"guide": "mlp_per_slot", "count_estimate": "amortized", "binary": False}
+MAGNITUDE = {"guide": "mlp_magnitude_slots", "count_estimate": "amortized", "binary": False}
 MARGINAL = {"sparsity_inference": "marginal", "count_coupling": "prefix_mixture"}
 SDLGM_VARIANTS = {
     "sdlgm_default": {},  # the library's defaults at the time of the run

@@ -118,7 +118,7 @@ def _run(job: dict) -> dict:
         # the configuration of the main tables (per-slot logits, the count network's q(L|x)); the
         # library's current defaults are run with --sdlgm-options (see experiments/README.md)
         options = dict(decoder_hidden=s["decoder_hidden"], guide={"name": "mlp_per_slot", "hidden": s["encoder_hidden"]},
-                       count_estimate="amortized")
+                       count_estimate="amortized", binary=False)
         options.update(job.get("sdlgm_options") or {})  # --sdlgm-options: a variant of every SDLGM method
         if method == "sdlgm_binary":
             options.update(binary=True)

@@ -156,7 +156,7 @@ class ModelConfig(_Section):
     max_sparsity: int = 10  # L0
     likelihood: ComponentSpec = "bernoulli"
     include_zero: bool = False  # sparsity levels {0..L0} instead of {1..L0}
-    binary: bool = False  # z = s (no values)
+    binary: bool | str = "auto"  # z = s (no values); "auto": binary codes for the Bernoulli likelihood
     sparsity_prior: ComponentSpec = "uniform"
     support_prior: ComponentSpec = "uniform"
     value_prior: ComponentSpec = "normal"
@@ -186,8 +186,17 @@ class ModelConfig(_Section):
         ):
             registry.get(component_name(getattr(self, key), registry.kind)[0])
         self._spec(1 if self.input_dim is None else self.input_dim)  # checks sizes and modes
+        if isinstance(self.binary, str) and self.binary != "auto":
+            raise ConfigError(f"model.binary must be true, false or 'auto', got {self.binary!r}")
         if self.count_estimate not in COUNT_ESTIMATES:
             raise ConfigError(f"model.count_estimate must be one of {COUNT_ESTIMATES}, got {self.count_estimate!r}")
+
+    def binary_codes(self) -> bool:
+        """Whether codes are binary: ``binary``, or with ``"auto"`` whether the likelihood is
+        Bernoulli (measured on MNIST-5k and digits: experiments/NOTES.md)."""
+        if self.binary == "auto":
+            return component_name(self.likelihood, "likelihood")[0] == "bernoulli"
+        return self.binary
 
     def spec(self):
         """The :class:`~pyro_sdlgm.spec.ModelSpec` of this config (``input_dim`` must be set)."""
@@ -203,7 +212,7 @@ class ModelConfig(_Section):
             latent_dim=self.latent_dim,
             max_sparsity=self.max_sparsity,
             include_zero=self.include_zero,
-            binary=self.binary,
+            binary=self.binary_codes(),
             sparsity_inference=self.sparsity_inference,
             objective=self.objective,
             slot_selection=self.slot_selection,

@@ -95,7 +95,8 @@ class SDLGM:
         likelihood: ``"bernoulli"`` (data in [0, 1]) or ``"normal"`` (learned scale), or a
             registered name or ``{"name": ..., **options}``.
         include_zero: allow ``L_i = 0`` (levels ``{0..L0}``).
-        binary: binary codes ``z = s`` (no values).
+        binary: binary codes ``z = s`` (no values); ``"auto"`` (default): binary for the
+            Bernoulli likelihood, with values otherwise.
         sparsity_prior: ``"uniform"``, ``"truncated_geometric"`` (``p``),
             ``"truncated_poisson"`` (``rate``), ``"learned"``, or a registered name.
         support_prior: ``"uniform"`` or ``"learned"``.
@@ -145,7 +146,7 @@ class SDLGM:
         likelihood: ComponentSpec = ModelConfig.likelihood,
         *,
         include_zero: bool = ModelConfig.include_zero,
-        binary: bool = ModelConfig.binary,
+        binary: bool | str = ModelConfig.binary,
         sparsity_prior: ComponentSpec = ModelConfig.sparsity_prior,
         support_prior: ComponentSpec = ModelConfig.support_prior,
         value_prior: ComponentSpec = ModelConfig.value_prior,

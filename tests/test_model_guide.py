@@ -11,7 +11,7 @@ from pyro_sdlgm.spec import OBS_SITE, SPARSITY_SITE, VALUES_SITE
 
 def make(**overrides):
     config = ModelConfig(**{"input_dim": 10, "latent_dim": 8, "max_sparsity": 3, "decoder_hidden": (16,),
-                            "guide": {"name": "mlp_per_slot", "hidden": [16]}, **overrides})
+                            "guide": {"name": "mlp_per_slot", "hidden": [16]}, "binary": False, **overrides})
     return build_model_and_guide(config)
 
 

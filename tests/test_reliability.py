@@ -30,7 +30,9 @@ from conftest import multilabel_run_config
 from pyro_sdlgm.cli import main
 from pyro_sdlgm.training import Trainer
 
-SMALL = dict(latent_dim=8, max_sparsity=3, decoder_hidden=(16,), guide={"name": "mlp_per_slot", "hidden": [16]})
+# codes with values (binary="auto" would make them binary for this Bernoulli data)
+SMALL = dict(latent_dim=8, max_sparsity=3, decoder_hidden=(16,), guide={"name": "mlp_per_slot", "hidden": [16]},
+             binary=False)
 QUICK = dict(batch_size=32, learning_rate=1e-2, anneal_fraction=0.2, kl_warmup_fraction=0.2, progress=False, seed=0)
 PACKAGE = pathlib.Path(__file__).parent.parent / "pyro_sdlgm"
 

@@ -54,7 +54,7 @@ def test_per_slot_parameters_are_counted_without_allocating_them():
         from pyro_sdlgm.config import ModelConfig
 
         wide = build_model_and_guide(ModelConfig(input_dim=784, latent_dim=100_000, max_sparsity=32,
-                                                 guide="mlp_per_slot"))
+                                                 guide="mlp_per_slot", binary=False))
     assert count_parameters(*wide) > 800_000_000  # the per-slot guide's 32 x 100,000 slot logits
     assert count_parameters(model.model, model.guide) < 60_000_000
 
@@ -84,4 +84,4 @@ def test_networks_that_cannot_fit_are_refused_at_construction(monkeypatch):
 
     monkeypatch.setattr(resources, "available_memory", lambda device: (GIB, "a test's 1 GiB"))
     with pytest.raises(ResourceError, match=r"3\.\d\d GiB for their 900,\d{3},\d{3} parameters.*mlp_shared_slots"):
-        SDLGM(784, latent_dim=100_000, max_sparsity=32, guide="mlp_per_slot")
+        SDLGM(784, latent_dim=100_000, max_sparsity=32, guide="mlp_per_slot", binary=False)
