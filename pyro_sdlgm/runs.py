@@ -573,11 +573,8 @@ def _inspection_figures(model, X, summary, probs, levels, usage, group_table, bi
     if image_shape is not None:
         top = usage.sort_values("mean_inclusion", ascending=False, kind="stable").head(16)
         dims = top["dim"].to_numpy()
-        values = None
-        if not model.spec.binary:  # the mean value each dimension takes in the hard codes that use it
-            codes = model.encode(X)[:, dims]
-            used = codes != 0
-            values = np.where(used.any(0), codes.sum(0) / np.maximum(used.sum(0), 1), 1.0)
+        # the mean value each dimension takes in the hard codes that use it (from the diagnosis's codes)
+        values = diagnosis["dimension_value"][dims]
         effects = model.decode_dimensions(dims, values) - model.decode_dimensions(dims[:1], [0.0])
         save("dimension_images.png", lambda p, f: plots.plot_dimension_images(
             effects, dims, top["mean_inclusion"].to_numpy(), image_shape, p, f))

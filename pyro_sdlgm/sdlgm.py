@@ -344,7 +344,8 @@ class SDLGM:
         ``q(L|x)`` (whatever ``count_estimate`` is);
         ``best_count (N,)``, the level minimising ``R_l + KL_{1..l}``; ``summary``, their
         means and agreement; ``dimension_effect (K,)`` and ``dimension_usage (K,)``, what
-        each dimension adds to the empty code's output and how often hard codes use it.
+        each dimension adds to the empty code's output and how often hard codes use it;
+        ``dimension_value (K,)``, its mean non-zero value in those codes (1 if unused or binary).
         """
         from .diagnostics import dimension_effects, prefix_terms, summarize_prefixes
 
@@ -358,7 +359,8 @@ class SDLGM:
         effects = dimension_effects(self.model, self.encode(X, batch_size=batch_size))
         return {"prefix_recon": terms["recon"], "prefix_slot_kl": terms["slot_kl"], "l_hat": terms["l_hat"],
                 "best_count": terms["best"], "summary": summarize_prefixes(terms, self.sparsity_levels),
-                "dimension_effect": effects["effect"], "dimension_usage": effects["usage"]}
+                "dimension_effect": effects["effect"], "dimension_usage": effects["usage"],
+                "dimension_value": effects["value"]}
 
     @torch.no_grad()
     def posterior(self, X, *, num_samples: int = 100, seed: int = 0, batch_size: int = 256,

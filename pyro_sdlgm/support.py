@@ -58,7 +58,7 @@ def level_probs_from_value(value: torch.Tensor, num_levels: int) -> torch.Tensor
 def straight_through(selection: torch.Tensor) -> torch.Tensor:
     """The one-hot of the argmax of a relaxed selection ``(..., K)`` in the forward pass, with the
     relaxed selection's gradient in the backward pass (Bengio et al. 2013; Jang et al. 2017)."""
-    hard = torch.zeros_like(selection).scatter_(-1, selection.argmax(-1, keepdim=True), 1.0)
+    hard = mark_taken(None, selection).to(selection.dtype)
     return hard + selection - selection.detach()
 
 
