@@ -5,7 +5,7 @@
 What: on a small model (``D = 6``, ``K = 5``, ``L0 = 3``, Normal likelihood, linear decoder,
 MLP guide ``mlp_per_slot`` with one hidden layer of 16; parameters drawn at random from a
 seed; 16 rows drawn from the discrete model's own prior) the library's training loss is
-differentiated once per draw with respect to the guide's parameters, for five
+differentiated once per draw with respect to the guide's parameters, for nine
 configurations (:data:`ESTIMATORS`) at the temperatures 1.0, 0.5 and 0.1, and the
 single-sample gradients are compared with the exact gradient of the *discrete* negative ELBO
 
@@ -74,6 +74,12 @@ ESTIMATORS = {
     "marginal": dict(sparsity_inference="marginal", count_coupling="prefix_mixture", slot_estimator="relaxed"),
     "marginal_straight_through": dict(sparsity_inference="marginal", count_coupling="prefix_mixture",
                                       slot_estimator="straight_through"),
+    "imle": dict(sparsity_inference="relaxed", count_coupling="gated_code", slot_estimator="imle"),
+    "marginal_imle": dict(sparsity_inference="marginal", count_coupling="prefix_mixture", slot_estimator="imle"),
+    "marginal_imle_step0.3": dict(sparsity_inference="marginal", count_coupling="prefix_mixture",
+                                  slot_estimator={"name": "imle", "step": 0.3}),
+    "marginal_imle_step3": dict(sparsity_inference="marginal", count_coupling="prefix_mixture",
+                                slot_estimator={"name": "imle", "step": 3.0}),
 }
 TEMPERATURES = (1.0, 0.5, 0.1)
 #: parameter groups: a name prefix of the guide's parameters (None: all of them)

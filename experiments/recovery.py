@@ -138,6 +138,9 @@ SDLGM_VARIANTS = {
     "sdlgm_lin_magnitude_refined": {**MAGNITUDE, "decoder_hidden": [], "count_estimate": "refined"},
     "sdlgm_lin_magnitude_marginal_refined": {**MAGNITUDE, **MARGINAL, "decoder_hidden": [],
                                              "count_estimate": "refined"},
+    # the library's defaults at the time of the run, with a linear decoder
+    "sdlgm_lin": {"decoder_hidden": []},
+    "sdlgm_lin_marginal": {**MARGINAL, "decoder_hidden": []},
 }
 
 LIKELIHOODS = {"linear_gaussian": "normal", "bernoulli": "bernoulli"}

@@ -166,7 +166,7 @@ class ModelConfig(_Section):
     slot_selection: str = "without_replacement"  # "without_replacement" | "independent"
     slot_layout: str = "per_slot"  # "per_slot" (sites slot_1..slot_L0) | "joint" (one site, faster)
     count_coupling: str = "gated_code"  # "gated_code" | "prefix_mixture" (see ModelSpec)
-    slot_estimator: str = "relaxed"  # "relaxed" | "straight_through" (see ModelSpec)
+    slot_estimator: ComponentSpec = "relaxed"  # "relaxed" | "straight_through" | "imle" | {name=...} (see ModelSpec)
     count_estimate: str = "refined"  # "refined" | "amortized": the count posterior after training (see SDLGM)
     decoder_hidden: tuple[int, ...] = (256, 512)
     activation: str = "relu"

@@ -33,7 +33,8 @@ from .networks import Decoder
 from .priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
 from .registry import ComponentSpec
 from .spec import DATA_PLATE, OBS_SITE, SLOTS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec, slot_site
-from .support import exclude_taken, level_probs_from_value, mark_taken, slot_gates, soft_support, straight_through
+from .estimators import build_slot_estimator
+from .support import exclude_taken, level_probs_from_value, mark_taken, slot_gates, soft_support
 
 
 def data_plate(batch_size: int, num_data: int | None, device) -> pyro.plate:
@@ -50,7 +51,11 @@ def data_plate(batch_size: int, num_data: int | None, device) -> pyro.plate:
 
 
 def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Tensor) -> torch.Tensor:
-    """Place the sites ``slot_1 .. slot_L0`` and return their relaxed one-hots ``(N, L0, K)``.
+    """Place the sites ``slot_1 .. slot_L0`` and return the slots' selections ``(N, L0, K)``.
+
+    The selections are what the code is built from, as ``spec.slot_estimator`` makes them
+    from the sites' values (:mod:`~pyro_sdlgm.estimators`): the relaxed one-hots, or hard
+    one-hots that carry another gradient.
 
     Shared by the model and the guide, so both draw the slots the same way. Slot ``l``
     is an ExpConcrete with logits ``logits_of_slot(l)`` ``(N, K)``; with
@@ -69,11 +74,11 @@ def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Te
     slots' logits ``(N, S, K)``.
     """
     gates = slot_gates(level_probs_from_value(sparsity, spec.num_levels), spec.min_level)
+    estimator = build_slot_estimator(spec.slot_estimator)
     if spec.slot_layout == "joint":
         joint = joint_slots_class(spec.objective)(tau, logits_of_slot(None), gates,
                                                   spec.slot_selection == "without_replacement")
-        selections = pyro.sample(SLOTS_SITE, joint).exp()
-        return straight_through(selections) if spec.slot_estimator == "straight_through" else selections
+        return estimator.selection(pyro.sample(SLOTS_SITE, joint))
     concrete = concrete_class(spec.objective)
     without_replacement = spec.slot_selection == "without_replacement"
     taken, selections = None, []
@@ -82,8 +87,8 @@ def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Te
         if without_replacement:
             logits = exclude_taken(logits, taken)
         with poutine.scale(scale=gates[..., index].clamp(min=GATE_FLOOR)):
-            selection = pyro.sample(slot_site(index), concrete(tau, logits=logits)).exp()
-        selections.append(straight_through(selection) if spec.slot_estimator == "straight_through" else selection)
+            selection = estimator.selection(pyro.sample(slot_site(index), estimator.distribution(concrete, tau, logits)))
+        selections.append(selection)
         if without_replacement:
             taken = mark_taken(taken, selection)
     return torch.stack(selections, dim=-2)

@@ -120,8 +120,10 @@ class SDLGM:
         count_coupling: ``"gated_code"`` (the relaxed count gates the code inside the
             decoder) or ``"prefix_mixture"`` (the decoder sees the code of each whole count; the
             log-likelihoods are averaged over the count).
-        slot_estimator: ``"relaxed"`` (Gumbel-Softmax slots in the code) or
-            ``"straight_through"`` (their one-hot in the code, relaxed gradient).
+        slot_estimator: the support's gradient estimator, a name or ``{"name": ..., **options}`` in
+            :data:`~pyro_sdlgm.estimators.SLOT_ESTIMATORS`: ``"relaxed"`` (Gumbel-Softmax slots in
+            the code), ``"straight_through"`` (their one-hot in the code, relaxed gradient) or
+            ``"imle"`` (their one-hot, implicit-MLE gradient; option ``step``).
         count_estimate: the count posterior used after training (``sparsity_posterior``,
             ``predict_sparsity``, ``encode``, ``posterior``): ``"amortized"`` (the count
             network's ``q(L|x)``) or ``"refined"`` (default; ``q*(L = l | x) ∝ p(l) exp(-R_l - KL_{1..l})``
@@ -156,7 +158,7 @@ class SDLGM:
         slot_selection: str = ModelConfig.slot_selection,
         slot_layout: str = ModelConfig.slot_layout,
         count_coupling: str = ModelConfig.count_coupling,
-        slot_estimator: str = ModelConfig.slot_estimator,
+        slot_estimator: ComponentSpec = ModelConfig.slot_estimator,
         count_estimate: str = ModelConfig.count_estimate,
         decoder_hidden: Sequence[int] = ModelConfig.decoder_hidden,
         activation: str = ModelConfig.activation,

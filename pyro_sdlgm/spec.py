@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -18,7 +20,6 @@ DATA_PLATE = "data"
 
 SPARSITY_INFERENCE_MODES = ("relaxed", "enumerate", "marginal")
 COUNT_COUPLINGS = ("gated_code", "prefix_mixture")
-SLOT_ESTIMATORS = ("relaxed", "straight_through")
 OBJECTIVES = ("discrete_kl", "relaxed")
 SLOT_SELECTIONS = ("without_replacement", "independent")
 SLOT_LAYOUTS = ("per_slot", "joint")
@@ -51,10 +52,13 @@ class ModelSpec:
             the code of every whole count ``l`` (its first ``l`` slots) and the likelihood is
             ``sum_l w_l log p(x | z_l)`` with the level weights ``w`` of the ``sparsity`` site
             (:class:`~pyro_sdlgm.distributions.ExpectedLogLikelihood`); one decoder pass per level.
-        slot_estimator: the gradient estimator of the support. ``"relaxed"``: the code uses the
+        slot_estimator: the gradient estimator of the support, a name or a ``{name = ..., **options}``
+            table in :data:`~pyro_sdlgm.estimators.SLOT_ESTIMATORS`. ``"relaxed"``: the code uses the
             slots' Concrete samples (Gumbel-Softmax). ``"straight_through"``: the code uses their
-            one-hot argmax, with the Concrete samples' gradient (the sites, their densities and
-            KL terms are unchanged), so the decoder sees hard slot choices (with
+            one-hot argmax, with the Concrete samples' gradient. ``"imle"``: the one-hot argmax,
+            with the implicit-MLE gradient (perturb-and-MAP; needs ``objective="discrete_kl"``
+            and ``slot_layout="per_slot"``). The sites and their KL terms are the same for all,
+            so with the last two the decoder sees hard slot choices (with
             ``count_coupling="gated_code"`` the relaxed gates still weight them).
         objective: how the KL terms of the relaxed sites are computed.
             ``"discrete_kl"``: analytically, as the KL of the discrete variables the
@@ -85,7 +89,7 @@ class ModelSpec:
     slot_selection: str = "without_replacement"
     slot_layout: str = "per_slot"
     count_coupling: str = "gated_code"
-    slot_estimator: str = "relaxed"
+    slot_estimator: str | Mapping[str, Any] = "relaxed"
 
     def __post_init__(self):
         for name in ("input_dim", "latent_dim", "max_sparsity"):
@@ -116,8 +120,7 @@ class ModelSpec:
             raise ConfigError("slot_layout='joint' does not take sparsity_inference='enumerate': with an enumerated L_i the "
                               "slot gates carry enumeration dimensions that one joint site cannot weight "
                               f"(got sparsity_inference={self.sparsity_inference!r})")
-        if self.slot_estimator not in SLOT_ESTIMATORS:
-            raise ConfigError(f"slot_estimator must be one of {SLOT_ESTIMATORS}, got {self.slot_estimator!r}")
+        self._check_slot_estimator()
         if self.count_coupling not in COUNT_COUPLINGS:
             raise ConfigError(f"count_coupling must be one of {COUNT_COUPLINGS}, got {self.count_coupling!r}")
         if self.sparsity_inference == "marginal" and (self.objective != "discrete_kl"
@@ -133,6 +136,15 @@ class ModelSpec:
                 "sparsity_inference='enumerate' needs objective='relaxed': TraceEnum_ELBO has no "
                 f"analytic-KL path for the slot sites (got objective={self.objective!r})"
             )
+
+    def _check_slot_estimator(self) -> None:
+        from .estimators import build_slot_estimator  # imported here: estimators imports the distributions
+
+        estimator = build_slot_estimator(self.slot_estimator)  # unknown names and bad options raise here
+        if estimator.needs_discrete_kl and (self.objective != "discrete_kl" or self.slot_layout != "per_slot"):
+            raise ConfigError(f"slot_estimator={self.slot_estimator!r} needs objective='discrete_kl' (its gradient is "
+                              "not the reparameterization of the slots' densities) and slot_layout='per_slot', got "
+                              f"objective={self.objective!r}, slot_layout={self.slot_layout!r}")
 
     @property
     def min_level(self) -> int:
