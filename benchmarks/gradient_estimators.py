@@ -34,8 +34,8 @@ floor ``sqrt(rel_variance / replicates)`` (what an unbiased estimator would show
 of the mean estimate with the reference, the relative variance ``mean ||g - mean||^2 /
 ||ref||^2``, the relative bias of the loss value itself against ``F``, and seconds per estimate.
 
-Replicates: 1,000 single-sample estimates per estimator and temperature (15,000 in all) by
-default; a full run takes about two minutes with one torch thread on a 2-core machine under
+Replicates: 1,000 single-sample estimates per estimator and temperature (27,000 in all) by
+default; a full run takes about 3.3 minutes with one torch thread on a 2-core machine under
 load. ``--quick`` (a smoke run, seconds): a tiny model and 10 replicates. Results:
 ``gradient_estimators.csv`` (one row per estimator, temperature and group) and
 ``gradient_estimators.md`` in ``--out``. See ``benchmarks/README.md``.

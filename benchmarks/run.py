@@ -264,11 +264,12 @@ def plan(args, s: dict, device: torch.device, threads: int) -> list[dict]:
     measure = dict(steps=s["head_steps"], max_seconds=s["head_seconds"], min_steps=3)
     compare = dict(rounds=s["rounds"], steps=s["round_steps"], max_seconds=s["compare_seconds"])
     for task, dense in (("unsupervised", "dense_vae"), ("multilabel", "dense_mlp")):
-        for variant in ("sdlgm_pyro", "sdlgm_pyro_joint", "sdlgm_torch", dense):
+        defaults = ["sdlgm_pyro_defaults"] if task == "unsupervised" else []
+        for variant in ["sdlgm_pyro", "sdlgm_pyro_joint", "sdlgm_torch", dense] + defaults:
             job("headline", task, "per_slot", **head, kind="measure", variants=[variant], **measure)
         job("compare", task, "per_slot", **head, kind="compare",
             variants=["sdlgm_pyro", "sdlgm_torch", dense, "sdlgm_pyro_validated", "sdlgm_pyro_joint",
-                      "sdlgm_torch_joint"], **compare)
+                      "sdlgm_torch_joint"] + defaults, **compare)
     grid = dict(steps=s["grid_steps"], max_seconds=s["grid_seconds"], min_steps=s["grid_min_steps"],
                 warmup=s["grid_warmup"])
     for spec in args.modes.split(","):

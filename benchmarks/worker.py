@@ -59,7 +59,7 @@ from pyro_sdlgm.schedules import final_schedule
 from pyro_sdlgm.sdlgm import build_model_and_guide
 from pyro_sdlgm.training import make_elbo, take_rows, without_pyro_validation
 
-PYRO_VARIANTS = ("sdlgm_pyro", "sdlgm_pyro_validated", "sdlgm_pyro_joint")
+PYRO_VARIANTS = ("sdlgm_pyro", "sdlgm_pyro_validated", "sdlgm_pyro_joint", "sdlgm_pyro_defaults")
 JOINT_VARIANTS = ("sdlgm_pyro_joint", "sdlgm_torch_joint")
 UNSUPERVISED_GUIDES = {"per_slot": "mlp_per_slot", "shared": "mlp_shared_slots"}
 
@@ -200,8 +200,11 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
             vae = DenseVAE(D, K, encoder_hidden=(512, 256), decoder_hidden=cfg.decoder_hidden).to(device)
             return Variant(name, lambda batch: vae.loss(batch[0], schedule["tau_sparsity"], schedule["kl_weight"]).sum()
                            * (n / batch[0].shape[0]) / n, vae.parameters())
-        config = ModelConfig(input_dim=D, latent_dim=K, max_sparsity=L0, guide=UNSUPERVISED_GUIDES[job["mode"]],
-                             slot_layout="joint" if name in JOINT_VARIANTS else "per_slot")
+        if name == "sdlgm_pyro_defaults":  # the library's defaults (guide, binary codes for the Bernoulli likelihood)
+            config = ModelConfig(input_dim=D, latent_dim=K, max_sparsity=L0)
+        else:
+            config = ModelConfig(input_dim=D, latent_dim=K, max_sparsity=L0, guide=UNSUPERVISED_GUIDES[job["mode"]],
+                                 slot_layout="joint" if name in JOINT_VARIANTS else "per_slot")
         model, guide = build_model_and_guide(config)
         model.to(device), guide.to(device)
         if name in PYRO_VARIANTS:

@@ -141,6 +141,9 @@ SDLGM_VARIANTS = {
     # the library's defaults at the time of the run, with a linear decoder
     "sdlgm_lin": {"decoder_hidden": []},
     "sdlgm_lin_marginal": {**MARGINAL, "decoder_hidden": []},
+    "sdlgm_lin_imle": {"decoder_hidden": [], "slot_estimator": "imle"},
+    "sdlgm_lin_marginal_imle": {**MARGINAL, "decoder_hidden": [], "slot_estimator": "imle"},
+    "sdlgm_lin_patience30": {"model": {"decoder_hidden": []}, "fit": {"patience": 30}},
 }
 
 LIKELIHOODS = {"linear_gaussian": "normal", "bernoulli": "bernoulli"}

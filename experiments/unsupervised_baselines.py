@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_sdlgm.guides import GuideParams, MLPGuide, register_guide
+from pyro_sdlgm.guides import GuideParams, MagnitudeSlotsGuide, MLPGuide, register_guide
 from pyro_sdlgm.networks import Decoder, mlp, output_width
 from pyro_sdlgm.priors import SparsityPrior, register_sparsity_prior
 from pyro_sdlgm.support import MASKED_LOGIT
@@ -61,6 +61,20 @@ class FixedSparsityGuide(MLPGuide):
 @register_guide("mlp_per_slot_fixed_sparsity")
 def mlp_per_slot_fixed_sparsity(spec, hidden=(512, 256), activation="relu"):
     return FixedSparsityGuide(spec, per_slot=True, hidden=hidden, activation=activation)
+
+
+class FixedSparsityMagnitudeGuide(MagnitudeSlotsGuide):
+    """The library's default guide (:class:`~pyro_sdlgm.guides.MagnitudeSlotsGuide`) with ``q(L = L0 | x) = 1``."""
+
+    def amortize(self, x):
+        params = super().amortize(x)
+        fixed = _all_mass_on_max(params.sparsity_logits.shape[-1], x.device).expand_as(params.sparsity_logits)
+        return params._replace(sparsity_logits=fixed)
+
+
+@register_guide("mlp_magnitude_slots_fixed_sparsity")
+def mlp_magnitude_slots_fixed_sparsity(spec, hidden=(512, 256), activation="relu"):
+    return FixedSparsityMagnitudeGuide(spec, hidden=hidden, activation=activation)
 
 
 # ----------------------------------------------------------------------------- torch baselines

@@ -35,7 +35,8 @@ sys.path.insert(0, str(HERE))
 
 from suite_common import PeakMemory, mean_and_std, run_pool, write_csv  # noqa: E402
 
-METHODS = ("sdlgm", "sdlgm_binary", "sdlgm_enumerate", "sdlgm_fixed_L", "dense_vae", "spike_slab_vae", "topk_sae")
+METHODS = ("sdlgm", "sdlgm_values", "sdlgm_previous", "sdlgm_enumerate", "sdlgm_fixed_L", "dense_vae", "spike_slab_vae",
+           "topk_sae")
 SWEEP_METHODS = ("sdlgm", "spike_slab_vae", "topk_sae")
 METRICS = ["test_elbo", "recon", "mse", "mean_nnz", "max_nnz", "codes_over_L0", "unused_dim_fraction",
            "probe_accuracy", "epochs", "train_seconds", "train_peak_mb"]
@@ -115,18 +116,19 @@ def _run(job: dict) -> dict:
     result = {"dataset": job["dataset"], "method": method, "seed": seed, "L0": L0, "config": job["config"],
               "k_or_alpha": ""}
     if method.startswith("sdlgm"):
-        # the configuration of the main tables (per-slot logits, the count network's q(L|x)); the
-        # library's current defaults are run with --sdlgm-options (see experiments/README.md)
-        options = dict(decoder_hidden=s["decoder_hidden"], guide={"name": "mlp_per_slot", "hidden": s["encoder_hidden"]},
-                       count_estimate="amortized", binary=False)
+        # the library's defaults, with the suite's network sizes (binary codes for these binary images)
+        options = dict(decoder_hidden=s["decoder_hidden"], guide={"name": "mlp_magnitude_slots", "hidden": s["encoder_hidden"]})
         options.update(job.get("sdlgm_options") or {})  # --sdlgm-options: a variant of every SDLGM method
-        if method == "sdlgm_binary":
-            options.update(binary=True)
+        if method == "sdlgm_values":
+            options.update(binary=False)
+        if method == "sdlgm_previous":  # the defaults before the magnitude guide, the refined count and binary="auto"
+            options.update(guide={"name": "mlp_per_slot", "hidden": s["encoder_hidden"]}, count_estimate="amortized",
+                           binary=False)
         if method == "sdlgm_enumerate":
             options.update(sparsity_inference="enumerate", objective="relaxed")
         if method == "sdlgm_fixed_L":
             options.update(sparsity_prior="fixed_at_max",
-                           guide={"name": "mlp_per_slot_fixed_sparsity", "hidden": s["encoder_hidden"]})
+                           guide={"name": "mlp_magnitude_slots_fixed_sparsity", "hidden": s["encoder_hidden"]})
         model = SDLGM(x_fit.shape[1], K, L0, **options)
         with meter:
             history = model.fit(x_fit, validation_data=x_val, **train_options)

@@ -105,11 +105,14 @@ def test_quick_benchmark_writes_results(tmp_path):
     # every headline measurement and ratio ran
     assert {(h["task"], h["variant"]) for h in results["headline"] if h["status"] == "ok"} == {
         (task, variant) for task, dense in (("unsupervised", "dense_vae"), ("multilabel", "dense_mlp"))
-        for variant in ("sdlgm_pyro", "sdlgm_pyro_joint", "sdlgm_torch", dense)}
+        for variant in ("sdlgm_pyro", "sdlgm_pyro_joint", "sdlgm_torch", dense)} | {("unsupervised",
+                                                                                     "sdlgm_pyro_defaults")}
     targeted = {(r["task"], r["ratio"]): r for r in results["ratios"]}
     assert targeted[("unsupervised", "sparse_overhead")]["target"] == 1.5
     assert targeted[("unsupervised", "pyro_overhead")]["target"] == 1.3
     assert all(r["value"] > 0 for r in results["ratios"])
+    assert ("unsupervised", "sparse_overhead_library_defaults") in targeted
+    assert ("multilabel", "sparse_overhead_library_defaults") not in targeted
     # the grid: 2 K x 2 L0 per mode, plus the target cell (estimated only in --quick)
     with (out / "scaling.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -23,10 +23,12 @@ def test_suite_smoke(tmp_path):
     assert [r["method"] for r in rows] == list(unsupervised_suite.METHODS)
     assert all(r["config"] == "unsupervised_suite.toml" and r["seed"] == "0" for r in rows)
     by_method = {r["method"]: r for r in rows}
-    for method in ("sdlgm", "sdlgm_binary", "sdlgm_enumerate", "sdlgm_fixed_L"):
+    for method in ("sdlgm", "sdlgm_values", "sdlgm_previous", "sdlgm_enumerate", "sdlgm_fixed_L"):
         assert int(by_method[method]["max_nnz"]) <= 3 and by_method[method]["codes_over_L0"] == "0"
     # L_i fixed to L0: every code uses all 3 slots
     assert float(by_method["sdlgm_fixed_L"]["mean_nnz"]) == 3.0
+    # binary codes (the default for these binary images) are 0/1; sdlgm_values keeps values
+    assert by_method["sdlgm"]["mse"] != by_method["sdlgm_values"]["mse"]
     assert by_method["dense_vae"]["mean_nnz"] == "12.0000"
     k = int(by_method["topk_sae"]["k_or_alpha"].split("=")[1])
     assert float(by_method["topk_sae"]["max_nnz"]) <= k and by_method["topk_sae"]["test_elbo"] == "nan"
