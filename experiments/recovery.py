@@ -144,6 +144,10 @@ SDLGM_VARIANTS = {
     "sdlgm_lin_imle": {"decoder_hidden": [], "slot_estimator": "imle"},
     "sdlgm_lin_marginal_imle": {**MARGINAL, "decoder_hidden": [], "slot_estimator": "imle"},
     "sdlgm_lin_patience30": {"model": {"decoder_hidden": []}, "fit": {"patience": 30}},
+    # dead-dimension revival every 10 epochs while the schedules run
+    "sdlgm_revive": {"model": {}, "fit": {"revive_every": 10}},
+    "sdlgm_lin_revive": {"model": {"decoder_hidden": []}, "fit": {"revive_every": 10}},
+    "sdlgm_lin_marginal_revive": {"model": {**MARGINAL, "decoder_hidden": []}, "fit": {"revive_every": 10}},
 }
 
 LIKELIHOODS = {"linear_gaussian": "normal", "bernoulli": "bernoulli"}

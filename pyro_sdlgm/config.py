@@ -258,6 +258,11 @@ class TrainConfig(_Section):
     first batch only: use ``"always"`` there. It changes no number (the draws and the
     losses are bit-identical) and makes a default step about 10% faster. ``"always"``
     validates every step.
+
+    ``revive_every = N > 0`` splits overloaded dimensions into dead ones after every ``N``-th
+    epoch while the temperatures anneal and the KL weight warms up
+    (:mod:`pyro_sdlgm.revival`; unsupervised SDLGM with an MLP guide, one process); the epochs'
+    records then carry ``revived_dims``.
     """
 
     section: typing.ClassVar[str] = "training"
@@ -286,6 +291,7 @@ class TrainConfig(_Section):
     memory_limit_gb: float | None = None  # GiB; None: the memory the device reports available
     pyro_validation: str = "epoch_start"  # "epoch_start" | "always": which training steps Pyro validates
     num_threads: int | None = None  # torch's CPU threads while training; None: torch's default (one per core)
+    revive_every: int = 0  # epochs between dead-dimension revivals while the schedules run; 0: never
 
     def validate(self):
         for key in ("epochs", "batch_size", "num_particles", "eval_batch_size"):
@@ -312,6 +318,8 @@ class TrainConfig(_Section):
             raise ConfigError(f"training.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"training.num_threads must be >= 1 or none, got {self.num_threads}")
+        if isinstance(self.revive_every, bool) or not isinstance(self.revive_every, int) or self.revive_every < 0:
+            raise ConfigError(f"training.revive_every must be an integer >= 0 (0: never), got {self.revive_every!r}")
         if self.memory_limit_gb is not None and not self.memory_limit_gb > 0:
             raise ConfigError(f"training.memory_limit_gb must be positive or none, got {self.memory_limit_gb}")
         if self.nan_policy not in NAN_POLICIES:

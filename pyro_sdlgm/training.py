@@ -61,6 +61,7 @@ from .config import TrainConfig
 from .elbo import AnalyticKLELBO
 from .exceptions import CheckpointError, ConfigError, NumericalError
 from .resources import cpu_threads
+from .revival import check_revivable, revive_dead_dimensions
 from .schedules import TrainingSchedule
 
 logger = logging.getLogger(__name__)
@@ -524,6 +525,11 @@ class Trainer:
         folder = run_dir / CHECKPOINT_DIR if run_dir is not None else None
         fingerprint = data_fingerprint(train, val) if run_dir is not None else None
         writes = run_dir is not None and replicas.is_main  # rank 0 alone writes the run folder
+        if cfg.revive_every:
+            check_revivable(self.model, self.guide)
+            if replicas.distributed:
+                raise ConfigError("training.revive_every is not supported in data-parallel training (the revival "
+                                  f"would differ between ranks); got revive_every={cfg.revive_every}")
 
         with pyro.settings.context(module_local_params=True):
             loss_fn = self.elbo(self.model, self.guide)
@@ -556,6 +562,9 @@ class Trainer:
             for epoch in ([] if progress.finished else range(start, cfg.epochs)):
                 record = self._epoch(epoch, train, val, n, step_fn, named, optimizer, generator, schedule,
                                      schedule_end, progress, replicas)
+                if self._revival_due(epoch, steps_per_epoch, schedule_end):
+                    record["revived_dims"] = revive_dead_dimensions(self.model, self.guide, train[0], optimizer,
+                                                                    seed=cfg.seed * 100_003 + epoch)
                 progress.history.append(record)
                 progress.epoch = epoch + 1
                 if writes:
@@ -582,6 +591,12 @@ class Trainer:
         if len(progress.history) > start:  # epochs ran in this call: say how training ended
             self._announce_end(progress, announce=cfg.progress and replicas.is_main)
         return progress.history
+
+    def _revival_due(self, epoch: int, steps_per_epoch: int, schedule_end: int) -> bool:
+        """Whether dead dimensions are revived after ``epoch``: every ``revive_every``-th epoch whose
+        end is still inside the schedules (early stopping and the best state only start after them)."""
+        every = self.config.revive_every
+        return bool(every) and (epoch + 1) % every == 0 and (epoch + 1) * steps_per_epoch < schedule_end
 
     def _announce_end(self, progress: _Progress, announce: bool) -> None:
         """Say whether training stopped early and which epoch's parameters it returns."""

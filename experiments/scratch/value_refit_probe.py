@@ -40,3 +40,11 @@ for i in range(len(xte)):
     refit[i, S] = np.linalg.lstsq(A.T, y, rcond=None)[0]
 xhat2 = refit @ W + b
 print("EV LS values on the same support", rd.explained_variance(xte, xhat2, mean))
+usage = (m.encode(xtr) != 0).mean(0)
+print("usage sorted", np.round(np.sort(usage), 3))
+Wtrue = splits["train"][3]["W"]  # (K, D)
+def unit(a):
+    return a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-9)
+C = np.abs(unit(Wtrue) @ unit(W).T)  # (true K, learned K)
+print("best |cos| per true atom", np.round(np.sort(C.max(1)), 3))
+print("learned atoms claimed by the same true atom:", np.bincount(C.argmax(0), minlength=40).max())

@@ -1,0 +1,115 @@
+"""Dead-dimension revival (``pyro_sdlgm.revival``, ``TrainConfig.revive_every``)."""
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_sdlgm import SDLGM, ConfigError
+from pyro_sdlgm.config import ModelConfig, TrainConfig
+from pyro_sdlgm.revival import (
+    DEAD_FRACTION,
+    OVERLOADED_FRACTION,
+    _copy,
+    _slices,
+    check_revivable,
+    dimension_usage,
+    revive_dead_dimensions,
+    split_pairs,
+)
+from pyro_sdlgm.sdlgm import build_model_and_guide
+
+
+def test_split_pairs_match_the_least_used_with_the_most_used():
+    usage = torch.tensor([0.10, 0.01, 0.30, 0.00, 0.12, 0.25, 0.02, 0.10])  # mean 0.1125
+    # dead: below 0.25 * mean = 0.028 -> 3 (0.00), 1 (0.01), 6 (0.02); overloaded: above 1.5 * mean -> 2, 5
+    assert split_pairs(usage) == [(3, 2), (1, 5)]
+    assert DEAD_FRACTION == 0.25 and OVERLOADED_FRACTION == 1.5
+
+
+def test_no_pairs_when_usage_is_even():
+    assert split_pairs(torch.full((10,), 0.2)) == []
+
+
+@pytest.mark.parametrize("guide,binary", [("mlp_magnitude_slots", False), ("mlp_per_slot", False),
+                                          ("mlp_shared_slots", True), ("mlp_magnitude_slots", True)])
+def test_copy_gives_the_dead_dimension_the_donor_parameters_and_moments(guide, binary):
+    torch.manual_seed(0)
+    model, g = build_model_and_guide(ModelConfig(input_dim=5, latent_dim=6, max_sparsity=2, guide=guide, binary=binary,
+                                                 likelihood="normal"))
+    params = list(model.parameters()) + list(g.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    sum(p.sum() for p in params).backward()
+    optimizer.step()
+    for p in params:  # distinct values and moments per entry
+        p.data.normal_()
+        for moment in ("exp_avg", "exp_avg_sq"):
+            optimizer.state[p][moment].copy_(torch.rand(p.shape))
+    untouched = [(param, index, param[index].detach().clone()) for param, index in _slices(model, g, 2)]
+    _copy(model, g, dead=4, donor=1, optimizer=optimizer, generator=torch.Generator().manual_seed(0))
+    for (param, dst), (_, src) in zip(_slices(model, g, 4), _slices(model, g, 1)):
+        if param is model.decoder.net[0].weight:
+            torch.testing.assert_close(param[dst], param[src])
+        else:  # noisy copies: close, not equal
+            assert not torch.equal(param[dst], param[src])
+            assert (param[dst] - param[src]).abs().max() < 0.5 * param.std()
+        for moment in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(optimizer.state[param][moment][dst], optimizer.state[param][moment][src])
+    for param, index, value in untouched:  # another dimension keeps its parameters
+        torch.testing.assert_close(param[index], value)
+
+
+def test_revival_is_seeded_and_returns_the_number_of_pairs():
+    def run(seed):
+        torch.manual_seed(0)
+        model, guide = build_model_and_guide(ModelConfig(input_dim=5, latent_dim=8, max_sparsity=3,
+                                                         likelihood="normal", binary=False))
+        with torch.no_grad():  # dimension 0 always chosen, dimension 7 never
+            guide.offset[0] = 50.0
+            guide.offset[7] = -50.0
+        optimizer = torch.optim.Adam(list(model.parameters()) + list(guide.parameters()))
+        x = torch.randn(300, 5, generator=torch.Generator().manual_seed(1))
+        usage = dimension_usage(guide, x)
+        count = revive_dead_dimensions(model, guide, x, optimizer, seed=seed)
+        return usage, count, guide.offset.detach().clone()
+
+    usage, count, offset = run(3)
+    assert usage[0] == 1.0 and usage[7] == 0.0
+    assert count >= 1
+    assert offset[7] > 40  # dimension 7 took the donor's (dimension 0's) offset
+    torch.testing.assert_close(run(3)[2], offset)
+    assert not torch.equal(run(4)[2], offset)
+
+
+def test_check_revivable_names_the_networks():
+    class Other(torch.nn.Module):
+        pass
+
+    with pytest.raises(ConfigError, match="revive_every is for the unsupervised SDLGM.*Other"):
+        check_revivable(Other(), Other())
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "10"])
+def test_revive_every_must_be_a_non_negative_integer(value):
+    with pytest.raises(ConfigError, match="training.revive_every"):
+        TrainConfig(revive_every=value).validate()
+
+
+def test_fit_revives_only_while_the_schedules_run():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 10)).astype("float32")
+    model = SDLGM(input_dim=10, latent_dim=16, max_sparsity=3, likelihood="normal", decoder_hidden=[])
+    history = model.fit(x, epochs=10, batch_size=100, seed=0, progress=False, revive_every=2, patience=None)
+    # the schedules end after half of the steps (anneal_fraction 0.5): epochs 2 and 4 (1-based) are inside
+    revived = [i for i, r in enumerate(history) if "revived_dims" in r]
+    assert revived == [1, 3]
+    assert all(isinstance(history[i]["revived_dims"], int) for i in revived)
+    assert all(np.isfinite(r["train_loss"]) for r in history)
+
+
+def test_the_classifier_refuses_revival():
+    from pyro_sdlgm import SDLGMClassifier
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)).astype("float32"), (rng.random((60, 3)) > 0.6).astype("float32")
+    with pytest.raises(ConfigError, match="revive_every is for the unsupervised SDLGM.*LabelAwareGuide"):
+        SDLGMClassifier(num_labels=3, max_labels=3).fit(x, y, epochs=1, revive_every=1, progress=False)
