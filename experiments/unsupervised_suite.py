@@ -39,7 +39,7 @@ METHODS = ("sdlgm", "sdlgm_values", "sdlgm_previous", "sdlgm_enumerate", "sdlgm_
            "topk_sae")
 SWEEP_METHODS = ("sdlgm", "spike_slab_vae", "topk_sae")
 METRICS = ["test_elbo", "recon", "mse", "mean_nnz", "max_nnz", "codes_over_L0", "unused_dim_fraction",
-           "probe_accuracy", "epochs", "train_seconds", "train_peak_mb"]
+           "probe_accuracy", "count_entropy", "l_hat_equals_best", "epochs", "train_seconds", "train_peak_mb"]
 COLUMNS = ["dataset", "method", "seed", "L0", "k_or_alpha", "config"] + METRICS
 
 logger = logging.getLogger("unsupervised_suite")
@@ -135,7 +135,10 @@ def _run(job: dict) -> dict:
         seconds = time.perf_counter() - started
         metrics = model.evaluate(x_test)
         codes_fit, codes_test = model.encode(x_fit), model.encode(x_test)
-        result.update(test_elbo=metrics["elbo"], recon=metrics["recon"], mse=metrics["mse"])
+        posterior = np.clip(model.sparsity_posterior(x_test), 1e-12, 1.0)
+        result.update(test_elbo=metrics["elbo"], recon=metrics["recon"], mse=metrics["mse"],
+                      count_entropy=float(-(posterior * np.log(posterior)).sum(1).mean()),
+                      l_hat_equals_best=model.diagnose(x_test)["summary"]["l_hat_equals_best"])
     else:
         torch.manual_seed(seed)
         sizes = dict(encoder_hidden=s["encoder_hidden"], decoder_hidden=s["decoder_hidden"])
@@ -160,7 +163,8 @@ def _run(job: dict) -> dict:
             recon = float(B.bernoulli_nll(logits, t_test).mean())
             mse = float(((torch.sigmoid(logits) - t_test) ** 2).sum(-1).mean())
         codes_fit, codes_test = module.encode(t_fit).numpy(), z_test.numpy()
-        result.update(test_elbo=B.test_elbo(module, t_test) if module.has_elbo else float("nan"), recon=recon, mse=mse)
+        result.update(test_elbo=B.test_elbo(module, t_test) if module.has_elbo else float("nan"), recon=recon, mse=mse,
+                      count_entropy=float("nan"), l_hat_equals_best=float("nan"))
     result.update(code_metrics(codes_test, L0), probe_accuracy=linear_probe(codes_fit, y_fit, codes_test, y_test),
                   epochs=len(history), train_seconds=seconds, train_peak_mb=meter.peak_mb)
     return result
