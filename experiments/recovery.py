@@ -148,6 +148,9 @@ SDLGM_VARIANTS = {
     "sdlgm_revive": {"model": {}, "fit": {"revive_every": 10}},
     "sdlgm_lin_revive": {"model": {"decoder_hidden": []}, "fit": {"revive_every": 10}},
     "sdlgm_lin_marginal_revive": {"model": {**MARGINAL, "decoder_hidden": []}, "fit": {"revive_every": 10}},
+    "sdlgm_lin_revive_copy": {"model": {"decoder_hidden": []}, "fit": {"revive_every": 10, "revive": "copy"}},
+    "sdlgm_lin_marginal_revive_copy": {"model": {**MARGINAL, "decoder_hidden": []},
+                                       "fit": {"revive_every": 10, "revive": "copy"}},
 }
 
 LIKELIHOODS = {"linear_gaussian": "normal", "bernoulli": "bernoulli"}

@@ -223,6 +223,7 @@ class ModelConfig(_Section):
 
 
 NAN_POLICIES = ("stop", "skip_batch")
+REVIVAL_STRATEGIES = ("split", "copy")  # see pyro_sdlgm.revival
 PYRO_VALIDATION = ("epoch_start", "always")
 
 
@@ -262,7 +263,8 @@ class TrainConfig(_Section):
     ``revive_every = N > 0`` splits overloaded dimensions into dead ones after every ``N``-th
     epoch while the temperatures anneal and the KL weight warms up
     (:mod:`pyro_sdlgm.revival`; unsupervised SDLGM with an MLP guide, one process); the epochs'
-    records then carry ``revived_dims``.
+    records then carry ``revived_dims``. ``revive="split"`` moves the two copies' guide rows
+    apart along the principal direction of the donor's rows; ``"copy"`` only adds noise.
     """
 
     section: typing.ClassVar[str] = "training"
@@ -292,6 +294,7 @@ class TrainConfig(_Section):
     pyro_validation: str = "epoch_start"  # "epoch_start" | "always": which training steps Pyro validates
     num_threads: int | None = None  # torch's CPU threads while training; None: torch's default (one per core)
     revive_every: int = 0  # epochs between dead-dimension revivals while the schedules run; 0: never
+    revive: str = "split"  # "split" | "copy": how a dead dimension takes over half of an overloaded one
 
     def validate(self):
         for key in ("epochs", "batch_size", "num_particles", "eval_batch_size"):
@@ -320,6 +323,8 @@ class TrainConfig(_Section):
             raise ConfigError(f"training.num_threads must be >= 1 or none, got {self.num_threads}")
         if isinstance(self.revive_every, bool) or not isinstance(self.revive_every, int) or self.revive_every < 0:
             raise ConfigError(f"training.revive_every must be an integer >= 0 (0: never), got {self.revive_every!r}")
+        if self.revive not in REVIVAL_STRATEGIES:
+            raise ConfigError(f"training.revive must be one of {REVIVAL_STRATEGIES}, got {self.revive!r}")
         if self.memory_limit_gb is not None and not self.memory_limit_gb > 0:
             raise ConfigError(f"training.memory_limit_gb must be positive or none, got {self.memory_limit_gb}")
         if self.nan_policy not in NAN_POLICIES:

@@ -10,10 +10,13 @@ gets no reconstruction gradient.
 :func:`revive_dead_dimensions` moves it: each dead dimension (used by fewer than
 :data:`DEAD_FRACTION` of the mean usage) takes a copy of the parameters of one of the most used
 dimensions (those above :data:`OVERLOADED_FRACTION` times the mean), in the decoder's first
-layer and in the guide's heads, with the Adam moments of those entries, plus a little noise in
-the guide's rows so that the two copies can part. The rows the donor served are then shared
-between the two, and the gradient separates them. Like k-means' cluster splitting, it works
-for any decoder, since it copies what the donor already does instead of inventing a direction.
+layer and in the guide's heads, with the Adam moments of those entries. With the ``"split"``
+strategy (the default) the two copies' guide rows then move apart, in opposite directions,
+along the principal direction of the trunk features of the rows the donor served, so that each
+copy starts with one side of those rows (the splitting of k-means' LBG algorithm); with
+``"copy"`` a little noise in the copied guide rows is all that tells them apart. The gradient
+then separates them. Either works for any decoder, since it copies what the donor already does
+instead of inventing a direction.
 
 Plain torch on the networks of :class:`~pyro_sdlgm.guides.MLPGuide` guides (an
 ``AmortizedEncoder``) and the model's :class:`~pyro_sdlgm.networks.Decoder`; the trainer calls
@@ -48,14 +51,15 @@ def check_revivable(model, guide) -> None:
 
 
 @torch.no_grad()
+def hard_codes(guide, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """The guide's hard codes of ``x (N, D)``, ``(N, K)`` (the count network's mode)."""
+    return torch.cat([guide.hard_code(guide.amortize(x[start:start + batch_size]))[0]
+                      for start in range(0, x.shape[0], batch_size)])
+
+
 def dimension_usage(guide, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Fraction of the rows of ``x (N, D)`` whose hard code uses each dimension, ``(K,)``."""
-    used = None
-    for start in range(0, x.shape[0], batch_size):
-        z, _ = guide.hard_code(guide.amortize(x[start:start + batch_size]))
-        count = (z != 0).sum(0)
-        used = count if used is None else used + count
-    return used.to(torch.get_default_dtype()) / x.shape[0]
+    return (hard_codes(guide, x, batch_size) != 0).to(torch.get_default_dtype()).mean(0)
 
 
 def split_pairs(usage: torch.Tensor) -> list[tuple[int, int]]:
@@ -85,10 +89,12 @@ def _slices(model, guide, dim: int) -> list[tuple[torch.nn.Parameter, tuple]]:
 
 
 @torch.no_grad()
-def _copy(model, guide, dead: int, donor: int, optimizer, generator: torch.Generator) -> None:
+def _copy(model, guide, dead: int, donor: int, optimizer, generator: torch.Generator | None) -> None:
+    """Copy the donor's entries and Adam moments to the dead dimension; with a ``generator``, add
+    noise to the guide's copies (:data:`NOISE`)."""
     for (param, dst), (_, src) in zip(_slices(model, guide, dead), _slices(model, guide, donor)):
         value = param[src].clone()
-        if param is not model.decoder.net[0].weight:  # the guide's rows: noise lets the copies part
+        if generator is not None and param is not model.decoder.net[0].weight:  # noise lets the copies part
             value += NOISE * param.std() * torch.randn(value.shape, generator=generator).to(value)
         param[dst] = value
         for moment in optimizer.state.get(param, {}).values():
@@ -96,7 +102,41 @@ def _copy(model, guide, dead: int, donor: int, optimizer, generator: torch.Gener
                 moment[dst] = moment[src]
 
 
-def revive_dead_dimensions(model, guide, x: torch.Tensor, optimizer, seed: int) -> int:
+#: ``"split"``: how far the two halves of a split move apart at one standard deviation of the
+#: donor rows' principal trunk direction: a fraction of the donor's mean |value|, or logits
+SPLIT_VALUE_FRACTION = 0.5
+SPLIT_LOGITS = 1.0
+
+
+@torch.no_grad()
+def _split(model, guide, dead: int, donor: int, x_donor: torch.Tensor) -> None:
+    """After :func:`_copy`: move the two copies' guide rows apart along the principal direction of the
+    trunk features of the rows whose codes use the donor (``x_donor``), in opposite directions, so
+    that each takes one side of those rows (the splitting of k-means' LBG algorithm)."""
+    encoder = guide.encoder
+    if x_donor.shape[0] < 2:
+        return
+    h = encoder.trunk(x_donor)
+    centre = h.mean(0)
+    direction = torch.linalg.svd(h - centre, full_matrices=False).Vh[0]
+    spread = ((h - centre) @ direction).std().clamp_min(torch.finfo(h.dtype).tiny)
+    latent_dim = model.spec.latent_dim
+    rows = []  # (linear layer, row of the dead copy, row of the donor, size of the move)
+    if encoder.slot_head is not None:
+        rows += [(encoder.slot_head, head * latent_dim + dead, head * latent_dim + donor, SPLIT_LOGITS)
+                 for head in range(encoder.num_slot_heads)]
+    if not encoder.binary:
+        values = h @ encoder.value_head.weight[donor] + encoder.value_head.bias[donor]
+        rows.append((encoder.value_head, dead, donor, SPLIT_VALUE_FRACTION * float(values.abs().mean())))
+    for layer, dst, src, size in rows:
+        move = size * direction / spread
+        layer.weight[dst] += move
+        layer.weight[src] -= move
+        layer.bias[dst] -= move @ centre  # no move at the rows' centre
+        layer.bias[src] += move @ centre
+
+
+def revive_dead_dimensions(model, guide, x: torch.Tensor, optimizer, seed: int, strategy: str = "split") -> int:
     """Split overloaded dimensions into dead ones (see the module docstring); returns how many.
 
     Args:
@@ -106,11 +146,17 @@ def revive_dead_dimensions(model, guide, x: torch.Tensor, optimizer, seed: int) 
         optimizer: the training optimizer; the Adam moments of the copied entries are copied too.
         seed: seeds the sample and the noise (the trainer passes the run's seed and the epoch,
             so a resumed run revives the same dimensions).
+        strategy: ``"split"`` (the copies' guide rows move apart, :func:`_split`) or ``"copy"``
+            (noisy copies).
     """
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randperm(x.shape[0], generator=generator)[:SAMPLE_ROWS]
     device = model.decoder.net[0].weight.device
-    pairs = split_pairs(dimension_usage(guide, x[rows.to(x.device)].to(device)))
+    sample = x[rows.to(x.device)].to(device)
+    codes = hard_codes(guide, sample)
+    pairs = split_pairs((codes != 0).to(torch.get_default_dtype()).mean(0))
     for dead, donor in pairs:
-        _copy(model, guide, dead, donor, optimizer, generator)
+        _copy(model, guide, dead, donor, optimizer, None if strategy == "split" else generator)
+        if strategy == "split":
+            _split(model, guide, dead, donor, sample[codes[:, donor] != 0])
     return len(pairs)

@@ -564,7 +564,7 @@ class Trainer:
                                      schedule_end, progress, replicas)
                 if self._revival_due(epoch, steps_per_epoch, schedule_end):
                     record["revived_dims"] = revive_dead_dimensions(self.model, self.guide, train[0], optimizer,
-                                                                    seed=cfg.seed * 100_003 + epoch)
+                                                                    seed=cfg.seed * 100_003 + epoch, strategy=cfg.revive)
                 progress.history.append(record)
                 progress.epoch = epoch + 1
                 if writes:

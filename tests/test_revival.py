@@ -59,7 +59,7 @@ def test_copy_gives_the_dead_dimension_the_donor_parameters_and_moments(guide, b
 
 
 def test_revival_is_seeded_and_returns_the_number_of_pairs():
-    def run(seed):
+    def run(seed, strategy="copy"):
         torch.manual_seed(0)
         model, guide = build_model_and_guide(ModelConfig(input_dim=5, latent_dim=8, max_sparsity=3,
                                                          likelihood="normal", binary=False))
@@ -69,7 +69,7 @@ def test_revival_is_seeded_and_returns_the_number_of_pairs():
         optimizer = torch.optim.Adam(list(model.parameters()) + list(guide.parameters()))
         x = torch.randn(300, 5, generator=torch.Generator().manual_seed(1))
         usage = dimension_usage(guide, x)
-        count = revive_dead_dimensions(model, guide, x, optimizer, seed=seed)
+        count = revive_dead_dimensions(model, guide, x, optimizer, seed=seed, strategy=strategy)
         return usage, count, guide.offset.detach().clone()
 
     usage, count, offset = run(3)
@@ -77,7 +77,8 @@ def test_revival_is_seeded_and_returns_the_number_of_pairs():
     assert count >= 1
     assert offset[7] > 40  # dimension 7 took the donor's (dimension 0's) offset
     torch.testing.assert_close(run(3)[2], offset)
-    assert not torch.equal(run(4)[2], offset)
+    assert not torch.equal(run(4)[2], offset)  # the copies' noise follows the seed
+    torch.testing.assert_close(run(3, "split")[2], run(4, "split")[2])  # no noise: the split is the data's
 
 
 def test_check_revivable_names_the_networks():
@@ -113,3 +114,30 @@ def test_the_classifier_refuses_revival():
     x, y = rng.normal(size=(60, 4)).astype("float32"), (rng.random((60, 3)) > 0.6).astype("float32")
     with pytest.raises(ConfigError, match="revive_every is for the unsupervised SDLGM.*LabelAwareGuide"):
         SDLGMClassifier(num_labels=3, max_labels=3).fit(x, y, epochs=1, revive_every=1, progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["split", "copy"])
+def test_split_shares_the_donor_rows_between_the_two_copies(strategy):
+    """One slot (L0 = 1), dimension 0 in every code, the others in none: after the split the rows are
+    divided between dimension 0 and its copy along their principal trunk direction; noisy copies
+    leave nearly all rows to one of the two."""
+    torch.manual_seed(0)
+    model, guide = build_model_and_guide(ModelConfig(input_dim=6, latent_dim=6, max_sparsity=1,
+                                                     guide="mlp_shared_slots", binary=True))
+    with torch.no_grad():
+        guide.encoder.slot_head.bias[0] = 8.0
+        guide.encoder.slot_head.bias[5] = -8.0
+    x = (torch.rand(500, 6, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(guide.parameters()))
+    assert revive_dead_dimensions(model, guide, x, optimizer, seed=0, strategy=strategy) >= 1
+    usage = dimension_usage(guide, x)
+    copy = usage[1:].max()
+    if strategy == "split":
+        assert usage[0] > 0.2 and copy > 0.2, usage
+    else:
+        assert max(usage[0], copy) > 0.9, usage
+
+
+def test_unknown_revival_strategy_is_refused():
+    with pytest.raises(ConfigError, match="training.revive must be one of .*'split'.*got 'clone'"):
+        TrainConfig(revive="clone").validate()

@@ -14,13 +14,15 @@ import recovery, recovery_data as rd
 from pyro_sdlgm import SDLGM
 
 seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+revive = int(sys.argv[2]) if len(sys.argv) > 2 else 0  # training.revive_every
 cfg = {**recovery.SPLIT_SIZES, **recovery.SETTINGS["lg_k40"]}
 splits = rd.make_splits(cfg, 0)
 (xtr, *_), (xva, *_), (xte, *_) = splits["train"], splits["val"], splits["test"]
 m = SDLGM(input_dim=100, latent_dim=40, max_sparsity=8, likelihood="normal", decoder_hidden=[])
 t = time.time()
-m.fit(xtr, validation_data=xva, epochs=200, batch_size=128, learning_rate=1e-3, seed=seed, patience=10, progress=False)
-print("fit", time.time() - t)
+history = m.fit(xtr, validation_data=xva, epochs=200, batch_size=128, learning_rate=1e-3, seed=seed, patience=10,
+                progress=False, revive_every=revive)
+print("fit", time.time() - t, "epochs", len(history), "revived", [r.get("revived_dims") for r in history if "revived_dims" in r])
 mean = xtr.mean(0)
 codes = m.encode(xte)
 xhat = m.reconstruct(xte)
