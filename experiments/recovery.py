@@ -148,6 +148,7 @@ SDLGM_VARIANTS = {
     "sdlgm_revive": {"model": {}, "fit": {"revive_every": 10}},
     "sdlgm_lin_revive": {"model": {"decoder_hidden": []}, "fit": {"revive_every": 10}},
     "sdlgm_lin_marginal_revive": {"model": {**MARGINAL, "decoder_hidden": []}, "fit": {"revive_every": 10}},
+    "sdlgm_lin_revive5": {"model": {"decoder_hidden": []}, "fit": {"revive_every": 5}},
     "sdlgm_lin_revive_copy": {"model": {"decoder_hidden": []}, "fit": {"revive_every": 10, "revive": "copy"}},
     "sdlgm_lin_marginal_revive_copy": {"model": {**MARGINAL, "decoder_hidden": []},
                                        "fit": {"revive_every": 10, "revive": "copy"}},

@@ -130,8 +130,8 @@ def _run(job: dict) -> dict:
             options.update(sparsity_prior="fixed_at_max",
                            guide={"name": "mlp_magnitude_slots_fixed_sparsity", "hidden": s["encoder_hidden"]})
         model = SDLGM(x_fit.shape[1], K, L0, **options)
-        with meter:
-            history = model.fit(x_fit, validation_data=x_val, **train_options)
+        with meter:  # --sdlgm-fit-options: training options of every SDLGM method
+            history = model.fit(x_fit, validation_data=x_val, **{**train_options, **(job.get("sdlgm_fit_options") or {})})
         seconds = time.perf_counter() - started
         metrics = model.evaluate(x_test)
         codes_fit, codes_test = model.encode(x_fit), model.encode(x_test)
@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--smoke", action="store_true", help="tiny data and 1 epoch, for the tests")
+    parser.add_argument("--sdlgm-fit-options", type=json.loads, default=None, metavar="JSON",
+                        help='training options of every SDLGM method, e.g. \'{"revive_every": 10}\'')
     parser.add_argument("--sdlgm-options", type=json.loads, default=None, metavar="JSON",
                         help='SDLGM options that replace the suite\'s, e.g. \'{"guide": {"name": '
                              '"mlp_magnitude_slots", "hidden": [512, 256]}}\' (write to another --out)')
@@ -244,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def job(dataset, method, seed, L0, target=None):
         return dict(dataset=dataset, method=method, seed=seed, L0=L0, target_nnz=target, settings=settings,
-                    idx=args.idx, config=name, threads=args.threads, sdlgm_options=args.sdlgm_options)
+                    idx=args.idx, config=name, threads=args.threads, sdlgm_options=args.sdlgm_options,
+                    sdlgm_fit_options=args.sdlgm_fit_options)
 
     for dataset in datasets:
         L0 = settings["max_sparsity"]

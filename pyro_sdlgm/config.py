@@ -263,7 +263,10 @@ class TrainConfig(_Section):
     ``revive_every = N > 0`` splits overloaded dimensions into dead ones after every ``N``-th
     epoch while the temperatures anneal and the KL weight warms up
     (:mod:`pyro_sdlgm.revival`; unsupervised SDLGM with an MLP guide, one process); the epochs'
-    records then carry ``revived_dims``. ``revive="split"`` moves the two copies' guide rows
+    records then carry ``revived_dims``. ``"auto"`` (the default, chosen by measurement:
+    ``experiments/NOTES.md``) is every 10 epochs where revival applies and never elsewhere (the
+    multi-label classifier, other guides, data-parallel runs); a run resumed from a
+    checkpoint written before this option existed keeps 0. ``revive="split"`` moves the two copies' guide rows
     apart along the principal direction of the donor's rows; ``"copy"`` only adds noise.
     """
 
@@ -293,7 +296,7 @@ class TrainConfig(_Section):
     memory_limit_gb: float | None = None  # GiB; None: the memory the device reports available
     pyro_validation: str = "epoch_start"  # "epoch_start" | "always": which training steps Pyro validates
     num_threads: int | None = None  # torch's CPU threads while training; None: torch's default (one per core)
-    revive_every: int = 0  # epochs between dead-dimension revivals while the schedules run; 0: never
+    revive_every: int | str = "auto"  # epochs between dead-dimension revivals while the schedules run; 0: never
     revive: str = "split"  # "split" | "copy": how a dead dimension takes over half of an overloaded one
 
     def validate(self):
@@ -321,8 +324,10 @@ class TrainConfig(_Section):
             raise ConfigError(f"training.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"training.num_threads must be >= 1 or none, got {self.num_threads}")
-        if isinstance(self.revive_every, bool) or not isinstance(self.revive_every, int) or self.revive_every < 0:
-            raise ConfigError(f"training.revive_every must be an integer >= 0 (0: never), got {self.revive_every!r}")
+        if self.revive_every != "auto" and (isinstance(self.revive_every, bool) or not isinstance(self.revive_every, int)
+                                            or self.revive_every < 0):
+            raise ConfigError("training.revive_every must be 'auto' or an integer >= 0 (0: never), "
+                              f"got {self.revive_every!r}")
         if self.revive not in REVIVAL_STRATEGIES:
             raise ConfigError(f"training.revive must be one of {REVIVAL_STRATEGIES}, got {self.revive!r}")
         if self.memory_limit_gb is not None and not self.memory_limit_gb > 0:

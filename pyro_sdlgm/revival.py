@@ -39,12 +39,21 @@ SAMPLE_ROWS = 4096
 NOISE = 0.05
 
 
-def check_revivable(model, guide) -> None:
-    """Raise :class:`ConfigError` unless the networks are ones :func:`revive_dead_dimensions` knows."""
+#: ``TrainConfig.revive_every = "auto"``: epochs between revivals where they apply
+AUTO_REVIVE_EVERY = 10
+
+
+def revivable(model, guide) -> bool:
+    """Whether :func:`revive_dead_dimensions` knows these networks (the unsupervised SDLGM, an MLP guide)."""
     from .guides import MLPGuide  # imported here: the trainer imports this module, not the model's modules
     from .model import SDLGMModel
 
-    if not (isinstance(guide, MLPGuide) and isinstance(model, SDLGMModel)):
+    return isinstance(guide, MLPGuide) and isinstance(model, SDLGMModel)
+
+
+def check_revivable(model, guide) -> None:
+    """Raise :class:`ConfigError` unless the networks are ones :func:`revive_dead_dimensions` knows."""
+    if not revivable(model, guide):
         raise ConfigError("revive_every is for the unsupervised SDLGM with an MLP guide (mlp_magnitude_slots, "
                           "mlp_shared_slots, mlp_per_slot or a subclass of MLPGuide), got "
                           f"{type(guide).__name__} and {type(model).__name__}")

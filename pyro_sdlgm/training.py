@@ -61,7 +61,7 @@ from .config import TrainConfig
 from .elbo import AnalyticKLELBO
 from .exceptions import CheckpointError, ConfigError, NumericalError
 from .resources import cpu_threads
-from .revival import check_revivable, revive_dead_dimensions
+from .revival import AUTO_REVIVE_EVERY, check_revivable, revivable, revive_dead_dimensions
 from .schedules import TrainingSchedule
 
 logger = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def _flat(prefix: str, value) -> dict[str, Any]:
 
 #: options added after checkpoints were first written, with the value every older checkpoint implies
 ADDED_OPTIONS = {"slot_layout": "per_slot", "num_candidates": None, "count_coupling": "gated_code",
-                 "slot_estimator": "relaxed"}
+                 "slot_estimator": "relaxed", "revive_every": 0, "revive": "split"}
 
 
 def config_differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -439,6 +439,9 @@ class Trainer:
         if data["format_version"] != TRAINING_VERSION:
             raise CheckpointError(f"checkpoint {str(path)!r} has format version {data['format_version']!r}; "
                                   f"this version of pyro_sdlgm resumes from version {TRAINING_VERSION}")
+        if "revive_every" not in data["train_config"] and self.config.revive_every == "auto":
+            # written before revival existed: continue without it, as the run began
+            self.config = dataclasses.replace(self.config, revive_every=0)
         differences = config_differences({"training": data["train_config"], **data["identity"]},
                                          {"training": self.config.to_dict(), **identity}, RESUME_IGNORED)
         if differences:
@@ -525,7 +528,7 @@ class Trainer:
         folder = run_dir / CHECKPOINT_DIR if run_dir is not None else None
         fingerprint = data_fingerprint(train, val) if run_dir is not None else None
         writes = run_dir is not None and replicas.is_main  # rank 0 alone writes the run folder
-        if cfg.revive_every:
+        if cfg.revive_every != "auto" and cfg.revive_every:
             check_revivable(self.model, self.guide)
             if replicas.distributed:
                 raise ConfigError("training.revive_every is not supported in data-parallel training (the revival "
@@ -557,12 +560,13 @@ class Trainer:
                 if not replicas.is_main:  # ranks draw different noise (rank 0 keeps the single-process stream)
                     torch.manual_seed(distributed.rank_seed(cfg.seed, replicas.rank, progress.epoch))
             start = progress.epoch
+            revive_every = self._revive_every(replicas)
             bar = tqdm(desc="SDLGM", unit="epoch", initial=start, total=cfg.epochs,
                        disable=not cfg.progress or progress.finished or not replicas.is_main)
             for epoch in ([] if progress.finished else range(start, cfg.epochs)):
                 record = self._epoch(epoch, train, val, n, step_fn, named, optimizer, generator, schedule,
                                      schedule_end, progress, replicas)
-                if self._revival_due(epoch, steps_per_epoch, schedule_end):
+                if self._revival_due(revive_every, epoch, steps_per_epoch, schedule_end):
                     record["revived_dims"] = revive_dead_dimensions(self.model, self.guide, train[0], optimizer,
                                                                     seed=cfg.seed * 100_003 + epoch, strategy=cfg.revive)
                 progress.history.append(record)
@@ -592,10 +596,17 @@ class Trainer:
             self._announce_end(progress, announce=cfg.progress and replicas.is_main)
         return progress.history
 
-    def _revival_due(self, epoch: int, steps_per_epoch: int, schedule_end: int) -> bool:
-        """Whether dead dimensions are revived after ``epoch``: every ``revive_every``-th epoch whose
-        end is still inside the schedules (early stopping and the best state only start after them)."""
+    def _revive_every(self, replicas) -> int:
+        """``revive_every`` with ``"auto"`` resolved (see :class:`~pyro_sdlgm.config.TrainConfig`)."""
         every = self.config.revive_every
+        if every != "auto":
+            return every
+        return AUTO_REVIVE_EVERY if revivable(self.model, self.guide) and not replicas.distributed else 0
+
+    @staticmethod
+    def _revival_due(every: int, epoch: int, steps_per_epoch: int, schedule_end: int) -> bool:
+        """Whether dead dimensions are revived after ``epoch``: every ``every``-th epoch whose end is
+        still inside the schedules (early stopping and the best state only start after them)."""
         return bool(every) and (epoch + 1) % every == 0 and (epoch + 1) * steps_per_epoch < schedule_end
 
     def _announce_end(self, progress: _Progress, announce: bool) -> None:

@@ -90,7 +90,7 @@ def test_check_revivable_names_the_networks():
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, "10"])
-def test_revive_every_must_be_a_non_negative_integer(value):
+def test_revive_every_must_be_auto_or_a_non_negative_integer(value):
     with pytest.raises(ConfigError, match="training.revive_every"):
         TrainConfig(revive_every=value).validate()
 
@@ -141,3 +141,46 @@ def test_split_shares_the_donor_rows_between_the_two_copies(strategy):
 def test_unknown_revival_strategy_is_refused():
     with pytest.raises(ConfigError, match="training.revive must be one of .*'split'.*got 'clone'"):
         TrainConfig(revive="clone").validate()
+
+
+SMALL = dict(latent_dim=8, max_sparsity=3, decoder_hidden=(16,), guide={"name": "mlp_per_slot", "hidden": [16]})
+QUICK = dict(batch_size=32, learning_rate=1e-2, progress=False, seed=0, patience=None)
+
+
+def test_auto_revives_every_ten_epochs_while_the_schedules_run(binary_data):
+    history = SDLGM(input_dim=12, **SMALL).fit(binary_data, epochs=44, **QUICK)
+    # the schedules end at half of the steps (22 epochs): epochs 10 and 20 (1-based) are inside
+    assert [i for i, r in enumerate(history) if "revived_dims" in r] == [9, 19]
+    assert all("revived_dims" not in r for r in SDLGM(input_dim=12, **SMALL).fit(
+        binary_data, epochs=44, revive_every=0, **QUICK))
+
+
+def test_a_checkpoint_from_before_revival_resumes_without_it(binary_data, tmp_path):
+    from pyro_sdlgm.checkpoint import list_checkpoints
+
+    options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, **QUICK)
+    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, revive_every=0, **options)
+    for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
+        if epoch > 6:
+            path.unlink()
+        else:  # as written by a version without the revival options
+            data = torch.load(path, weights_only=True)
+            del data["train_config"]["revive_every"], data["train_config"]["revive"]
+            torch.save(data, path)
+    resumed = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)  # "auto"
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
+    assert all("revived_dims" not in r for r in resumed)
+
+
+def test_a_resumed_run_revives_as_the_uninterrupted_one(binary_data, tmp_path):
+    from pyro_sdlgm.checkpoint import list_checkpoints
+
+    options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, revive_every=2, **QUICK)
+    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, **options)
+    assert sum(r.get("revived_dims", 0) for r in full) > 0
+    for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
+        if epoch > 5:
+            path.unlink()
+    resumed = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
+    assert [r.get("revived_dims") for r in resumed] == [r.get("revived_dims") for r in full]
