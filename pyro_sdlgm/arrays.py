@@ -1,4 +1,4 @@
-"""Checks shared by every entry point that takes a data matrix from the user."""
+"""Data matrices from the user: the checks every entry point shares, and batches of their rows."""
 
 from __future__ import annotations
 
@@ -31,3 +31,22 @@ def dense_numeric_2d(X: Any, name: str) -> np.ndarray:
     if array.shape[0] == 0:
         raise DataError(f"{name} is empty (shape {array.shape})")
     return array
+
+
+def take_rows(columns: tuple, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Rows of each column as dense float32 tensors on ``device``.
+
+    Columns are torch tensors, numpy arrays or scipy sparse matrices; a sparse column is
+    densified one batch at a time, never whole.
+    """
+    batch = []
+    index = rows.numpy()
+    for column in columns:
+        if isinstance(column, torch.Tensor):
+            part = column[rows]
+        elif hasattr(column, "tocsr"):  # scipy.sparse
+            part = torch.from_numpy(column[index].toarray())
+        else:
+            part = torch.from_numpy(column[index])
+        batch.append(part.to(device=device, dtype=torch.float32))
+    return tuple(batch)

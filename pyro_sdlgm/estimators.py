@@ -40,7 +40,7 @@ from torch.distributions.utils import clamp_probs
 from .distributions import ExpRelaxedCategorical
 from .exceptions import ConfigError
 from .registry import ComponentSpec, Registry, component_name
-from .support import straight_through
+from .support import MASKED_LOGIT, straight_through
 
 SLOT_ESTIMATORS: Registry["SlotEstimator"] = Registry("slot estimator")
 register_slot_estimator = SLOT_ESTIMATORS.register
@@ -49,12 +49,17 @@ register_slot_estimator = SLOT_ESTIMATORS.register
 class SlotEstimator:
     """The default: the site draws from the objective's ExpConcrete; the code uses its sample."""
 
-    #: whether the estimator needs the analytic (discrete) KL of the slots: estimators whose
-    #: backward pass is not the reparameterization of the site's density set it
+    #: whether the estimator needs the analytic (discrete) KL of the slots and one site per slot:
+    #: estimators whose backward pass is not the reparameterization of the site's density set it
+    #: (``ModelSpec`` then refuses ``objective="relaxed"`` and ``slot_layout="joint"``)
     needs_discrete_kl = False
 
     def distribution(self, concrete: type[ExpRelaxedCategorical], tau: float, logits: torch.Tensor):
-        """The site's distribution: ``concrete(tau, logits=logits)``, batch ``logits.shape[:-1]``, event ``(K,)``."""
+        """The site's distribution: ``concrete(tau, logits=logits)``, batch ``logits.shape[:-1]``, event ``(K,)``.
+
+        Used with ``slot_layout="per_slot"`` only: the joint layout's one site is always
+        :class:`~pyro_sdlgm.distributions.JointSlots`, and only :meth:`selection` applies there.
+        """
         return concrete(tau, logits=logits)
 
     def selection(self, value: torch.Tensor) -> torch.Tensor:
@@ -81,7 +86,9 @@ class _PerturbAndMAP(torch.autograd.Function):
     The incoming gradient is taken as ``dL/dz`` of the one-hot ``z = onehot(argmax(logits + g))``
     (the selection of :class:`IMLE` passes it through unchanged). The gradient of ``logits``
     is ``(z - z') * s / step`` with ``z' = onehot(argmax(logits + g - step * dL/dz / s))`` and
-    ``s`` the root mean square of ``dL/dz`` over the row (an adaptive ``lambda = step / s``).
+    ``s`` the root mean square of ``dL/dz`` over the row (an adaptive ``lambda = step / s``); the
+    dimensions earlier slots took (logit :data:`~pyro_sdlgm.support.MASKED_LOGIT`) are left out of
+    both.
     """
 
     @staticmethod
@@ -95,10 +102,16 @@ class _PerturbAndMAP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (scores,) = ctx.saved_tensors
-        scale = grad.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(torch.finfo(grad.dtype).tiny)
+        # dimensions taken by earlier slots (logit MASKED_LOGIT) are neither a target nor part of the RMS
+        free = scores > MASKED_LOGIT / 2
+        grad_free = grad.masked_fill(~free, 0.0)
+        count = free.sum(-1, keepdim=True).clamp_min(1)
+        scale = (torch.linalg.vector_norm(grad_free, dim=-1, keepdim=True) / count.sqrt()).clamp_min(
+            torch.finfo(grad.dtype).tiny)
         num_classes = scores.shape[-1]
         hard = F.one_hot(scores.argmax(-1), num_classes).to(grad.dtype)
-        target = F.one_hot((scores - ctx.step * grad / scale).argmax(-1), num_classes).to(grad.dtype)
+        moved = (scores - ctx.step * grad_free / scale).masked_fill(~free, float("-inf"))
+        target = F.one_hot(moved.argmax(-1), num_classes).to(grad.dtype)
         return (hard - target) * (scale / ctx.step), None, None, None
 
 
@@ -133,9 +146,10 @@ class IMLE(SlotEstimator):
     """Implicit maximum-likelihood estimation (Niepert et al. 2021) of the slots' gradient.
 
     Args:
-        step: the perturbation ``lambda``, in logits per unit root-mean-square of ``dL/dz``
-            over the row. Small steps change the argmax of few rows (a sparse, low-bias but
-            noisy gradient); large ones change it in most rows (denser, more biased).
+        step: the size of the perturbation, in logits per unit root-mean-square ``s`` of
+            ``dL/dz`` over the row: I-MLE's ``lambda`` is ``step / s``. Small steps change the
+            argmax of few rows (a sparse, low-bias but noisy gradient); large ones change it in
+            most rows (denser, more biased).
     """
 
     needs_discrete_kl = True
@@ -146,7 +160,9 @@ class IMLE(SlotEstimator):
         self.step = float(step)
 
     def distribution(self, concrete, tau, logits):
-        cls = _IMLE_CLASSES.setdefault(concrete, _imle_class(concrete))
+        cls = _IMLE_CLASSES.get(concrete)
+        if cls is None:
+            cls = _IMLE_CLASSES[concrete] = _imle_class(concrete)
         site = cls(tau, logits=logits)
         site.step = self.step
         return site
@@ -162,13 +178,13 @@ _BUILT: dict[tuple, SlotEstimator] = {}
 def build_slot_estimator(spec: ComponentSpec) -> SlotEstimator:
     """The :class:`SlotEstimator` that ``spec`` (a name or a ``{name = ..., **options}`` table) names.
 
-    Built once per spec (the model and the guide ask on every step); a user's registration
-    under a new name is seen at once, and ``overwrite=True`` of a built name applies to
-    specs built after it.
+    Built once per spec (the model and the guide ask on every step); a registration with
+    ``overwrite=True`` replaces the built estimator from the next step on, in existing models
+    too (and without :class:`~pyro_sdlgm.spec.ModelSpec`'s check of its ``needs_discrete_kl``).
     """
     name, options = component_name(spec, SLOT_ESTIMATORS.kind)
-    try:
-        key = (name, SLOT_ESTIMATORS.get(name), tuple(sorted(options.items())))
+    try:  # with the types: True == 1 == 1.0, but only some of them are valid options
+        key = (name, SLOT_ESTIMATORS.get(name), tuple(sorted((k, type(v), v) for k, v in options.items())))
         hash(key)
     except TypeError:  # unhashable option values: build each time
         return SLOT_ESTIMATORS.build(spec)

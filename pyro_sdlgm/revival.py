@@ -10,7 +10,8 @@ gets no reconstruction gradient.
 :func:`revive_dead_dimensions` moves it: each dead dimension (used by fewer than
 :data:`DEAD_FRACTION` of the mean usage) takes a copy of the parameters of one of the most used
 dimensions (those above :data:`OVERLOADED_FRACTION` times the mean), in the decoder's first
-layer and in the guide's heads, with the Adam moments of those entries. With the ``"split"``
+layer, in the guide's heads and in a learned support prior, with the Adam moments of those
+entries. With the ``"split"``
 strategy (the default) the two copies' guide rows then move apart, in opposite directions,
 along the principal direction of the trunk features of the rows the donor served, so that each
 copy starts with one side of those rows (the splitting of k-means' LBG algorithm); with
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from .arrays import take_rows
 from .exceptions import ConfigError
 
 #: a dimension is dead when its usage is below this fraction of the mean usage over dimensions
@@ -74,8 +76,8 @@ def dimension_usage(guide, x: torch.Tensor, batch_size: int = 1024) -> torch.Ten
 def split_pairs(usage: torch.Tensor) -> list[tuple[int, int]]:
     """``(dead, donor)`` pairs: the least used dead dimensions with the most used overloaded ones."""
     mean = usage.mean()
-    dead = [int(k) for k in usage.argsort() if usage[k] < DEAD_FRACTION * mean]
-    donors = [int(k) for k in usage.argsort(descending=True) if usage[k] > OVERLOADED_FRACTION * mean]
+    dead = [int(k) for k in usage.argsort(stable=True) if usage[k] < DEAD_FRACTION * mean]
+    donors = [int(k) for k in usage.argsort(descending=True, stable=True) if usage[k] > OVERLOADED_FRACTION * mean]
     return list(zip(dead, donors))
 
 
@@ -94,6 +96,9 @@ def _slices(model, guide, dim: int) -> list[tuple[torch.nn.Parameter, tuple]]:
     offset = getattr(guide, "offset", None)  # MagnitudeSlotsGuide's per-dimension slot offsets
     if isinstance(offset, torch.nn.Parameter):
         out.append((offset, (dim,)))
+    prior = getattr(model.support_prior, "prior_logits", None)  # support_prior="learned"
+    if isinstance(prior, torch.nn.Parameter) and prior.shape == (latent_dim,):
+        out.append((prior, (dim,)))
     return out
 
 
@@ -121,20 +126,23 @@ SPLIT_LOGITS = 1.0
 def _split(model, guide, dead: int, donor: int, x_donor: torch.Tensor) -> None:
     """After :func:`_copy`: move the two copies' guide rows apart along the principal direction of the
     trunk features of the rows whose codes use the donor (``x_donor``), in opposite directions, so
-    that each takes one side of those rows (the splitting of k-means' LBG algorithm)."""
+    that each takes one side of those rows (the splitting of k-means' LBG algorithm). The rows that
+    choose a dimension move: the slot head's, or, for the magnitude guide, the value means'."""
     encoder = guide.encoder
     if x_donor.shape[0] < 2:
         return
     h = encoder.trunk(x_donor)
     centre = h.mean(0)
     direction = torch.linalg.svd(h - centre, full_matrices=False).Vh[0]
-    spread = ((h - centre) @ direction).std().clamp_min(torch.finfo(h.dtype).tiny)
+    spread = ((h - centre) @ direction).std()
+    if not spread > 1e-6 * (h.norm(dim=-1).mean() + 1e-12):  # the donor's rows look alike: nothing to split
+        return
     latent_dim = model.spec.latent_dim
     rows = []  # (linear layer, row of the dead copy, row of the donor, size of the move)
     if encoder.slot_head is not None:
         rows += [(encoder.slot_head, head * latent_dim + dead, head * latent_dim + donor, SPLIT_LOGITS)
                  for head in range(encoder.num_slot_heads)]
-    if not encoder.binary:
+    if encoder.slot_head is None:  # slot logits from the values' magnitudes (MagnitudeSlotsGuide): move the values
         values = h @ encoder.value_head.weight[donor] + encoder.value_head.bias[donor]
         rows.append((encoder.value_head, dead, donor, SPLIT_VALUE_FRACTION * float(values.abs().mean())))
     for layer, dst, src, size in rows:
@@ -150,8 +158,9 @@ def revive_dead_dimensions(model, guide, x: torch.Tensor, optimizer, seed: int, 
 
     Args:
         model, guide: the SDLGM model and an MLP guide (:func:`check_revivable`).
-        x: training rows ``(N, D)``; a seeded sample of :data:`SAMPLE_ROWS` of them (moved to the
-            networks' device) measures the usage.
+        x: training rows ``(N, D)``: a torch tensor, numpy array or scipy sparse matrix (as the
+            trainer takes them); a seeded sample of :data:`SAMPLE_ROWS` of them, as float32 on the
+            networks' device, measures the usage.
         optimizer: the training optimizer; the Adam moments of the copied entries are copied too.
         seed: seeds the sample and the noise (the trainer passes the run's seed and the epoch,
             so a resumed run revives the same dimensions).
@@ -160,8 +169,7 @@ def revive_dead_dimensions(model, guide, x: torch.Tensor, optimizer, seed: int, 
     """
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randperm(x.shape[0], generator=generator)[:SAMPLE_ROWS]
-    device = model.decoder.net[0].weight.device
-    sample = x[rows.to(x.device)].to(device)
+    (sample,) = take_rows((x,), rows.sort().values, model.decoder.net[0].weight.device)
     codes = hard_codes(guide, sample)
     pairs = split_pairs((codes != 0).to(torch.get_default_dtype()).mean(0))
     for dead, donor in pairs:

@@ -61,6 +61,7 @@ from .config import TrainConfig
 from .elbo import AnalyticKLELBO
 from .exceptions import CheckpointError, ConfigError, NumericalError
 from .resources import cpu_threads
+from .arrays import take_rows
 from .revival import AUTO_REVIVE_EVERY, check_revivable, revivable, revive_dead_dimensions
 from .schedules import TrainingSchedule
 
@@ -125,25 +126,6 @@ def make_elbo(spec, num_particles: int = 1):
 def as_columns(data) -> tuple:
     """The model's data arguments as a tuple of row-aligned arrays (a single array becomes a 1-tuple)."""
     return tuple(data) if isinstance(data, (tuple, list)) else (data,)
-
-
-def take_rows(columns: tuple, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Rows of each column as dense float32 tensors on ``device``.
-
-    Columns are torch tensors, numpy arrays or scipy sparse matrices; a sparse column is
-    densified one batch at a time, never whole.
-    """
-    batch = []
-    index = rows.numpy()
-    for column in columns:
-        if isinstance(column, torch.Tensor):
-            part = column[rows]
-        elif hasattr(column, "tocsr"):  # scipy.sparse
-            part = torch.from_numpy(column[index].toarray())
-        else:
-            part = torch.from_numpy(column[index])
-        batch.append(part.to(device=device, dtype=torch.float32))
-    return tuple(batch)
 
 
 def iterate_minibatches(num_rows: int, batch_size: int, generator: torch.Generator):
@@ -276,6 +258,7 @@ class _Progress:
     stale: int = 0  # epochs without improvement since the schedules ended
     finished: bool = False  # all epochs run or early-stopped
     last_checkpoint: Path | None = None
+    revive_every: int | None = None  # the run's revival period, "auto" resolved (None: not yet)
 
 
 class Trainer:
@@ -399,7 +382,8 @@ class Trainer:
         ``model_state``, ``guide_state``, ``optimizer_state``, ``schedule`` (values at the
         last step), ``rng`` (torch, cuda, numpy, python and ``batch_order`` generator
         states), ``early_stopping`` (``best_val``, ``best_model_state``,
-        ``best_guide_state``, ``stale``) and ``history``.
+        ``best_guide_state``, ``stale``), ``history`` and ``revive_every_resolved`` (the run's
+        revival period with ``"auto"`` resolved, so that a resumed run keeps it).
         """
         best = progress.best_state
         state = {
@@ -423,6 +407,7 @@ class Trainer:
                 "stale": progress.stale,
             },
             "history": progress.history,
+            "revive_every_resolved": progress.revive_every,
         }
         path = checkpoint_path(folder, progress.epoch)
         atomic_save(state, path)
@@ -439,11 +424,13 @@ class Trainer:
         if data["format_version"] != TRAINING_VERSION:
             raise CheckpointError(f"checkpoint {str(path)!r} has format version {data['format_version']!r}; "
                                   f"this version of pyro_sdlgm resumes from version {TRAINING_VERSION}")
-        if "revive_every" not in data["train_config"] and self.config.revive_every == "auto":
-            # written before revival existed: continue without it, as the run began
-            self.config = dataclasses.replace(self.config, revive_every=0)
+        current = self.config.to_dict()
+        revive_every = data.get("revive_every_resolved")
+        if "revive_every" not in data["train_config"] and current["revive_every"] == "auto":
+            # written before revival existed: the default continues the run as it began, without it
+            current["revive_every"] = revive_every = 0
         differences = config_differences({"training": data["train_config"], **data["identity"]},
-                                         {"training": self.config.to_dict(), **identity}, RESUME_IGNORED)
+                                         {"training": current, **identity}, RESUME_IGNORED)
         if differences:
             raise ConfigError(f"cannot resume from {str(path)!r}: the run's config differs from the checkpoint's: "
                               + "; ".join(differences))
@@ -459,7 +446,8 @@ class Trainer:
                 best = (early["best_model_state"], early["best_guide_state"])
             restored = _Progress(epoch=int(data["epoch"]), step=int(data["step"]), history=list(data["history"]),
                                  best_val=float(early["best_val"]), best_state=best, stale=int(early["stale"]),
-                                 finished=bool(data["finished"]), last_checkpoint=path)
+                                 finished=bool(data["finished"]), last_checkpoint=path,
+                                 revive_every=None if revive_every is None else int(revive_every))
             self.model.load_state_dict(data["model_state"])
             self.guide.load_state_dict(data["guide_state"])
             optimizer.load_state_dict(data["optimizer_state"])
@@ -560,13 +548,14 @@ class Trainer:
                 if not replicas.is_main:  # ranks draw different noise (rank 0 keeps the single-process stream)
                     torch.manual_seed(distributed.rank_seed(cfg.seed, replicas.rank, progress.epoch))
             start = progress.epoch
-            revive_every = self._revive_every(replicas)
+            if progress.revive_every is None:
+                progress.revive_every = self._revive_every(replicas)
             bar = tqdm(desc="SDLGM", unit="epoch", initial=start, total=cfg.epochs,
                        disable=not cfg.progress or progress.finished or not replicas.is_main)
             for epoch in ([] if progress.finished else range(start, cfg.epochs)):
                 record = self._epoch(epoch, train, val, n, step_fn, named, optimizer, generator, schedule,
                                      schedule_end, progress, replicas)
-                if self._revival_due(revive_every, epoch, steps_per_epoch, schedule_end):
+                if self._revival_due(progress.revive_every, epoch, steps_per_epoch, schedule_end):
                     record["revived_dims"] = revive_dead_dimensions(self.model, self.guide, train[0], optimizer,
                                                                     seed=cfg.seed * 100_003 + epoch, strategy=cfg.revive)
                 progress.history.append(record)

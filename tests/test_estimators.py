@@ -130,3 +130,22 @@ def test_imle_trains_to_a_finite_loss():
     history = SDLGM(input_dim=6, latent_dim=5, max_sparsity=2, slot_estimator=IMLE.__name__.lower()).fit(
         x, epochs=2, batch_size=16, seed=0, progress=False)
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
+
+
+def test_option_values_that_compare_equal_are_not_confused():
+    assert build_slot_estimator({"name": "imle", "step": 1}).step == 1.0
+    with pytest.raises(ConfigError, match="imle step"):
+        build_slot_estimator({"name": "imle", "step": True})
+
+
+def test_imle_never_moves_to_a_dimension_an_earlier_slot_took():
+    from pyro_sdlgm.support import MASKED_LOGIT
+
+    logits = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    logits[:, :2] = MASKED_LOGIT  # taken by earlier slots
+    logits.requires_grad_(True)
+    estimator = build_slot_estimator({"name": "imle", "step": 1e6})  # a step large enough to reach them
+    z = estimator.selection(estimator.distribution(DiscreteKLExpRelaxedCategorical, 0.5, logits).rsample())
+    (z * torch.tensor([-1e3, -1e3, 1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert torch.all(logits.grad[:, :2] == 0)
+    torch.testing.assert_close(logits.grad.sum(-1), torch.zeros(64))

@@ -10,6 +10,7 @@ from pyro_sdlgm.revival import (
     DEAD_FRACTION,
     OVERLOADED_FRACTION,
     _copy,
+    _split,
     _slices,
     check_revivable,
     dimension_usage,
@@ -184,3 +185,55 @@ def test_a_resumed_run_revives_as_the_uninterrupted_one(binary_data, tmp_path):
     resumed = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
     assert [r.get("revived_dims") for r in resumed] == [r.get("revived_dims") for r in full]
+
+
+def test_a_learned_support_prior_follows_the_copy():
+    model, guide = build_model_and_guide(ModelConfig(input_dim=5, latent_dim=6, max_sparsity=2, likelihood="normal",
+                                                     support_prior="learned", binary=False))
+    with torch.no_grad():
+        model.support_prior.prior_logits.copy_(torch.arange(6.0))
+    _copy(model, guide, dead=4, donor=1, optimizer=torch.optim.Adam(guide.parameters()), generator=None)
+    assert model.support_prior.prior_logits[4] == 1.0
+
+
+def test_split_leaves_alike_rows_alone_and_moves_only_what_selects():
+    torch.manual_seed(0)
+    model, guide = build_model_and_guide(ModelConfig(input_dim=5, latent_dim=6, max_sparsity=2, likelihood="normal",
+                                                     guide="mlp_per_slot", binary=False))
+    before = {name: p.detach().clone() for name, p in guide.named_parameters()}
+    _split(model, guide, dead=4, donor=1, x_donor=torch.ones(50, 5))  # identical rows: no direction to split along
+    assert all(torch.equal(p, before[name]) for name, p in guide.named_parameters())
+    _split(model, guide, dead=4, donor=1, x_donor=torch.randn(50, 5))
+    value_head = guide.encoder.value_head
+    assert torch.equal(value_head.weight, before["encoder.value_head.weight"])  # per-slot: the slot head selects
+    assert not torch.equal(guide.encoder.slot_head.weight, before["encoder.slot_head.weight"])
+
+
+def test_revival_takes_numpy_rows():
+    torch.manual_seed(0)
+    model, guide = build_model_and_guide(ModelConfig(input_dim=5, latent_dim=8, max_sparsity=3, likelihood="normal",
+                                                     binary=False))
+    with torch.no_grad():
+        guide.offset[0], guide.offset[7] = 50.0, -50.0
+    x = np.random.default_rng(0).normal(size=(200, 5))  # float64 numpy, as Trainer.fit takes them
+    assert revive_dead_dimensions(model, guide, x, torch.optim.Adam(guide.parameters()), seed=0) >= 1
+
+
+def test_a_pre_revival_run_resumed_twice_stays_without_revival(binary_data, tmp_path):
+    from pyro_sdlgm.checkpoint import list_checkpoints
+
+    options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, **QUICK)
+    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, revive_every=0, **options)
+    for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
+        if epoch > 3:
+            path.unlink()
+        else:
+            data = torch.load(path, weights_only=True)
+            del data["train_config"]["revive_every"], data["train_config"]["revive"], data["revive_every_resolved"]
+            torch.save(data, path)
+    SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **{**options, "epochs": 24})
+    for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
+        if epoch > 9:  # interrupted again after epoch 9, from a checkpoint the resumed run wrote
+            path.unlink()
+    again = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)
+    assert [r["train_loss"] for r in again] == [r["train_loss"] for r in full]
