@@ -70,7 +70,11 @@ def hard_codes(guide, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
 
 def dimension_usage(guide, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Fraction of the rows of ``x (N, D)`` whose hard code uses each dimension, ``(K,)``."""
-    return (hard_codes(guide, x, batch_size) != 0).to(torch.get_default_dtype()).mean(0)
+    return _usage(hard_codes(guide, x, batch_size))
+
+
+def _usage(codes: torch.Tensor) -> torch.Tensor:
+    return (codes != 0).to(torch.get_default_dtype()).mean(0)
 
 
 def split_pairs(usage: torch.Tensor) -> list[tuple[int, int]]:
@@ -171,7 +175,7 @@ def revive_dead_dimensions(model, guide, x: torch.Tensor, optimizer, seed: int, 
     rows = torch.randperm(x.shape[0], generator=generator)[:SAMPLE_ROWS]
     (sample,) = take_rows((x,), rows.sort().values, model.decoder.net[0].weight.device)
     codes = hard_codes(guide, sample)
-    pairs = split_pairs((codes != 0).to(torch.get_default_dtype()).mean(0))
+    pairs = split_pairs(_usage(codes))
     for dead, donor in pairs:
         _copy(model, guide, dead, donor, optimizer, None if strategy == "split" else generator)
         if strategy == "split":

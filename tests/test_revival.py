@@ -156,18 +156,26 @@ def test_auto_revives_every_ten_epochs_while_the_schedules_run(binary_data):
         binary_data, epochs=44, revive_every=0, **QUICK))
 
 
-def test_a_checkpoint_from_before_revival_resumes_without_it(binary_data, tmp_path):
+def _keep_as_pre_revival(run_dir, keep_epoch):
+    """Delete the checkpoints after ``keep_epoch``; strip the revival options from the others, as a
+    version without them wrote them."""
     from pyro_sdlgm.checkpoint import list_checkpoints
 
+    for epoch, path in list_checkpoints(run_dir / "checkpoints"):
+        if epoch > keep_epoch:
+            path.unlink()
+        else:
+            data = torch.load(path, weights_only=True)
+            for key in ("revive_every", "revive"):
+                data["train_config"].pop(key)
+            data.pop("revive_every_resolved", None)
+            torch.save(data, path)
+
+
+def test_a_checkpoint_from_before_revival_resumes_without_it(binary_data, tmp_path):
     options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, **QUICK)
     full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, revive_every=0, **options)
-    for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
-        if epoch > 6:
-            path.unlink()
-        else:  # as written by a version without the revival options
-            data = torch.load(path, weights_only=True)
-            del data["train_config"]["revive_every"], data["train_config"]["revive"]
-            torch.save(data, path)
+    _keep_as_pre_revival(tmp_path, keep_epoch=6)
     resumed = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)  # "auto"
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
     assert all("revived_dims" not in r for r in resumed)
@@ -224,14 +232,8 @@ def test_a_pre_revival_run_resumed_twice_stays_without_revival(binary_data, tmp_
 
     options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, **QUICK)
     full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, revive_every=0, **options)
-    for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
-        if epoch > 3:
-            path.unlink()
-        else:
-            data = torch.load(path, weights_only=True)
-            del data["train_config"]["revive_every"], data["train_config"]["revive"], data["revive_every_resolved"]
-            torch.save(data, path)
-    SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **{**options, "epochs": 24})
+    _keep_as_pre_revival(tmp_path, keep_epoch=3)
+    SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)
     for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
         if epoch > 9:  # interrupted again after epoch 9, from a checkpoint the resumed run wrote
             path.unlink()
