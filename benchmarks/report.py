@@ -29,7 +29,7 @@ CSV_COLUMNS = ["section", "task", "mode", "K", "L0", "batch", "candidates", "sta
 # ----------------------------------------------------------------------------- rows
 
 
-MODE_ORDER = {"per_slot": 0, "shared": 1, "shortlist": 2}
+MODE_ORDER = {"set_bound": 0, "per_slot": 1, "shared": 2, "shortlist": 3}
 
 
 def _group_key(group: tuple[str, str]):
@@ -93,6 +93,11 @@ def verdict_ratio(ratio: float, target: float | None) -> str:
             f"+{100 * (ratio / target - 1):.1f}% over)")
 
 
+def task_label(job: dict) -> str:
+    """The task of a headline or compare job; the classifier's set-bound objective is named."""
+    return job["task"] + (" (set bound)" if job.get("mode") == "set_bound" else "")
+
+
 def ratios(results: list[dict], targets: dict) -> list[dict]:
     """The step-time ratios of each ``compare`` job (medians over all interleaved rounds)."""
     out = []
@@ -100,7 +105,7 @@ def ratios(results: list[dict], targets: dict) -> list[dict]:
         job = result["job"]
         if job["section"] != "compare":
             continue
-        task = job["task"]
+        task = task_label(job)
         dense = "dense_vae" if task == "unsupervised" else "dense_mlp"
         pairs = [("sparse_overhead", "sdlgm_pyro", dense,
                   targets["sparse_overhead"] if task == "unsupervised" else None),
@@ -244,7 +249,7 @@ def headline_rows(results: list[dict], device: str) -> list[dict]:
         if job["section"] != "headline":
             continue
         (variant,) = job["variants"]
-        row = {"task": job["task"], "variant": variant, "K": job["K"], "L0": job["L0"], "batch": job["batch"],
+        row = {"task": task_label(job), "variant": variant, "K": job["K"], "L0": job["L0"], "batch": job["batch"],
                "status": result["status"], "note": result.get("error", "")}
         if result["status"] == "ok":
             t = result["variants"][variant]

@@ -41,7 +41,8 @@ GIB = 2**30
 DEFAULT_CAP_GB = 12.0
 TARGETS = {"sparse_overhead": 1.5, "pyro_overhead": 1.3, "memory_gb": 4.0}
 TARGET_CELL = {"K": 100_000, "L0": 32, "batch": 256}
-ALL_MODES = ("unsupervised:per_slot", "multilabel:per_slot", "multilabel:shared", "multilabel:shortlist")
+ALL_MODES = ("unsupervised:per_slot", "multilabel:set_bound", "multilabel:per_slot", "multilabel:shared",
+             "multilabel:shortlist")
 
 
 def settings(args) -> dict:
@@ -137,7 +138,9 @@ def library_estimate(job: dict) -> dict | None:
                                                              max_sparsity=job["L0"],
                                                              guide=UNSUPERVISED_GUIDES[job["mode"]]))
         else:
-            options = dict(input_dim=job["input_dim"], per_slot=job["mode"] == "per_slot")
+            options = dict(input_dim=job["input_dim"], per_slot=job["mode"] == "per_slot",
+                           fit_objective="set_bound" if job["mode"] == "set_bound" else "elbo",
+                           **({} if job["mode"] == "set_bound" else {"dropout": 0.0}))
             if job["mode"] == "shortlist":
                 options["num_candidates"] = job["candidates"]
                 if "num_candidates" in inspect.signature(guard_training_memory).parameters:
@@ -270,6 +273,9 @@ def plan(args, s: dict, device: torch.device, threads: int) -> list[dict]:
         job("compare", task, "per_slot", **head, kind="compare",
             variants=["sdlgm_pyro", "sdlgm_torch", dense, "sdlgm_pyro_validated", "sdlgm_pyro_joint",
                       "sdlgm_torch_joint"] + defaults, **compare)
+    # the classifier's default objective (the set bound) against the MLP of the same size
+    job("headline", "multilabel", "set_bound", **head, kind="measure", variants=["sdlgm_pyro"], **measure)
+    job("compare", "multilabel", "set_bound", **head, kind="compare", variants=["sdlgm_pyro", "dense_mlp"], **compare)
     grid = dict(steps=s["grid_steps"], max_seconds=s["grid_seconds"], min_steps=s["grid_min_steps"],
                 warmup=s["grid_warmup"])
     for spec in args.modes.split(","):

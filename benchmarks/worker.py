@@ -215,8 +215,12 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
                            _unique_parameters(model, guide))
         raise ValueError(f"unknown unsupervised variant {name!r}")
     # multi-label
+    # mode "set_bound": the classifier's default objective; the other modes are its ELBO
     options = dict(input_dim=D, per_slot=job["mode"] == "per_slot",
-                   slot_layout="joint" if name in JOINT_VARIANTS else "per_slot")
+                   slot_layout="joint" if name in JOINT_VARIANTS else "per_slot",
+                   fit_objective="set_bound" if job["mode"] == "set_bound" else "elbo")
+    if job["mode"] != "set_bound":  # the ELBO modes as they were measured before (and as torch_reference computes)
+        options["dropout"] = 0.0
     if job["mode"] == "shortlist":
         options["num_candidates"] = job["candidates"]
     clf = SDLGMClassifier(K, L0, **options)
@@ -232,8 +236,8 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
         batch_kwargs = shortlist_batch_kwargs(clf, model, guide, n) if job["mode"] == "shortlist" else None
         return _pyro_variant(name, model, guide, n, schedule, batch_kwargs)
     if name in ("sdlgm_torch", "sdlgm_torch_joint"):
-        if job["mode"] == "shortlist":
-            raise NotImplementedError("no PyTorch reference for the shortlist mode")
+        if job["mode"] in ("shortlist", "set_bound"):
+            raise NotImplementedError(f"no PyTorch reference for the {job['mode']} mode")
         return Variant(name, lambda batch: torch_reference.multilabel_loss(model, guide, *batch, num_data=n,
                                                                            **schedule) / n,
                        _unique_parameters(model, guide))

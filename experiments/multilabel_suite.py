@@ -9,8 +9,13 @@
 
 Methods (the ``method`` column):
 
-- ``sdlgm``: SDLGMClassifier (relaxed sparsity inference, the config's settings); predicts
-  the count with its count network and the top-count labels.
+- ``sdlgm``: SDLGMClassifier with the library's defaults and the config's ``classifier``
+  section (the set bound, shared slots, dropout, inclusion ranking, calibrated count); its
+  label sets are ``predict``'s (the F1-optimal sets) and its count ``predict_count``'s.
+- ``sdlgm_count``: the same model's top-``L_hat`` labels (``decision="count"``).
+- ``sdlgm_elbo``: the defaults before the set bound (the label-aware guide's ELBO, per-slot
+  logits, no dropout, greedy ranking, top-``L_hat`` labels, uncalibrated count), with the
+  config's ``elbo`` section; the next three start from it.
 - ``sdlgm_enumerate``: the same with ``sparsity_inference="enumerate", objective="relaxed"``.
 - ``sdlgm_shared``: the same with ``per_slot=False`` (one slot logit vector shared by the
   slots), still over all ``K`` labels: the full-mode reference of the shortlist.
@@ -26,6 +31,10 @@ Methods (the ``method`` column):
   sigmoid outputs and binary cross-entropy, trained by Adam with SDLGM's learning rate,
   batch size, epochs, patience and validation split; top-k as above, or one global
   threshold tuned on the validation split for example-F1.
+- ``mlp_dropout_topk`` / ``mlp_dropout_threshold``: the same MLP with SDLGM's dropout rate.
+
+SDLGM rows also report ``count_ece`` and ``count_nll``: the top-label ECE and the NLL of the
+true count under the classifier's count distribution.
 
 Each method trains in a fresh spawned process (``--jobs N`` at a time, ``--threads T``
 threads each; ``--jobs 0``: in this process, without clean memory figures), which reports
@@ -60,15 +69,19 @@ sys.path.insert(0, str(HERE))
 from suite_common import PeakMemory, mean_and_std, run_pool, write_csv  # noqa: E402
 DEFAULT_BIBTEX = HERE.parent.parent / "shared" / "data" / "bibtex"
 
-METHODS = ("sdlgm", "sdlgm_enumerate", "sdlgm_shared", "sdlgm_shortlist", "logistic_topk", "logistic_threshold",
-           "logistic_oracle", "napkinxc_br", "napkinxc_plt", "mlp_topk", "mlp_threshold")
+METHODS = ("sdlgm", "sdlgm_count", "sdlgm_elbo", "sdlgm_enumerate", "sdlgm_shared", "sdlgm_shortlist",
+           "logistic_topk", "logistic_threshold", "logistic_oracle", "napkinxc_br", "napkinxc_plt", "mlp_topk",
+           "mlp_threshold", "mlp_dropout_topk", "mlp_dropout_threshold")
 # one training gives the rows of several methods: the runs are per trainer
-TRAINERS = {"sdlgm": ("sdlgm",), "sdlgm_enumerate": ("sdlgm_enumerate",), "sdlgm_shared": ("sdlgm_shared",),
+TRAINERS = {"sdlgm": ("sdlgm", "sdlgm_count"), "sdlgm_elbo": ("sdlgm_elbo",), "sdlgm_enumerate": ("sdlgm_enumerate",),
+            "sdlgm_shared": ("sdlgm_shared",),
             "sdlgm_shortlist": ("sdlgm_shortlist",),
             "logistic": ("logistic_topk", "logistic_threshold", "logistic_oracle"),
-            "napkinxc_br": ("napkinxc_br",), "napkinxc_plt": ("napkinxc_plt",), "mlp": ("mlp_topk", "mlp_threshold")}
+            "napkinxc_br": ("napkinxc_br",), "napkinxc_plt": ("napkinxc_plt",), "mlp": ("mlp_topk", "mlp_threshold"),
+            "mlp_dropout": ("mlp_dropout_topk", "mlp_dropout_threshold")}
 REPORT = ["p@1", "p@3", "p@5", "ndcg@1", "ndcg@3", "ndcg@5", "psp@1", "psp@3", "psp@5", "example_f1", "micro_f1",
-          "macro_f1", "hamming_loss", "subset_accuracy", "count_accuracy", "count_mae", "mean_predicted_labels"]
+          "macro_f1", "hamming_loss", "subset_accuracy", "count_accuracy", "count_mae", "mean_predicted_labels",
+          "count_ece", "count_nll"]
 METRICS = REPORT + ["epochs", "train_seconds", "train_peak_mb"]
 COLUMNS = ["dataset", "method", "seed", "oracle", "decision", "config"] + METRICS
 
@@ -175,18 +188,29 @@ def tune_threshold(Y_val, probs: np.ndarray, grid: np.ndarray) -> float:
 # ``predict`` after them
 
 
+ELBO_VARIANTS = ("sdlgm_elbo", "sdlgm_enumerate", "sdlgm_shared", "sdlgm_shortlist")
+#: the classifier's defaults before the set bound: the ELBO variants start from these
+ELBO_DEFAULTS = {"fit_objective": "elbo", "per_slot": True, "dropout": 0.0, "ranking": "greedy", "decision": "count",
+                 "calibrate_count": False}
+
+
 def sdlgm_options(settings: dict, variant: str, num_labels: int) -> dict:
-    """``SDLGMClassifier`` arguments of an SDLGM method (``"sdlgm"``, ``"sdlgm_enumerate"``,
-    ``"sdlgm_shared"`` or ``"sdlgm_shortlist"``) on ``num_labels`` labels."""
+    """``SDLGMClassifier`` arguments of an SDLGM method on ``num_labels`` labels: ``"sdlgm"`` (the
+    config's ``classifier`` section over the library defaults) or an ELBO variant (``"sdlgm_elbo"``:
+    the defaults before the set bound, with the ``elbo`` section; ``"sdlgm_enumerate"``,
+    ``"sdlgm_shared"`` and ``"sdlgm_shortlist"`` change it as the module docstring says)."""
     options = dict(settings["classifier"])
-    options["max_labels"] = min(int(options.get("max_labels", 10)), num_labels)
+    if variant in ELBO_VARIANTS:
+        options.update(ELBO_DEFAULTS, **settings.get("elbo", {}))
+    if options.get("max_labels") is not None:
+        options["max_labels"] = min(int(options["max_labels"]), num_labels)
     if variant == "sdlgm_enumerate":
         options.update(sparsity_inference="enumerate", objective="relaxed")
     elif variant == "sdlgm_shared":
         options.update(per_slot=False)
     elif variant == "sdlgm_shortlist":
         factor = int(settings.get("shortlist", {}).get("candidates_per_max_label", 4))
-        options.update(per_slot=False, num_candidates=min(factor * options["max_labels"], num_labels))
+        options.update(per_slot=False, num_candidates=min(factor * int(options.get("max_labels", 10)), num_labels))
     return options
 
 
@@ -201,13 +225,28 @@ def train_sdlgm(X, Y, settings: dict, seed: int, variant: str):
     return clf, len(history)
 
 
-def predict_sdlgm(name: str, clf, X_test) -> list[dict]:
+def count_calibration_metrics(clf, X_test, Y_test) -> dict:
+    """Top-label ECE (10 bins) and mean NLL of the test rows' true counts under the classifier's
+    count distribution (:func:`pyro_sdlgm.inspection.count_calibration`, as ``sdlgm inspect``)."""
+    from pyro_sdlgm.inspection import count_calibration
+
+    metrics, _ = count_calibration(clf.posterior(X_test, Y_test, num_samples=1))
+    return {"count_ece": metrics["ece"], "count_nll": metrics["nll"]}
+
+
+def predict_sdlgm(name: str, clf, X_test, Y_test) -> list[dict]:
     scores = clf.predict_scores(X_test)
-    decision = "predicted count"
+    counts = clf.predict_count(X_test)
+    decision = {"f1": "F1-optimal sets", "count": "predicted count"}[clf.params.get("decision", "count")]
     if clf.params.get("num_candidates") is not None:
         decision += f" (trained on shortlists of {clf.params['num_candidates']})"
-    return [{"method": name, "decision": decision, "predicted": clf.predict(X_test), "scores": scores,
-                 "counts": clf.predict_count(X_test)}]
+    calibration = count_calibration_metrics(clf, X_test, Y_test)
+    rows = [{"method": name, "decision": decision, "predicted": clf.predict(X_test), "scores": scores,
+             "counts": counts, "extra": calibration}]
+    if name == "sdlgm":  # the same model's top-L_hat labels
+        rows.append({"method": "sdlgm_count", "decision": "predicted count", "predicted": top_k_sets(scores, counts),
+                     "scores": scores, "counts": counts, "extra": calibration})
+    return rows
 
 
 def train_logistic(X, Y, settings: dict, seed: int):
@@ -256,10 +295,10 @@ def predict_napkinxc(name: str, model, X_test, num_labels: int, k: int) -> list[
                  "scores": scores, "counts": None}]
 
 
-def train_mlp(X, Y, settings: dict, seed: int):
-    """An MLP ``D -> hidden -> K`` (SDLGM's hidden sizes and activation) with binary cross-entropy,
-    trained by Adam with SDLGM's options; early stopping on SDLGM's validation split keeps the
-    best epoch. Returns ``((network, val_rows), epochs)``."""
+def train_mlp(X, Y, settings: dict, seed: int, dropout: bool = False):
+    """An MLP ``D -> hidden -> K`` (SDLGM's hidden sizes and activation; with ``dropout``, also
+    SDLGM's dropout rate) with binary cross-entropy, trained by Adam with SDLGM's options; early
+    stopping on SDLGM's validation split keeps the best epoch. Returns ``((network, val_rows), epochs)``."""
     import torch
 
     from pyro_sdlgm.classifier import validation_split
@@ -275,7 +314,8 @@ def train_mlp(X, Y, settings: dict, seed: int):
     fit_rows, val_rows = validation_split(X.shape[0], cfg.validation_fraction, seed)
     X_fit, Y_fit = X[fit_rows], Y[fit_rows]
     torch.manual_seed(seed)
-    network = mlp(X.shape[1], hidden, Y.shape[1], activation).to(device)
+    rate = settings["classifier"].get("dropout", defaults.dropout) if dropout else 0.0
+    network = mlp(X.shape[1], hidden, Y.shape[1], activation, rate).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(seed)
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
@@ -325,16 +365,16 @@ def mlp_probabilities(network, X) -> np.ndarray:
                           for rows in torch.arange(X.shape[0]).split(1024)]).numpy().astype(np.float64)
 
 
-def predict_mlp(fitted, X, Y, X_test, k: int, grid: np.ndarray) -> tuple[list[dict], float]:
+def predict_mlp(fitted, X, Y, X_test, k: int, grid: np.ndarray, name: str = "mlp") -> list[dict]:
     network, val_rows = fitted
     if val_rows is None:
         logger.warning("no validation split: the MLP's threshold is tuned on the training rows")
         val_rows = np.arange(X.shape[0])
     threshold = tune_threshold(Y[val_rows], mlp_probabilities(network, X[val_rows]), grid)
     scores = mlp_probabilities(network, X_test)
-    return [{"method": "mlp_topk", "decision": f"top-{k}", "predicted": top_k_sets(scores, np.full(len(scores), k)),
+    return [{"method": f"{name}_topk", "decision": f"top-{k}", "predicted": top_k_sets(scores, np.full(len(scores), k)),
                  "scores": scores, "counts": None},
-            {"method": "mlp_threshold", "decision": f"p > {threshold:g} (tuned)",
+            {"method": f"{name}_threshold", "decision": f"p > {threshold:g} (tuned)",
                  "predicted": (scores > threshold).astype(np.int8), "scores": scores, "counts": None}]
 
 
@@ -368,17 +408,18 @@ def run_one(job: dict) -> list[dict]:
                 elif trainer.startswith("napkinxc"):
                     fitted, epochs = train_napkinxc(X, Y, seed, threads, trainer.split("_")[1], folder)
                 else:
-                    fitted, epochs = train_mlp(X, Y, settings, seed)
+                    fitted, epochs = train_mlp(X, Y, settings, seed, dropout=trainer == "mlp_dropout")
             seconds = time.perf_counter() - started
             peak_mb = meter.peak_mb
             if trainer.startswith("sdlgm"):
-                predictions = predict_sdlgm(trainer, fitted, X_test)
+                predictions = predict_sdlgm(trainer, fitted, X_test, Y_test)
             elif trainer == "logistic":
                 predictions = predict_logistic(fitted, X_test, Y_test, k)
             elif trainer.startswith("napkinxc"):
                 predictions = predict_napkinxc(trainer, fitted, X_test, Y.shape[1], k)
             else:
-                predictions = predict_mlp(fitted, X, Y, X_test, k, threshold_grid(settings["baselines"]))
+                predictions = predict_mlp(fitted, X, Y, X_test, k, threshold_grid(settings["baselines"]),
+                                          "mlp_dropout" if trainer == "mlp_dropout" else "mlp")
     finally:
         torch.set_num_threads(previous_threads)
     inv = inverse_propensities(Y)
@@ -390,6 +431,7 @@ def run_one(job: dict) -> list[dict]:
                                    inv_propensities=inv)
         rows.append({"dataset": job["dataset"], "method": p["method"], "seed": seed, "oracle": p.get("oracle", 0),
                      "decision": p["decision"], "config": job["config"], **report,
+                     **p.get("extra", {"count_ece": float("nan"), "count_nll": float("nan")}),
                      "epochs": float("nan") if epochs is None else epochs,
                      "train_seconds": seconds, "train_peak_mb": peak_mb})
     return rows

@@ -34,6 +34,14 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "pyro_sdlgm.SDLGMClassifier"
 CHECKPOINT_VERSION = 1
 OVERFLOW_POLICIES = ("error", "truncate")
+RANKINGS = ("inclusion", "greedy")
+DECISIONS = ("f1", "count")
+#: the candidates of the F1-optimal decision: the best max(F1_CANDIDATES, 5 L0) labels by inclusion
+F1_CANDIDATES = 50
+#: constructor arguments added after the first checkpoints, with the value that reproduces those
+#: checkpoints' behaviour (a checkpoint without them loads with these)
+LEGACY_PARAMS = {"fit_objective": "elbo", "dropout": 0.0, "ranking": "greedy", "calibrate_count": False,
+                 "decision": "count"}
 
 
 def _as_matrix(A, name: str) -> scipy.sparse.csr_matrix:
@@ -77,59 +85,138 @@ def shared_inclusion(gates: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     return 1.0 - remaining
 
 
+def f1_optimal_sets(count_probs: torch.Tensor, levels: torch.Tensor, conditional: torch.Tensor,
+                    labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """The plug-in F1-optimal label sets of Dembczynski et al. (2011) under SDLGM's joint
+    distribution of the count and the labels.
+
+    With ``Delta_ik = sum_s 2 P(L = s) P(i in S | L = s) / (s + k)``, the best set of size
+    ``k`` is the ``k`` labels of largest ``Delta_ik`` and its expected example-F1 is their sum
+    (``P(L = 0)`` for the empty set); each row takes the size of largest expected F1.
+    Vectorized over the sizes ``k = 1..L0``: memory ``N x L0 x C``.
+
+    Args:
+        count_probs: ``(N, num_levels)`` ``P(L = s | x)`` over ``levels`` ``(num_levels,)``.
+        conditional: ``(N, L0, C)`` ``P(label labels[n, c] in S | L = l + 1)``.
+        labels: ``(N, C)`` the label indices ``conditional`` is about (the best candidates:
+            a label outside them is taken to have ``P(i in S) ~ 0``).
+        num_labels: ``K``.
+
+    Returns:
+        ``(N, K)`` int8 0/1.
+    """
+    n, max_count, _ = conditional.shape
+    with_zero = int(levels[0]) == 0
+    joint = count_probs[:, int(with_zero):, None] * conditional  # (N, L0, C): P(L = s, i in S)
+    sizes = torch.arange(1, max_count + 1, dtype=joint.dtype, device=joint.device)
+    weights = 2.0 / (levels[int(with_zero):].to(joint.dtype)[:, None] + sizes[None, :])  # (s, k)
+    delta = torch.einsum("nsc,sk->nkc", joint, weights)  # (N, L0 sizes, C)
+    ranked, order = delta.sort(dim=-1, descending=True, stable=True)
+    value = ranked.cumsum(-1).diagonal(dim1=1, dim2=2)  # (N, L0): the top-k sum for size k
+    if with_zero:
+        value = torch.cat([count_probs[:, :1], value], dim=-1)
+    size = value.argmax(-1) + (0 if with_zero else 1)  # (N,)
+    best = order[torch.arange(n, device=order.device), (size - 1).clamp(min=0)]  # (N, C) of the chosen size
+    keep = torch.arange(best.shape[-1], device=best.device) < size.unsqueeze(-1)
+    chosen = labels.gather(-1, best)
+    return torch.zeros(n, num_labels, dtype=torch.int8, device=labels.device).scatter_(-1, chosen,
+                                                                                       keep.to(torch.int8))
+
+
 class SDLGMClassifier:
     """Multi-label classifier whose label set is SDLGM's sparse support, capped at ``max_labels``.
 
-    The count ``L_i`` and the labels are latent variables with ``x``-conditioned priors
-    trained through a label-aware guide; prediction uses the ``x``-only networks: the
-    predicted count ``L_hat`` (mode of the count network) and the top-``L_hat`` labels.
+    The count ``L_i`` and the labels are latent variables with ``x``-conditioned priors;
+    prediction uses the ``x``-only networks: the predicted count ``L_hat`` (mode of the
+    count network, temperature-scaled on the validation rows) and the top-``L_hat`` labels
+    by inclusion probability. By default training maximizes the set bound (the count and the
+    label set are observed; see :mod:`pyro_sdlgm.conditional`); ``fit_objective="elbo"``
+    trains through a label-aware guide instead.
 
     Args:
         num_labels: ``K``.
-        max_labels: ``L0``, the most labels a prediction can hold (``1 <= L0 <= K``).
+        max_labels: ``L0``, the most labels a prediction can hold (``1 <= L0 <= K``); default
+            None: the most labels a training row has (with the set bound a larger ``L0``
+            costs one more output of the count network, so no training row needs truncating).
         input_dim: ``D``; default: taken from the data at ``fit``.
-        include_zero: allow predicting no label (counts ``0..L0``).
+        include_zero: allow predicting no label (counts ``0..L0``); default None: True when a
+            training or validation row has no label.
         on_overflow: what to do with training rows that have more than ``L0`` labels:
             ``"error"`` (default) or ``"truncate"`` (keep the ``L0`` labels that are most
             frequent in the training data; logged with the number of rows affected).
-        guide: ``"label_aware"`` (``q(L, labels | x, y)``) or ``"prior_as_guide"`` (ablation).
-        per_slot: one logit vector per slot (else shared).
+        fit_objective: ``"set_bound"`` (default; needs ``per_slot=False`` and no shortlist) or
+            ``"elbo"`` (the label-aware guide's ELBO over the sampled slots).
+        guide: with ``"elbo"``: ``"label_aware"`` (``q(L, labels | x, y)``) or
+            ``"prior_as_guide"`` (ablation). Not used by the set bound.
+        per_slot: one logit vector per slot (``"elbo"`` only; default shared).
         hidden, activation: MLP sizes of the prior network and the guide.
-        label_noise: ``eps`` in ``y ~ Bernoulli(eps + (1 - 2 eps) s)``.
-        sparsity_inference, objective, slot_selection, slot_layout: as for :class:`pyro_sdlgm.SDLGM`.
+        dropout: dropout rate after each hidden layer of the prior network, in training.
+        label_noise: ``eps`` in ``y ~ Bernoulli(eps + (1 - 2 eps) s)`` (``"elbo"``).
+        ranking: ``"inclusion"`` (default: labels by ``P(k in S | x) = 1 - prod_l (1 - g_l p_lk)``)
+            or ``"greedy"`` (the zero-temperature slot picks first, in slot order, then inclusion).
+        decision: the label sets of :meth:`predict`: ``"f1"`` (default: the plug-in
+            F1-optimal set of Dembczynski et al. 2011 under the model's joint distribution of the
+            count and the labels, :func:`f1_optimal_sets`) or ``"count"`` (the top-``L_hat``
+            labels). :meth:`predict_count` is the count network's mode either way.
+        calibrate_count: after training, divide the count logits by the temperature that
+            minimizes the negative log-likelihood of the validation rows' counts (Guo et al.,
+            2017; ``count_temperature_``; 1 without validation rows). It changes no mode.
+        sparsity_inference, objective, slot_selection, slot_layout: as for :class:`pyro_sdlgm.SDLGM`
+            (``"elbo"``).
         num_candidates: None (default, the full mode: every slot draws over all ``K``
-            labels) or ``C`` with ``L0 <= C <= K``: the shortlist mode for wide label spaces.
-            Each training (and validation) batch then draws its slots over a per-row
+            labels) or ``C`` with ``L0 <= C <= K``: the shortlist mode of ``"elbo"`` for wide
+            label spaces. Each training (and validation) batch then draws its slots over a per-row
             shortlist of ``C`` labels (the row's true labels, then hard negatives, the
             highest prior-network scores among the other labels, for half of the remaining
             places, then uniform random negatives); see :mod:`pyro_sdlgm.conditional` for
             the approximation (slot distributions truncated to the shortlist). Needs
             ``per_slot=False`` (per-slot heads cost ``L0 x K x hidden`` parameters).
-            Prediction still ranks all ``K`` labels, with ``(N, K)`` memory per batch.
+            Prediction still ranks all ``K`` labels, with ``(N, K)`` memory per batch. The set
+            bound needs no shortlist: it costs ``N x K`` per batch.
     """
 
-    def __init__(self, num_labels: int, max_labels: int = C.max_labels, *, input_dim: int | None = None,
-                 include_zero: bool = C.include_zero, on_overflow: str = C.on_overflow, guide: str = C.guide,
-                 per_slot: bool = C.per_slot, hidden: Sequence[int] = C.hidden, activation: str = C.activation,
-                 label_noise: float = C.label_noise, sparsity_inference: str = C.sparsity_inference,
+    def __init__(self, num_labels: int, max_labels: int | None = C.max_labels, *, input_dim: int | None = None,
+                 include_zero: bool | None = C.include_zero, on_overflow: str = C.on_overflow,
+                 fit_objective: str = C.fit_objective, guide: str = C.guide, per_slot: bool = C.per_slot,
+                 hidden: Sequence[int] = C.hidden, activation: str = C.activation, dropout: float = C.dropout,
+                 label_noise: float = C.label_noise, ranking: str = C.ranking, decision: str = C.decision,
+                 calibrate_count: bool = C.calibrate_count, sparsity_inference: str = C.sparsity_inference,
                  objective: str = C.objective, slot_selection: str = C.slot_selection,
                  num_candidates: int | None = C.num_candidates, slot_layout: str = C.slot_layout):
         if on_overflow not in OVERFLOW_POLICIES:
             raise ConfigError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
+        if ranking not in RANKINGS:
+            raise ConfigError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+        if decision not in DECISIONS:
+            raise ConfigError(f"decision must be one of {DECISIONS}, got {decision!r}")
         for key, value in (("num_labels", num_labels), ("max_labels", max_labels)):
+            if value is None and key == "max_labels":
+                continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-        num_labels, max_labels = int(num_labels), int(max_labels)
-        if max_labels > num_labels:
+                raise ConfigError(f"{key} must be a positive integer{' or None' if key == 'max_labels' else ''}, "
+                                  f"got {value!r}")
+        num_labels = int(num_labels)
+        max_labels = None if max_labels is None else int(max_labels)
+        if max_labels is not None and max_labels > num_labels:
             raise ConfigError(f"max_labels={max_labels} exceeds num_labels={num_labels}")
+        for key, value in (("include_zero", include_zero), ("calibrate_count", calibrate_count)):
+            if not isinstance(value, bool) and not (key == "include_zero" and value is None):
+                raise ConfigError(f"{key} must be true or false{' or None' if key == 'include_zero' else ''}, "
+                                  f"got {value!r}")
         if num_candidates is not None:
-            num_candidates = self._check_candidates(num_candidates, num_labels, max_labels, per_slot)
+            if fit_objective == "set_bound":
+                raise ConfigError(f"num_candidates={num_candidates!r} (shortlist mode) is for fit_objective='elbo': "
+                                  "the set bound scores all num_labels labels at the cost of an MLP's output layer")
+            num_candidates = self._check_candidates(num_candidates, num_labels, max_labels or 1, per_slot)
+        self._requested = {"max_labels": max_labels, "include_zero": include_zero}
         self.params = dict(num_labels=num_labels, max_labels=max_labels, input_dim=input_dim,
                            include_zero=include_zero, on_overflow=on_overflow, guide=guide, per_slot=per_slot,
                            hidden=list(hidden) if isinstance(hidden, Sequence) else hidden,
                            activation=activation, label_noise=label_noise,
                            sparsity_inference=sparsity_inference, objective=objective,
-                           slot_selection=slot_selection, num_candidates=num_candidates)
+                           slot_selection=slot_selection, num_candidates=num_candidates,
+                           fit_objective=fit_objective, dropout=dropout, ranking=ranking, decision=decision,
+                           calibrate_count=calibrate_count)
         if slot_layout != C.slot_layout:  # absent from older checkpoints' params: the default
             self.params["slot_layout"] = slot_layout
         if input_dim is not None and (isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral)
@@ -139,11 +226,12 @@ class SDLGMClassifier:
         # build once now, on a placeholder width if needed and on the meta device (nothing is
         # allocated), so that bad options fail here, not in fit()
         with torch.device("meta"):
-            build_conditional(self._spec(self._fixed_input_dim or 1), guide, per_slot, self.params["hidden"],
-                              activation, label_noise)
+            build_conditional(self._spec(self._fixed_input_dim or 1, max_labels or min(2, num_labels),
+                                         bool(include_zero)), *self._network_options())
         self.model = self.guide = None
         self.train_config: TrainConfig | None = None
         self.history_: list[dict] | None = None
+        self.count_temperature_ = 1.0
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -175,11 +263,11 @@ class SDLGMClassifier:
 
     @property
     def spec(self) -> ModelSpec:
-        return self._spec(self.params["input_dim"])
+        return self._spec(self.params["input_dim"], self.params["max_labels"], self.params["include_zero"])
 
-    def _spec(self, input_dim: int) -> ModelSpec:
+    def _spec(self, input_dim: int, max_labels: int, include_zero: bool) -> ModelSpec:
         p = self.params
-        return ModelSpec(input_dim, p["num_labels"], p["max_labels"], include_zero=p["include_zero"],
+        return ModelSpec(input_dim, p["num_labels"], max_labels, include_zero=include_zero,
                          binary=True, sparsity_inference=p["sparsity_inference"], objective=p["objective"],
                          slot_selection=p["slot_selection"], slot_layout=p.get("slot_layout", C.slot_layout))
 
@@ -188,10 +276,13 @@ class SDLGMClassifier:
         """The counts indexing the columns of :meth:`count_posterior`."""
         return self.spec.levels().numpy()
 
-    def _networks(self):
+    def _network_options(self) -> tuple:
         p = self.params
-        return build_conditional(self.spec, p["guide"], p["per_slot"], p["hidden"], p["activation"],
-                                 p["label_noise"])
+        return (p["guide"], p["per_slot"], p["hidden"], p["activation"], p["label_noise"], p["dropout"],
+                p["fit_objective"])
+
+    def _networks(self):
+        return build_conditional(self.spec, *self._network_options())
 
     def _build(self) -> None:
         self.model, self.guide = self._networks()
@@ -217,7 +308,40 @@ class SDLGMClassifier:
             bad = matrix.data[~np.isin(matrix.data, (0.0, 1.0))][0]
             raise DataError(f"{name} must hold only 0 and 1, found {float(bad)}")
         matrix.eliminate_zeros()
+        return matrix
+
+    def _resolve_counts(self, *label_matrices: scipy.sparse.csr_matrix) -> None:
+        """Set ``max_labels`` and ``include_zero`` left to the data (None at construction) from
+        the training and validation labels: the most labels of a row, and whether a row has none."""
+        counts = np.concatenate([np.diff(m.indptr) for m in label_matrices])
+        requested = self._requested
+        if requested["max_labels"] is None:
+            self.params["max_labels"] = int(min(max(counts.max(), 1), self.params["num_labels"]))
+            logger.info("max_labels=%d: the most labels of a training row", self.params["max_labels"])
+        else:
+            self.params["max_labels"] = requested["max_labels"]
+        if requested["include_zero"] is None:
+            self.params["include_zero"] = bool((counts == 0).any())
+            if self.params["include_zero"]:
+                logger.info("include_zero=True: %d rows have no label", int((counts == 0).sum()))
+        else:
+            self.params["include_zero"] = requested["include_zero"]
+        if self.params["num_candidates"] is not None:
+            self._check_candidates(self.params["num_candidates"], self.params["num_labels"],
+                                   self.params["max_labels"], self.params["per_slot"])
+
+    def _capped(self, matrix: scipy.sparse.csr_matrix, name: str = "Y") -> scipy.sparse.csr_matrix:
+        """``matrix`` with the overflow policy applied to its rows of more than ``max_labels`` labels.
+
+        Raises:
+            DataError: with the set bound, rows without a label while ``include_zero`` is False
+                (the bound gives them probability 0).
+        """
         counts = np.diff(matrix.indptr)
+        if self.params["fit_objective"] == "set_bound" and not self.params["include_zero"] and (counts == 0).any():
+            raise DataError(f"{int((counts == 0).sum())} rows of {name} have no label (the first is row "
+                            f"{int(np.flatnonzero(counts == 0)[0])}) but include_zero=False: the set bound needs the "
+                            "count 0 for them; pass include_zero=True or None (decided from the data)")
         cap = self.params["max_labels"]
         over = counts > cap
         if over.any():
@@ -252,7 +376,9 @@ class SDLGMClassifier:
         self.model.eval()
         for rows in torch.arange(matrix.shape[0]).split(batch_size):
             (batch,) = take_rows((matrix,), rows, device)
-            yield self.model.prior_params(batch)
+            params = self.model.prior_params(batch)
+            # the count logits divided by the calibrated temperature (1 before calibration)
+            yield params._replace(sparsity_logits=params.sparsity_logits / self.count_temperature_)
 
     # -- training ---------------------------------------------------------------------------
 
@@ -290,21 +416,48 @@ class SDLGMClassifier:
                 raise DataError("validation_data must be a pair (X_val, Y_val)")
             X_val = self._features(validation_data[0], "X_val")
             val = (X_val, self._labels(validation_data[1], X_val.shape[0], "Y_val"))
+        self._resolve_counts(Y, *(() if val is None else (val[1],)))
+        Y = self._capped(Y)
+        if val is not None:
+            val = (val[0], self._capped(val[1], "Y_val"))
         else:
             fit_rows, val_rows = validation_split(X.shape[0], cfg.validation_fraction, cfg.seed)
             if val_rows is not None:
                 val = (X[val_rows], Y[val_rows])
                 X, Y = X[fit_rows], Y[fit_rows]
+        # the set bound holds no slot tensor: its batch costs N x K numbers (num_candidates=0 in the estimate)
+        candidates = 0 if self.params["fit_objective"] == "set_bound" else self.params["num_candidates"]
         with torch.device("meta"):  # sizes only: refuse a configuration that cannot fit before allocating it
             guard_training_memory(*self._networks(), cfg, X.shape[0], 0 if val is None else val[0].shape[0],
-                                  num_candidates=self.params["num_candidates"])
+                                  num_candidates=candidates)
         pyro.set_rng_seed(cfg.seed)
         self.model = self.guide = None  # free the current networks before building the fresh ones
         self._build()
         self.history_ = Trainer(self.model, self.guide, cfg, batch_kwargs=self._batch_kwargs).fit(
             (X, Y), val, run_dir, resume=resume, overwrite=overwrite, identity={"classifier": dict(self.params)})
         self.train_config = cfg
+        self.count_temperature_ = 1.0
+        if self.params["calibrate_count"] and val is not None:
+            self.count_temperature_ = self._fit_count_temperature(*val, cfg.eval_batch_size)
         return self.history_
+
+    @torch.no_grad()
+    def _fit_count_temperature(self, X_val, Y_val, batch_size: int) -> float:
+        """The temperature ``T`` that minimizes the validation rows' mean ``-log softmax(logits / T)[count]``
+        (bounded 1-D search over ``log T`` in ``[-4, 4]``, scipy's ``minimize_scalar``)."""
+        from scipy.optimize import minimize_scalar
+
+        self.count_temperature_ = 1.0
+        logits = torch.cat([p.sparsity_logits.cpu() for p in self._prior_params(X_val, batch_size, "fit")]).double()
+        target = torch.as_tensor(np.diff(Y_val.indptr) - self.spec.min_level, dtype=torch.long)
+
+        def nll(log_t: float) -> float:
+            return float(torch.nn.functional.cross_entropy(logits / np.exp(log_t), target))
+
+        temperature = float(np.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x))
+        logger.info("count temperature %.3g (validation NLL %.4g at 1, %.4g after)", temperature, nll(0.0),
+                    nll(np.log(temperature)))
+        return temperature
 
     # -- prediction -------------------------------------------------------------------------
 
@@ -365,21 +518,23 @@ class SDLGMClassifier:
         )
 
     def _ranking(self, params: GuideParams) -> torch.Tensor:
-        """Scores ``(N, K)``: labels the zero-temperature slot selection picks (slots 1..L0, in
-        order) rank first, the rest by the probability that a slot in use selects them.
+        """Scores ``(N, K)`` in ``[0, 1]`` (``ranking="inclusion"``): ``P(k in S | x) = 1 - prod_l (1 - g_l p_lk)``,
+        the probability that a slot in use selects label ``k``; or (``"greedy"``) the labels the
+        zero-temperature slot selection picks (slots 1..L0, in order) first, the rest by inclusion.
 
-        In shortlist mode (shared slot logits) the inclusion probability
-        ``1 - prod_l (1 - g_l p_k)`` is accumulated one slot at a time, so no ``(N, L0, K)``
-        tensor is built: memory ``N x K``.
+        With shared slot logits the inclusion probability is accumulated one slot at a time,
+        so no ``(N, L0, K)`` tensor is built: memory ``N x K``.
         """
         spec = self.spec
         n, k = params.slot_logits.shape[0], spec.latent_dim
         gates = slot_gates(params.sparsity_logits.softmax(-1), spec.min_level)  # P(L >= l)
-        if self.shortlist:
+        if params.slot_logits.shape[1] == 1:
             inclusion = shared_inclusion(gates, params.slot_logits[:, 0].softmax(-1))
         else:
             probs = params.slot_logits.softmax(-1).expand(n, spec.max_sparsity, k)
             inclusion = soft_support(gates, probs)  # P(a slot in use selects the label), in [0, 1]
+        if self.params.get("ranking", "greedy") == "inclusion":
+            return inclusion
         picks = greedy_picks(params.slot_logits, spec.max_sparsity)  # (N, L0), in slot order
         rank_scores = torch.arange(spec.max_sparsity, 0, -1, device=inclusion.device, dtype=inclusion.dtype)
         return inclusion.scatter(-1, picks, 1.0 + rank_scores.expand(n, -1))
@@ -402,10 +557,33 @@ class SDLGMClassifier:
                                                                            dtype=np.int64)
 
     def predict(self, X, *, batch_size: int = 1024) -> scipy.sparse.csr_matrix:
-        """``(N, K)`` CSR 0/1: the top-``L_hat`` labels of each row (``L_hat`` from the count network)."""
-        parts = [scipy.sparse.csr_matrix(self.guide.hard_code(params)[0].cpu().numpy())
+        """``(N, K)`` CSR 0/1 label sets: with ``decision="f1"`` the F1-optimal sets
+        (:func:`f1_optimal_sets`), with ``"count"`` the top-``L_hat`` labels by :meth:`predict_scores`
+        (``L_hat`` from the count network; with ``ranking="greedy"`` the greedy slot picks)."""
+        parts = [scipy.sparse.csr_matrix(self._decide(params).cpu().numpy())
                  for params in self._prior_params(X, batch_size, "predict")]
         return scipy.sparse.vstack(parts).tocsr().astype(np.int8)
+
+    def _decide(self, params: GuideParams) -> torch.Tensor:
+        """The label sets ``(N, K)`` int8 of one batch (see :meth:`predict`)."""
+        spec = self.spec
+        levels = spec.levels().to(params.sparsity_logits.device)
+        if self.params.get("decision", "count") == "f1":
+            scores = self._ranking(params)
+            labels = scores.topk(min(spec.latent_dim, max(F1_CANDIDATES, 5 * spec.max_sparsity)), dim=-1).indices
+            n, heads = labels.shape[0], params.slot_logits.shape[1]  # heads: 1 (shared) or L0
+            probs = params.slot_logits.softmax(-1)
+            picked = probs.gather(-1, labels.unsqueeze(1).expand(-1, heads, -1))
+            picked = picked.expand(n, spec.max_sparsity, -1)  # (N, L0, C), never (N, L0, K)
+            conditional = 1.0 - torch.cumprod(1.0 - picked, dim=1)  # P(k in S | L = l + 1)
+            return f1_optimal_sets(params.sparsity_logits.softmax(-1), levels, conditional, labels, spec.latent_dim)
+        if self.params.get("ranking", "greedy") == "greedy":
+            return self.guide.hard_code(params)[0].to(torch.int8)
+        counts = levels[params.sparsity_logits.argmax(-1)]
+        scores = self._ranking(params)
+        order = scores.topk(spec.max_sparsity, dim=-1).indices  # (N, L0), best first
+        keep = torch.arange(order.shape[-1], device=order.device) < counts.unsqueeze(-1)
+        return torch.zeros_like(scores, dtype=torch.int8).scatter_(-1, order, keep.to(torch.int8))
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -417,7 +595,7 @@ class SDLGMClassifier:
             "train_config": self.train_config.to_dict() if self.train_config else None,
             "model_state": {k: v.cpu() for k, v in self.model.state_dict().items()},
             "guide_state": {k: v.cpu() for k, v in self.guide.state_dict().items()},
-            "history": self.history_,
+            "history": self.history_, "count_temperature": self.count_temperature_,
         }, path)
 
     @classmethod
@@ -425,7 +603,7 @@ class SDLGMClassifier:
         data = load_checkpoint(path, CHECKPOINT_FORMAT, ("params", "model_state", "guide_state"))
         if data.get("format_version") != CHECKPOINT_VERSION:
             raise CheckpointError(f"checkpoint {str(path)!r} has format version {data.get('format_version')!r}")
-        params: dict[str, Any] = dict(data["params"])
+        params: dict[str, Any] = {**LEGACY_PARAMS, **data["params"]}
         num_labels, max_labels = params.pop("num_labels"), params.pop("max_labels")
         self = cls(num_labels, max_labels, **params)
         self._build()
@@ -437,4 +615,5 @@ class SDLGMClassifier:
         if data.get("train_config") is not None:
             self.train_config = from_dict(TrainConfig, data["train_config"])
         self.history_ = data.get("history")
+        self.count_temperature_ = float(data.get("count_temperature", 1.0))
         return self

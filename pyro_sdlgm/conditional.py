@@ -12,6 +12,20 @@ guide too (an ablation: the ELBO then reduces to the expected log-likelihood).
 Sites, their distributions, the slot machinery and the trainer are the unsupervised
 model's (``sparsity``, ``slot_1..slot_L0``, ``obs``).
 
+**What training maximizes** (``fit_objective``). In training the labels are observed, and
+so are the count ``L_i = |y_i|`` and, up to the label noise, the support. ``"set_bound"``
+(the default) uses that: the model observes ``sparsity`` (a categorical over the levels, at
+``|y_i|``) and ``obs`` (:class:`~pyro_sdlgm.distributions.DistinctDraws`: ``|y_i|`` draws
+from the shared slot distribution that are distinct and form ``y_i``), and the guide is
+empty, so ``Trace_ELBO`` is exactly ``-log p(L_i = |y_i| | x_i) - log |y_i|! - sum_{k in y_i}
+log p_k(x_i)``. That is a lower bound on the log-likelihood of the noiseless model with
+Plackett-Luce (without-replacement) slots, needs no Monte-Carlo draw, costs ``N x K`` per
+batch (the MLP's cost) and is consistent for precision@k (see ``DistinctDraws``); it needs
+shared slot logits (``per_slot=False``) and no shortlist. ``"elbo"`` is the relaxed
+two-step process with the label-aware guide described above (the slot sites are sampled;
+``sparsity_inference``, ``objective``, ``slot_selection``, ``slot_layout`` and
+``num_candidates`` apply). Prediction is the same for both: the ``x``-only networks.
+
 **Shortlist mode** (wide label spaces). Model and guides take an optional
 ``candidates`` ``(N, C)`` LongTensor of distinct label ids per row (built per batch by
 :func:`shortlist_candidates`: the row's true labels, hard negatives and random negatives).
@@ -36,6 +50,7 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
+from .distributions import DistinctDraws
 from .exceptions import ConfigError, DataError
 from .guides import AmortizedGuide, GuideParams, amortized_slot_logits, amortized_sparsity_dist
 from .model import data_plate, relaxed_support, sample_slots
@@ -43,13 +58,15 @@ from .networks import AmortizedEncoder
 from .spec import OBS_SITE, SPARSITY_SITE, ModelSpec
 
 CONDITIONAL_GUIDES = ("label_aware", "prior_as_guide")
+FIT_OBJECTIVES = ("set_bound", "elbo")
 #: the share of a shortlist's negatives that are hard negatives (the rest are uniform random ones)
 HARD_NEGATIVE_SHARE = 0.5
 
 
-def _label_network(spec: ModelSpec, input_dim: int, per_slot: bool, hidden: Sequence[int], activation: str):
+def _label_network(spec: ModelSpec, input_dim: int, per_slot: bool, hidden: Sequence[int], activation: str,
+                   dropout: float = 0.0):
     return AmortizedEncoder(input_dim, spec.latent_dim, spec.num_levels, spec.max_sparsity if per_slot else 1,
-                            binary=True, hidden=hidden, activation=activation)
+                            binary=True, hidden=hidden, activation=activation, dropout=dropout)
 
 
 def restrict_to_candidates(params: GuideParams, candidates: torch.Tensor | None) -> GuideParams:
@@ -113,18 +130,34 @@ class ConditionalSDLGMModel(PyroModule):
         hidden, activation: the prior network's MLP trunk.
         label_noise: ``eps`` of the observation ``Bernoulli(eps + (1 - 2 eps) s)``; keeps the
             likelihood of a label outside the support finite.
+        dropout: dropout rate after each hidden layer of the prior network (training only).
+        fit_objective: ``"set_bound"`` or ``"elbo"`` (see the module docstring); the
+            generative process without labels (``y=None``) is the same for both.
     """
 
     def __init__(self, spec: ModelSpec, *, per_slot: bool = True, hidden: Sequence[int] = (512, 256),
-                 activation: str = "relu", label_noise: float = 1e-3):
+                 activation: str = "relu", label_noise: float = 1e-3, dropout: float = 0.0,
+                 fit_objective: str = "elbo"):
         super().__init__(name="sdlgm_conditional_model")
         if not spec.binary:
             raise ConfigError("the multi-label model needs a binary spec (labels are the support)")
         if not 0.0 < label_noise < 0.5:
             raise ConfigError(f"label_noise must lie in (0, 0.5), got {label_noise!r}")
+        if fit_objective not in FIT_OBJECTIVES:
+            raise ConfigError(f"fit_objective must be one of {FIT_OBJECTIVES}, got {fit_objective!r}")
+        if fit_objective == "set_bound" and per_slot:
+            raise ConfigError("fit_objective='set_bound' needs shared slot logits (per_slot=False): the bound "
+                              "scores the label set under one slot distribution")
         self.spec = spec
         self.label_noise = float(label_noise)
-        self.prior_net = _label_network(spec, spec.input_dim, per_slot, hidden, activation)
+        self.fit_objective = fit_objective
+        self.prior_net = _label_network(spec, spec.input_dim, per_slot, hidden, activation, dropout)
+
+    @property
+    def schedule_free(self) -> bool:
+        """True for the set bound: its objective takes no temperature and no KL weight, so the
+        trainer's early stopping need not wait for the schedules to end."""
+        return self.fit_objective == "set_bound"
 
     def prior_params(self, x: torch.Tensor) -> GuideParams:
         """Logits of ``p(L | x)`` ``(N, num_levels)`` and of the slots ``(N, S, K)``."""
@@ -151,8 +184,14 @@ class ConditionalSDLGMModel(PyroModule):
         candidates only and ``obs`` observes ``y`` gathered on them (see the module docstring).
 
         Returns the soft support ``(N, K)``, or ``(N, C)`` over the candidates (with
-        enumeration dims on the left in ``enumerate`` mode).
+        enumeration dims on the left in ``enumerate`` mode). With ``fit_objective="set_bound"``
+        and labels, the count and the label set are observed instead (:meth:`observe_set`)
+        and ``y`` is returned.
         """
+        if self.fit_objective == "set_bound" and y is not None:
+            if candidates is not None:
+                raise ConfigError("fit_objective='set_bound' takes no candidates (it scores all K labels)")
+            return self.observe_set(x, y, num_data)
         params = restrict_to_candidates(self.prior_params(x), candidates)
         if y is not None and candidates is not None:
             y = y.gather(-1, candidates)
@@ -164,6 +203,29 @@ class ConditionalSDLGMModel(PyroModule):
             support = relaxed_support(self.spec, sparsity, slot_probs)
             pyro.sample(OBS_SITE, self.obs_dist(support), obs=y)
         return support
+
+
+    def observe_set(self, x: torch.Tensor, y: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        """The set bound's sites: ``sparsity`` observed at the level of ``|y_i|`` (categorical
+        over the levels) and ``obs`` observed at ``y_i`` (:class:`DistinctDraws` of the shared
+        slot logits ``(N, K)``).
+
+        Raises:
+            DataError: a row whose count is not a level (more than ``L0`` labels, or none
+                without ``include_zero``).
+        """
+        params = self.prior_params(x)
+        counts = y.sum(-1).round().long()
+        spec = self.spec
+        low, high = int(counts.min()), int(counts.max())
+        if low < spec.min_level or high > spec.max_sparsity:
+            bad = low if low < spec.min_level else high
+            raise DataError(f"a row has {bad} labels, outside the counts {spec.min_level}..{spec.max_sparsity} "
+                            "the model can hold (raise max_labels, or set include_zero for rows without labels)")
+        with data_plate(x.shape[0], num_data, x.device):
+            pyro.sample(SPARSITY_SITE, dist.Categorical(logits=params.sparsity_logits), obs=counts - spec.min_level)
+            pyro.sample(OBS_SITE, DistinctDraws(params.slot_logits[:, 0]), obs=y)
+        return y
 
 
 class _MultiLabelGuide(AmortizedGuide):
@@ -204,14 +266,34 @@ class PriorAsGuide(_MultiLabelGuide):
         return GuideParams(*self.prior_net(x))
 
 
+class ObservedSupportGuide(PriorAsGuide):
+    """The guide of ``fit_objective="set_bound"``: given labels it places no site (the model
+    observes the count and the label set), so ``Trace_ELBO`` is the exact negative bound.
+
+    Without labels it places the ``x``-only networks' sites, as :class:`PriorAsGuide`; its
+    ``place_sites`` and ``hard_code`` serve prediction and the posterior.
+    """
+
+    def forward(self, x, y=None, *, candidates=None, num_data=None, tau_sparsity=1.0, tau_support=1.0,
+                kl_weight=1.0) -> GuideParams | None:
+        if y is not None:
+            return None
+        return super().forward(x, None, candidates=candidates, num_data=num_data, tau_sparsity=tau_sparsity,
+                               tau_support=tau_support, kl_weight=kl_weight)
+
+
 def build_conditional(spec: ModelSpec, guide: str, per_slot: bool, hidden: Sequence[int], activation: str,
-                      label_noise: float):
-    """The conditional model and its guide (``"label_aware"`` or ``"prior_as_guide"``)."""
+                      label_noise: float, dropout: float = 0.0, fit_objective: str = "elbo"):
+    """The conditional model and its guide: with ``fit_objective="elbo"`` the ``guide``
+    (``"label_aware"`` or ``"prior_as_guide"``); with ``"set_bound"`` an
+    :class:`ObservedSupportGuide` (``guide`` is not used)."""
     if guide not in CONDITIONAL_GUIDES:
         raise ConfigError(f"unknown multi-label guide {guide!r}; known: {', '.join(CONDITIONAL_GUIDES)}")
     with pyro.settings.context(module_local_params=True):
         model = ConditionalSDLGMModel(spec, per_slot=per_slot, hidden=hidden, activation=activation,
-                                      label_noise=label_noise)
+                                      label_noise=label_noise, dropout=dropout, fit_objective=fit_objective)
+        if fit_objective == "set_bound":
+            return model, ObservedSupportGuide(model)
         if guide == "prior_as_guide":
             return model, PriorAsGuide(model)
         return model, LabelAwareGuide(spec, per_slot=per_slot, hidden=hidden, activation=activation)

@@ -372,20 +372,25 @@ class ClassifierConfig(_Section):
 
     section: typing.ClassVar[str] = "classifier"
 
-    max_labels: int = 10
+    max_labels: int | None = None  # None: the most labels a training row has
     num_labels: int | None = None  # None: taken from the data
-    include_zero: bool = False
+    include_zero: bool | None = None  # None: True when a training row has no label
     on_overflow: str = "error"  # "error" | "truncate"
-    guide: str = "label_aware"  # "label_aware" | "prior_as_guide"
-    per_slot: bool = True
+    fit_objective: str = "set_bound"  # "set_bound" (observed count and label set) | "elbo" (label-aware guide)
+    guide: str = "label_aware"  # "label_aware" | "prior_as_guide" (fit_objective = "elbo" only)
+    per_slot: bool = False  # one slot logit vector per slot (fit_objective = "elbo" only)
     hidden: tuple[int, ...] = (256,)
     activation: str = "relu"
+    dropout: float = 0.5  # after each hidden layer of the prior network, in training
     label_noise: float = 1e-3
+    ranking: str = "inclusion"  # "inclusion" (P(label in S | x)) | "greedy" (slot picks first)
+    decision: str = "f1"  # predict(): "f1" (F1-optimal sets) | "count" (top-L_hat labels)
+    calibrate_count: bool = True  # temperature-scale the count network on the validation rows
     sparsity_inference: str = "relaxed"
     objective: str = "discrete_kl"
     slot_selection: str = "without_replacement"
     # None: full mode (slots over all K labels); C with max_labels <= C <= K: shortlist mode
-    # (slots over C candidates per row; needs per_slot = false). See SDLGMClassifier.
+    # (slots over C candidates per row; fit_objective = "elbo" and per_slot = false). See SDLGMClassifier.
     num_candidates: int | None = None
     slot_layout: str = "per_slot"  # "per_slot" | "joint" (see ModelSpec)
 

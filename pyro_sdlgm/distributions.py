@@ -356,3 +356,49 @@ class ExpectedLogLikelihood(TorchDistribution):
     @property
     def mean(self):
         return (self.base.mean * self.weights.unsqueeze(-1)).sum(-2) if self.event_shape else None
+
+
+class DistinctDraws(TorchDistribution):
+    """The label set of ``L = |y|`` draws with replacement from ``softmax(logits)``, scored on
+    the event that the draws are distinct and form ``y``: ``log p(y) = log |y|! + sum_{k in y} log p_k``.
+
+    The multi-label model's set bound (:mod:`pyro_sdlgm.conditional`) observes its support
+    through this distribution. For a set of ``|y|`` labels chosen by ``|y|`` draws *without*
+    replacement (the Plackett-Luce slots of ``slot_selection="without_replacement"``), each
+    ordering ``sigma`` has probability ``prod_j p_{sigma_j} / (1 - sum_{i < j} p_{sigma_i})``,
+    at least ``prod_j p_{sigma_j}``, so ``log p(y)`` here is a lower bound on that model's
+    log-probability of the set, exact for draws with replacement. Its maximizer over
+    ``softmax(logits)`` is ``p_k = E[y_k | x] / E[|y| | x]``, which orders the labels as their
+    marginals do: the reduction is consistent for precision@k (the unnormalized
+    pick-all-labels reduction of Menon et al., 2019).
+
+    Args:
+        logits: ``(..., K)`` unnormalized log-probabilities of one draw.
+
+    Batch shape ``(...)``, event shape ``(K,)``; values are 0/1 vectors. Only ``log_prob`` is
+    defined: the site is always observed.
+    """
+
+    arg_constraints = {"logits": constraints.real_vector}
+    support = constraints.independent(constraints.boolean, 1)
+
+    def __init__(self, logits: torch.Tensor, validate_args=None):
+        self.logits = logits
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DistinctDraws, _instance)
+        new.logits = self.logits.expand(torch.Size(batch_shape) + self.event_shape)
+        super(DistinctDraws, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        count = value.sum(-1)
+        return torch.lgamma(count + 1.0) + (value * self.logits.log_softmax(-1)).sum(-1)
+
+    def sample(self, sample_shape=torch.Size()):
+        raise NotImplementedError("DistinctDraws scores an observed label set; it has no sampler (the model "
+                                  "samples its support through the slot sites)")

@@ -12,11 +12,15 @@ from .exceptions import ConfigError
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, activation: str = "relu") -> nn.Sequential:
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, activation: str = "relu",
+        dropout: float = 0.0) -> nn.Sequential:
     """Fully connected network ``in_dim -> hidden... [-> out_dim]``.
 
-    Every hidden layer is followed by the activation; the optional output layer is linear.
+    Every hidden layer is followed by the activation (and, with ``dropout > 0``, by dropout
+    with that rate, active in training mode only); the optional output layer is linear.
     """
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be a rate in [0, 1), got {dropout!r}")
     if activation not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
     if isinstance(hidden, str) or not isinstance(hidden, Sequence):
@@ -28,7 +32,7 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, activati
     layers: list[nn.Module] = []
     width = in_dim
     for h in hidden:
-        layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
+        layers += [nn.Linear(width, h), ACTIVATIONS[activation]()] + ([nn.Dropout(dropout)] if dropout else [])
         width = h
     if out_dim is not None:
         layers.append(nn.Linear(width, out_dim))
@@ -70,13 +74,14 @@ class AmortizedEncoder(nn.Module):
         hidden: Sequence[int] = (512, 256),
         activation: str = "relu",
         min_scale: float = 1e-4,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.latent_dim = latent_dim
         self.num_slot_heads = num_slot_heads
         self.binary = binary
         self.min_scale = min_scale
-        self.trunk = mlp(input_dim, hidden, None, activation)
+        self.trunk = mlp(input_dim, hidden, None, activation, dropout)
         width = output_width(hidden, input_dim)
         self.sparsity_head = nn.Linear(width, num_levels)
         # num_slot_heads=0: no slot head (a guide that derives the slot logits otherwise); slot_logits is None

@@ -173,7 +173,8 @@ def _flat(prefix: str, value) -> dict[str, Any]:
 
 #: options added after checkpoints were first written, with the value every older checkpoint implies
 ADDED_OPTIONS = {"slot_layout": "per_slot", "num_candidates": None, "count_coupling": "gated_code",
-                 "slot_estimator": "relaxed", "revive_every": 0, "revive": "split"}
+                 "slot_estimator": "relaxed", "revive_every": 0, "revive": "split", "fit_objective": "elbo",
+                 "dropout": 0.0, "ranking": "greedy", "calibrate_count": False, "decision": "count"}
 
 
 def config_differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -508,7 +509,9 @@ class Trainer:
         n = train[0].shape[0]
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         schedule = TrainingSchedule.from_config(cfg, cfg.epochs * steps_per_epoch)
-        schedule_end = schedule.end_step()
+        # a model whose objective takes no temperature or KL weight (``schedule_free``) has nothing
+        # to wait for: early stopping and the choice of the best epoch start at once
+        schedule_end = 0 if getattr(self.model, "schedule_free", False) else schedule.end_step()
         self.model.to(self.device)
         self.guide.to(self.device)
         run_dir = Path(run_dir) if run_dir is not None else None

@@ -66,7 +66,8 @@ def test_torch_reference_equals_pyro_loss_unsupervised(guide, layout):
 @pytest.mark.parametrize("per_slot, layout", [(True, "per_slot"), (False, "per_slot"), (True, "joint")])
 def test_torch_reference_equals_pyro_loss_multilabel(per_slot, layout):
     torch.manual_seed(0)
-    model, g = SDLGMClassifier(40, 5, input_dim=20, per_slot=per_slot, hidden=[16], slot_layout=layout)._networks()
+    model, g = SDLGMClassifier(40, 5, input_dim=20, per_slot=per_slot, hidden=[16], slot_layout=layout,
+                              fit_objective="elbo", dropout=0.0)._networks()
     x = torch.randn(8, 20)
     y = torch.zeros(8, 40)
     y[torch.arange(8), torch.randint(0, 40, (8,))] = 1.0
@@ -105,24 +106,25 @@ def test_quick_benchmark_writes_results(tmp_path):
     # every headline measurement and ratio ran
     assert {(h["task"], h["variant"]) for h in results["headline"] if h["status"] == "ok"} == {
         (task, variant) for task, dense in (("unsupervised", "dense_vae"), ("multilabel", "dense_mlp"))
-        for variant in ("sdlgm_pyro", "sdlgm_pyro_joint", "sdlgm_torch", dense)} | {("unsupervised",
-                                                                                     "sdlgm_pyro_defaults")}
+        for variant in ("sdlgm_pyro", "sdlgm_pyro_joint", "sdlgm_torch", dense)} | {
+        ("unsupervised", "sdlgm_pyro_defaults"), ("multilabel (set bound)", "sdlgm_pyro")}
     targeted = {(r["task"], r["ratio"]): r for r in results["ratios"]}
     assert targeted[("unsupervised", "sparse_overhead")]["target"] == 1.5
     assert targeted[("unsupervised", "pyro_overhead")]["target"] == 1.3
     assert all(r["value"] > 0 for r in results["ratios"])
     assert ("unsupervised", "sparse_overhead_library_defaults") in targeted
     assert ("multilabel", "sparse_overhead_library_defaults") not in targeted
+    assert ("multilabel (set bound)", "sparse_overhead") in targeted
     # the grid: 2 K x 2 L0 per mode, plus the target cell (estimated only in --quick)
     with (out / "scaling.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     grid = [r for r in rows if r["section"] == "grid"]
-    full_modes = [r for r in grid if r["mode"] in ("per_slot", "shared")]
-    assert len(full_modes) == 12 and all(r["status"] == "ok" for r in full_modes)
+    full_modes = [r for r in grid if r["mode"] in ("per_slot", "shared", "set_bound")]
+    assert len(full_modes) == 16 and all(r["status"] == "ok" for r in full_modes)
     assert all(float(r["median_step_ms"]) > 0 and float(r["peak_rss_gb"]) > 0 for r in full_modes)
     targets = [r for r in rows if r["section"] == "target"]
     assert {r["K"] for r in targets} == {"100000"} and all(r["status"] != "ok" for r in targets)
-    assert all(float(r["estimate_gb"]) > 4 for r in targets if r["mode"] != "shortlist")
+    assert all(float(r["estimate_gb"]) > 4 for r in targets if r["mode"] not in ("shortlist", "set_bound"))
     assert len(results["memory_linearity"]) == len({(r["task"], r["mode"]) for r in grid})
     summary = (out / "summary.md").read_text()
     for heading in ("## Machine", "## Headline", "## Ratios", "## Scaling", "## Memory", "## Target"):

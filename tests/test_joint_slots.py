@@ -58,7 +58,8 @@ def test_joint_layout_gives_the_per_slot_loss_for_the_classifier(shortlist):
     torch.manual_seed(0)
     x, y = torch.randn(30, 6), torch.zeros(30, 12)
     y[torch.arange(30), torch.randint(0, 12, (30,))] = 1
-    options = dict(input_dim=6, hidden=(16,), per_slot=not shortlist, num_candidates=8 if shortlist else None)
+    options = dict(input_dim=6, hidden=(16,), per_slot=not shortlist, num_candidates=8 if shortlist else None,
+                   fit_objective="elbo")
     reference, joint = SDLGMClassifier(12, 4, **options), SDLGMClassifier(12, 4, slot_layout="joint", **options)
     for clf in (reference, joint):
         torch.manual_seed(1)

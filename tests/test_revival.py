@@ -113,7 +113,7 @@ def test_the_classifier_refuses_revival():
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 4)).astype("float32"), (rng.random((60, 3)) > 0.6).astype("float32")
-    with pytest.raises(ConfigError, match="revive_every is for the unsupervised SDLGM.*LabelAwareGuide"):
+    with pytest.raises(ConfigError, match="revive_every is for the unsupervised SDLGM.*ObservedSupportGuide"):
         SDLGMClassifier(num_labels=3, max_labels=3).fit(x, y, epochs=1, revive_every=1, progress=False)
 
 

@@ -200,21 +200,21 @@ def test_memory_estimate_is_linear_in_K_not_in_L0_times_K():
 
 def test_the_memory_guard_uses_the_shortlist_estimate():
     X, Y = label_data(80, np.random.default_rng(0))
-    clf = SDLGMClassifier(40, 4, per_slot=False, num_candidates=12, hidden=[8])
+    clf = SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=12, hidden=[8])
     with pytest.raises(ResourceError, match="num_candidates=12"):
         clf.fit(X, Y, memory_limit_gb=1e-6, **FAST)
 
 
 def test_options_are_checked():
     with pytest.raises(ConfigError, match=r"num_candidates=12.*per_slot=False.*4 x 40 x hidden"):
-        SDLGMClassifier(40, 4, num_candidates=12)  # per_slot=True by default
+        SDLGMClassifier(40, 4, num_candidates=12, fit_objective="elbo", per_slot=True)
     with pytest.raises(ConfigError, match="num_candidates=3 must lie between max_labels=4 and num_labels=40"):
-        SDLGMClassifier(40, 4, per_slot=False, num_candidates=3)
+        SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=3)
     with pytest.raises(ConfigError, match="num_candidates=41 must lie between max_labels=4 and num_labels=40"):
-        SDLGMClassifier(40, 4, per_slot=False, num_candidates=41)
+        SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=41)
     for bad in (True, 12.0, "12"):
         with pytest.raises(ConfigError, match="num_candidates must be an integer or None"):
-            SDLGMClassifier(40, 4, per_slot=False, num_candidates=bad)
+            SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=bad)
     assert ClassifierConfig().num_candidates is None
     with pytest.raises(ConfigError, match="classifier.num_candidates"):
         ClassifierConfig(num_candidates="many")
@@ -230,7 +230,8 @@ def fitted():
     rng = np.random.default_rng(0)
     X, Y = label_data(1000, rng)
     X_test, Y_test = label_data(300, rng)
-    clf = SDLGMClassifier(40, 4, per_slot=False, num_candidates=12, hidden=[64])
+    clf = SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=12, hidden=[64],
+                          decision="count")
     clf.fit(X, Y, epochs=30, batch_size=64, learning_rate=3e-3, progress=False, seed=0)
     return clf, X_test, Y_test
 
@@ -302,7 +303,7 @@ def test_resume_equals_an_uninterrupted_fit(tmp_path):
     X, Y = label_data(200, np.random.default_rng(1))
     options = dict(epochs=5, batch_size=32, checkpoint_every=1, keep_checkpoints=10, learning_rate=3e-3,
                    progress=False, seed=0)
-    build = dict(per_slot=False, num_candidates=10, hidden=[16])
+    build = dict(fit_objective="elbo", per_slot=False, num_candidates=10, hidden=[16])
     full = SDLGMClassifier(40, 4, **build)
     expected = full.fit(X, Y, run_dir=tmp_path / "full", **options)
     crashed = tmp_path / "crashed"
@@ -329,6 +330,7 @@ def test_command_line_config_takes_num_candidates(tmp_path, capsys):
     config.write_text(f"""task = "multilabel"
 [classifier]
 max_labels = 3
+fit_objective = "elbo"
 per_slot = false
 num_candidates = 6
 hidden = [16]
@@ -375,7 +377,7 @@ def test_one_training_step_at_100k_labels_never_builds_rows_x_slots_x_labels():
     X = rng.normal(size=(n, d)).astype(np.float32)
     rows = np.repeat(np.arange(n), 3)
     Y = scipy.sparse.csr_matrix((np.ones(3 * n, np.float32), (rows, rng.integers(0, k, 3 * n))), shape=(n, k))
-    clf = SDLGMClassifier(k, l0, per_slot=False, num_candidates=64, hidden=[8])
+    clf = SDLGMClassifier(k, l0, fit_objective="elbo", per_slot=False, num_candidates=64, hidden=[8])
     with LargestTensor() as watch:
         history = clf.fit(X, Y, epochs=1, batch_size=n, validation_fraction=0.0, progress=False, seed=0)
         predicted = clf.predict(X, batch_size=n)

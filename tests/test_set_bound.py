@@ -1,0 +1,237 @@
+"""The multi-label set bound, the F1-optimal decision and the calibrated count."""
+
+import itertools
+import math
+
+import numpy as np
+import pyro
+import pytest
+import scipy.sparse
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+
+from pyro_sdlgm import ConfigError, DataError
+from pyro_sdlgm.classifier import LEGACY_PARAMS, SDLGMClassifier, f1_optimal_sets
+from pyro_sdlgm.conditional import ConditionalSDLGMModel, ObservedSupportGuide
+from pyro_sdlgm.distributions import DistinctDraws
+from pyro_sdlgm.spec import ModelSpec
+
+FAST = dict(epochs=3, batch_size=32, progress=False, seed=0)
+
+
+def count_data(n, rng, K=8, D=20, L0=4):
+    """Labels: the L_i highest of a fixed random projection of x; L_i is coded by x_0."""
+    counts = rng.integers(1, L0 + 1, n)
+    W = np.random.default_rng(99).normal(size=(D, K))
+    X = rng.normal(size=(n, D)).astype(np.float32)
+    X[:, 0] = counts + 0.1 * rng.normal(size=n)
+    order = np.argsort(-(X @ W), axis=1)
+    Y = np.zeros((n, K), np.int8)
+    for i, c in enumerate(counts):
+        Y[i, order[i, :c]] = 1
+    return X, Y, counts
+
+
+# -- DistinctDraws ---------------------------------------------------------------------------
+
+
+def test_distinct_draws_is_the_probability_that_draws_with_replacement_form_the_set():
+    torch.manual_seed(0)
+    logits = torch.randn(5)
+    p = logits.softmax(-1)
+    y = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])
+    members = [0, 2, 3]
+    # brute force: every sequence of 3 draws over 5 labels whose set of values is exactly {0, 2, 3}
+    exact = sum(math.prod(float(p[i]) for i in seq) for seq in itertools.product(range(5), repeat=3)
+                if set(seq) == set(members))
+    assert float(DistinctDraws(logits).log_prob(y)) == pytest.approx(math.log(exact), rel=1e-5)
+    # and a lower bound on the Plackett-Luce (without-replacement) probability of the set
+    plackett_luce = 0.0
+    for order in itertools.permutations(members):
+        taken, prob = 0.0, 1.0
+        for i in order:
+            prob *= float(p[i]) / (1.0 - taken)
+            taken += float(p[i])
+        plackett_luce += prob
+    assert math.log(exact) < math.log(plackett_luce)
+
+
+def test_distinct_draws_shapes_and_no_sampler():
+    d = DistinctDraws(torch.zeros(3, 6))
+    assert d.batch_shape == (3,) and d.event_shape == (6,)
+    assert d.expand((2, 3)).batch_shape == (2, 3)
+    assert d.log_prob(torch.eye(6)[:3]).shape == (3,)
+    with pytest.raises(NotImplementedError, match="observed"):
+        d.sample()
+
+
+def test_distinct_draws_maximizer_orders_labels_as_their_marginals():
+    """Maximizing E[log p(y)] over softmax(logits) gives p_k = E[y_k] / E|y| (consistent for precision@k)."""
+    rng = np.random.default_rng(0)
+    marginals = np.array([0.9, 0.6, 0.3, 0.15, 0.05])
+    Y = torch.tensor((rng.random((4000, 5)) < marginals).astype(np.float32))
+    Y = Y[Y.sum(1) > 0]
+    logits = torch.zeros(5, requires_grad=True)
+    optimizer = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(500):
+        loss = -DistinctDraws(logits.expand(len(Y), 5)).log_prob(Y).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    fitted = logits.detach().softmax(-1).numpy()
+    target = Y.mean(0).numpy() / Y.sum(1).mean().item()
+    assert np.allclose(fitted, target, atol=5e-3), (fitted, target)
+
+
+# -- the model's set bound --------------------------------------------------------------------
+
+
+def test_set_bound_loss_is_the_closed_form_and_the_guide_places_no_site():
+    spec = ModelSpec(6, 5, 3, binary=True)
+    pyro.set_rng_seed(0)
+    model = ConditionalSDLGMModel(spec, per_slot=False, hidden=[8], fit_objective="set_bound")
+    guide = ObservedSupportGuide(model)
+    x = torch.randn(4, 6)
+    y = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 1, 0], [0, 0, 0, 0, 1]], dtype=torch.float32)
+    assert not [n for n, s in poutine.trace(guide).get_trace(x, y).nodes.items() if s["type"] == "sample"]
+    loss = Trace_ELBO().loss(model, guide, x, y)
+    params = model.prior_params(x)
+    counts = y.sum(-1).long()
+    expected = -(params.sparsity_logits.log_softmax(-1)[torch.arange(4), counts - 1]
+                 + torch.lgamma(counts + 1.0) + (y * params.slot_logits[:, 0].log_softmax(-1)).sum(-1)).sum()
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert model.schedule_free
+    with pytest.raises(DataError, match="a row has 4 labels, outside the counts 1..3"):
+        model(x, torch.tensor([[1, 1, 1, 1, 0]] * 4, dtype=torch.float32))
+
+
+def test_set_bound_refuses_per_slot_logits_and_shortlists():
+    with pytest.raises(ConfigError, match="per_slot=False"):
+        SDLGMClassifier(8, 4, per_slot=True)
+    with pytest.raises(ConfigError, match="shortlist mode.*fit_objective='elbo'"):
+        SDLGMClassifier(8, 4, num_candidates=6)
+    for key, value in (("decision", "top"), ("ranking", "best"), ("fit_objective", "mle"), ("dropout", 1.0),
+                       ("include_zero", "yes"), ("calibrate_count", 1)):
+        with pytest.raises(ConfigError, match=key):
+            SDLGMClassifier(8, 4, **{key: value})
+
+
+def test_early_stopping_starts_at_once_for_the_set_bound():
+    X, Y, _ = count_data(200, np.random.default_rng(4))
+    history = SDLGMClassifier(8, 4, hidden=[16]).fit(X, Y, **FAST)
+    assert history[0]["best_epoch"]  # the ELBO's schedules would hold this back until their end
+    elbo = SDLGMClassifier(8, 4, hidden=[16], fit_objective="elbo").fit(X, Y, **FAST)
+    assert not elbo[0]["best_epoch"]
+
+
+# -- counts left to the data, calibration -----------------------------------------------------
+
+
+def test_max_labels_and_include_zero_are_taken_from_the_data():
+    X, Y, _ = count_data(120, np.random.default_rng(5))
+    clf = SDLGMClassifier(8, hidden=[16])
+    clf.fit(X, Y, **FAST)
+    assert clf.params["max_labels"] == int(Y.sum(1).max()) and clf.params["include_zero"] is False
+    assert clf.count_posterior(X).shape == (120, int(Y.sum(1).max()))
+    Y[:10] = 0  # rows without a label
+    clf.fit(X, Y, **FAST)
+    assert clf.params["include_zero"] is True and clf.count_levels[0] == 0
+    with pytest.raises(DataError, match="no label.*include_zero"):
+        SDLGMClassifier(8, 4, include_zero=False, hidden=[16]).fit(X, Y, **FAST)
+
+
+def test_count_temperature_lowers_the_validation_nll_and_is_saved(tmp_path):
+    rng = np.random.default_rng(6)
+    X, Y, _ = count_data(400, rng)
+    X_val, Y_val, counts_val = count_data(200, rng)
+    options = dict(hidden=[64], dropout=0.0)
+    fit = dict(FAST, epochs=30, learning_rate=1e-2)
+    raw = SDLGMClassifier(8, 4, calibrate_count=False, **options)
+    raw.fit(X, Y, validation_data=(X_val, Y_val), **fit)
+    calibrated = SDLGMClassifier(8, 4, **options)
+    calibrated.fit(X, Y, validation_data=(X_val, Y_val), **fit)
+    assert raw.count_temperature_ == 1.0 and calibrated.count_temperature_ != 1.0
+
+    def nll(clf):
+        return float(-np.log(clf.count_posterior(X_val)[np.arange(200), counts_val - 1]).mean())
+
+    assert nll(calibrated) < nll(raw)
+    # the temperature changes no mode
+    assert np.array_equal(calibrated.predict_count(X_val), raw.predict_count(X_val))
+    calibrated.save(tmp_path / "clf.pt")
+    loaded = SDLGMClassifier.load(tmp_path / "clf.pt")
+    assert loaded.count_temperature_ == calibrated.count_temperature_
+    assert np.allclose(loaded.count_posterior(X_val), calibrated.count_posterior(X_val))
+
+
+def test_checkpoint_without_the_new_options_loads_with_their_earlier_behaviour(tmp_path):
+    X, Y, _ = count_data(100, np.random.default_rng(7))
+    clf = SDLGMClassifier(8, 4, hidden=[16], per_slot=True, **{k: v for k, v in LEGACY_PARAMS.items()})
+    clf.fit(X, Y, **FAST)
+    clf.save(tmp_path / "new.pt")
+    data = torch.load(tmp_path / "new.pt", weights_only=True)
+    for key in LEGACY_PARAMS:
+        del data["params"][key]
+    del data["count_temperature"]
+    torch.save(data, tmp_path / "old.pt")
+    old = SDLGMClassifier.load(tmp_path / "old.pt")
+    assert {k: old.params[k] for k in LEGACY_PARAMS} == LEGACY_PARAMS and old.count_temperature_ == 1.0
+    assert (old.predict(X) != clf.predict(X)).nnz == 0
+
+
+# -- the F1-optimal decision ------------------------------------------------------------------
+
+
+def test_f1_optimal_sets_match_brute_force_over_all_subsets():
+    """For any distribution over label vectors, the decision equals the subset of largest expected F1."""
+    rng = np.random.default_rng(8)
+    K = 4
+    vectors = np.array(list(itertools.product([0, 1], repeat=K)))
+    nonempty = vectors[vectors.sum(1) > 0]
+    for trial in range(20):
+        weights = rng.dirichlet(np.full(len(nonempty), 0.3))
+        sizes = nonempty.sum(1)
+        count_probs = np.array([weights[sizes == s].sum() for s in range(1, K + 1)])
+        # P(i in S | L = s)
+        conditional = np.stack([(weights[sizes == s, None] * nonempty[sizes == s]).sum(0) / max(count_probs[s - 1], 1e-12)
+                                for s in range(1, K + 1)])
+
+        def f1(pred, truth):
+            return 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+
+        best = max(nonempty, key=lambda pred: sum(w * f1(pred, t) for w, t in zip(weights, nonempty)))
+        chosen = f1_optimal_sets(torch.tensor(count_probs)[None], torch.arange(1, K + 1),
+                                 torch.tensor(conditional)[None], torch.arange(K)[None], K)[0].numpy()
+        value = sum(w * f1(chosen.astype(int), t) for w, t in zip(weights, nonempty))
+        best_value = sum(w * f1(best, t) for w, t in zip(weights, nonempty))
+        assert value == pytest.approx(best_value, abs=1e-9), (trial, chosen, best)
+
+
+def test_f1_optimal_sets_with_an_empty_count():
+    # P(L = 0) = 0.9: predicting nothing has expected F1 0.9, more than any label can give
+    chosen = f1_optimal_sets(torch.tensor([[0.9, 0.1]]), torch.tensor([0, 1]), torch.tensor([[[1.0, 0.0]]]),
+                             torch.tensor([[0, 1]]), 2)
+    assert chosen.sum() == 0
+    chosen = f1_optimal_sets(torch.tensor([[0.1, 0.9]]), torch.tensor([0, 1]), torch.tensor([[[1.0, 0.0]]]),
+                             torch.tensor([[0, 1]]), 2)
+    assert chosen.tolist() == [[1, 0]]
+
+
+def test_predict_decisions():
+    rng = np.random.default_rng(9)
+    X, Y, _ = count_data(300, rng)
+    clf = SDLGMClassifier(8, 4, hidden=[32])
+    clf.fit(scipy.sparse.csr_matrix(X), Y, **dict(FAST, epochs=10))
+    scores = clf.predict_scores(X)
+    f1_sets = clf.predict(X)
+    clf.params["decision"] = "count"
+    count_sets = clf.predict(X)
+    assert np.array_equal(np.diff(count_sets.indptr), clf.predict_count(X))
+    # with shared slots both decisions take a prefix of the inclusion ranking
+    top = np.argsort(-scores, axis=1, kind="stable")
+    for sets in (f1_sets, count_sets):
+        for row in range(30):
+            chosen = set(sets[row].indices)
+            assert chosen == set(top[row, :len(chosen)])
+    assert (f1_sets != count_sets).nnz > 0  # the decisions differ somewhere
