@@ -140,7 +140,7 @@ def library_estimate(job: dict) -> dict | None:
         else:
             options = dict(input_dim=job["input_dim"], per_slot=job["mode"] == "per_slot",
                            fit_objective="set_bound" if job["mode"] == "set_bound" else "elbo",
-                           **({} if job["mode"] == "set_bound" else {"dropout": 0.0}))
+                           **({} if job["mode"] == "set_bound" else {"dropout": 0.0, "hidden": [256]}))
             if job["mode"] == "shortlist":
                 options["num_candidates"] = job["candidates"]
                 if "num_candidates" in inspect.signature(guard_training_memory).parameters:

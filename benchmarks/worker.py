@@ -220,7 +220,7 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
                    slot_layout="joint" if name in JOINT_VARIANTS else "per_slot",
                    fit_objective="set_bound" if job["mode"] == "set_bound" else "elbo")
     if job["mode"] != "set_bound":  # the ELBO modes as they were measured before (and as torch_reference computes)
-        options["dropout"] = 0.0
+        options.update(dropout=0.0, hidden=[256])
     if job["mode"] == "shortlist":
         options["num_candidates"] = job["candidates"]
     clf = SDLGMClassifier(K, L0, **options)

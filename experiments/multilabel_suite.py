@@ -14,7 +14,7 @@ Methods (the ``method`` column):
   label sets are ``predict``'s (the F1-optimal sets) and its count ``predict_count``'s.
 - ``sdlgm_count``: the same model's top-``L_hat`` labels (``decision="count"``).
 - ``sdlgm_elbo``: the defaults before the set bound (the label-aware guide's ELBO, per-slot
-  logits, no dropout, greedy ranking, top-``L_hat`` labels, uncalibrated count), with the
+  logits, hidden (256,), no dropout, greedy ranking, top-``L_hat`` labels, uncalibrated count), with the
   config's ``elbo`` section; the next three start from it.
 - ``sdlgm_enumerate``: the same with ``sparsity_inference="enumerate", objective="relaxed"``.
 - ``sdlgm_shared``: the same with ``per_slot=False`` (one slot logit vector shared by the
@@ -190,8 +190,8 @@ def tune_threshold(Y_val, probs: np.ndarray, grid: np.ndarray) -> float:
 
 ELBO_VARIANTS = ("sdlgm_elbo", "sdlgm_enumerate", "sdlgm_shared", "sdlgm_shortlist")
 #: the classifier's defaults before the set bound: the ELBO variants start from these
-ELBO_DEFAULTS = {"fit_objective": "elbo", "per_slot": True, "dropout": 0.0, "ranking": "greedy", "decision": "count",
-                 "calibrate_count": False}
+ELBO_DEFAULTS = {"fit_objective": "elbo", "per_slot": True, "hidden": [256], "dropout": 0.0, "ranking": "greedy",
+                 "decision": "count", "calibrate_count": False}
 
 
 def sdlgm_options(settings: dict, variant: str, num_labels: int) -> dict:

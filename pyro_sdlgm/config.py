@@ -379,9 +379,9 @@ class ClassifierConfig(_Section):
     fit_objective: str = "set_bound"  # "set_bound" (observed count and label set) | "elbo" (label-aware guide)
     guide: str = "label_aware"  # "label_aware" | "prior_as_guide" (fit_objective = "elbo" only)
     per_slot: bool = False  # one slot logit vector per slot (fit_objective = "elbo" only)
-    hidden: tuple[int, ...] = (256,)
+    hidden: tuple[int, ...] = (512,)
     activation: str = "relu"
-    dropout: float = 0.5  # after each hidden layer of the prior network, in training
+    dropout: float = 0.7  # after each hidden layer of the prior network, in training
     label_noise: float = 1e-3
     ranking: str = "inclusion"  # "inclusion" (P(label in S | x)) | "greedy" (slot picks first)
     decision: str = "f1"  # predict(): "f1" (F1-optimal sets) | "count" (top-L_hat labels)
