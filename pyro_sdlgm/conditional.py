@@ -21,7 +21,9 @@ empty, so ``Trace_ELBO`` is exactly ``-log p(L_i = |y_i| | x_i) - log |y_i|! - s
 log p_k(x_i)``. That is a lower bound on the log-likelihood of the noiseless model with
 Plackett-Luce (without-replacement) slots, needs no Monte-Carlo draw, costs ``N x K`` per
 batch (the MLP's cost) and is consistent for precision@k (see ``DistinctDraws``); it needs
-shared slot logits (``per_slot=False``) and no shortlist. ``"elbo"`` is the relaxed
+shared slot logits (``per_slot=False``). With ``candidates`` the label set is scored under
+the slot distribution truncated to each row's shortlist (true labels, hard negatives, random
+negatives), which trades that consistency for training on the confusable labels. ``"elbo"`` is the relaxed
 two-step process with the label-aware guide described above (the slot sites are sampled;
 ``sparsity_inference``, ``objective``, ``slot_selection``, ``slot_layout`` and
 ``num_candidates`` apply). Prediction is the same for both: the ``x``-only networks.
@@ -189,9 +191,7 @@ class ConditionalSDLGMModel(PyroModule):
         and ``y`` is returned.
         """
         if self.fit_objective == "set_bound" and y is not None:
-            if candidates is not None:
-                raise ConfigError("fit_objective='set_bound' takes no candidates (it scores all K labels)")
-            return self.observe_set(x, y, num_data)
+            return self.observe_set(x, y, num_data, candidates)
         params = restrict_to_candidates(self.prior_params(x), candidates)
         if y is not None and candidates is not None:
             y = y.gather(-1, candidates)
@@ -205,17 +205,22 @@ class ConditionalSDLGMModel(PyroModule):
         return support
 
 
-    def observe_set(self, x: torch.Tensor, y: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+    def observe_set(self, x: torch.Tensor, y: torch.Tensor, num_data: int | None = None,
+                    candidates: torch.Tensor | None = None) -> torch.Tensor:
         """The set bound's sites: ``sparsity`` observed at the level of ``|y_i|`` (categorical
         over the levels) and ``obs`` observed at ``y_i`` (:class:`DistinctDraws` of the shared
-        slot logits ``(N, K)``).
+        slot logits ``(N, K)``; with ``candidates`` ``(N, C)``, of the logits and labels gathered
+        on them: the slot distribution truncated to each row's shortlist, whose hard negatives
+        make the bound a sampled-softmax-style approximation).
 
         Raises:
             DataError: a row whose count is not a level (more than ``L0`` labels, or none
                 without ``include_zero``).
         """
-        params = self.prior_params(x)
+        params = restrict_to_candidates(self.prior_params(x), candidates)
         counts = y.sum(-1).round().long()
+        if candidates is not None:
+            y = y.gather(-1, candidates)
         spec = self.spec
         low, high = int(counts.min()), int(counts.max())
         if low < spec.min_level or high > spec.max_sparsity:

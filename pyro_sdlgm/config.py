@@ -389,10 +389,16 @@ class ClassifierConfig(_Section):
     sparsity_inference: str = "relaxed"
     objective: str = "discrete_kl"
     slot_selection: str = "without_replacement"
-    # None: full mode (slots over all K labels); C with max_labels <= C <= K: shortlist mode
-    # (slots over C candidates per row; fit_objective = "elbo" and per_slot = false). See SDLGMClassifier.
-    num_candidates: int | None = None
+    # "auto": 40 or 2 x max_labels with the set bound (when fewer than K), else None; None: full mode
+    # (slots over all K labels); C with max_labels <= C <= K: shortlist mode (slots over C candidates
+    # per row; per_slot = false). See SDLGMClassifier.
+    num_candidates: int | str | None = "auto"
     slot_layout: str = "per_slot"  # "per_slot" | "joint" (see ModelSpec)
+
+    def validate(self):
+        if isinstance(self.num_candidates, str) and self.num_candidates != "auto":
+            raise ConfigError(f"classifier.num_candidates must be an integer, 'auto' or none, got "
+                              f"{self.num_candidates!r}")
 
 
 MULTILABEL_FORMATS = ("yeast", "arff", "xmc", "svmlight")

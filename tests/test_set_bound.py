@@ -106,11 +106,44 @@ def test_set_bound_loss_is_the_closed_form_and_the_guide_places_no_site():
         model(x, torch.tensor([[1, 1, 1, 1, 0]] * 4, dtype=torch.float32))
 
 
-def test_set_bound_refuses_per_slot_logits_and_shortlists():
+def test_set_bound_on_a_shortlist_scores_the_truncated_slot_distribution():
+    spec = ModelSpec(6, 10, 3, binary=True)
+    pyro.set_rng_seed(1)
+    model = ConditionalSDLGMModel(spec, per_slot=False, hidden=[8], fit_objective="set_bound")
+    guide = ObservedSupportGuide(model)
+    x = torch.randn(5, 6)
+    y = torch.zeros(5, 10)
+    y[torch.arange(5), torch.arange(5)] = 1.0
+    y[:2, 9] = 1.0
+    candidates = model.candidates(x, y, 4)
+    assert (y.gather(-1, candidates).sum(-1) == y.sum(-1)).all()  # every true label is a candidate
+    loss = Trace_ELBO().loss(model, guide, x, y, candidates=candidates)
+    params = model.prior_params(x)
+    counts = y.sum(-1).long()
+    logits = params.slot_logits[:, 0].gather(-1, candidates)
+    expected = -(params.sparsity_logits.log_softmax(-1)[torch.arange(5), counts - 1] + torch.lgamma(counts + 1.0)
+                 + (y.gather(-1, candidates) * logits.log_softmax(-1)).sum(-1)).sum()
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+def test_auto_candidates():
+    from pyro_sdlgm.classifier import auto_candidates
+
+    assert auto_candidates("set_bound", 159, 28) == 56
+    assert auto_candidates("set_bound", 159, 10) == 40
+    assert auto_candidates("set_bound", 14, 11) is None  # as many as the labels: all of them
+    assert auto_candidates("elbo", 159, 10) is None
+    X, Y, _ = count_data(120, np.random.default_rng(5), K=60)
+    clf = SDLGMClassifier(60, hidden=[16])
+    clf.fit(X, Y, **FAST)
+    assert clf.params["num_candidates"] == 40 and clf.shortlist
+
+
+def test_set_bound_refuses_per_slot_logits():
     with pytest.raises(ConfigError, match="per_slot=False"):
         SDLGMClassifier(8, 4, per_slot=True)
-    with pytest.raises(ConfigError, match="shortlist mode.*fit_objective='elbo'"):
-        SDLGMClassifier(8, 4, num_candidates=6)
+    with pytest.raises(ConfigError, match="num_candidates must be an integer, 'auto' or None"):
+        SDLGMClassifier(8, 4, num_candidates="many")
     for key, value in (("decision", "top"), ("ranking", "best"), ("fit_objective", "mle"), ("dropout", 1.0),
                        ("include_zero", "yes"), ("calibrate_count", 1)):
         with pytest.raises(ConfigError, match=key):

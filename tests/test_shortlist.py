@@ -20,7 +20,7 @@ from test_classifier import count_data
 
 from pyro_sdlgm import ConfigError, SDLGMClassifier
 from pyro_sdlgm.checkpoint import list_checkpoints
-from pyro_sdlgm.classifier import shared_inclusion
+from pyro_sdlgm.classifier import LEGACY_PARAMS, shared_inclusion
 from pyro_sdlgm.cli import main
 from pyro_sdlgm.conditional import build_conditional, shortlist_candidates
 from pyro_sdlgm.config import ClassifierConfig
@@ -213,9 +213,9 @@ def test_options_are_checked():
     with pytest.raises(ConfigError, match="num_candidates=41 must lie between max_labels=4 and num_labels=40"):
         SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=41)
     for bad in (True, 12.0, "12"):
-        with pytest.raises(ConfigError, match="num_candidates must be an integer or None"):
+        with pytest.raises(ConfigError, match="num_candidates must be an integer, 'auto' or None"):
             SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=bad)
-    assert ClassifierConfig().num_candidates is None
+    assert ClassifierConfig().num_candidates == "auto"
     with pytest.raises(ConfigError, match="classifier.num_candidates"):
         ClassifierConfig(num_candidates="many")
 
@@ -230,8 +230,8 @@ def fitted():
     rng = np.random.default_rng(0)
     X, Y = label_data(1000, rng)
     X_test, Y_test = label_data(300, rng)
-    clf = SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=12, hidden=[64],
-                          decision="count")
+    clf = SDLGMClassifier(40, 4, per_slot=False, num_candidates=12, hidden=[64],
+                          **LEGACY_PARAMS)  # the ELBO's shortlist mode as it was measured
     clf.fit(X, Y, epochs=30, batch_size=64, learning_rate=3e-3, progress=False, seed=0)
     return clf, X_test, Y_test
 

@@ -20,7 +20,7 @@ if opts.get("idf"):
     X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-8); Xt = Xt / np.maximum(np.linalg.norm(Xt, axis=1, keepdims=True), 1e-8)
 X, Xt = X.astype(np.float32), Xt.astype(np.float32)
 L0 = opts.get("L0", 10 if data == "bibtex" else 14)
-fit_rows, val_rows = validation_split(len(X), 0.1, seed)
+fit_rows, val_rows = validation_split(len(X), opts.get("valfrac", 0.1), seed)
 torch.manual_seed(seed)
 D, K = X.shape[1], Y.shape[1]
 H = opts.get("hidden", 256); drop = opts.get("dropout", 0.0); in_drop = opts.get("input_dropout", 0.0)
