@@ -162,7 +162,9 @@ def main(argv=None) -> int:
            "epochs": len(history), "train_seconds": round(seconds, 1), "temperature": temperature,
            "count_accuracy": float((counts == truth).mean()), "constant_count_accuracy": float((truth == constant).mean()),
            "ece_raw": ece(probs_raw, levels, truth), "ece_cal": ece(probs_cal, levels, truth),
-           "nll_raw": count_nll(logits, levels, truth), "nll_cal": count_nll(scaled, levels, truth)}
+           "nll_raw": count_nll(logits, levels, truth), "nll_cal": count_nll(scaled, levels, truth),
+           "val_p@1": multilabel_report(Y[val_rows], top_k_sets(val["greedy"], levels[val["count_logits"].argmax(-1)]),
+                                        val["greedy"])["p@1"]}
     for ranking in ("greedy", "inclusion"):
         scores = out[ranking]
         report = multilabel_report(Y_test, top_k_sets(scores, counts), scores, inv_propensities=inv)

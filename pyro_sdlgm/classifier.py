@@ -270,8 +270,14 @@ class SDLGMClassifier:
         return self.params.get("num_candidates") is not None
 
     def _batch_kwargs(self, batch: tuple) -> dict:
-        """The Trainer's per-batch extra arguments: ``candidates`` ``(N, C)`` in shortlist mode."""
-        if not self.shortlist:
+        """The Trainer's per-batch extra arguments: ``candidates`` ``(N, C)`` in shortlist mode.
+
+        With the set bound the shortlist is for the training steps only: validation (the model
+        in eval mode) scores the full bound over all ``K`` labels, the objective early stopping
+        should follow (its batch costs ``N x K`` either way). The ELBO's shortlist mode, meant
+        for label spaces too wide for that, validates on shortlists too.
+        """
+        if not self.shortlist or (self.params["fit_objective"] == "set_bound" and not self.model.training):
             return {}
         x, y = batch
         return {"candidates": self.model.candidates(x, y, self.params["num_candidates"])}

@@ -137,6 +137,12 @@ def test_auto_candidates():
     clf = SDLGMClassifier(60, hidden=[16])
     clf.fit(X, Y, **FAST)
     assert clf.params["num_candidates"] == 40 and clf.shortlist
+    # the shortlist is for training steps; validation (eval mode) scores the full bound
+    batch = (torch.tensor(X[:8]), torch.tensor(Y[:8], dtype=torch.float32))
+    clf.model.train()
+    assert clf._batch_kwargs(batch)["candidates"].shape == (8, 40)
+    clf.model.eval()
+    assert clf._batch_kwargs(batch) == {}
 
 
 def test_set_bound_refuses_per_slot_logits():
