@@ -5,7 +5,7 @@
 
 Draws a seeded synthetic tagging data set (each label has its own words; a row's words come
 from its labels and a background, as tf-idf features: scipy CSR), then, each in a fresh
-process with one thread: ``SDLGMClassifier(num_labels=K).fit(X, Y)`` with the defaults and the
+process (torch's default threads unless ``--threads``): ``SDLGMClassifier(num_labels=K).fit(X, Y)`` with the defaults and the
 MLP baseline of ``experiments/multilabel_suite.py`` (same hidden sizes, binary cross-entropy).
 Reports wall time, the increase of peak resident memory during training, epochs and test P@1,
 in ``multilabel_scale.json`` and ``multilabel_scale.md`` under ``--out``.
@@ -28,12 +28,14 @@ REPO = HERE.parent
 TARGETS = {"seconds": 300.0, "peak_gb": 4.0}
 
 
-def tagging_data(rows: int, features: int, labels: int, max_count: int, seed: int = 0, words_per_row: int = 60):
+def tagging_data(rows: int, features: int, labels: int, max_count: int, seed: int = 0, words_per_row: int = 40,
+                 tagged_share: float = 0.25):
     """``(X, Y)``: tf-idf features ``(rows, features)`` and 0/1 labels ``(rows, labels)``, both CSR.
 
     Label popularity is Zipf-like; a row has ``1 + Poisson(2)`` labels, capped at ``max_count``
     (a few rows are given ``max_count`` labels so the cap is reached). Each label owns 20 words;
-    60% of a row's words come from its labels' words, the rest uniformly from the vocabulary.
+    a ``tagged_share`` of a row's words come from its labels' words, the rest uniformly from the
+    vocabulary.
     """
     import scipy.sparse
     from sklearn.feature_extraction.text import TfidfTransformer
@@ -49,7 +51,7 @@ def tagging_data(rows: int, features: int, labels: int, max_count: int, seed: in
         chosen = rng.choice(labels, size=c, replace=False, p=popularity)
         label_rows += [i] * c
         label_cols += chosen.tolist()
-        tagged = rng.random(words_per_row) < 0.6
+        tagged = rng.random(words_per_row) < tagged_share
         words = np.where(tagged, own_words[rng.choice(chosen, words_per_row), rng.integers(0, 20, words_per_row)],
                          rng.integers(0, features, words_per_row))
         word_rows += [i] * words_per_row
@@ -68,7 +70,8 @@ def _run(job: dict, queue) -> None:
     sys.path.insert(0, str(REPO / "experiments"))
     import torch
 
-    torch.set_num_threads(1)
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
     from suite_common import PeakMemory
 
     from pyro_sdlgm import SDLGMClassifier
@@ -114,10 +117,12 @@ def measure(job: dict) -> dict:
 
 
 def report(results: list[dict], args) -> str:
+    threads = args.threads or "torch's default number of"
     lines = [f"# Multi-label training at scale ({args.rows:,} rows, {args.features:,} tf-idf features, "
              f"{args.labels} labels, up to {args.max_count} a row)", "",
              f"Command: `python benchmarks/multilabel_scale.py --rows {args.rows} --features {args.features} "
-             f"--labels {args.labels} --max-count {args.max_count}`; one fresh process per row, 1 thread; "
+             f"--labels {args.labels} --max-count {args.max_count} --threads {args.threads}`; one fresh process per "
+             f"row, {threads} threads; "
              f"{platform.processor() or platform.machine()}, {multiprocessing.cpu_count()} CPUs. Train on the "
              "first 80% of the rows, test on the rest.", "",
              "| method | train s | peak increase (GB) | epochs | test P@1 | target |", "|---|---:|---:|---:|---:|---|"]
@@ -140,12 +145,13 @@ def main(argv=None) -> int:
     parser.add_argument("--max-count", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=["sdlgm", "mlp"], choices=["sdlgm", "mlp"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     results = []
     for method in args.methods:
         job = dict(method=method, rows=args.rows, features=args.features, labels=args.labels,
-                   max_count=args.max_count, seed=args.seed)
+                   max_count=args.max_count, seed=args.seed, threads=args.threads)
         results.append(measure(job))
         print(json.dumps(results[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

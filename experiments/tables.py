@@ -18,6 +18,7 @@ UNSUPERVISED = ["recon", "test_elbo", "mean_nnz", "max_nnz", "codes_over_L0", "u
                 "count_entropy", "l_hat_equals_best",
                 "epochs", "train_seconds", "train_peak_mb"]
 MULTILABEL = ["p@1", "p@3", "ndcg@3", "psp@3", "example_f1", "micro_f1", "macro_f1", "count_accuracy", "count_mae",
+              "count_ece",
               "train_seconds", "train_peak_mb"]
 
 

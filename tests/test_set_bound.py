@@ -16,21 +16,9 @@ from pyro_sdlgm.classifier import LEGACY_PARAMS, SDLGMClassifier, f1_optimal_set
 from pyro_sdlgm.conditional import ConditionalSDLGMModel, ObservedSupportGuide
 from pyro_sdlgm.distributions import DistinctDraws
 from pyro_sdlgm.spec import ModelSpec
+from test_classifier import count_data
 
 FAST = dict(epochs=3, batch_size=32, progress=False, seed=0)
-
-
-def count_data(n, rng, K=8, D=20, L0=4):
-    """Labels: the L_i highest of a fixed random projection of x; L_i is coded by x_0."""
-    counts = rng.integers(1, L0 + 1, n)
-    W = np.random.default_rng(99).normal(size=(D, K))
-    X = rng.normal(size=(n, D)).astype(np.float32)
-    X[:, 0] = counts + 0.1 * rng.normal(size=n)
-    order = np.argsort(-(X @ W), axis=1)
-    Y = np.zeros((n, K), np.int8)
-    for i, c in enumerate(counts):
-        Y[i, order[i, :c]] = 1
-    return X, Y, counts
 
 
 # -- DistinctDraws ---------------------------------------------------------------------------
