@@ -145,6 +145,8 @@ def library_estimate(job: dict) -> dict | None:
                 options["num_candidates"] = job["candidates"]
                 if "num_candidates" in inspect.signature(guard_training_memory).parameters:
                     extra["num_candidates"] = job["candidates"]
+            elif job["mode"] == "set_bound":
+                extra["num_candidates"] = 0  # as SDLGMClassifier.fit estimates it: no slot tensor
             model, guide = SDLGMClassifier(job["K"], job["L0"], **options)._networks()
         estimate = guard_training_memory(model, guide, config, job["num_data"], 0, **extra)
     return {"total_bytes": estimate.total, "parameters_bytes": estimate.parameters,

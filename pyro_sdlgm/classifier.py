@@ -266,8 +266,9 @@ class SDLGMClassifier:
 
     @property
     def shortlist(self) -> bool:
-        """True in shortlist mode (``num_candidates`` set)."""
-        return self.params.get("num_candidates") is not None
+        """True in shortlist mode (``num_candidates`` a number; ``"auto"`` is decided at ``fit``)."""
+        candidates = self.params.get("num_candidates")
+        return candidates is not None and candidates != "auto"
 
     def _batch_kwargs(self, batch: tuple) -> dict:
         """The Trainer's per-batch extra arguments: ``candidates`` ``(N, C)`` in shortlist mode.
