@@ -17,7 +17,7 @@ import torch
 from .arrays import dense_numeric_2d
 from .checkpoint import atomic_save, load_checkpoint
 from .config import ClassifierConfig as C
-from .config import TrainConfig, from_dict
+from .config import CLASSIFIER_LEGACY, TrainConfig, from_dict
 from .conditional import build_conditional
 from .exceptions import CheckpointError, ConfigError, DataError, NotFittedError
 from .guides import GuideParams
@@ -42,8 +42,7 @@ DECISIONS = ("f1", "count")
 F1_CANDIDATES = 50
 #: constructor arguments added after the first checkpoints, with the value that reproduces those
 #: checkpoints' behaviour (a checkpoint without them loads with these)
-LEGACY_PARAMS = {"fit_objective": "elbo", "dropout": 0.0, "ranking": "greedy", "calibrate_count": False,
-                 "decision": "count"}
+LEGACY_PARAMS = dict(CLASSIFIER_LEGACY)
 
 
 def _as_matrix(A, name: str) -> scipy.sparse.csr_matrix:
@@ -85,6 +84,40 @@ def shared_inclusion(gates: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     for index in range(gates.shape[-1]):
         remaining.mul_(1.0 - gates[:, index:index + 1] * probs)
     return 1.0 - remaining
+
+
+def distinct_draw_inclusion(probs: torch.Tensor, max_count: int, rest: torch.Tensor | None = None,
+                            steps: int = 30) -> torch.Tensor:
+    """``P(k in S | L = l)`` for ``l = 1..max_count`` distinct draws (successive sampling, the
+    Plackett-Luce slots) from one distribution, approximated as ``1 - (1 - p_k)^t_l`` with
+    ``t_l`` chosen so that the inclusion probabilities add up to ``l`` (the approximation of
+    Hajek and Rosen for successive sampling; exact for ``l = 1`` and in the small-``p`` limit).
+    Drawing with replacement (``t_l = l``) would add up to less than ``l``, the more so the
+    more confident the model.
+
+    Args:
+        probs: ``(N, C)`` the probabilities of the ``C`` labels considered.
+        max_count: ``L0``.
+        rest: ``(N,)`` the probability mass outside them (default 0), whose inclusion is
+            counted as linear in ``t``.
+        steps: Newton steps for ``t`` (``f(t) = sum_k (1 - (1 - p_k)^t) + t rest - l`` is
+            concave and increasing and ``f(l) <= 0``, so the steps from ``t = l`` rise
+            monotonically to the root).
+
+    Returns:
+        ``(N, L0, C)``.
+    """
+    keep = (1.0 - probs).clamp(min=1e-6, max=1.0).double()  # (N, C): 1 - p, away from 0 for the log
+    log_keep = keep.log()
+    rest = torch.zeros(probs.shape[0], dtype=keep.dtype, device=probs.device) if rest is None else rest.double()
+    target = torch.arange(1, max_count + 1, dtype=keep.dtype, device=probs.device).expand(probs.shape[0], -1)
+    t = target.clone()  # (N, L0)
+    for _ in range(steps):
+        power = keep.unsqueeze(1) ** t.unsqueeze(-1)  # (N, L0, C)
+        value = (1.0 - power).sum(-1) + t * rest.unsqueeze(-1) - target
+        slope = -(power * log_keep.unsqueeze(1)).sum(-1) + rest.unsqueeze(-1)
+        t = (t - value / slope.clamp(min=1e-12)).clamp(max=1e6)
+    return (1.0 - keep.unsqueeze(1) ** t.unsqueeze(-1)).to(probs.dtype)
 
 
 def f1_optimal_sets(count_probs: torch.Tensor, levels: torch.Tensor, conditional: torch.Tensor,
@@ -159,7 +192,7 @@ class SDLGMClassifier:
         on_overflow: what to do with training rows that have more than ``L0`` labels:
             ``"error"`` (default) or ``"truncate"`` (keep the ``L0`` labels that are most
             frequent in the training data; logged with the number of rows affected).
-        fit_objective: ``"set_bound"`` (default; needs ``per_slot=False`` and no shortlist) or
+        fit_objective: ``"set_bound"`` (default; needs ``per_slot=False``) or
             ``"elbo"`` (the label-aware guide's ELBO over the sampled slots).
         guide: with ``"elbo"``: ``"label_aware"`` (``q(L, labels | x, y)``) or
             ``"prior_as_guide"`` (ablation). Not used by the set bound.
@@ -167,7 +200,9 @@ class SDLGMClassifier:
         hidden, activation: MLP sizes of the prior network and the guide.
         dropout: dropout rate after each hidden layer of the prior network, in training.
         label_noise: ``eps`` in ``y ~ Bernoulli(eps + (1 - 2 eps) s)`` (``"elbo"``).
-        ranking: ``"inclusion"`` (default: labels by ``P(k in S | x) = 1 - prod_l (1 - g_l p_lk)``)
+        ranking: ``"inclusion"`` (default: labels by ``1 - prod_l (1 - g_l p_lk)``, the inclusion
+            probability with the slots taken as independent; with shared slots it orders the labels
+            as ``p_k`` does)
             or ``"greedy"`` (the zero-temperature slot picks first, in slot order, then inclusion).
         decision: the label sets of :meth:`predict`: ``"f1"`` (default: the plug-in
             F1-optimal set of Dembczynski et al. 2011 under the model's joint distribution of the
@@ -221,6 +256,8 @@ class SDLGMClassifier:
             if not isinstance(value, bool) and not (key == "include_zero" and value is None):
                 raise ConfigError(f"{key} must be true or false{' or None' if key == 'include_zero' else ''}, "
                                   f"got {value!r}")
+        if num_candidates == "all":
+            num_candidates = None
         if num_candidates is not None and num_candidates != "auto":
             num_candidates = self._check_candidates(num_candidates, num_labels, max_labels or 1, per_slot)
         self._requested = {"max_labels": max_labels, "include_zero": include_zero, "num_candidates": num_candidates}
@@ -253,7 +290,7 @@ class SDLGMClassifier:
     @staticmethod
     def _check_candidates(num_candidates, num_labels: int, max_labels: int, per_slot) -> int:
         if isinstance(num_candidates, bool) or not isinstance(num_candidates, numbers.Integral):
-            raise ConfigError(f"num_candidates must be an integer, 'auto' or None, got {num_candidates!r}")
+            raise ConfigError(f"num_candidates must be an integer, 'auto', 'all' or None, got {num_candidates!r}")
         num_candidates = int(num_candidates)
         if not max_labels <= num_candidates <= num_labels:
             raise ConfigError(f"num_candidates={num_candidates} must lie between max_labels={max_labels} and "
@@ -423,15 +460,36 @@ class SDLGMClassifier:
             overwrite: replace the checkpoints and metrics an earlier run left in ``run_dir``.
             **train_options: fields of :class:`pyro_sdlgm.config.TrainConfig`.
 
-        In shortlist mode (``num_candidates``) each batch draws its candidates once for the
-        model and the guide; the history's ``train_loss`` and ``val_loss`` are then the
-        shortlist ELBO (truncated slot distributions, without the constant
-        ``(K - C) log(1 - eps)`` per row of the labels outside the shortlist), and the
-        validation candidates are drawn under the validation seed, so ``val_loss`` stays
-        comparable across epochs.
+        In shortlist mode (``num_candidates``) each training batch draws its candidates once
+        for the model and the guide, and ``train_loss`` is the shortlist objective. With the
+        set bound, ``val_loss`` is the full bound over all labels. With the ELBO it is the
+        shortlist ELBO too (truncated slot distributions, without the constant
+        ``(K - C) log(1 - eps)`` per row of the labels outside the shortlist), its validation
+        candidates drawn under the validation seed, so ``val_loss`` stays comparable across epochs.
         """
         cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGMClassifier.fit()")
         check_run_dir(run_dir, resume, overwrite)
+        previous = dict(self.params)
+        try:
+            X, Y, val = self._prepare(X, Y, validation_data, cfg)
+        except Exception:
+            self.params = previous  # a refused fit leaves the classifier (and its fitted model) as it was
+            raise
+        pyro.set_rng_seed(cfg.seed)
+        self.model = self.guide = None  # free the current networks before building the fresh ones
+        self._build()
+        self.history_ = Trainer(self.model, self.guide, cfg, batch_kwargs=self._batch_kwargs).fit(
+            (X, Y), val, run_dir, resume=resume, overwrite=overwrite, identity={"classifier": dict(self.params)})
+        self.train_config = cfg
+        self.count_temperature_ = 1.0
+        if self.params["calibrate_count"] and val is not None:
+            self.count_temperature_ = self._fit_count_temperature(*val, cfg.eval_batch_size)
+        return self.history_
+
+    def _prepare(self, X, Y, validation_data, cfg: TrainConfig) -> tuple:
+        """Check the data, decide what is left to it (``input_dim``, ``max_labels``, ``include_zero``,
+        ``num_candidates``), apply the overflow policy, hold out the validation rows and check the
+        memory: ``(X, Y, val)`` with ``val`` None or ``(X_val, Y_val)``, all CSR."""
         X = _as_matrix(X, "X")
         # the width given at construction, or that of the data (inferred anew at each fit)
         self.params["input_dim"] = self._fixed_input_dim or int(X.shape[1])
@@ -457,26 +515,23 @@ class SDLGMClassifier:
         with torch.device("meta"):  # sizes only: refuse a configuration that cannot fit before allocating it
             guard_training_memory(*self._networks(), cfg, X.shape[0], 0 if val is None else val[0].shape[0],
                                   num_candidates=candidates)
-        pyro.set_rng_seed(cfg.seed)
-        self.model = self.guide = None  # free the current networks before building the fresh ones
-        self._build()
-        self.history_ = Trainer(self.model, self.guide, cfg, batch_kwargs=self._batch_kwargs).fit(
-            (X, Y), val, run_dir, resume=resume, overwrite=overwrite, identity={"classifier": dict(self.params)})
-        self.train_config = cfg
-        self.count_temperature_ = 1.0
-        if self.params["calibrate_count"] and val is not None:
-            self.count_temperature_ = self._fit_count_temperature(*val, cfg.eval_batch_size)
-        return self.history_
+        return X, Y, val
 
     @torch.no_grad()
     def _fit_count_temperature(self, X_val, Y_val, batch_size: int) -> float:
         """The temperature ``T`` that minimizes the validation rows' mean ``-log softmax(logits / T)[count]``
-        (bounded 1-D search over ``log T`` in ``[-4, 4]``, scipy's ``minimize_scalar``)."""
+        (bounded 1-D search over ``log T`` in ``[-4, 4]``, scipy's ``minimize_scalar``), over the rows
+        whose count is one of the model's levels."""
         from scipy.optimize import minimize_scalar
 
         self.count_temperature_ = 1.0
         logits = torch.cat([p.sparsity_logits.cpu() for p in self._prior_params(X_val, batch_size, "fit")]).double()
         target = torch.as_tensor(np.diff(Y_val.indptr) - self.spec.min_level, dtype=torch.long)
+        in_range = (target >= 0) & (target < self.spec.num_levels)  # rows without a label under the ELBO
+        if not bool(in_range.any()):
+            logger.warning("no validation row has a count the model can hold: the count stays uncalibrated")
+            return 1.0
+        logits, target = logits[in_range], target[in_range]
 
         def nll(log_t: float) -> float:
             return float(torch.nn.functional.cross_entropy(logits / np.exp(log_t), target))
@@ -504,7 +559,8 @@ class SDLGMClassifier:
 
         At prediction time labels are unknown, so this is the distribution of the ``x``-only
         networks (the count network ``p(L_i | x_i)`` and the slot networks), which training
-        fits to the label-aware posterior. Same groups as :meth:`pyro_sdlgm.SDLGM.posterior`
+        fits to the observed counts and label sets (the set bound) or to the label-aware
+        posterior (the ELBO). Same groups as :meth:`pyro_sdlgm.SDLGM.posterior`
         (``sparsity`` draws are label counts, ``inclusion_probs`` ``(N, K)`` label
         probabilities); with ``Y`` ``(N, K)``, ``observed_data.label_count`` holds the true
         counts (for :func:`pyro_sdlgm.inspection.count_calibration`).
@@ -545,8 +601,8 @@ class SDLGMClassifier:
         )
 
     def _ranking(self, params: GuideParams) -> torch.Tensor:
-        """Scores ``(N, K)`` in ``[0, 1]`` (``ranking="inclusion"``): ``P(k in S | x) = 1 - prod_l (1 - g_l p_lk)``,
-        the probability that a slot in use selects label ``k``; or (``"greedy"``) the labels the
+        """Scores ``(N, K)`` in ``[0, 1]`` (``ranking="inclusion"``): ``1 - prod_l (1 - g_l p_lk)``,
+        the probability that a slot in use selects label ``k`` with the slots taken as independent; or (``"greedy"``) the labels the
         zero-temperature slot selection picks (slots 1..L0, in order) first, the rest by inclusion.
 
         With shared slot logits the inclusion probability is accumulated one slot at a time,
@@ -598,11 +654,14 @@ class SDLGMClassifier:
         if self.params.get("decision", "count") == "f1":
             scores = self._ranking(params)
             labels = scores.topk(min(spec.latent_dim, max(F1_CANDIDATES, 5 * spec.max_sparsity)), dim=-1).indices
-            n, heads = labels.shape[0], params.slot_logits.shape[1]  # heads: 1 (shared) or L0
+            heads = params.slot_logits.shape[1]  # 1 (shared) or L0
             probs = params.slot_logits.softmax(-1)
-            picked = probs.gather(-1, labels.unsqueeze(1).expand(-1, heads, -1))
-            picked = picked.expand(n, spec.max_sparsity, -1)  # (N, L0, C), never (N, L0, K)
-            conditional = 1.0 - torch.cumprod(1.0 - picked, dim=1)  # P(k in S | L = l + 1)
+            picked = probs.gather(-1, labels.unsqueeze(1).expand(-1, heads, -1))  # (N, heads, C), never (N, L0, K)
+            if heads == 1:  # l distinct draws from one distribution
+                conditional = distinct_draw_inclusion(picked[:, 0], spec.max_sparsity,
+                                                      (1.0 - picked[:, 0].sum(-1)).clamp(min=0.0))
+            else:  # slot l draws from its own distribution (taken as independent of the others)
+                conditional = 1.0 - torch.cumprod(1.0 - picked, dim=1)  # P(k in S | L = l + 1)
             return f1_optimal_sets(params.sparsity_logits.softmax(-1), levels, conditional, labels, spec.latent_dim)
         if self.params.get("ranking", "greedy") == "greedy":
             return self.guide.hard_code(params)[0].to(torch.int8)

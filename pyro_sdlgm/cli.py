@@ -140,7 +140,8 @@ def _train_config(args, runs):
         raise CheckpointError(f"cannot resume {args.resume!r}: no such folder")
     if not (folder / runs.CONFIG_FILE).is_file():
         raise CheckpointError(f"cannot resume {args.resume!r}: it is not a run folder (no {runs.CONFIG_FILE})")
-    return load_run_config(folder / runs.CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}", *threads])
+    return load_run_config(folder / runs.CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}", *threads],
+                           run_folder=True)
 
 
 def _is_first_rank() -> bool:

@@ -17,8 +17,8 @@ so are the count ``L_i = |y_i|`` and, up to the label noise, the support. ``"set
 (the default) uses that: the model observes ``sparsity`` (a categorical over the levels, at
 ``|y_i|``) and ``obs`` (:class:`~pyro_sdlgm.distributions.DistinctDraws`: ``|y_i|`` draws
 from the shared slot distribution that are distinct and form ``y_i``), and the guide is
-empty, so ``Trace_ELBO`` is exactly ``-log p(L_i = |y_i| | x_i) - log |y_i|! - sum_{k in y_i}
-log p_k(x_i)``. That is a lower bound on the log-likelihood of the noiseless model with
+empty, so the ELBO (``Trace_ELBO``, or ``AnalyticKLELBO`` with the same value) is exactly
+``-log p(L_i = |y_i| | x_i) - log |y_i|! - sum_{k in y_i} log p_k(x_i)``. That is a lower bound on the log-likelihood of the noiseless model with
 Plackett-Luce (without-replacement) slots, needs no Monte-Carlo draw, costs ``N x K`` per
 batch (the MLP's cost) and is consistent for precision@k (see ``DistinctDraws``); it needs
 shared slot logits (``per_slot=False``). With ``candidates`` the label set is scored under

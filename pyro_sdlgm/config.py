@@ -389,15 +389,15 @@ class ClassifierConfig(_Section):
     sparsity_inference: str = "relaxed"
     objective: str = "discrete_kl"
     slot_selection: str = "without_replacement"
-    # "auto": 40 or 2 x max_labels with the set bound (when fewer than K), else None; None: full mode
+    # "auto": 40 or 2 x max_labels with the set bound (when fewer than K), else None; None or "all": full mode
     # (slots over all K labels); C with max_labels <= C <= K: shortlist mode (slots over C candidates
     # per row; per_slot = false). See SDLGMClassifier.
     num_candidates: int | str | None = "auto"
     slot_layout: str = "per_slot"  # "per_slot" | "joint" (see ModelSpec)
 
     def validate(self):
-        if isinstance(self.num_candidates, str) and self.num_candidates != "auto":
-            raise ConfigError(f"classifier.num_candidates must be an integer, 'auto' or none, got "
+        if isinstance(self.num_candidates, str) and self.num_candidates not in ("auto", "all"):
+            raise ConfigError(f"classifier.num_candidates must be an integer, 'auto' or 'all' (every label), got "
                               f"{self.num_candidates!r}")
 
 
@@ -566,13 +566,26 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+#: the classifier options added with the set bound, with the values that reproduce a run (or
+#: checkpoint) made before them; a run folder's config without ``fit_objective`` gets these
+CLASSIFIER_LEGACY = {"fit_objective": "elbo", "dropout": 0.0, "ranking": "greedy", "calibrate_count": False,
+                     "decision": "count"}
+
+
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), *, run_folder: bool = False) -> RunConfig:
     """Read a config file (or start from the defaults when ``path`` is None) and apply overrides.
+
+    ``run_folder``: the file is a run folder's resolved ``config.yaml``; one written before the
+    classifier's ``fit_objective`` existed gets :data:`CLASSIFIER_LEGACY` for its missing keys,
+    so that it resumes as it was trained.
 
     A :class:`ConfigError` names the file when the file alone is at fault, and the
     command-line overrides when the file is valid without them.
     """
     data = read_config_file(path) if path is not None else {}
+    if run_folder and data.get("task") == "multilabel" and isinstance(data.get("classifier"), dict) \
+            and "fit_objective" not in data["classifier"]:
+        data = {**data, "classifier": {**CLASSIFIER_LEGACY, **data["classifier"]}}
     where = f" in {str(path)!r}" if path is not None else ""
     try:
         return RunConfig.from_dict(apply_overrides(data, overrides), where)

@@ -367,7 +367,8 @@ class DistinctDraws(TorchDistribution):
     replacement (the Plackett-Luce slots of ``slot_selection="without_replacement"``), each
     ordering ``sigma`` has probability ``prod_j p_{sigma_j} / (1 - sum_{i < j} p_{sigma_i})``,
     at least ``prod_j p_{sigma_j}``, so ``log p(y)`` here is a lower bound on that model's
-    log-probability of the set, exact for draws with replacement. Its maximizer over
+    log-probability of the set; for draws with replacement it is exact for the event that the
+    ``|y|`` draws form ``y`` (a set can also arise from more draws with repeats). Its maximizer over
     ``softmax(logits)`` is ``p_k = E[y_k | x] / E[|y| | x]``, which orders the labels as their
     marginals do: the reduction is consistent for precision@k (the unnormalized
     pick-all-labels reduction of Menon et al., 2019).

@@ -191,7 +191,7 @@ def guard_training_memory(model, guide, config, num_train_rows: int, num_val_row
         min(config.eval_batch_size, num_val_rows), config.num_particles, num_candidates)
     describe = {"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
                 "latent_dim": spec.latent_dim, "max_sparsity": spec.max_sparsity}
-    if num_candidates is not None:
+    if num_candidates:  # 0: the classifier's set bound, which holds no slot tensor
         describe["num_candidates"] = num_candidates
     check_training_memory(estimate, device=resolve_device(config.device), limit_gb=config.memory_limit_gb,
                           describe={**describe, "parameters": parameters})

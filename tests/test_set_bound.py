@@ -12,7 +12,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 from pyro_sdlgm import ConfigError, DataError
-from pyro_sdlgm.classifier import LEGACY_PARAMS, SDLGMClassifier, f1_optimal_sets
+from pyro_sdlgm.classifier import LEGACY_PARAMS, SDLGMClassifier, distinct_draw_inclusion, f1_optimal_sets
 from pyro_sdlgm.conditional import ConditionalSDLGMModel, ObservedSupportGuide
 from pyro_sdlgm.distributions import DistinctDraws
 from pyro_sdlgm.spec import ModelSpec
@@ -136,7 +136,7 @@ def test_auto_candidates():
 def test_set_bound_refuses_per_slot_logits():
     with pytest.raises(ConfigError, match="per_slot=False"):
         SDLGMClassifier(8, 4, per_slot=True)
-    with pytest.raises(ConfigError, match="num_candidates must be an integer, 'auto' or None"):
+    with pytest.raises(ConfigError, match="num_candidates must be an integer, 'auto', 'all' or None"):
         SDLGMClassifier(8, 4, num_candidates="many")
     for key, value in (("decision", "top"), ("ranking", "best"), ("fit_objective", "mle"), ("dropout", 1.0),
                        ("include_zero", "yes"), ("calibrate_count", 1)):
@@ -262,3 +262,80 @@ def test_predict_decisions():
             chosen = set(sets[row].indices)
             assert chosen == set(top[row, :len(chosen)])
     assert (f1_sets != count_sets).nnz > 0  # the decisions differ somewhere
+
+
+def test_distinct_draw_inclusion_adds_up_to_the_count_and_matches_plackett_luce():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 6) * 1.5, -1)
+    inclusion = distinct_draw_inclusion(probs, 4)
+    assert inclusion.shape == (3, 4, 6)
+    assert torch.allclose(inclusion.sum(-1), torch.arange(1.0, 5.0).expand(3, -1), atol=1e-4)
+    assert torch.allclose(inclusion[:, 0], probs, atol=1e-5)  # one draw: exact
+    # against the exact inclusion probabilities of l = 2 Plackett-Luce draws (enumerated)
+    for row in range(3):
+        p = probs[row].double()
+        exact = torch.zeros(6, dtype=torch.float64)
+        for i, j in itertools.permutations(range(6), 2):
+            weight = p[i] * p[j] / (1 - p[i])
+            exact[i] += weight
+            exact[j] += weight
+        error = (inclusion[row, 1].double() - exact).abs()
+        with_replacement = (1 - (1 - p) ** 2 - exact).abs()
+        # an approximation: within 0.06 here (the largest errors at a dominant label), and
+        # closer than drawing with replacement
+        assert error.max() < 0.06 and error.sum() < with_replacement.sum(), (inclusion[row, 1], exact)
+
+
+def test_f1_decision_with_confident_distinct_draws():
+    """P(L = 0) = 0.47, P(L = 2) = 0.53 with p_a = p_b = 0.5: the two labels (expected F1 0.53)
+    beat the empty set (0.47); draws taken with replacement (inclusion 0.75) would pick the empty set."""
+    inclusion = distinct_draw_inclusion(torch.tensor([[0.5, 0.5, 0.0]]), 2)
+    assert torch.allclose(inclusion[0, 1], torch.tensor([1.0, 1.0, 0.0]), atol=1e-3)
+    chosen = f1_optimal_sets(torch.tensor([[0.47, 0.0, 0.53]]), torch.tensor([0, 1, 2]), inclusion,
+                             torch.tensor([[0, 1, 2]]), 3)
+    assert chosen.tolist() == [[1, 1, 0]]
+
+
+def test_calibration_skips_rows_without_a_count_level():
+    X, Y, _ = count_data(120, np.random.default_rng(10))
+    X_val, Y_val, _ = count_data(40, np.random.default_rng(11))
+    Y_val[:5] = 0  # no label: not a level of the ELBO model without include_zero
+    clf = SDLGMClassifier(8, 4, hidden=[16], fit_objective="elbo", include_zero=False)
+    clf.fit(X, Y, validation_data=(X_val, Y_val), **FAST)
+    assert np.isfinite(clf.count_temperature_) and clf.count_temperature_ > 0
+
+
+def test_a_refused_fit_leaves_the_fitted_classifier_as_it_was():
+    X, Y, _ = count_data(100, np.random.default_rng(12))
+    clf = SDLGMClassifier(8, hidden=[16])
+    clf.fit(X, Y, **FAST)
+    params, scores = dict(clf.params), clf.predict_scores(X)
+    wider = np.concatenate([Y, Y], axis=1)
+    with pytest.raises(DataError):
+        clf.fit(X, wider, **FAST)
+    bad = Y.copy()
+    bad[:, :] = 1  # 8 labels a row: max_labels would become 8, then the memory guard refuses
+    with pytest.raises(Exception):
+        clf.fit(X, bad, memory_limit_gb=1e-9, **FAST)
+    assert clf.params == params and np.array_equal(clf.predict_scores(X), scores)
+
+
+def test_num_candidates_all_is_the_full_bound():
+    assert SDLGMClassifier(60, 4, num_candidates="all").params["num_candidates"] is None
+    from pyro_sdlgm.config import ClassifierConfig
+
+    assert ClassifierConfig(num_candidates="all").num_candidates == "all"
+    with pytest.raises(ConfigError, match="'auto' or 'all'"):
+        ClassifierConfig(num_candidates="none")
+
+
+def test_a_run_folder_config_from_before_the_set_bound_resumes_as_the_elbo(tmp_path):
+    from pyro_sdlgm.config import CLASSIFIER_LEGACY, load_run_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("task: multilabel\nclassifier:\n  max_labels: 4\n  per_slot: true\n  num_candidates: null\n"
+                    "data:\n  format: yeast\n")
+    config = load_run_config(path, run_folder=True)
+    assert {k: getattr(config.classifier, k) for k in CLASSIFIER_LEGACY} == CLASSIFIER_LEGACY
+    assert config.classifier.per_slot is True
+    assert load_run_config(path).classifier.fit_objective == "set_bound"  # a config file, not a run folder

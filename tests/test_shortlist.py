@@ -213,7 +213,7 @@ def test_options_are_checked():
     with pytest.raises(ConfigError, match="num_candidates=41 must lie between max_labels=4 and num_labels=40"):
         SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=41)
     for bad in (True, 12.0, "12"):
-        with pytest.raises(ConfigError, match="num_candidates must be an integer, 'auto' or None"):
+        with pytest.raises(ConfigError, match="num_candidates must be an integer, 'auto', 'all' or None"):
             SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=bad)
     assert ClassifierConfig().num_candidates == "auto"
     with pytest.raises(ConfigError, match="classifier.num_candidates"):
