@@ -218,9 +218,10 @@ class SDLGMClassifier:
             slot draws over all ``K`` labels) or ``C`` with ``L0 <= C <= K``: the shortlist
             mode. With the set bound, each batch scores each row's label set under the slot
             distribution truncated to a shortlist of ``C`` labels (see
-            :mod:`pyro_sdlgm.conditional`). With ``"elbo"`` it is the mode for wide label spaces. Each training (and validation) batch then draws its slots over a per-row
-            shortlist of ``C`` labels (the row's true labels, then hard negatives, the
-            highest prior-network scores among the other labels, for half of the remaining
+            :mod:`pyro_sdlgm.conditional`). With ``"elbo"`` it is the mode for wide label
+            spaces: each training (and validation) batch then draws its slots over a per-row
+            shortlist of ``C`` labels (the row's true labels, then hard negatives, the highest
+            prior-network scores among the other labels, for half of the remaining
             places, then uniform random negatives); see :mod:`pyro_sdlgm.conditional` for
             the approximation (slot distributions truncated to the shortlist). Needs
             ``per_slot=False`` (per-slot heads cost ``L0 x K x hidden`` parameters).
@@ -385,7 +386,7 @@ class SDLGMClassifier:
                 logger.info("include_zero=True: %d rows have no label", int((counts == 0).sum()))
         else:
             self.params["include_zero"] = requested["include_zero"]
-        candidates = requested.get("num_candidates", self.params["num_candidates"])
+        candidates = requested["num_candidates"]
         if candidates == "auto":
             candidates = auto_candidates(self.params["fit_objective"], self.params["num_labels"],
                                          self.params["max_labels"])
@@ -602,8 +603,9 @@ class SDLGMClassifier:
 
     def _ranking(self, params: GuideParams) -> torch.Tensor:
         """Scores ``(N, K)`` in ``[0, 1]`` (``ranking="inclusion"``): ``1 - prod_l (1 - g_l p_lk)``,
-        the probability that a slot in use selects label ``k`` with the slots taken as independent; or (``"greedy"``) the labels the
-        zero-temperature slot selection picks (slots 1..L0, in order) first, the rest by inclusion.
+        the probability that a slot in use selects label ``k`` with the slots taken as independent;
+        or (``"greedy"``) the labels the zero-temperature slot selection picks (slots 1..L0, in
+        order) first, the rest by inclusion.
 
         With shared slot logits the inclusion probability is accumulated one slot at a time,
         so no ``(N, L0, K)`` tensor is built: memory ``N x K``.
@@ -616,7 +618,7 @@ class SDLGMClassifier:
         else:
             probs = params.slot_logits.softmax(-1).expand(n, spec.max_sparsity, k)
             inclusion = soft_support(gates, probs)  # P(a slot in use selects the label), in [0, 1]
-        if self.params.get("ranking", "greedy") == "inclusion":
+        if self.params["ranking"] == "inclusion":
             return inclusion
         picks = greedy_picks(params.slot_logits, spec.max_sparsity)  # (N, L0), in slot order
         rank_scores = torch.arange(spec.max_sparsity, 0, -1, device=inclusion.device, dtype=inclusion.dtype)
@@ -651,7 +653,7 @@ class SDLGMClassifier:
         """The label sets ``(N, K)`` int8 of one batch (see :meth:`predict`)."""
         spec = self.spec
         levels = spec.levels().to(params.sparsity_logits.device)
-        if self.params.get("decision", "count") == "f1":
+        if self.params["decision"] == "f1":
             scores = self._ranking(params)
             labels = scores.topk(min(spec.latent_dim, max(F1_CANDIDATES, 5 * spec.max_sparsity)), dim=-1).indices
             heads = params.slot_logits.shape[1]  # 1 (shared) or L0
@@ -663,7 +665,7 @@ class SDLGMClassifier:
             else:  # slot l draws from its own distribution (taken as independent of the others)
                 conditional = 1.0 - torch.cumprod(1.0 - picked, dim=1)  # P(k in S | L = l + 1)
             return f1_optimal_sets(params.sparsity_logits.softmax(-1), levels, conditional, labels, spec.latent_dim)
-        if self.params.get("ranking", "greedy") == "greedy":
+        if self.params["ranking"] == "greedy":
             return self.guide.hard_code(params)[0].to(torch.int8)
         counts = levels[params.sparsity_logits.argmax(-1)]
         scores = self._ranking(params)

@@ -57,7 +57,7 @@ from .checkpoint import (
     set_rng_state,
     to_cpu,
 )
-from .config import TrainConfig
+from .config import CLASSIFIER_LEGACY, TrainConfig
 from .elbo import AnalyticKLELBO
 from .exceptions import CheckpointError, ConfigError, NumericalError
 from .resources import cpu_threads
@@ -174,8 +174,7 @@ def _flat(prefix: str, value) -> dict[str, Any]:
 
 #: options added after checkpoints were first written, with the value every older checkpoint implies
 ADDED_OPTIONS = {"slot_layout": "per_slot", "num_candidates": None, "count_coupling": "gated_code",
-                 "slot_estimator": "relaxed", "revive_every": 0, "revive": "split", "fit_objective": "elbo",
-                 "dropout": 0.0, "ranking": "greedy", "calibrate_count": False, "decision": "count"}
+                 "slot_estimator": "relaxed", "revive_every": 0, "revive": "split", **CLASSIFIER_LEGACY}
 
 
 def config_differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -75,30 +75,40 @@ def test_distinct_draws_maximizer_orders_labels_as_their_marginals():
 # -- the model's set bound --------------------------------------------------------------------
 
 
+def set_bound_model(num_labels: int, seed: int):
+    """A seeded set-bound model (6 features, at most 3 labels) and its empty guide."""
+    pyro.set_rng_seed(seed)
+    model = ConditionalSDLGMModel(ModelSpec(6, num_labels, 3, binary=True), per_slot=False, hidden=[8],
+                                  fit_objective="set_bound")
+    return model, ObservedSupportGuide(model)
+
+
+def closed_form_bound(model, x, y, candidates=None) -> float:
+    """``-sum_i [log p(L = |y_i|) + log |y_i|! + sum_{k in y_i} log p_k]``, with the slot logits and
+    labels gathered on ``candidates`` when given."""
+    params = model.prior_params(x)
+    counts = y.sum(-1).long()
+    logits = params.slot_logits[:, 0]
+    if candidates is not None:
+        logits, y = logits.gather(-1, candidates), y.gather(-1, candidates)
+    count_term = params.sparsity_logits.log_softmax(-1)[torch.arange(len(x)), counts - 1]
+    return float(-(count_term + torch.lgamma(counts + 1.0) + (y * logits.log_softmax(-1)).sum(-1)).sum().detach())
+
+
 def test_set_bound_loss_is_the_closed_form_and_the_guide_places_no_site():
-    spec = ModelSpec(6, 5, 3, binary=True)
-    pyro.set_rng_seed(0)
-    model = ConditionalSDLGMModel(spec, per_slot=False, hidden=[8], fit_objective="set_bound")
-    guide = ObservedSupportGuide(model)
+    model, guide = set_bound_model(5, seed=0)
     x = torch.randn(4, 6)
     y = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 1, 0], [0, 0, 0, 0, 1]], dtype=torch.float32)
     assert not [n for n, s in poutine.trace(guide).get_trace(x, y).nodes.items() if s["type"] == "sample"]
     loss = Trace_ELBO().loss(model, guide, x, y)
-    params = model.prior_params(x)
-    counts = y.sum(-1).long()
-    expected = -(params.sparsity_logits.log_softmax(-1)[torch.arange(4), counts - 1]
-                 + torch.lgamma(counts + 1.0) + (y * params.slot_logits[:, 0].log_softmax(-1)).sum(-1)).sum()
-    assert loss == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert loss == pytest.approx(closed_form_bound(model, x, y), rel=1e-5)
     assert model.schedule_free
     with pytest.raises(DataError, match="a row has 4 labels, outside the counts 1..3"):
         model(x, torch.tensor([[1, 1, 1, 1, 0]] * 4, dtype=torch.float32))
 
 
 def test_set_bound_on_a_shortlist_scores_the_truncated_slot_distribution():
-    spec = ModelSpec(6, 10, 3, binary=True)
-    pyro.set_rng_seed(1)
-    model = ConditionalSDLGMModel(spec, per_slot=False, hidden=[8], fit_objective="set_bound")
-    guide = ObservedSupportGuide(model)
+    model, guide = set_bound_model(10, seed=1)
     x = torch.randn(5, 6)
     y = torch.zeros(5, 10)
     y[torch.arange(5), torch.arange(5)] = 1.0
@@ -106,12 +116,7 @@ def test_set_bound_on_a_shortlist_scores_the_truncated_slot_distribution():
     candidates = model.candidates(x, y, 4)
     assert (y.gather(-1, candidates).sum(-1) == y.sum(-1)).all()  # every true label is a candidate
     loss = Trace_ELBO().loss(model, guide, x, y, candidates=candidates)
-    params = model.prior_params(x)
-    counts = y.sum(-1).long()
-    logits = params.slot_logits[:, 0].gather(-1, candidates)
-    expected = -(params.sparsity_logits.log_softmax(-1)[torch.arange(5), counts - 1] + torch.lgamma(counts + 1.0)
-                 + (y.gather(-1, candidates) * logits.log_softmax(-1)).sum(-1)).sum()
-    assert loss == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert loss == pytest.approx(closed_form_bound(model, x, y, candidates), rel=1e-5)
 
 
 def test_auto_candidates():
