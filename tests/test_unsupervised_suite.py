@@ -1,6 +1,7 @@
 """Smoke test of experiments/unsupervised_suite.py (digits, 200 rows, 1 epoch, every method and the sweep)."""
 
 import csv
+import mmap
 import sys
 from pathlib import Path
 
@@ -101,8 +102,10 @@ def test_matched_baselines_need_sdlgm(tmp_path, capsys):
 def test_peak_memory_sees_an_allocation():
     from suite_common import PeakMemory
 
+    # A fresh anonymous mapping: a heap allocation could reuse pages the process already holds
+    # (earlier tests' freed memory), which would leave the resident size unchanged.
+    block = mmap.mmap(-1, 60 * 2**20)
     with PeakMemory() as meter:
-        block = np.ones(60 * 2**20 // 8)  # 60 MB, touched
-        block[::512] += 1.0
-    del block
+        np.frombuffer(block, dtype=np.uint8)[:: mmap.PAGESIZE] = 1  # touch every page: 60 MB resident
+    block.close()
     assert 50 <= meter.peak_mb < 200
