@@ -24,4 +24,4 @@ test: setup
 # Performance and scale benchmark (not part of the tests): writes benchmarks/results/.
 # BENCH_ARGS, e.g. "--quick" or "--device cuda"; see benchmarks/README.md.
 bench: setup
-	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)

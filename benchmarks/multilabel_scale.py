@@ -1,6 +1,6 @@
 """Multi-label training at the size real tagging has, with the classifier's defaults.
 
-    .venv/bin/python benchmarks/multilabel_scale.py [--rows 25000] [--features 5000] [--labels 500]
+    .venv/bin/python -m benchmarks.multilabel_scale [--rows 25000] [--features 5000] [--labels 500]
         [--max-count 32] [--out benchmarks/results]
 
 Draws a seeded synthetic tagging data set (each label has its own words; a row's words come
@@ -17,7 +17,6 @@ import argparse
 import json
 import multiprocessing
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -67,15 +66,14 @@ def tagging_data(rows: int, features: int, labels: int, max_count: int, seed: in
 
 def _run(job: dict, queue) -> None:
     """One training in this (fresh) process; puts its measurements on ``queue``."""
-    sys.path.insert(0, str(REPO / "experiments"))
     import torch
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])
-    from suite_common import PeakMemory
+    from experiments.suite_common import PeakMemory
 
     from pyro_sdlgm import SDLGMClassifier
-    from pyro_sdlgm.metrics import precision_at_k
+    from pyro_sdlgm.analysis.metrics import precision_at_k
 
     X, Y = tagging_data(job["rows"], job["features"], job["labels"], job["max_count"], job["seed"])
     cut = int(0.8 * X.shape[0])
@@ -86,7 +84,7 @@ def _run(job: dict, queue) -> None:
             clf = SDLGMClassifier(Y.shape[1])
             epochs = len(clf.fit(X_train, Y_train, progress=False, seed=job["seed"], device="cpu"))
         else:
-            from multilabel_suite import train_mlp
+            from experiments.multilabel_suite import train_mlp
 
             settings = {"classifier": {}, "fit": {"device": "cpu"}}
             (network, _), epochs = train_mlp(X_train, Y_train, settings, job["seed"])
@@ -96,7 +94,7 @@ def _run(job: dict, queue) -> None:
         extra = {"max_labels": clf.params["max_labels"], "count_accuracy": float(
             (clf.predict_count(X_test) == np.diff(Y_test.indptr)).mean())}
     else:
-        from multilabel_suite import mlp_probabilities
+        from experiments.multilabel_suite import mlp_probabilities
 
         top = mlp_probabilities(network, X_test).argmax(1)[:, None]
         extra = {}
@@ -120,7 +118,7 @@ def report(results: list[dict], args) -> str:
     threads = args.threads or "torch's default number of"
     lines = [f"# Multi-label training at scale ({args.rows:,} rows, {args.features:,} tf-idf features, "
              f"{args.labels} labels, up to {args.max_count} a row)", "",
-             f"Command: `python benchmarks/multilabel_scale.py --rows {args.rows} --features {args.features} "
+             f"Command: `python -m benchmarks.multilabel_scale --rows {args.rows} --features {args.features} "
              f"--labels {args.labels} --max-count {args.max_count} --threads {args.threads}`; one fresh process per "
              f"row, {threads} threads; "
              f"{platform.processor() or platform.machine()}, {multiprocessing.cpu_count()} CPUs. Train on the "

@@ -1,13 +1,13 @@
 """SDLGM performance and scale benchmark (issue #6): one command, results in ``benchmarks/results/``.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--device auto|cpu|cuda] [--out benchmarks/results]
+    .venv/bin/python -m benchmarks.run [--quick] [--device auto|cpu|cuda] [--out benchmarks/results]
 
 Measures, for the unsupervised and the multi-label model: training examples per second, time
 per step and peak memory; the ratio of the SDLGM step to a dense VAE (MLP for multi-label)
 step and of the Pyro step to a hand-written PyTorch loss of the same model, both timed
 interleaved in one process on the same data and network sizes; and scaling curves over
 ``K`` and ``L0`` with each configuration in a fresh process. Configurations whose memory, as
-the library estimates it (:mod:`pyro_sdlgm.resources`), exceeds ``--memory-cap-gb`` are not
+the library estimates it (:mod:`pyro_sdlgm.inference.resources`), exceeds ``--memory-cap-gb`` are not
 run; a running one is stopped if its resident memory passes the hard limit. See
 ``benchmarks/README.md``.
 """
@@ -26,14 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-import report
+from benchmarks import report
 import torch
 from tqdm.auto import tqdm
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 logger = logging.getLogger("benchmarks")
 
@@ -90,7 +88,7 @@ def _git(*args) -> str | None:
 def machine_info(device: torch.device, threads: int) -> dict:
     import numpy
     import pyro
-    from worker import cpu_model, device_name
+    from benchmarks.worker import cpu_model, device_name
 
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
@@ -123,12 +121,12 @@ def library_estimate(job: dict) -> dict | None:
     device; the trainer's formula, without a validation pass), or None for the dense baselines."""
     import inspect
 
-    from worker import UNSUPERVISED_GUIDES
+    from benchmarks.worker import UNSUPERVISED_GUIDES
 
     from pyro_sdlgm import SDLGMClassifier
     from pyro_sdlgm.config import ModelConfig, TrainConfig
-    from pyro_sdlgm.resources import guard_training_memory
-    from pyro_sdlgm.sdlgm import build_model_and_guide
+    from pyro_sdlgm.inference.resources import guard_training_memory
+    from pyro_sdlgm.estimators.sdlgm import build_model_and_guide
 
     config = TrainConfig(batch_size=job["batch"], memory_limit_gb=1e9, device="cpu", progress=False)
     extra = {}
@@ -169,7 +167,7 @@ class Runner:
     def __call__(self, job: dict, timeout_s: float) -> dict:
         self.count += 1
         if self.in_process:
-            import worker
+            from benchmarks import worker
 
             try:
                 result = worker.run_job(job)
@@ -189,7 +187,7 @@ class Runner:
         started = time.perf_counter()
         stopped = None
         with log_path.open("w") as log:
-            proc = subprocess.Popen([sys.executable, str(HERE / "worker.py"), str(job_path), str(result_path)],
+            proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", str(job_path), str(result_path)],
                                     stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
             try:
                 stopped, watched_peak = self._watch(proc, started, timeout_s)
@@ -252,7 +250,7 @@ def describe(job: dict) -> str:
 
 def plan(args, s: dict, device: torch.device, threads: int) -> list[dict]:
     """Every job of the run, tagged with its ``section`` (headline, compare, grid, target)."""
-    from worker import shortlist_size
+    from benchmarks.worker import shortlist_size
 
     jobs = []
 
@@ -293,7 +291,7 @@ def plan(args, s: dict, device: torch.device, threads: int) -> list[dict]:
 
 def execute(jobs: list[dict], runner: Runner, cap_bytes: int) -> list[dict]:
     """Run the jobs in order; a job whose SDLGM the library estimates above ``cap_bytes`` is not run."""
-    from worker import shortlist_available
+    from benchmarks.worker import shortlist_available
 
     has_shortlist = shortlist_available()
     results = []

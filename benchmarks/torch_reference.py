@@ -10,7 +10,7 @@ Pyro's own overhead (traces, messengers, distribution objects, validation) and n
   (ExpConcrete: clamped uniforms, Gumbel noise, log-normalized scores; Normal:
   ``loc + scale * eps``), so that for the same seed the two losses are equal;
 - slots drawn without replacement (the dimensions earlier slots peaked on get
-  :data:`~pyro_sdlgm.support.MASKED_LOGIT`, in the guide and in the prior);
+  :data:`~pyro_sdlgm.model.support.MASKED_LOGIT`, in the guide and in the prior);
 - analytic KL terms where ``TraceMeanField_ELBO`` uses them: the categorical KL of the
   sparsity and of each slot (the KL registered for ``DiscreteKLExpRelaxedCategorical``), each
   slot's KL scaled by its gate ``max(P(L >= l), 1e-6)`` as ``model.sample_slots`` does with
@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pyro_sdlgm.model import GATE_FLOOR
-from pyro_sdlgm.support import MASKED_LOGIT, exclude_taken, mark_taken, slot_gates, soft_support, taken_before
+from pyro_sdlgm.model.generative import GATE_FLOOR
+from pyro_sdlgm.model.support import MASKED_LOGIT, exclude_taken, mark_taken, slot_gates, soft_support, taken_before
 
 
 def _normalize(logits: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,7 @@ def sparse_support_and_kl(spec, q_sparsity_logits, p_sparsity_logits, q_slot_log
     """Draw ``L`` and the slots, return the soft support ``(N, K)`` and the per-row KL ``(N,)``.
 
     Args:
-        spec: the model's :class:`~pyro_sdlgm.spec.ModelSpec`.
+        spec: the model's :class:`~pyro_sdlgm.model.spec.ModelSpec`.
         q_sparsity_logits: ``(N, levels)`` guide logits of ``L``.
         p_sparsity_logits: prior logits of ``L``, ``(levels,)`` or ``(N, levels)``.
         q_slot_logits: ``(N, S, K)`` guide slot logits (``S`` 1 or ``L0``).

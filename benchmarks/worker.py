@@ -1,9 +1,9 @@
-"""One benchmark job, normally in a fresh process: ``python benchmarks/worker.py JOB.json RESULT.json``.
+"""One benchmark job, normally in a fresh process: ``python -m benchmarks.worker JOB.json RESULT.json``.
 
 A job (a JSON object, built by ``run.py``) names the task (``unsupervised`` or
 ``multilabel``), the slot mode, the sizes, the device, the threads and the variants to time:
 
-- ``sdlgm_pyro``: the library's training step, as :class:`pyro_sdlgm.training.Trainer` takes
+- ``sdlgm_pyro``: the library's training step, as :class:`pyro_sdlgm.inference.trainer.Trainer` takes
   it: ``make_elbo(spec)(model, guide)`` under ``pyro.settings.context(module_local_params=True)``,
   ``loss = loss_fn(*batch, num_data=n, **schedule) / n``, then the trainer's checks, backward and
   an Adam step; Pyro's validation off, as the trainer runs every step but the first of each
@@ -40,24 +40,21 @@ import time
 import traceback
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-for path in (HERE, REPO / "experiments"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
 import numpy as np
 import pyro
 import scipy.sparse
 import torch
-import torch_reference
+from benchmarks import torch_reference
 
 from pyro_sdlgm import SDLGMClassifier
 from pyro_sdlgm.config import ModelConfig
-from pyro_sdlgm.networks import mlp
-from pyro_sdlgm.schedules import final_schedule
-from pyro_sdlgm.sdlgm import build_model_and_guide
-from pyro_sdlgm.training import make_elbo, take_rows, without_pyro_validation
+from pyro_sdlgm.model.networks import mlp
+from pyro_sdlgm.inference.schedules import final_schedule
+from pyro_sdlgm.estimators.sdlgm import build_model_and_guide
+from pyro_sdlgm.inference.trainer import make_elbo, take_rows, without_pyro_validation
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 PYRO_VARIANTS = ("sdlgm_pyro", "sdlgm_pyro_validated", "sdlgm_pyro_joint", "sdlgm_pyro_defaults")
 JOINT_VARIANTS = ("sdlgm_pyro_joint", "sdlgm_torch_joint")
@@ -194,7 +191,7 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
     K, L0, D = job["K"], job["L0"], job["input_dim"]
     if job["task"] == "unsupervised":
         if name == "dense_vae":
-            from unsupervised_baselines import DenseVAE
+            from experiments.unsupervised_baselines import DenseVAE
 
             cfg = ModelConfig()
             vae = DenseVAE(D, K, encoder_hidden=(512, 256), decoder_hidden=cfg.decoder_hidden).to(device)
@@ -248,7 +245,7 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
 
 
 def train_step(variant: Variant, optimizer, batch) -> float:
-    """One training step as :meth:`pyro_sdlgm.training.Trainer._epoch` takes it (``grad_clip_norm=None``)."""
+    """One training step as :meth:`pyro_sdlgm.inference.trainer.Trainer._epoch` takes it (``grad_clip_norm=None``)."""
     loss = variant.loss(batch)
     if not bool(torch.isfinite(loss.detach())):
         raise FloatingPointError(f"non-finite loss {loss.item()} in {variant.name}")

@@ -1,6 +1,6 @@
 """Multi-label study: one SDLGMClassifier training, several read-outs of the same x-only networks.
 
-    python experiments/multilabel_study.py --data bibtex --seed 0 --name shared \
+    python -m experiments.multilabel_study --data bibtex --seed 0 --name shared \
         --options '{"per_slot": false}' --fit '{"batch_size": 512}'
 
 For each trained model it reports, on the test split:
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -28,11 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments.multilabel_suite import DEFAULT_BIBTEX, load_dataset, settings_for, top_k_sets
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from multilabel_suite import DEFAULT_BIBTEX, load_dataset, settings_for, top_k_sets  # noqa: E402
-
 
 def ece(probs: np.ndarray, levels: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
     confidence, predicted = probs.max(-1), levels[probs.argmax(-1)]
@@ -62,7 +59,7 @@ def fit_temperature(logits: np.ndarray, levels: np.ndarray, truth: np.ndarray) -
 def readouts(clf, X) -> dict:
     """Per-row arrays of the x-only networks: count logits, greedy and inclusion scores, and
     ``P(k in S | L = s)`` for ``s = 1..L0`` on each row's top-``C`` inclusion labels."""
-    from pyro_sdlgm.support import slot_gates, soft_support
+    from pyro_sdlgm.model.support import slot_gates, soft_support
 
     spec = clf.spec
     out = {"count_logits": [], "greedy": [], "inclusion": [], "cond": [], "cond_labels": []}
@@ -120,8 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "multilabel_study")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from pyro_sdlgm.classifier import SDLGMClassifier, validation_split
-    from pyro_sdlgm.metrics import inverse_propensities, multilabel_report
+    from pyro_sdlgm.estimators.classifier import SDLGMClassifier, validation_split
+    from pyro_sdlgm.analysis.metrics import inverse_propensities, multilabel_report
 
     config = tomllib.loads((HERE / "multilabel_suite.toml").read_text())
     settings = settings_for(config, args.data, False)

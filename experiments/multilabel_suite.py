@@ -1,11 +1,11 @@
 """Multi-label suite: SDLGMClassifier against one-vs-rest logistic regression, napkinXC and an MLP.
 
-    python experiments/multilabel_suite.py                          # config: multilabel_suite.toml
-    python experiments/multilabel_suite.py --datasets yeast --seeds 0 --jobs 1 --threads 1
-    python experiments/multilabel_suite.py --datasets bibtex --bibtex PATH/TO/bibtex-folder
-    python experiments/multilabel_suite.py --arff data.arff --labels 14 --train-rows 1500
-    python experiments/multilabel_suite.py --xmc Bibtex/train.txt Bibtex/test.txt --name bibtex_xmc
-    python experiments/multilabel_suite.py --smoke                  # tiny, in this process, for the tests
+    python -m experiments.multilabel_suite                          # config: multilabel_suite.toml
+    python -m experiments.multilabel_suite --datasets yeast --seeds 0 --jobs 1 --threads 1
+    python -m experiments.multilabel_suite --datasets bibtex --bibtex PATH/TO/bibtex-folder
+    python -m experiments.multilabel_suite --arff data.arff --labels 14 --train-rows 1500
+    python -m experiments.multilabel_suite --xmc Bibtex/train.txt Bibtex/test.txt --name bibtex_xmc
+    python -m experiments.multilabel_suite --smoke                  # tiny, in this process, for the tests
 
 Methods (the ``method`` column):
 
@@ -63,10 +63,10 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from experiments.suite_common import PeakMemory, mean_and_std, run_pool, write_csv
 
-from suite_common import PeakMemory, mean_and_std, run_pool, write_csv  # noqa: E402
+HERE = Path(__file__).resolve().parent
+
 DEFAULT_BIBTEX = HERE.parent.parent / "shared" / "data" / "bibtex"
 
 METHODS = ("sdlgm", "sdlgm_count", "sdlgm_elbo", "sdlgm_enumerate", "sdlgm_shared", "sdlgm_shortlist",
@@ -110,7 +110,7 @@ def settings_for(config: dict, dataset: str, smoke: bool) -> dict:
 def load_dataset(source: dict):
     """``(train, test)`` :class:`MultiLabelData` of a source: ``{"kind": "yeast" | "bibtex" |
     "arff" | "xmc", ...}`` with the paths, split with the dataset's settings."""
-    from pyro_sdlgm.multilabel_data import load_arff, load_xmc, load_yeast
+    from pyro_sdlgm.data.multilabel import load_arff, load_xmc, load_yeast
 
     kind, settings = source["kind"], source["settings"]
     if kind == "xmc":
@@ -160,7 +160,7 @@ def top_k_sets(scores: np.ndarray, counts: np.ndarray):
     """0/1 CSR matrix of each row's ``counts[i]`` best-scored labels."""
     import scipy.sparse
 
-    from pyro_sdlgm.metrics import top_k
+    from pyro_sdlgm.analysis.metrics import top_k
 
     counts = np.asarray(counts, dtype=np.int64)
     ranked = top_k(scores, int(max(counts.max(), 1)))
@@ -215,7 +215,7 @@ def sdlgm_options(settings: dict, variant: str, num_labels: int) -> dict:
 
 
 def train_sdlgm(X, Y, settings: dict, seed: int, variant: str):
-    from pyro_sdlgm.classifier import SDLGMClassifier
+    from pyro_sdlgm.estimators.classifier import SDLGMClassifier
 
     options = sdlgm_options(settings, variant, Y.shape[1])
     fit = dict(settings["fit"], seed=seed, progress=False)
@@ -227,8 +227,8 @@ def train_sdlgm(X, Y, settings: dict, seed: int, variant: str):
 
 def count_calibration_metrics(clf, X_test, Y_test) -> dict:
     """Top-label ECE (10 bins) and mean NLL of the test rows' true counts under the classifier's
-    count distribution (:func:`pyro_sdlgm.inspection.count_calibration`, as ``sdlgm inspect``)."""
-    from pyro_sdlgm.inspection import count_calibration
+    count distribution (:func:`pyro_sdlgm.analysis.inspection.count_calibration`, as ``sdlgm inspect``)."""
+    from pyro_sdlgm.analysis.inspection import count_calibration
 
     metrics, _ = count_calibration(clf.posterior(X_test, Y_test, num_samples=1))
     return {"count_ece": metrics["ece"], "count_nll": metrics["nll"]}
@@ -301,10 +301,10 @@ def train_mlp(X, Y, settings: dict, seed: int, dropout: bool = False):
     stopping on SDLGM's validation split keeps the best epoch. Returns ``((network, val_rows), epochs)``."""
     import torch
 
-    from pyro_sdlgm.classifier import validation_split
+    from pyro_sdlgm.estimators.classifier import validation_split
     from pyro_sdlgm.config import ClassifierConfig, TrainConfig, from_dict
-    from pyro_sdlgm.networks import mlp
-    from pyro_sdlgm.training import take_rows
+    from pyro_sdlgm.model.networks import mlp
+    from pyro_sdlgm.inference.trainer import take_rows
 
     defaults = ClassifierConfig()
     hidden = list(settings["classifier"].get("hidden", defaults.hidden))
@@ -357,7 +357,7 @@ def train_mlp(X, Y, settings: dict, seed: int, dropout: bool = False):
 def mlp_probabilities(network, X) -> np.ndarray:
     import torch
 
-    from pyro_sdlgm.training import take_rows
+    from pyro_sdlgm.inference.trainer import take_rows
 
     device = next(network.parameters()).device
     with torch.no_grad():
@@ -387,8 +387,8 @@ def run_one(job: dict) -> list[dict]:
     import torch
     from threadpoolctl import threadpool_limits
 
-    import pyro_sdlgm.classifier  # noqa: F401  (imports before the memory mark)
-    from pyro_sdlgm.metrics import inverse_propensities, multilabel_report
+    import pyro_sdlgm.estimators.classifier  # noqa: F401  (imports before the memory mark)
+    from pyro_sdlgm.analysis.metrics import inverse_propensities, multilabel_report
 
     trainer, seed, settings, threads = job["trainer"], job["seed"], job["settings"], job["threads"]
     X, Y, X_test, Y_test = read_split(job["split"])

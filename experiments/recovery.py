@@ -1,8 +1,8 @@
 """Recovery benchmark: does SDLGM find the true supports and counts of data with known sparse codes?
 
-    python experiments/recovery.py --settings lg_k40 --seeds 0 1 2 --epochs 60 --jobs 2
-    python experiments/recovery.py --settings lg_k40 bern_k40 --methods sdlgm_default topk_ae_kL0 oracle
-    python experiments/recovery.py --settings lg_tiny --seeds 0 --epochs 2 --jobs 0   # smoke run
+    python -m experiments.recovery --settings lg_k40 --seeds 0 1 2 --epochs 60 --jobs 2
+    python -m experiments.recovery --settings lg_k40 bern_k40 --methods sdlgm_default topk_ae_kL0 oracle
+    python -m experiments.recovery --settings lg_tiny --seeds 0 --epochs 2 --jobs 0   # smoke run
 
 What it measures. Synthetic data are drawn with a known support ``S_i`` (the non-zero
 dimensions of the true code) and a known count ``L_i = |S_i|`` per row; every method is
@@ -93,11 +93,10 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from experiments import recovery_data as data
+from experiments.suite_common import PeakMemory, mean_and_std, run_pool, write_csv
 
-import recovery_data as data  # noqa: E402
-from suite_common import PeakMemory, mean_and_std, run_pool, write_csv  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 logger = logging.getLogger("recovery")
 
@@ -195,8 +194,8 @@ def variant_options(entry: dict) -> tuple[dict, dict]:
 def default_guide_hidden() -> tuple[int, ...]:
     """Hidden sizes of SDLGM's default guide (``ModelConfig.guide`` with its factory's default ``hidden``)."""
     from pyro_sdlgm.config import ModelConfig
-    from pyro_sdlgm.guides import GUIDES
-    from pyro_sdlgm.registry import component_name
+    from pyro_sdlgm.model.guides import GUIDES
+    from pyro_sdlgm.model.registry import component_name
 
     name, options = component_name(ModelConfig.guide, GUIDES.kind)
     hidden = options.get("hidden", inspect.signature(GUIDES.get(name)).parameters["hidden"].default)
@@ -240,8 +239,8 @@ def make_topk_module(input_dim: int, latent_dim: int, k: int, form: str, likelih
     from torch import nn
     from torch.nn import functional as F
 
-    from pyro_sdlgm.networks import mlp
-    from unsupervised_baselines import bernoulli_nll
+    from pyro_sdlgm.model.networks import mlp
+    from experiments.unsupervised_baselines import bernoulli_nll
 
     if form not in TOPK_FORMS:
         raise ValueError(f"form must be one of {TOPK_FORMS}, got {form!r}")
@@ -284,7 +283,7 @@ def make_topk_module(input_dim: int, latent_dim: int, k: int, form: str, likelih
 def fit_topk(method: str, splits: dict, cfg: dict, job: dict) -> dict:
     import torch
 
-    from unsupervised_baselines import train_autoencoder
+    from experiments.unsupervised_baselines import train_autoencoder
 
     fixed_form = TOPK_PATTERN.fullmatch(method).group(2)
     forms = [fixed_form] if fixed_form else list(TOPK_FORMS)

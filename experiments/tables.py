@@ -1,7 +1,7 @@
 """Markdown tables (mean ± standard deviation over seeds) from the suites' summary CSV files.
 
-    python experiments/tables.py experiments/results/unsupervised_mnist_summary.csv
-    python experiments/tables.py experiments/results/multilabel_bibtex_summary.csv --columns p@1 example_f1
+    python -m experiments.tables experiments/results/unsupervised_mnist_summary.csv
+    python -m experiments.tables experiments/results/multilabel_bibtex_summary.csv --columns p@1 example_f1
 
 This is how the tables of experiments/README.md are made from the committed results.
 """

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_sdlgm.guides import GuideParams, MagnitudeSlotsGuide, MLPGuide, register_guide
-from pyro_sdlgm.networks import Decoder, mlp, output_width
-from pyro_sdlgm.priors import SparsityPrior, register_sparsity_prior
-from pyro_sdlgm.support import MASKED_LOGIT
+from pyro_sdlgm.model.guides import GuideParams, MagnitudeSlotsGuide, MLPGuide, register_guide
+from pyro_sdlgm.model.networks import Decoder, mlp, output_width
+from pyro_sdlgm.model.priors import SparsityPrior, register_sparsity_prior
+from pyro_sdlgm.model.support import MASKED_LOGIT
 
 
 # ----------------------------------------------------------------------------- SDLGM with L_i = L0
@@ -64,7 +64,7 @@ def mlp_per_slot_fixed_sparsity(spec, hidden=(512, 256), activation="relu"):
 
 
 class FixedSparsityMagnitudeGuide(MagnitudeSlotsGuide):
-    """The library's default guide (:class:`~pyro_sdlgm.guides.MagnitudeSlotsGuide`) with ``q(L = L0 | x) = 1``."""
+    """The library's default guide (:class:`~pyro_sdlgm.model.guides.MagnitudeSlotsGuide`) with ``q(L = L0 | x) = 1``."""
 
     def amortize(self, x):
         params = super().amortize(x)

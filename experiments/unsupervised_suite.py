@@ -1,9 +1,9 @@
 """Unsupervised suite: SDLGM against a dense VAE, a spike-and-slab VAE and a top-k autoencoder.
 
-    python experiments/unsupervised_suite.py                       # config: unsupervised_suite.toml
-    python experiments/unsupervised_suite.py --datasets digits --seeds 0 1 2
-    python experiments/unsupervised_suite.py --idx PATH/TO/fashion-mnist --datasets idx
-    python experiments/unsupervised_suite.py --smoke               # tiny, for the tests
+    python -m experiments.unsupervised_suite                       # config: unsupervised_suite.toml
+    python -m experiments.unsupervised_suite --datasets digits --seeds 0 1 2
+    python -m experiments.unsupervised_suite --idx PATH/TO/fashion-mnist --datasets idx
+    python -m experiments.unsupervised_suite --smoke               # tiny, for the tests
 
 Every method gets the same encoder/decoder sizes, ``K``, batch size, learning rate,
 schedules, epochs and early stopping, and the same fixed train/validation/test split. The
@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from experiments.suite_common import PeakMemory, mean_and_std, run_pool, write_csv
 
-from suite_common import PeakMemory, mean_and_std, run_pool, write_csv  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 METHODS = ("sdlgm", "sdlgm_values", "sdlgm_previous", "sdlgm_enumerate", "sdlgm_fixed_L", "dense_vae", "spike_slab_vae",
            "topk_sae")
@@ -48,7 +47,7 @@ logger = logging.getLogger("unsupervised_suite")
 def load_splits(dataset: str, settings: dict, idx_path: str | None):
     """``(train, val, test)`` as ``(X, y)`` pairs: fixed splits seeded by ``split_seed``."""
     from pyro_sdlgm.config import DataConfig
-    from pyro_sdlgm.datasets import prepare_dataset, split_dataset
+    from pyro_sdlgm.data.unsupervised import prepare_dataset, split_dataset
 
     source = idx_path if dataset == "idx" else dataset
     if source is None:
@@ -78,10 +77,10 @@ def linear_probe(codes_train, y_train, codes_test, y_test) -> float:
 
 
 def code_metrics(codes: np.ndarray, L0: int) -> dict:
-    """The library's statistics of hard codes (:func:`pyro_sdlgm.evaluation.code_statistics`) the tables use."""
+    """The library's statistics of hard codes (:func:`pyro_sdlgm.analysis.evaluation.code_statistics`) the tables use."""
     import torch
 
-    from pyro_sdlgm.evaluation import code_statistics
+    from pyro_sdlgm.analysis.evaluation import code_statistics
 
     stats = code_statistics(torch.from_numpy(np.ascontiguousarray(codes)), L0)
     return {"mean_nnz": stats["mean_nnz"], "max_nnz": stats["max_nnz"], "codes_over_L0": stats["codes_over_cap"],
@@ -103,7 +102,7 @@ def run_one(job: dict) -> dict:
 def _run(job: dict) -> dict:
     import torch
 
-    import unsupervised_baselines as B
+    from experiments import unsupervised_baselines as B
     from pyro_sdlgm import SDLGM
 
     s = job["settings"]

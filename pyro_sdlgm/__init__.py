@@ -7,10 +7,12 @@ per-observation sparsity ``L_i`` drawn, like the support, through Concrete
 
 from importlib import import_module
 
+from pyro_sdlgm._lazy import submodule_getattr
+
 # Names are imported on first use (PEP 562), so that `import pyro_sdlgm` and the command
 # line's --help stay fast: torch, Pyro and scikit-learn load only when a name that needs them is used.
 _EXPORTS = {
-    "SDLGMClassifier": "classifier",
+    "SDLGMClassifier": "estimators.classifier",
     "ClassifierConfig": "config",
     "DataConfig": "config",
     "ModelConfig": "config",
@@ -18,10 +20,10 @@ _EXPORTS = {
     "RunConfig": "config",
     "TrainConfig": "config",
     "load_run_config": "config",
-    "ExpRelaxedCategorical": "distributions",
-    "SLOT_ESTIMATORS": "estimators",
-    "SlotEstimator": "estimators",
-    "register_slot_estimator": "estimators",
+    "ExpRelaxedCategorical": "model.distributions",
+    "SLOT_ESTIMATORS": "model.slot_estimators",
+    "SlotEstimator": "model.slot_estimators",
+    "register_slot_estimator": "model.slot_estimators",
     "CheckpointError": "exceptions",
     "ConfigError": "exceptions",
     "DataError": "exceptions",
@@ -31,27 +33,27 @@ _EXPORTS = {
     "ResourceError": "exceptions",
     "SDLGMError": "exceptions",
     "UnknownComponentError": "exceptions",
-    "GUIDES": "guides",
-    "AmortizedGuide": "guides",
-    "GuideParams": "guides",
-    "MLPGuide": "guides",
-    "register_guide": "guides",
-    "LIKELIHOODS": "likelihoods",
-    "Likelihood": "likelihoods",
-    "register_likelihood": "likelihoods",
-    "SDLGMModel": "model",
-    "SPARSITY_PRIORS": "priors",
-    "SUPPORT_PRIORS": "priors",
-    "VALUE_PRIORS": "priors",
-    "SparsityPrior": "priors",
-    "SupportPrior": "priors",
-    "ValuePrior": "priors",
-    "register_sparsity_prior": "priors",
-    "register_support_prior": "priors",
-    "register_value_prior": "priors",
-    "SDLGM": "sdlgm",
-    "build_model_and_guide": "sdlgm",
-    "ModelSpec": "spec",
+    "GUIDES": "model.guides",
+    "AmortizedGuide": "model.guides",
+    "GuideParams": "model.guides",
+    "MLPGuide": "model.guides",
+    "register_guide": "model.guides",
+    "LIKELIHOODS": "model.likelihoods",
+    "Likelihood": "model.likelihoods",
+    "register_likelihood": "model.likelihoods",
+    "SDLGMModel": "model.generative",
+    "SPARSITY_PRIORS": "model.priors",
+    "SUPPORT_PRIORS": "model.priors",
+    "VALUE_PRIORS": "model.priors",
+    "SparsityPrior": "model.priors",
+    "SupportPrior": "model.priors",
+    "ValuePrior": "model.priors",
+    "register_sparsity_prior": "model.priors",
+    "register_support_prior": "model.priors",
+    "register_value_prior": "model.priors",
+    "SDLGM": "estimators.sdlgm",
+    "build_model_and_guide": "estimators.sdlgm",
+    "ModelSpec": "model.spec",
 }
 
 __version__ = "0.1.0"
@@ -103,13 +105,13 @@ __all__ = [
 ]
 
 
+_submodule = submodule_getattr(__name__)
+
+
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
-    if module is None:
-        try:  # a submodule, e.g. pyro_sdlgm.posterior after a plain `import pyro_sdlgm`
-            return import_module(f".{name}", __name__)
-        except ModuleNotFoundError:
-            raise AttributeError(f"module 'pyro_sdlgm' has no attribute {name!r}") from None
+    if module is None:  # a subpackage, e.g. pyro_sdlgm.analysis after a plain `import pyro_sdlgm`
+        return _submodule(name)
     value = getattr(import_module(f".{module}", __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value

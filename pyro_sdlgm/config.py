@@ -26,9 +26,9 @@ from typing import Any, Union
 
 import yaml
 
-from .distributions import check_temperature
-from .exceptions import ConfigError
-from .registry import ComponentSpec, component_name
+from pyro_sdlgm.model.distributions import check_temperature
+from pyro_sdlgm.exceptions import ConfigError
+from pyro_sdlgm.model.registry import ComponentSpec, component_name
 
 
 COUNT_ESTIMATES = ("amortized", "refined")
@@ -173,9 +173,9 @@ class ModelConfig(_Section):
 
     def validate(self):
         # imported here: the registries import this module's neighbours, not this module
-        from .guides import GUIDES
-        from .likelihoods import LIKELIHOODS
-        from .priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
+        from pyro_sdlgm.model.guides import GUIDES
+        from pyro_sdlgm.model.likelihoods import LIKELIHOODS
+        from pyro_sdlgm.model.priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
 
         for key, registry in (
             ("likelihood", LIKELIHOODS),
@@ -199,13 +199,13 @@ class ModelConfig(_Section):
         return self.binary
 
     def spec(self):
-        """The :class:`~pyro_sdlgm.spec.ModelSpec` of this config (``input_dim`` must be set)."""
+        """The :class:`~pyro_sdlgm.model.spec.ModelSpec` of this config (``input_dim`` must be set)."""
         if self.input_dim is None:
             raise ConfigError("model.input_dim is not set")
         return self._spec(self.input_dim)
 
     def _spec(self, input_dim: int):
-        from .spec import ModelSpec
+        from pyro_sdlgm.model.spec import ModelSpec
 
         return ModelSpec(
             input_dim=input_dim,
@@ -223,7 +223,7 @@ class ModelConfig(_Section):
 
 
 NAN_POLICIES = ("stop", "skip_batch")
-REVIVAL_STRATEGIES = ("split", "copy")  # see pyro_sdlgm.revival
+REVIVAL_STRATEGIES = ("split", "copy")  # see pyro_sdlgm.inference.revival
 PYRO_VALIDATION = ("epoch_start", "always")
 
 
@@ -254,7 +254,7 @@ class TrainConfig(_Section):
     step's loss and gradients and every epoch's parameters itself, and ``fit`` checks all
     the data against the likelihood's support before training (``Likelihood.check_data``),
     so what Pyro would check again is mostly the distributions' parameters. A custom
-    likelihood without its own ``check_data``, or a :class:`~pyro_sdlgm.training.Trainer`
+    likelihood without its own ``check_data``, or a :class:`~pyro_sdlgm.inference.trainer.Trainer`
     used directly on unchecked data, has its observed values checked in each epoch's
     first batch only: use ``"always"`` there. It changes no number (the draws and the
     losses are bit-identical) and makes a default step about 10% faster. ``"always"``
@@ -262,7 +262,7 @@ class TrainConfig(_Section):
 
     ``revive_every = N > 0`` splits overloaded dimensions into dead ones after every ``N``-th
     epoch while the temperatures anneal and the KL weight warms up
-    (:mod:`pyro_sdlgm.revival`; unsupervised SDLGM with an MLP guide, one process); the epochs'
+    (:mod:`pyro_sdlgm.inference.revival`; unsupervised SDLGM with an MLP guide, one process); the epochs'
     records then carry ``revived_dims``. ``"auto"`` (the default, chosen by measurement:
     ``experiments/NOTES.md``) is every 10 epochs where revival applies and never elsewhere (the
     multi-label classifier, other guides, data-parallel runs); a run resumed from a
@@ -343,7 +343,7 @@ class TrainConfig(_Section):
 
 @dataclasses.dataclass
 class DataConfig(_Section):
-    """Which data set to train on, and how to preprocess and split it (see :mod:`pyro_sdlgm.datasets`)."""
+    """Which data set to train on, and how to preprocess and split it (see :mod:`pyro_sdlgm.data.unsupervised`)."""
 
     section: typing.ClassVar[str] = "data"
 

@@ -79,3 +79,25 @@ train = {str(folder / "train.txt")!r}
 test = {str(folder / "test.txt")!r}
 """)
     return config, X, Y
+
+
+# a tiny unsupervised run for the command line: digits, 150 rows, 2 epochs
+TINY = [
+    "data.source=digits", "data.max_examples=150", "training.epochs=2", "training.progress=false",
+    "model.latent_dim=12", "model.max_sparsity=3", "model.decoder_hidden=[16]", "model.guide.name=mlp_per_slot",
+    "model.guide.hidden=[16]",
+]
+
+
+def count_data(n, rng, K=8, D=20, L0=4):
+    """Labels are the L_i highest of a fixed random projection of x, so the count is learnable from x:
+    L_i is coded by the first feature (x_0 = L_i + noise)."""
+    counts = rng.integers(1, L0 + 1, n)
+    W = np.random.default_rng(99).normal(size=(D, K))
+    X = rng.normal(size=(n, D)).astype(np.float32)
+    X[:, 0] = counts + 0.1 * rng.normal(size=n)
+    order = np.argsort(-(X @ W), axis=1)
+    Y = np.zeros((n, K), np.int8)
+    for i, c in enumerate(counts):
+        Y[i, order[i, :c]] = 1
+    return X, Y, counts

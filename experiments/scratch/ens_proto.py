@@ -3,10 +3,9 @@ import sys, time, json, copy
 from pathlib import Path
 import numpy as np, torch, tomllib
 torch.set_num_threads(1)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from multilabel_suite import load_dataset, settings_for, DEFAULT_BIBTEX
-from pyro_sdlgm.metrics import precision_at_k
-from pyro_sdlgm.classifier import validation_split
+from experiments.multilabel_suite import load_dataset, settings_for, DEFAULT_BIBTEX
+from pyro_sdlgm.analysis.metrics import precision_at_k
+from pyro_sdlgm.estimators.classifier import validation_split
 cfg = tomllib.loads(Path(__file__).resolve().parents[1].joinpath("multilabel_suite.toml").read_text())
 data = sys.argv[1]; opts = json.loads(sys.argv[2]); seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 train, test = load_dataset({"kind": data, "path": DEFAULT_BIBTEX, "settings": settings_for(cfg, data, False)})
@@ -34,7 +33,7 @@ class Net(torch.nn.Module):
         h = s.trunk(x); z = s.labels(h) * (0 if opts.get("linear") else 1)
         if s.wide is not None: z = z + s.wide(x)
         return s.count(h), z
-from pyro_sdlgm.conditional import shortlist_candidates
+from pyro_sdlgm.model.conditional import shortlist_candidates
 def loss_fn(net, x, y, train=False):
     c, z = net(x)
     cnt = y.sum(-1).clamp(1, L0).long() - 1

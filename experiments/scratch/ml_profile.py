@@ -1,10 +1,9 @@
 """Profile one epoch of SDLGMClassifier on Bibtex (scratch)."""
 import cProfile, pstats, sys, time
 from pathlib import Path
-import numpy as np, torch
+import torch
 torch.set_num_threads(1)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from multilabel_suite import load_dataset, settings_for, DEFAULT_BIBTEX
+from experiments.multilabel_suite import load_dataset, settings_for, DEFAULT_BIBTEX
 from pyro_sdlgm import SDLGMClassifier
 import tomllib
 cfg = tomllib.loads(Path(__file__).resolve().parents[1].joinpath("multilabel_suite.toml").read_text())

@@ -6,11 +6,10 @@ least-squares values on the same support under the learned linear decoder (weigh
 Normal likelihood's per-feature precision).
 """
 import sys, time
-from pathlib import Path
 import numpy as np, torch
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(1)
-import recovery, recovery_data as rd
+from experiments import recovery
+from experiments import recovery_data as rd
 from pyro_sdlgm import SDLGM
 
 seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0

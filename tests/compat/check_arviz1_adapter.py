@@ -1,4 +1,4 @@
-"""Manual check of the ArviZ 1.x branch of ``pyro_sdlgm.posterior.to_inference_data``.
+"""Manual check of the ArviZ 1.x branch of ``pyro_sdlgm.analysis.posterior.to_inference_data``.
 
 CI runs Python 3.11, whose newest ArviZ is 0.23, so this is not collected by pytest. Run it
 with an ArviZ 1.x environment (Python >= 3.12, ``pip install "arviz>=1" numpy``)::
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-src = open(str(Path(__file__).resolve().parents[2] / "pyro_sdlgm" / "posterior.py")).read()
+src = open(str(Path(__file__).resolve().parents[2] / "pyro_sdlgm" / "analysis" / "posterior.py")).read()
 tree = ast.parse(src)
 wanted = {"import_arviz", "arviz_major_version", "to_inference_data", "load_inference_data", "group"}
 ns = {"warnings": warnings, "Mapping": dict, "Any": object, "MARGINALS_GROUP": "marginals", "np": np}

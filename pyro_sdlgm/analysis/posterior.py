@@ -1,0 +1,285 @@
+"""Posteriors over sparsity as ArviZ ``InferenceData``: draws, exact marginals, an adapter.
+
+What :meth:`pyro_sdlgm.SDLGM.posterior` and :meth:`pyro_sdlgm.SDLGMClassifier.posterior`
+return, for ``N`` observations and ``S = num_samples`` draws (one chain):
+
+``posterior`` group (dims ``chain, draw, obs``)
+    ``sparsity``: draws of ``L_i`` (int); ``nnz``: the number of non-zeros of the hard
+    code of each draw (the distinct dimensions its slots ``1..L_i`` select; equal to
+    ``L_i`` when slots are drawn without replacement).
+``marginals`` group (no draw dims)
+    ``sparsity_probs`` (``obs, level``): the exact amortized ``q(L_i = l | x_i)``;
+    ``inclusion_probs`` (``obs, dim``): ``P(dimension k is in the support)``, the
+    Monte-Carlo average over the same ``S`` draws (standard error at most
+    ``0.5 / sqrt(S)``).
+``posterior_predictive`` (``SDLGM`` only, on request)
+    ``x`` (``chain, draw, obs, feature``): draws of the Pyro site ``obs`` given each
+    posterior draw of the code; ``observed_data`` then holds ``x``, the data itself.
+``observed_data`` (classifier, when labels are given)
+    ``label_count`` (``obs``): the true number of labels.
+
+Draws are made by :class:`pyro.infer.Predictive` on the guide's own sample sites
+(the slots' Concrete samples are reduced to their argmax, which by the Gumbel-max trick
+is an exact draw of the discrete slot at any temperature). ``az.from_pyro`` only
+accepts MCMC, so the object is built with ``az.from_dict`` (:func:`to_inference_data`),
+which works with ArviZ 0.x (an ``InferenceData``) and 1.x (an ``xarray.DataTree``).
+ESS and R-hat mean nothing for independent variational draws: summarize with
+``az.summary(idata, kind="stats")`` or :mod:`pyro_sdlgm.analysis.inspection`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import Predictive
+from tqdm.auto import tqdm
+
+from pyro_sdlgm.exceptions import DataError
+from pyro_sdlgm.model.spec import OBS_SITE, SPARSITY_SITE, ModelSpec
+
+MARGINALS_GROUP = "marginals"
+# memory for one chunk of stacked Predictive draws (slots are (S, N, K) floats each)
+CHUNK_BYTES = 256 * 2**20
+
+
+def import_arviz():
+    """``arviz``, imported without its 0.2x ``FutureWarning`` about the 1.0 refactor.
+
+    The warning concerns ArviZ's own API; this module hides the difference (see
+    :func:`to_inference_data`), so users need not see it on every call.
+    """
+    with warnings.catch_warnings():
+        # the message starts with a newline: the pattern must allow leading whitespace
+        warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+        import arviz
+
+    return arviz
+
+
+def arviz_major_version() -> int:
+    return int(import_arviz().__version__.split(".")[0])
+
+
+def check_num_samples(num_samples: Any) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise DataError(f"num_samples must be a positive integer, got {num_samples!r}")
+    return int(num_samples)
+
+
+def to_inference_data(
+    posterior: Mapping[str, np.ndarray],
+    marginals: Mapping[str, np.ndarray],
+    dims: Mapping[str, list[str]],
+    coords: Mapping[str, Any],
+    *,
+    posterior_predictive: Mapping[str, np.ndarray] | None = None,
+    observed_data: Mapping[str, np.ndarray] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+):
+    """Build the ArviZ object through ``az.from_dict``; the one place that knows ArviZ's version.
+
+    Args:
+        posterior, posterior_predictive: arrays ``(chain, draw, *dims[name])``.
+        marginals, observed_data: arrays without draw dims, ``(*dims[name])``.
+        dims, coords: ArviZ's ``dims`` (variable -> dimension names) and ``coords``.
+
+    Returns:
+        ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x), with the
+        groups ``posterior``, ``marginals`` and the optional ones.
+    """
+    import xarray as xr
+
+    az = import_arviz()
+    attrs = dict(attrs or {})
+    marginal_set = xr.Dataset(
+        {name: (dims[name], value) for name, value in marginals.items()},
+        coords={d: coords[d] for name in marginals for d in dims[name] if d in coords},
+        attrs=attrs,
+    )
+    groups = {"posterior": dict(posterior)}
+    if posterior_predictive is not None:
+        groups["posterior_predictive"] = dict(posterior_predictive)
+    if observed_data is not None:
+        groups["observed_data"] = dict(observed_data)
+    if arviz_major_version() >= 1:
+        # ArviZ 1.x: from_dict takes one dict of groups and returns an xarray DataTree
+        # (its attrs are per group)
+        tree = az.from_dict(groups, dims=dict(dims), coords=dict(coords), attrs={name: attrs for name in groups})
+        tree[MARGINALS_GROUP] = xr.DataTree(marginal_set)
+        return tree
+    idata = az.from_dict(**groups, dims=dict(dims), coords=dict(coords), attrs=attrs)
+    idata.add_groups({MARGINALS_GROUP: marginal_set})  # a custom group: not in ArviZ's schema
+    return idata
+
+
+def load_inference_data(path):
+    """Read a file written by ``idata.to_netcdf(path)`` (either ArviZ version)."""
+    az = import_arviz()
+    if arviz_major_version() >= 1:
+        import xarray as xr
+
+        return xr.open_datatree(path)
+    return az.from_netcdf(path)
+
+
+def group(idata, name: str):
+    """A group of ``idata`` as an ``xarray.Dataset`` (``InferenceData`` or ``DataTree``)."""
+    node = idata[name]
+    return node.to_dataset() if hasattr(node, "to_dataset") else node
+
+
+# ----------------------------------------------------------------------------- draws
+
+
+def _chunk_size(num_rows: int, spec: ModelSpec, num_samples: int, extra: int) -> int:
+    """Draws per :class:`Predictive` call such that its stacked sites stay within :data:`CHUNK_BYTES`.
+
+    ``extra``: further numbers per row and draw (e.g. the observations ``D``).
+    """
+    per_draw = 4 * num_rows * (2 * spec.latent_dim * spec.max_sparsity + spec.num_levels + extra)
+    return max(1, min(num_samples, CHUNK_BYTES // max(per_draw, 1)))
+
+
+@torch.no_grad()
+def draw_sparsity(spec: ModelSpec, num_samples: int, program: Callable, *args, guide: Callable | None = None,
+                  num_rows: int, obs_dim: int | None = None, **kwargs) -> dict[str, torch.Tensor]:
+    """Draws of ``L_i`` and of the hard support for one batch, with :class:`pyro.infer.Predictive`.
+
+    Args:
+        program: places the ``sparsity`` and ``slot_*`` sites (and ``obs`` with ``observe``),
+            called with ``*args, **kwargs``; with ``guide``, those latent sites are drawn by
+            the guide and ``program`` (the model) is replayed on them.
+        num_rows: ``N``, the rows of the batch.
+        obs_dim: ``D``: also return ``x`` ``(S, N, D)``, draws of the site ``obs``: pass the model
+            under ``poutine.uncondition`` (else ``Predictive`` returns the data itself). Its
+            draw ``s`` is generated from the code of draw ``s``.
+
+    Returns:
+        ``sparsity`` ``(S, N)`` int64 levels, ``nnz`` ``(S, N)`` int64, ``inclusion``
+        ``(N, K)`` float64 (the fraction of draws whose support holds each dimension), and
+        ``x`` with ``obs_dim``. Draws are made in chunks whose stacked sites stay within
+        :data:`CHUNK_BYTES`.
+    """
+    observe = obs_dim is not None
+    sites = [SPARSITY_SITE, *spec.slot_sites] + ([OBS_SITE] if observe else [])
+    levels, nnz, observations = [], [], []
+    inclusion = torch.zeros(num_rows, spec.latent_dim, dtype=torch.float64)
+    remaining = num_samples
+    while remaining > 0:
+        chunk = min(remaining, _chunk_size(num_rows, spec, num_samples, extra=obs_dim or 0))
+        remaining -= chunk
+        draws = Predictive(program, guide=guide, num_samples=chunk, return_sites=sites, parallel=False)(*args, **kwargs)
+        value = draws[SPARSITY_SITE]
+        # a relaxed site holds a log one-hot (S, N, levels); an enumerable one an index (S, N)
+        if spec.sparsity_inference == "marginal":  # the site holds log q(L) itself: draw L from it
+            index = torch.distributions.Categorical(logits=value).sample()
+        else:
+            index = value.argmax(-1) if value.is_floating_point() else value.long()
+        level = index + spec.min_level
+        picks = spec.slot_picks(draws)  # (S, N, L0)
+        used = torch.arange(spec.max_sparsity, device=picks.device) < level.unsqueeze(-1)
+        hits = torch.zeros(chunk, num_rows, spec.latent_dim, dtype=torch.int32, device=picks.device)
+        support = hits.scatter_add_(-1, picks, used.to(torch.int32)) > 0  # a repeated pick counts once
+        levels.append(level.cpu())
+        nnz.append(support.sum(-1).cpu())
+        inclusion += support.sum(0, dtype=torch.float64).cpu()
+        if observe:
+            observations.append(draws[OBS_SITE].cpu())
+    out = {"sparsity": torch.cat(levels), "nnz": torch.cat(nnz), "inclusion": inclusion / num_samples}
+    if observe:
+        out["x"] = torch.cat(observations)
+    return out
+
+
+def batch_count(num_rows: int, batch_size) -> int | None:
+    """``ceil(num_rows / batch_size)`` for a progress bar; None for a batch size the caller will refuse."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        return None
+    return -(-num_rows // batch_size)
+
+
+def sample_batches(spec: ModelSpec, batches, num_samples: int, seed: int, device: torch.device,
+                   obs_dim: int | None = None, *, progress: bool = False,
+                   num_batches: int | None = None) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Run :func:`draw_sparsity` over batches under one seed; the global RNG is left as it was.
+
+    ``batches`` yields ``(level_probs (n, levels), program, args, kwargs, guide)``.
+    Returns the per-batch exact probabilities and draws, for :func:`sparsity_inference_data`.
+    ``progress``: a progress bar over the ``num_batches`` batches (on stderr).
+    """
+    probs, draws = [], []
+    bar = tqdm(batches, total=num_batches, desc="posterior draws", unit="batch", disable=not progress)
+    with seeded(seed, device):
+        for level_probs, program, args, kwargs, guide in bar:
+            probs.append(level_probs.cpu())
+            draws.append(draw_sparsity(spec, num_samples, program, *args, guide=guide,
+                                       num_rows=level_probs.shape[0], obs_dim=obs_dim, **kwargs))
+    return probs, draws
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """Seed torch's RNG (all Pyro sampling uses it) and restore the global state afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def sparsity_inference_data(
+    spec: ModelSpec,
+    probs: list[torch.Tensor],
+    draws: list[dict[str, torch.Tensor]],
+    *,
+    num_samples: int,
+    seed: int,
+    model_name: str,
+    obs_names: Any = None,
+    observed: Mapping[str, np.ndarray] | None = None,
+    observed_dims: Mapping[str, list[str]] | None = None,
+):
+    """Assemble per-batch results (see :func:`sample_batches`) into the ArviZ object of this module."""
+    sparsity_probs = torch.cat(probs).numpy().astype(np.float64)
+    n = sparsity_probs.shape[0]
+    if obs_names is None:
+        obs_names = np.arange(n)
+    obs_names = np.asarray(obs_names)
+    if obs_names.shape != (n,):
+        raise DataError(f"obs_names has shape {obs_names.shape}, expected ({n},)")
+    sparsity = torch.cat([d["sparsity"] for d in draws], dim=1).numpy()
+    nnz = torch.cat([d["nnz"] for d in draws], dim=1).numpy()
+    inclusion = torch.cat([d["inclusion"] for d in draws]).numpy()
+    dims = {"sparsity": ["obs"], "nnz": ["obs"], "sparsity_probs": ["obs", "level"], "inclusion_probs": ["obs", "dim"]}
+    coords = {"obs": obs_names, "level": spec.levels().numpy(), "dim": np.arange(spec.latent_dim)}
+    posterior_predictive = None
+    if "x" in draws[0]:
+        # named "x", not after the Pyro site "obs": ArviZ 0.x drops a group whose variable
+        # shares its name with a dimension (measured with 0.23.4)
+        posterior_predictive = {"x": torch.cat([d["x"] for d in draws], dim=1).numpy()[None]}
+        dims["x"] = ["obs", "feature"]
+        coords["feature"] = np.arange(posterior_predictive["x"].shape[-1])
+    dims.update(observed_dims or {})
+    attrs = {
+        "model": model_name,
+        "inference_library": "pyro",
+        "inference_library_version": pyro.__version__,
+        "num_samples": num_samples,
+        "seed": seed,
+        "max_sparsity": spec.max_sparsity,
+        "latent_dim": spec.latent_dim,
+        "slot_selection": spec.slot_selection,
+    }
+    return to_inference_data(
+        {"sparsity": sparsity[None], "nnz": nnz[None]},
+        {"sparsity_probs": sparsity_probs, "inclusion_probs": inclusion},
+        dims,
+        coords,
+        posterior_predictive=posterior_predictive,
+        observed_data=observed,
+        attrs=attrs,
+    )

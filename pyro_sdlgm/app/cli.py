@@ -1,0 +1,263 @@
+"""Command line: ``sdlgm train | evaluate | predict | encode | inspect`` (also ``python -m pyro_sdlgm``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+# Only the standard library at import time: `sdlgm --help` must not wait for torch and Pyro.
+from pyro_sdlgm.exceptions import SDLGMError
+
+INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C (128 + SIGINT)
+
+
+def _summary_line(metrics: dict) -> str:
+    if "p@1" in metrics:  # multi-label
+        return (f"P@1 {metrics['p@1']:.3f} | P@3 {metrics['p@3']:.3f} | P@5 {metrics['p@5']:.3f} | "
+                f"example-F1 {metrics['example_f1']:.3f} | count accuracy {metrics['count_accuracy']:.3f} "
+                f"(MAE {metrics['count_mae']:.2f})")
+    return (
+        f"ELBO {metrics['elbo']:.2f} | recon (hard) {metrics['recon']:.2f} | "
+        f"non-zeros mean {metrics['mean_nnz']:.2f}, max {metrics['max_nnz']} | "
+        f"unused dims {100 * metrics['unused_dim_fraction']:.1f}% (non-zero in no hard code)"
+    )
+
+
+def _inspection_text(result: dict) -> str:
+    """The short text summary ``sdlgm inspect`` prints."""
+    histogram = ", ".join(f"{level}: {count}" for level, count in result["mode_histogram"].items())
+    lines = [
+        f"posterior over sparsity, {result['data']} ({result['num_examples']} observations, "
+        f"{result['num_samples']} draws each, seed {result['seed']})",
+        f"modes of q(L|x) (level: observations): {histogram}",
+        f"E[L_i]: mean {result['mean_L']:.2f}, sd across observations {result['sd_between']:.2f}; "
+        f"non-zeros of drawn codes: mean {result['mean_nnz']:.2f}",
+        f"uncertainty: mean entropy {result['mean_entropy']:.2f} nats (uniform: {result['max_entropy']:.2f}), "
+        f"mean width of the 90% interval {result['mean_interval_width']:.2f} levels",
+        f"dimensions: {result['dead_dims']} of {result['num_dims']} dead (mean inclusion < 0.001), "
+        f"{result['always_on_dims']} always on",
+    ]
+    if "prefix" in result:
+        p, e = result["prefix"], result["dimension_effects"]
+        lines.append(f"counts the hard reconstructions support (argmin_l R_l + KL of the first l slots): mean "
+                     f"{p['mean_best_count']:.2f} against mean {p['mean_l_hat']:.2f} for the count network's mode, "
+                     f"which equals it for {100 * p['l_hat_equals_best']:.0f}% of rows (mean |difference| "
+                     f"{p['l_hat_abs_error']:.2f}); count_estimate='refined' uses the supported count")
+        lines.append(f"hard codes use {e['used_dims']} of {e['num_dims']} dimensions; median effect on the output "
+                     f"(|E[x | one dimension] - E[x | empty code]|): {e['median_effect_used']:.3g} used, "
+                     f"{e['median_effect_unused']:.3g} unused")
+    if "calibration" in result:
+        c = result["calibration"]
+        lines.append(f"count calibration: ECE {c['ece']:.3f}, accuracy {c['accuracy']:.3f}, mean confidence "
+                     f"{c['mean_confidence']:.3f}, NLL {c['nll']:.3f} ({c['out_of_range']} rows with a count "
+                     f"outside the levels)")
+    if result.get("groups") is not None:
+        lines.append("per group:")
+        lines.append(result["groups"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if "group_difference" in result:
+        d = result["group_difference"]
+        lines.append(f"groups differ? Kruskal-Wallis on E[L_i]: H = {d['statistic']:.1f}, p = {d['p_value']:.2g}, "
+                     f"groups explain {100 * d['eta_squared']:.1f}% of the variance of E[L_i]")
+    lines.append("files: " + ", ".join(result["files"]))
+    return "\n".join(lines)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdlgm", description="Sparse deep latent generative model (SDLGM) in Pyro")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="CPU threads torch may use (default: torch's own choice, usually one per core; "
+                             "1 is often fastest on a busy machine); for train, the same as training.num_threads=N")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", parents=[common], help="train a model and write a run folder")
+    train.add_argument("--config", help="TOML or YAML config file (default: built-in defaults)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="dotted overrides, e.g. training.epochs=5 model.sparsity_prior.name=truncated_poisson")
+    train.add_argument("--run-dir", help="output folder (overrides run_dir of the config)")
+    train.add_argument("--overwrite", action="store_true", help="replace the files of an existing run folder")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the interrupted run in RUN_DIR from its newest checkpoint, with its own config.yaml")
+
+    evaluate = sub.add_parser("evaluate", parents=[common], help="evaluate a trained run")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--data", help="data source (mnist, digits, .npy/.npz, IDX); default: the run's test split")
+    evaluate.add_argument("--num-samples", type=int, default=1, help="Monte-Carlo samples of the ELBO")
+    evaluate.add_argument("--json", action="store_true", help="print all metrics as JSON")
+
+    predict = sub.add_parser("predict", parents=[common], help="write a multi-label run's predicted label ids")
+    predict.add_argument("run_dir")
+    predict.add_argument("--out", required=True, help="output text file: one line of label ids per row")
+    predict.add_argument("--data", help="a file in the run's data format; default: the run's test split")
+
+    inspect = sub.add_parser("inspect", parents=[common], help="posterior over sparsity: netCDF, summary tables and plots")
+    inspect.add_argument("run_dir")
+    inspect.add_argument("--data", help="data source (or a file in a multi-label run's format); default: the run's test split")
+    inspect.add_argument("--groups", default="auto",
+                         help="'auto' (the data's classes; multi-label: true label counts), 'none', or a .npy / "
+                              "text file with one group label per observation")
+    inspect.add_argument("--num-samples", type=int, default=100, help="posterior draws per observation")
+    inspect.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    inspect.add_argument("--show", action="store_true", help="also show the plots on screen")
+
+    encode = sub.add_parser("encode", parents=[common], help="write hard sparse codes as a scipy CSR .npz")
+    encode.add_argument("run_dir")
+    encode.add_argument("--out", required=True, help="output .npz file")
+    encode.add_argument("--data", help="data source; default: the run's test split")
+    return parser
+
+
+def _train_config(args, runs):
+    """The run config of ``sdlgm train``: a config file with overrides, or a run folder's own for ``--resume``."""
+    from pathlib import Path
+
+    from pyro_sdlgm.config import load_run_config
+    from pyro_sdlgm.exceptions import CheckpointError, ConfigError
+
+    threads = [f"training.num_threads={args.threads}"] if args.threads is not None else []
+    if not args.resume:
+        overrides = list(args.overrides) + ([f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir else [])
+        return load_run_config(args.config, overrides + threads)
+    if args.config or args.overrides or args.run_dir or args.overwrite:
+        raise ConfigError("--resume RUN_DIR continues with RUN_DIR/config.yaml: it takes no --config, "
+                          "--run-dir, --overwrite or KEY=VALUE overrides (--threads is allowed)")
+    folder = Path(args.resume)
+    if not folder.is_dir():
+        raise CheckpointError(f"cannot resume {args.resume!r}: no such folder")
+    if not (folder / runs.CONFIG_FILE).is_file():
+        raise CheckpointError(f"cannot resume {args.resume!r}: it is not a run folder (no {runs.CONFIG_FILE})")
+    return load_run_config(folder / runs.CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}", *threads],
+                           run_folder=True)
+
+
+def _is_first_rank() -> bool:
+    """True unless this process is a later rank of a ``torchrun`` launch (which sets ``RANK``)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _announce_resume(config) -> None:
+    from pyro_sdlgm.inference.trainer import latest_checkpoint_epoch
+
+    epoch, path = latest_checkpoint_epoch(config.run_dir)
+    if _is_first_rank():
+        print(f"resuming {config.run_dir} after epoch {epoch} of {config.training.epochs} (checkpoint {path})")
+
+
+def _interrupted(config) -> int:
+    """Ctrl-C during training: one line naming the last checkpoint and how to continue."""
+    from pyro_sdlgm.inference.trainer import latest_checkpoint_epoch
+
+    if not _is_first_rank():
+        return INTERRUPTED
+    try:
+        epoch, path = latest_checkpoint_epoch(config.run_dir)
+    except SDLGMError:
+        print(f"sdlgm train: interrupted before the first checkpoint of {config.run_dir}; nothing to resume: "
+              "run the same command again with --overwrite", file=sys.stderr)
+    else:
+        print(f"sdlgm train: interrupted; the last checkpoint is {path} (after epoch {epoch}); continue with: "
+              f"sdlgm train --resume {config.run_dir}", file=sys.stderr)
+    return INTERRUPTED
+
+
+def _train(args, runs) -> int:
+    """``sdlgm train``: one process, or one rank of a data-parallel run started by ``torchrun``."""
+    from pyro_sdlgm.inference import distributed
+
+    config = _train_config(args, runs)
+    if args.resume:
+        _announce_resume(config)
+    try:
+        with distributed.process_group(config.training.device) as replicas:
+            result = runs.train_run(config, overwrite=args.overwrite, resume=bool(args.resume))
+    except KeyboardInterrupt:
+        return _interrupted(config)
+    if not replicas.is_main:
+        return 0
+    m = result["metrics"]
+    print(f"run folder: {result['run_dir']}" + (f" ({replicas.world_size} data-parallel processes)"
+                                                  if replicas.distributed else ""))
+    print(f"trained {m['epochs_run']} epochs in {m['train_seconds']:.1f} s" + _stopping_note(m))
+    print(f"{m['split']} ({m['num_examples']} examples): {_summary_line(m)}")
+    print("plots: " + ", ".join(result["plots"]))
+    return 0
+
+
+def _stopping_note(metrics: dict) -> str:
+    note = "; stopped early" if metrics.get("early_stopped") else ""
+    if metrics.get("restored_epoch") is not None:
+        note += f"; the model is the one after epoch {metrics['restored_epoch']} (best validation loss)"
+    return note
+
+
+def _run_command(args, runs) -> None:
+    """``sdlgm evaluate | predict | inspect | encode``."""
+    if args.command == "evaluate":
+        metrics = runs.evaluate_run(args.run_dir, args.data, args.num_samples)
+        if args.json:
+            print(json.dumps(metrics, indent=2))
+        elif "p@1" in metrics:
+            print(f"{metrics['data']} ({metrics['num_examples']} examples): {_summary_line(metrics)}")
+            print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+        else:
+            print(f"{metrics['data']} ({metrics['num_examples']} examples): {_summary_line(metrics)}")
+            print(f"KL: sparsity {metrics['kl_sparsity']:.3f}, slots {metrics['kl_slots']:.3f}"
+                  + (f", values {metrics['kl_values']:.3f}" if "kl_values" in metrics else ""))
+            print(f"non-zero histogram (0..L0): {metrics['nnz_histogram']}")
+    elif args.command == "predict":
+        result = runs.predict_run(args.run_dir, args.out, args.data)
+        print(f"wrote {result['out']}: {result['rows']} rows, {result['mean_labels']:.2f} labels per row")
+    elif args.command == "inspect":
+        print(_inspection_text(runs.inspect_run(args.run_dir, args.data, args.groups, num_samples=args.num_samples,
+                                                seed=args.seed, show=args.show, progress=True)))
+    elif args.command == "encode":
+        result = runs.encode_run(args.run_dir, args.out, args.data)
+        print(f"wrote {result['out']}: shape {tuple(result['shape'])}, "
+              f"non-zeros per row mean {result['mean_nnz']:.2f}, max {result['max_nnz']}")
+        print(f"wrote {result['rows_out']}: the row of {result['source']} each code row belongs to")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # overrides may also come after --run-dir/--overwrite: argparse leaves those over
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if args.command != "train" or item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if args.command == "train":
+        args.overrides = list(args.overrides) + extra
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from . import runs  # imported late so that `sdlgm --help` stays fast
+
+    try:
+        if args.command == "train":  # applies training.num_threads itself, recorded in config.yaml
+            return _train(args, runs)
+        from pyro_sdlgm.inference.resources import cpu_threads
+
+        with cpu_threads(args.threads):
+            _run_command(args, runs)
+    except SDLGMError as err:
+        print(f"sdlgm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # train handles its own (it names the checkpoint to resume from)
+        print(f"sdlgm {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,707 @@
+"""``SDLGMClassifier``: multi-label prediction that also predicts how many labels each row has."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import scipy.sparse
+import torch
+
+from pyro_sdlgm.data.arrays import dense_numeric_2d
+from pyro_sdlgm.inference.checkpoint import atomic_save, load_checkpoint
+from pyro_sdlgm.config import ClassifierConfig as C
+from pyro_sdlgm.config import CLASSIFIER_LEGACY, TrainConfig, from_dict
+from pyro_sdlgm.model.conditional import build_conditional
+from pyro_sdlgm.exceptions import CheckpointError, ConfigError, DataError, NotFittedError
+from pyro_sdlgm.model.guides import GuideParams
+from pyro_sdlgm.analysis.metrics import top_k
+from pyro_sdlgm.analysis.posterior import CHUNK_BYTES, batch_count, check_num_samples, sample_batches, sparsity_inference_data
+from pyro_sdlgm.inference.resources import guard_training_memory
+from pyro_sdlgm.inference.schedules import final_schedule
+from pyro_sdlgm.model.spec import ModelSpec
+from pyro_sdlgm.model.support import greedy_picks, slot_gates, soft_support
+from pyro_sdlgm.inference.trainer import Trainer, check_run_dir, take_rows
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "pyro_sdlgm.SDLGMClassifier"
+CHECKPOINT_VERSION = 1
+OVERFLOW_POLICIES = ("error", "truncate")
+RANKINGS = ("inclusion", "greedy")
+#: the set bound's training shortlist with num_candidates="auto": max(this, 2 L0) labels a row, when below K
+SET_BOUND_CANDIDATES = 40
+DECISIONS = ("f1", "count")
+#: the candidates of the F1-optimal decision: the best max(F1_CANDIDATES, 5 L0) labels by inclusion
+F1_CANDIDATES = 50
+#: constructor arguments added after the first checkpoints, with the value that reproduces those
+#: checkpoints' behaviour (a checkpoint without them loads with these)
+LEGACY_PARAMS = dict(CLASSIFIER_LEGACY)
+
+
+def _as_matrix(A, name: str) -> scipy.sparse.csr_matrix:
+    """Dense or sparse ``(N, M)`` input as float32 CSR, checked for shape, emptiness and finiteness."""
+    if scipy.sparse.issparse(A):
+        matrix = scipy.sparse.csr_matrix(A, dtype=np.float32)
+        if matrix.shape[0] == 0:
+            raise DataError(f"{name} is empty (shape {matrix.shape})")
+    else:
+        matrix = scipy.sparse.csr_matrix(dense_numeric_2d(A, name).astype(np.float32))
+    if not np.isfinite(matrix.data).all():
+        row = int(np.searchsorted(matrix.indptr, np.flatnonzero(~np.isfinite(matrix.data))[0], side="right") - 1)
+        raise DataError(f"{name} contains non-finite values (first in row {row})")
+    return matrix
+
+
+def validation_split(n_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(fit_rows, val_rows)``: the seeded hold-out :meth:`SDLGMClassifier.fit` uses when no
+    validation data is given (``val_rows`` None when ``fraction`` leaves no row on either side)."""
+    n_val = int(round(fraction * n_rows))
+    if fraction <= 0 or not 1 <= n_val < n_rows:
+        return np.arange(n_rows), None
+    order = np.random.default_rng(seed).permutation(n_rows)
+    return order[n_val:], order[:n_val]
+
+
+def shared_inclusion(gates: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """``1 - prod_l (1 - g_l p_k)`` for slots sharing one distribution ``probs``, without an ``(N, L0, K)`` tensor.
+
+    Args:
+        gates: ``(N, L0)`` slot gates ``P(L >= l)``.
+        probs: ``(N, K)`` the slots' shared label probabilities.
+
+    Returns:
+        ``(N, K)``, equal to :func:`pyro_sdlgm.model.support.soft_support` of ``probs`` repeated for
+        every slot (up to rounding), computed one slot at a time in ``N x K`` memory.
+    """
+    remaining = torch.ones_like(probs)
+    for index in range(gates.shape[-1]):
+        remaining.mul_(1.0 - gates[:, index:index + 1] * probs)
+    return 1.0 - remaining
+
+
+def distinct_draw_inclusion(probs: torch.Tensor, max_count: int, rest: torch.Tensor | None = None,
+                            steps: int = 30) -> torch.Tensor:
+    """``P(k in S | L = l)`` for ``l = 1..max_count`` distinct draws (successive sampling, the
+    Plackett-Luce slots) from one distribution, approximated as ``1 - (1 - p_k)^t_l`` with
+    ``t_l`` chosen so that the inclusion probabilities add up to ``l`` (the approximation of
+    Hajek and Rosen for successive sampling; exact for ``l = 1`` and in the small-``p`` limit).
+    Drawing with replacement (``t_l = l``) would add up to less than ``l``, the more so the
+    more confident the model.
+
+    Args:
+        probs: ``(N, C)`` the probabilities of the ``C`` labels considered.
+        max_count: ``L0``.
+        rest: ``(N,)`` the probability mass outside them (default 0), whose inclusion is
+            counted as linear in ``t``.
+        steps: Newton steps for ``t`` (``f(t) = sum_k (1 - (1 - p_k)^t) + t rest - l`` is
+            concave and increasing and ``f(l) <= 0``, so the steps from ``t = l`` rise
+            monotonically to the root).
+
+    Returns:
+        ``(N, L0, C)``.
+    """
+    keep = (1.0 - probs).clamp(min=1e-6, max=1.0).double()  # (N, C): 1 - p, away from 0 for the log
+    log_keep = keep.log()
+    rest = torch.zeros(probs.shape[0], dtype=keep.dtype, device=probs.device) if rest is None else rest.double()
+    target = torch.arange(1, max_count + 1, dtype=keep.dtype, device=probs.device).expand(probs.shape[0], -1)
+    t = target.clone()  # (N, L0)
+    for _ in range(steps):
+        power = keep.unsqueeze(1) ** t.unsqueeze(-1)  # (N, L0, C)
+        value = (1.0 - power).sum(-1) + t * rest.unsqueeze(-1) - target
+        slope = -(power * log_keep.unsqueeze(1)).sum(-1) + rest.unsqueeze(-1)
+        t = (t - value / slope.clamp(min=1e-12)).clamp(max=1e6)
+    return (1.0 - keep.unsqueeze(1) ** t.unsqueeze(-1)).to(probs.dtype)
+
+
+def f1_optimal_sets(count_probs: torch.Tensor, levels: torch.Tensor, conditional: torch.Tensor,
+                    labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """The plug-in F1-optimal label sets of Dembczynski et al. (2011) under SDLGM's joint
+    distribution of the count and the labels.
+
+    With ``Delta_ik = sum_s 2 P(L = s) P(i in S | L = s) / (s + k)``, the best set of size
+    ``k`` is the ``k`` labels of largest ``Delta_ik`` and its expected example-F1 is their sum
+    (``P(L = 0)`` for the empty set); each row takes the size of largest expected F1.
+    Vectorized over the sizes ``k = 1..L0``: memory ``N x L0 x C``.
+
+    Args:
+        count_probs: ``(N, num_levels)`` ``P(L = s | x)`` over ``levels`` ``(num_levels,)``.
+        conditional: ``(N, L0, C)`` ``P(label labels[n, c] in S | L = l + 1)``.
+        labels: ``(N, C)`` the label indices ``conditional`` is about (the best candidates:
+            a label outside them is taken to have ``P(i in S) ~ 0``).
+        num_labels: ``K``.
+
+    Returns:
+        ``(N, K)`` int8 0/1.
+    """
+    n, max_count, _ = conditional.shape
+    with_zero = int(levels[0]) == 0
+    joint = count_probs[:, int(with_zero):, None] * conditional  # (N, L0, C): P(L = s, i in S)
+    sizes = torch.arange(1, max_count + 1, dtype=joint.dtype, device=joint.device)
+    weights = 2.0 / (levels[int(with_zero):].to(joint.dtype)[:, None] + sizes[None, :])  # (s, k)
+    delta = torch.einsum("nsc,sk->nkc", joint, weights)  # (N, L0 sizes, C)
+    ranked, order = delta.sort(dim=-1, descending=True, stable=True)
+    value = ranked.cumsum(-1).diagonal(dim1=1, dim2=2)  # (N, L0): the top-k sum for size k
+    if with_zero:
+        value = torch.cat([count_probs[:, :1], value], dim=-1)
+    size = value.argmax(-1) + (0 if with_zero else 1)  # (N,)
+    best = order[torch.arange(n, device=order.device), (size - 1).clamp(min=0)]  # (N, C) of the chosen size
+    keep = torch.arange(best.shape[-1], device=best.device) < size.unsqueeze(-1)
+    chosen = labels.gather(-1, best)
+    return torch.zeros(n, num_labels, dtype=torch.int8, device=labels.device).scatter_(-1, chosen,
+                                                                                       keep.to(torch.int8))
+
+
+def auto_candidates(fit_objective: str, num_labels: int, max_labels: int) -> int | None:
+    """``num_candidates="auto"``: with the set bound, ``max(SET_BOUND_CANDIDATES, 2 L0)`` labels a
+    row when that is below ``K`` (else None, all labels); with the ELBO, None (the full mode).
+
+    Chosen by measurement (``experiments/NOTES.md``): on Bibtex the set bound over shortlists of
+    40 (true labels, hard negatives, random negatives) had a higher validation P@1 than over
+    all 159 labels in 9 of 12 paired runs."""
+    if fit_objective != "set_bound":
+        return None
+    size = max(SET_BOUND_CANDIDATES, 2 * max_labels)
+    return size if size < num_labels else None
+
+
+class SDLGMClassifier:
+    """Multi-label classifier whose label set is SDLGM's sparse support, capped at ``max_labels``.
+
+    The count ``L_i`` and the labels are latent variables with ``x``-conditioned priors;
+    prediction uses the ``x``-only networks: the predicted count ``L_hat`` (mode of the
+    count network, temperature-scaled on the validation rows) and the top-``L_hat`` labels
+    by inclusion probability. By default training maximizes the set bound (the count and the
+    label set are observed; see :mod:`pyro_sdlgm.model.conditional`); ``fit_objective="elbo"``
+    trains through a label-aware guide instead.
+
+    Args:
+        num_labels: ``K``.
+        max_labels: ``L0``, the most labels a prediction can hold (``1 <= L0 <= K``); default
+            None: the most labels a training row has (with the set bound a larger ``L0``
+            costs one more output of the count network, so no training row needs truncating).
+        input_dim: ``D``; default: taken from the data at ``fit``.
+        include_zero: allow predicting no label (counts ``0..L0``); default None: True when a
+            training or validation row has no label.
+        on_overflow: what to do with training rows that have more than ``L0`` labels:
+            ``"error"`` (default) or ``"truncate"`` (keep the ``L0`` labels that are most
+            frequent in the training data; logged with the number of rows affected).
+        fit_objective: ``"set_bound"`` (default; needs ``per_slot=False``) or
+            ``"elbo"`` (the label-aware guide's ELBO over the sampled slots).
+        guide: with ``"elbo"``: ``"label_aware"`` (``q(L, labels | x, y)``) or
+            ``"prior_as_guide"`` (ablation). Not used by the set bound.
+        per_slot: one logit vector per slot (``"elbo"`` only; default shared).
+        hidden, activation: MLP sizes of the prior network and the guide.
+        dropout: dropout rate after each hidden layer of the prior network, in training.
+        label_noise: ``eps`` in ``y ~ Bernoulli(eps + (1 - 2 eps) s)`` (``"elbo"``).
+        ranking: ``"inclusion"`` (default: labels by ``1 - prod_l (1 - g_l p_lk)``, the inclusion
+            probability with the slots taken as independent; with shared slots it orders the labels
+            as ``p_k`` does)
+            or ``"greedy"`` (the zero-temperature slot picks first, in slot order, then inclusion).
+        decision: the label sets of :meth:`predict`: ``"f1"`` (default: the plug-in
+            F1-optimal set of Dembczynski et al. 2011 under the model's joint distribution of the
+            count and the labels, :func:`f1_optimal_sets`) or ``"count"`` (the top-``L_hat``
+            labels). :meth:`predict_count` is the count network's mode either way.
+        calibrate_count: after training, divide the count logits by the temperature that
+            minimizes the negative log-likelihood of the validation rows' counts (Guo et al.,
+            2017; ``count_temperature_``; 1 without validation rows). It changes no mode.
+        sparsity_inference, objective, slot_selection, slot_layout: as for :class:`pyro_sdlgm.SDLGM`
+            (``"elbo"``).
+        num_candidates: ``"auto"`` (default: :func:`auto_candidates`, 40 or ``2 L0`` labels a
+            row with the set bound when fewer than ``K``, else all), None (the full mode: every
+            slot draws over all ``K`` labels) or ``C`` with ``L0 <= C <= K``: the shortlist
+            mode. With the set bound, each batch scores each row's label set under the slot
+            distribution truncated to a shortlist of ``C`` labels (see
+            :mod:`pyro_sdlgm.model.conditional`). With ``"elbo"`` it is the mode for wide label
+            spaces: each training (and validation) batch then draws its slots over a per-row
+            shortlist of ``C`` labels (the row's true labels, then hard negatives, the highest
+            prior-network scores among the other labels, for half of the remaining
+            places, then uniform random negatives); see :mod:`pyro_sdlgm.model.conditional` for
+            the approximation (slot distributions truncated to the shortlist). Needs
+            ``per_slot=False`` (per-slot heads cost ``L0 x K x hidden`` parameters).
+            Prediction still ranks all ``K`` labels, with ``(N, K)`` memory per batch. The set
+            bound's batch costs ``N x K`` with or without a shortlist.
+    """
+
+    def __init__(self, num_labels: int, max_labels: int | None = C.max_labels, *, input_dim: int | None = None,
+                 include_zero: bool | None = C.include_zero, on_overflow: str = C.on_overflow,
+                 fit_objective: str = C.fit_objective, guide: str = C.guide, per_slot: bool = C.per_slot,
+                 hidden: Sequence[int] = C.hidden, activation: str = C.activation, dropout: float = C.dropout,
+                 label_noise: float = C.label_noise, ranking: str = C.ranking, decision: str = C.decision,
+                 calibrate_count: bool = C.calibrate_count, sparsity_inference: str = C.sparsity_inference,
+                 objective: str = C.objective, slot_selection: str = C.slot_selection,
+                 num_candidates: int | str | None = C.num_candidates, slot_layout: str = C.slot_layout):
+        if on_overflow not in OVERFLOW_POLICIES:
+            raise ConfigError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
+        if ranking not in RANKINGS:
+            raise ConfigError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+        if decision not in DECISIONS:
+            raise ConfigError(f"decision must be one of {DECISIONS}, got {decision!r}")
+        for key, value in (("num_labels", num_labels), ("max_labels", max_labels)):
+            if value is None and key == "max_labels":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ConfigError(f"{key} must be a positive integer{' or None' if key == 'max_labels' else ''}, "
+                                  f"got {value!r}")
+        num_labels = int(num_labels)
+        max_labels = None if max_labels is None else int(max_labels)
+        if max_labels is not None and max_labels > num_labels:
+            raise ConfigError(f"max_labels={max_labels} exceeds num_labels={num_labels}")
+        for key, value in (("include_zero", include_zero), ("calibrate_count", calibrate_count)):
+            if not isinstance(value, bool) and not (key == "include_zero" and value is None):
+                raise ConfigError(f"{key} must be true or false{' or None' if key == 'include_zero' else ''}, "
+                                  f"got {value!r}")
+        if num_candidates == "all":
+            num_candidates = None
+        if num_candidates is not None and num_candidates != "auto":
+            num_candidates = self._check_candidates(num_candidates, num_labels, max_labels or 1, per_slot)
+        self._requested = {"max_labels": max_labels, "include_zero": include_zero, "num_candidates": num_candidates}
+        self.params = dict(num_labels=num_labels, max_labels=max_labels, input_dim=input_dim,
+                           include_zero=include_zero, on_overflow=on_overflow, guide=guide, per_slot=per_slot,
+                           hidden=list(hidden) if isinstance(hidden, Sequence) else hidden,
+                           activation=activation, label_noise=label_noise,
+                           sparsity_inference=sparsity_inference, objective=objective,
+                           slot_selection=slot_selection, num_candidates=num_candidates,
+                           fit_objective=fit_objective, dropout=dropout, ranking=ranking, decision=decision,
+                           calibrate_count=calibrate_count)
+        if slot_layout != C.slot_layout:  # absent from older checkpoints' params: the default
+            self.params["slot_layout"] = slot_layout
+        if input_dim is not None and (isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral)
+                                      or input_dim < 1):
+            raise ConfigError(f"input_dim must be a positive integer or None, got {input_dim!r}")
+        self._fixed_input_dim = None if input_dim is None else int(input_dim)
+        # build once now, on a placeholder width if needed and on the meta device (nothing is
+        # allocated), so that bad options fail here, not in fit()
+        with torch.device("meta"):
+            build_conditional(self._spec(self._fixed_input_dim or 1, max_labels or min(2, num_labels),
+                                         bool(include_zero)), *self._network_options())
+        self.model = self.guide = None
+        self.train_config: TrainConfig | None = None
+        self.history_: list[dict] | None = None
+        self.count_temperature_ = 1.0
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_candidates(num_candidates, num_labels: int, max_labels: int, per_slot) -> int:
+        if isinstance(num_candidates, bool) or not isinstance(num_candidates, numbers.Integral):
+            raise ConfigError(f"num_candidates must be an integer, 'auto', 'all' or None, got {num_candidates!r}")
+        num_candidates = int(num_candidates)
+        if not max_labels <= num_candidates <= num_labels:
+            raise ConfigError(f"num_candidates={num_candidates} must lie between max_labels={max_labels} and "
+                              f"num_labels={num_labels} (every row's true labels must fit in its shortlist)")
+        if per_slot:
+            raise ConfigError(f"num_candidates={num_candidates} (shortlist mode) needs per_slot=False: per-slot "
+                              f"heads cost max_labels x num_labels x the last hidden size parameters "
+                              f"({max_labels} x {num_labels} x hidden), which the shortlist cannot reduce")
+        return num_candidates
+
+    @property
+    def shortlist(self) -> bool:
+        """True in shortlist mode (``num_candidates`` a number; ``"auto"`` is decided at ``fit``)."""
+        candidates = self.params.get("num_candidates")
+        return candidates is not None and candidates != "auto"
+
+    def _batch_kwargs(self, batch: tuple) -> dict:
+        """The Trainer's per-batch extra arguments: ``candidates`` ``(N, C)`` in shortlist mode.
+
+        With the set bound the shortlist is for the training steps only: validation (the model
+        in eval mode) scores the full bound over all ``K`` labels, the objective early stopping
+        should follow (its batch costs ``N x K`` either way). The ELBO's shortlist mode, meant
+        for label spaces too wide for that, validates on shortlists too.
+        """
+        if not self.shortlist or (self.params["fit_objective"] == "set_bound" and not self.model.training):
+            return {}
+        x, y = batch
+        return {"candidates": self.model.candidates(x, y, self.params["num_candidates"])}
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec(self.params["input_dim"], self.params["max_labels"], self.params["include_zero"])
+
+    def _spec(self, input_dim: int, max_labels: int, include_zero: bool) -> ModelSpec:
+        p = self.params
+        return ModelSpec(input_dim, p["num_labels"], max_labels, include_zero=include_zero,
+                         binary=True, sparsity_inference=p["sparsity_inference"], objective=p["objective"],
+                         slot_selection=p["slot_selection"], slot_layout=p.get("slot_layout", C.slot_layout))
+
+    @property
+    def count_levels(self) -> np.ndarray:
+        """The counts indexing the columns of :meth:`count_posterior`."""
+        return self.spec.levels().numpy()
+
+    def _network_options(self) -> tuple:
+        p = self.params
+        return (p["guide"], p["per_slot"], p["hidden"], p["activation"], p["label_noise"], p["dropout"],
+                p["fit_objective"])
+
+    def _networks(self):
+        return build_conditional(self.spec, *self._network_options())
+
+    def _build(self) -> None:
+        self.model, self.guide = self._networks()
+
+    def _check_fitted(self, method: str) -> None:
+        if self.model is None:
+            raise NotFittedError(f"SDLGMClassifier.{method}() needs a trained model: call fit() or load() first")
+
+    def _features(self, X, name="X") -> scipy.sparse.csr_matrix:
+        return self._check_width(_as_matrix(X, name), name)
+
+    def _check_width(self, matrix: scipy.sparse.csr_matrix, name: str) -> scipy.sparse.csr_matrix:
+        expected = self.params["input_dim"]
+        if expected is not None and matrix.shape[1] != expected:
+            raise DataError(f"{name} has {matrix.shape[1]} features but the classifier was built for {expected}")
+        return matrix
+
+    def _labels(self, Y, n_rows: int, name="Y") -> scipy.sparse.csr_matrix:
+        matrix = _as_matrix(Y, name)
+        if matrix.shape != (n_rows, self.params["num_labels"]):
+            raise DataError(f"{name} has shape {matrix.shape}, expected ({n_rows}, {self.params['num_labels']})")
+        if not np.isin(matrix.data, (0.0, 1.0)).all():
+            bad = matrix.data[~np.isin(matrix.data, (0.0, 1.0))][0]
+            raise DataError(f"{name} must hold only 0 and 1, found {float(bad)}")
+        matrix.eliminate_zeros()
+        return matrix
+
+    def _resolve_counts(self, *label_matrices: scipy.sparse.csr_matrix) -> None:
+        """Set ``max_labels`` and ``include_zero`` left to the data (None at construction) from
+        the training and validation labels: the most labels of a row, and whether a row has none."""
+        counts = np.concatenate([np.diff(m.indptr) for m in label_matrices])
+        requested = self._requested
+        if requested["max_labels"] is None:
+            self.params["max_labels"] = int(min(max(counts.max(), 1), self.params["num_labels"]))
+            logger.info("max_labels=%d: the most labels of a training row", self.params["max_labels"])
+        else:
+            self.params["max_labels"] = requested["max_labels"]
+        if requested["include_zero"] is None:
+            self.params["include_zero"] = bool((counts == 0).any())
+            if self.params["include_zero"]:
+                logger.info("include_zero=True: %d rows have no label", int((counts == 0).sum()))
+        else:
+            self.params["include_zero"] = requested["include_zero"]
+        candidates = requested["num_candidates"]
+        if candidates == "auto":
+            candidates = auto_candidates(self.params["fit_objective"], self.params["num_labels"],
+                                         self.params["max_labels"])
+        self.params["num_candidates"] = candidates
+        if candidates is not None:
+            self._check_candidates(candidates, self.params["num_labels"], self.params["max_labels"],
+                                   self.params["per_slot"])
+
+    def _capped(self, matrix: scipy.sparse.csr_matrix, name: str = "Y") -> scipy.sparse.csr_matrix:
+        """``matrix`` with the overflow policy applied to its rows of more than ``max_labels`` labels.
+
+        Raises:
+            DataError: with the set bound, rows without a label while ``include_zero`` is False
+                (the bound gives them probability 0).
+        """
+        counts = np.diff(matrix.indptr)
+        if self.params["fit_objective"] == "set_bound" and not self.params["include_zero"] and (counts == 0).any():
+            raise DataError(f"{int((counts == 0).sum())} rows of {name} have no label (the first is row "
+                            f"{int(np.flatnonzero(counts == 0)[0])}) but include_zero=False: the set bound needs the "
+                            "count 0 for them; pass include_zero=True or None (decided from the data)")
+        cap = self.params["max_labels"]
+        over = counts > cap
+        if over.any():
+            if self.params["on_overflow"] == "error":
+                raise DataError(
+                    f"{int(over.sum())} training rows have more than max_labels={cap} labels (at most "
+                    f"{int(counts.max())}); raise max_labels or pass on_overflow='truncate'"
+                )
+            matrix = self._truncate(matrix, cap)
+            logger.warning("truncated %d training rows with more than %d labels (max %d) to their %d most "
+                           "frequent labels", int(over.sum()), cap, int(counts.max()), cap)
+        return matrix
+
+    @staticmethod
+    def _truncate(Y: scipy.sparse.csr_matrix, cap: int) -> scipy.sparse.csr_matrix:
+        frequency = np.asarray(Y.sum(0)).ravel()
+        rows = Y.tolil(copy=True)
+        for i, labels in enumerate(rows.rows):
+            if len(labels) > cap:
+                keep = sorted(labels, key=lambda label: (-frequency[label], label))[:cap]
+                rows.rows[i] = sorted(keep)
+                rows.data[i] = [1.0] * cap
+        return rows.tocsr()
+
+    @torch.no_grad()
+    def _prior_params(self, X, batch_size: int, method: str):
+        self._check_fitted(method)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+        matrix = self._features(X)
+        device = next(self.model.parameters()).device
+        self.model.eval()
+        for rows in torch.arange(matrix.shape[0]).split(batch_size):
+            (batch,) = take_rows((matrix,), rows, device)
+            params = self.model.prior_params(batch)
+            # the count logits divided by the calibrated temperature (1 before calibration)
+            yield params._replace(sparsity_logits=params.sparsity_logits / self.count_temperature_)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def fit(self, X, Y, *, validation_data: tuple | None = None, run_dir: str | Path | None = None,
+            resume: bool = False, overwrite: bool = False, **train_options) -> list[dict]:
+        """Train by SVI from a seeded initialization; return the per-epoch history.
+
+        Args:
+            X: ``(N, D)`` features, dense or scipy sparse (batches are densified one at a time).
+            Y: ``(N, K)`` 0/1 labels, dense or sparse.
+            validation_data: optional ``(X_val, Y_val)``; by default a seeded
+                ``validation_fraction`` of the rows is held out for early stopping.
+            run_dir: if given, per-epoch metrics and training checkpoints go there.
+            resume: continue the interrupted training of ``run_dir`` from its newest checkpoint.
+            overwrite: replace the checkpoints and metrics an earlier run left in ``run_dir``.
+            **train_options: fields of :class:`pyro_sdlgm.config.TrainConfig`.
+
+        In shortlist mode (``num_candidates``) each training batch draws its candidates once
+        for the model and the guide, and ``train_loss`` is the shortlist objective. With the
+        set bound, ``val_loss`` is the full bound over all labels. With the ELBO it is the
+        shortlist ELBO too (truncated slot distributions, without the constant
+        ``(K - C) log(1 - eps)`` per row of the labels outside the shortlist), its validation
+        candidates drawn under the validation seed, so ``val_loss`` stays comparable across epochs.
+        """
+        cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGMClassifier.fit()")
+        check_run_dir(run_dir, resume, overwrite)
+        previous = dict(self.params)
+        try:
+            X, Y, val = self._prepare(X, Y, validation_data, cfg)
+        except Exception:
+            self.params = previous  # a refused fit leaves the classifier (and its fitted model) as it was
+            raise
+        pyro.set_rng_seed(cfg.seed)
+        self.model = self.guide = None  # free the current networks before building the fresh ones
+        self._build()
+        self.history_ = Trainer(self.model, self.guide, cfg, batch_kwargs=self._batch_kwargs).fit(
+            (X, Y), val, run_dir, resume=resume, overwrite=overwrite, identity={"classifier": dict(self.params)})
+        self.train_config = cfg
+        self.count_temperature_ = 1.0
+        if self.params["calibrate_count"] and val is not None:
+            self.count_temperature_ = self._fit_count_temperature(*val, cfg.eval_batch_size)
+        return self.history_
+
+    def _prepare(self, X, Y, validation_data, cfg: TrainConfig) -> tuple:
+        """Check the data, decide what is left to it (``input_dim``, ``max_labels``, ``include_zero``,
+        ``num_candidates``), apply the overflow policy, hold out the validation rows and check the
+        memory: ``(X, Y, val)`` with ``val`` None or ``(X_val, Y_val)``, all CSR."""
+        X = _as_matrix(X, "X")
+        # the width given at construction, or that of the data (inferred anew at each fit)
+        self.params["input_dim"] = self._fixed_input_dim or int(X.shape[1])
+        X = self._check_width(X, "X")
+        Y = self._labels(Y, X.shape[0])
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise DataError("validation_data must be a pair (X_val, Y_val)")
+            X_val = self._features(validation_data[0], "X_val")
+            val = (X_val, self._labels(validation_data[1], X_val.shape[0], "Y_val"))
+        self._resolve_counts(Y, *(() if val is None else (val[1],)))
+        Y = self._capped(Y)
+        if val is not None:
+            val = (val[0], self._capped(val[1], "Y_val"))
+        else:
+            fit_rows, val_rows = validation_split(X.shape[0], cfg.validation_fraction, cfg.seed)
+            if val_rows is not None:
+                val = (X[val_rows], Y[val_rows])
+                X, Y = X[fit_rows], Y[fit_rows]
+        # the set bound holds no slot tensor: its batch costs N x K numbers (num_candidates=0 in the estimate)
+        candidates = 0 if self.params["fit_objective"] == "set_bound" else self.params["num_candidates"]
+        with torch.device("meta"):  # sizes only: refuse a configuration that cannot fit before allocating it
+            guard_training_memory(*self._networks(), cfg, X.shape[0], 0 if val is None else val[0].shape[0],
+                                  num_candidates=candidates)
+        return X, Y, val
+
+    @torch.no_grad()
+    def _fit_count_temperature(self, X_val, Y_val, batch_size: int) -> float:
+        """The temperature ``T`` that minimizes the validation rows' mean ``-log softmax(logits / T)[count]``
+        (bounded 1-D search over ``log T`` in ``[-4, 4]``, scipy's ``minimize_scalar``), over the rows
+        whose count is one of the model's levels."""
+        from scipy.optimize import minimize_scalar
+
+        self.count_temperature_ = 1.0
+        logits = torch.cat([p.sparsity_logits.cpu() for p in self._prior_params(X_val, batch_size, "fit")]).double()
+        target = torch.as_tensor(np.diff(Y_val.indptr) - self.spec.min_level, dtype=torch.long)
+        in_range = (target >= 0) & (target < self.spec.num_levels)  # rows without a label under the ELBO
+        if not bool(in_range.any()):
+            logger.warning("no validation row has a count the model can hold: the count stays uncalibrated")
+            return 1.0
+        logits, target = logits[in_range], target[in_range]
+
+        def nll(log_t: float) -> float:
+            return float(torch.nn.functional.cross_entropy(logits / np.exp(log_t), target))
+
+        temperature = float(np.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x))
+        logger.info("count temperature %.3g (validation NLL %.4g at 1, %.4g after)", temperature, nll(0.0),
+                    nll(np.log(temperature)))
+        return temperature
+
+    # -- prediction -------------------------------------------------------------------------
+
+    def count_posterior(self, X, *, batch_size: int = 1024) -> np.ndarray:
+        """``p(L_i = l | x_i)`` from the count network, ``(N, L0)`` (``(N, L0 + 1)`` with ``include_zero``)."""
+        return torch.cat([p.sparsity_logits.softmax(-1).cpu() for p in
+                          self._prior_params(X, batch_size, "count_posterior")]).numpy()
+
+    def predict_count(self, X, *, batch_size: int = 1024) -> np.ndarray:
+        """``L_hat_i``, the mode of the count network, ``(N,)`` int."""
+        return self.count_levels[self.count_posterior(X, batch_size=batch_size).argmax(-1)]
+
+    @torch.no_grad()
+    def posterior(self, X, Y=None, *, num_samples: int = 100, seed: int = 0, batch_size: int = 256, obs_names=None,
+                  progress: bool = False):
+        """The predicted distribution over each row's label count and labels, as ArviZ data.
+
+        At prediction time labels are unknown, so this is the distribution of the ``x``-only
+        networks (the count network ``p(L_i | x_i)`` and the slot networks), which training
+        fits to the observed counts and label sets (the set bound) or to the label-aware
+        posterior (the ELBO). Same groups as :meth:`pyro_sdlgm.SDLGM.posterior`
+        (``sparsity`` draws are label counts, ``inclusion_probs`` ``(N, K)`` label
+        probabilities); with ``Y`` ``(N, K)``, ``observed_data.label_count`` holds the true
+        counts (for :func:`pyro_sdlgm.analysis.inspection.count_calibration`).
+
+        Memory: a draw holds the ``L0`` slot sites over all ``K`` labels, about ``8 L0 K``
+        bytes per row (no shortlist at prediction). In shortlist mode ``batch_size`` is
+        therefore lowered, if needed, so that one draw of a batch stays within 256 MB
+        (logged); the full mode uses ``batch_size`` as given. ``progress`` shows a progress
+        bar over the batches.
+        """
+        num_samples = check_num_samples(num_samples)
+        self._check_fitted("posterior")
+        if self.shortlist:
+            per_row = 8 * self.spec.max_sparsity * self.spec.latent_dim
+            rows = max(1, CHUNK_BYTES // per_row)
+            if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > rows:
+                logger.info("posterior: batch_size %d lowered to %d rows so that a draw of %d slots over %d labels "
+                            "stays within %d MB", batch_size, rows, self.spec.max_sparsity, self.spec.latent_dim,
+                            CHUNK_BYTES // 2**20)
+                batch_size = rows
+        true_counts = None
+        X = self._features(X)  # checked and converted once; _prior_params reuses the CSR matrix as it is
+        if Y is not None:
+            labels = _as_matrix(Y, "Y")
+            n_rows = X.shape[0]
+            if labels.shape != (n_rows, self.params["num_labels"]):
+                raise DataError(f"Y has shape {labels.shape}, expected ({n_rows}, {self.params['num_labels']})")
+            true_counts = np.asarray((labels != 0).sum(1)).ravel().astype(np.int64)
+        schedule = final_schedule(self.train_config)
+        batches = ((params.sparsity_logits.softmax(-1), partial(self.guide.place_sites, params, None), (), schedule,
+                    None) for params in self._prior_params(X, batch_size, "posterior"))
+        probs, draws = sample_batches(self.spec, batches, num_samples, seed, next(self.model.parameters()).device,
+                                      progress=progress, num_batches=batch_count(X.shape[0], batch_size))
+        return sparsity_inference_data(
+            self.spec, probs, draws, num_samples=num_samples, seed=seed, model_name="SDLGMClassifier",
+            obs_names=obs_names, observed=None if true_counts is None else {"label_count": true_counts},
+            observed_dims={"label_count": ["obs"]},
+        )
+
+    def _ranking(self, params: GuideParams) -> torch.Tensor:
+        """Scores ``(N, K)`` in ``[0, 1]`` (``ranking="inclusion"``): ``1 - prod_l (1 - g_l p_lk)``,
+        the probability that a slot in use selects label ``k`` with the slots taken as independent;
+        or (``"greedy"``) the labels the zero-temperature slot selection picks (slots 1..L0, in
+        order) first, the rest by inclusion.
+
+        With shared slot logits the inclusion probability is accumulated one slot at a time,
+        so no ``(N, L0, K)`` tensor is built: memory ``N x K``.
+        """
+        spec = self.spec
+        n, k = params.slot_logits.shape[0], spec.latent_dim
+        gates = slot_gates(params.sparsity_logits.softmax(-1), spec.min_level)  # P(L >= l)
+        if params.slot_logits.shape[1] == 1:
+            inclusion = shared_inclusion(gates, params.slot_logits[:, 0].softmax(-1))
+        else:
+            probs = params.slot_logits.softmax(-1).expand(n, spec.max_sparsity, k)
+            inclusion = soft_support(gates, probs)  # P(a slot in use selects the label), in [0, 1]
+        if self.params["ranking"] == "inclusion":
+            return inclusion
+        picks = greedy_picks(params.slot_logits, spec.max_sparsity)  # (N, L0), in slot order
+        rank_scores = torch.arange(spec.max_sparsity, 0, -1, device=inclusion.device, dtype=inclusion.dtype)
+        return inclusion.scatter(-1, picks, 1.0 + rank_scores.expand(n, -1))
+
+    def predict_scores(self, X, *, batch_size: int = 1024) -> np.ndarray:
+        """``(N, K)`` label scores for ranking (P@k, nDCG@k)."""
+        return torch.cat([self._ranking(p).cpu() for p in self._prior_params(X, batch_size, "predict_scores")]).numpy()
+
+    def predict_top_labels(self, X, k: int = 5, *, batch_size: int = 1024) -> np.ndarray:
+        """``(N, min(k, K))`` int64 label indices ranked best first by :meth:`predict_scores`.
+
+        The ranking of :func:`pyro_sdlgm.analysis.metrics.top_k` (ties: lower index first), taken one
+        batch at a time, so a wide label space never holds more than ``(batch_size, K)`` scores.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise DataError(f"k must be a positive integer, got {k!r}")
+        parts = [top_k(self._ranking(p).cpu().numpy(), k)
+                 for p in self._prior_params(X, batch_size, "predict_top_labels")]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros((0, min(k, self.spec.latent_dim)),
+                                                                           dtype=np.int64)
+
+    def predict(self, X, *, batch_size: int = 1024) -> scipy.sparse.csr_matrix:
+        """``(N, K)`` CSR 0/1 label sets: with ``decision="f1"`` the F1-optimal sets
+        (:func:`f1_optimal_sets`), with ``"count"`` the top-``L_hat`` labels by :meth:`predict_scores`
+        (``L_hat`` from the count network; with ``ranking="greedy"`` the greedy slot picks)."""
+        parts = [scipy.sparse.csr_matrix(self._decide(params).cpu().numpy())
+                 for params in self._prior_params(X, batch_size, "predict")]
+        return scipy.sparse.vstack(parts).tocsr().astype(np.int8)
+
+    def _decide(self, params: GuideParams) -> torch.Tensor:
+        """The label sets ``(N, K)`` int8 of one batch (see :meth:`predict`)."""
+        spec = self.spec
+        levels = spec.levels().to(params.sparsity_logits.device)
+        if self.params["decision"] == "f1":
+            scores = self._ranking(params)
+            labels = scores.topk(min(spec.latent_dim, max(F1_CANDIDATES, 5 * spec.max_sparsity)), dim=-1).indices
+            heads = params.slot_logits.shape[1]  # 1 (shared) or L0
+            probs = params.slot_logits.softmax(-1)
+            picked = probs.gather(-1, labels.unsqueeze(1).expand(-1, heads, -1))  # (N, heads, C), never (N, L0, K)
+            if heads == 1:  # l distinct draws from one distribution
+                conditional = distinct_draw_inclusion(picked[:, 0], spec.max_sparsity,
+                                                      (1.0 - picked[:, 0].sum(-1)).clamp(min=0.0))
+            else:  # slot l draws from its own distribution (taken as independent of the others)
+                conditional = 1.0 - torch.cumprod(1.0 - picked, dim=1)  # P(k in S | L = l + 1)
+            return f1_optimal_sets(params.sparsity_logits.softmax(-1), levels, conditional, labels, spec.latent_dim)
+        if self.params["ranking"] == "greedy":
+            return self.guide.hard_code(params)[0].to(torch.int8)
+        counts = levels[params.sparsity_logits.argmax(-1)]
+        scores = self._ranking(params)
+        order = scores.topk(spec.max_sparsity, dim=-1).indices  # (N, L0), best first
+        keep = torch.arange(order.shape[-1], device=order.device) < counts.unsqueeze(-1)
+        return torch.zeros_like(scores, dtype=torch.int8).scatter_(-1, order, keep.to(torch.int8))
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Weights-only checkpoint (constructor arguments, state dicts, history), written atomically."""
+        self._check_fitted("save")
+        atomic_save({
+            "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "params": self.params,
+            "train_config": self.train_config.to_dict() if self.train_config else None,
+            "model_state": {k: v.cpu() for k, v in self.model.state_dict().items()},
+            "guide_state": {k: v.cpu() for k, v in self.guide.state_dict().items()},
+            "history": self.history_, "count_temperature": self.count_temperature_,
+        }, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SDLGMClassifier:
+        data = load_checkpoint(path, CHECKPOINT_FORMAT, ("params", "model_state", "guide_state"))
+        if data.get("format_version") != CHECKPOINT_VERSION:
+            raise CheckpointError(f"checkpoint {str(path)!r} has format version {data.get('format_version')!r}")
+        params: dict[str, Any] = {**LEGACY_PARAMS, **data["params"]}
+        num_labels, max_labels = params.pop("num_labels"), params.pop("max_labels")
+        self = cls(num_labels, max_labels, **params)
+        self._build()
+        try:
+            self.model.load_state_dict(data["model_state"])
+            self.guide.load_state_dict(data["guide_state"])
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not match its parameters: {err}") from None
+        if data.get("train_config") is not None:
+            self.train_config = from_dict(TrainConfig, data["train_config"])
+        self.history_ = data.get("history")
+        self.count_temperature_ = float(data.get("count_temperature", 1.0))
+        return self

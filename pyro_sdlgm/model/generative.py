@@ -1,0 +1,236 @@
+"""The SDLGM generative model as a Pyro program (a ``PyroModule``).
+
+Per observation ``i`` (inside ``pyro.plate("data", size=num_data)``):
+
+1. ``sparsity``: ``L_i`` over the levels ``{1..L0}`` (or ``{0..L0}``); an ExpConcrete
+   (log-space ``RelaxedOneHotCategorical``) site with the prior ``pi``, or, in
+   ``enumerate`` mode, a ``Categorical`` that ``TraceEnum_ELBO`` sums out exactly.
+2. ``slot_1 .. slot_L0``: selection slots, each an ExpConcrete over the ``K`` dimensions
+   with the support prior ``rho``; by default without replacement (dimensions taken by
+   earlier slots are masked), so that ``L_i`` counts distinct non-zeros.
+3. gates ``g_il = P(L_i >= l)`` and the soft support ``s_i = 1 - prod_l (1 - g_il c_il)``.
+4. ``values``: ``v_i ~ p(v)``, event ``(K,)``; ``z_i = s_i * v_i`` (binary mode: ``z_i = s_i``).
+5. ``obs``: ``x_i ~ p(x | decoder(z_i))``.
+
+The model only places sample sites; temperatures and the KL weight are arguments
+computed by the trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule
+
+from pyro_sdlgm.model.distributions import GATE_FLOOR, ExpectedLogLikelihood, LevelMarginal, concrete_class, joint_slots_class
+from pyro_sdlgm.exceptions import DataError
+from pyro_sdlgm.model.likelihoods import LIKELIHOODS
+from pyro_sdlgm.model.networks import Decoder
+from pyro_sdlgm.model.priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
+from pyro_sdlgm.model.registry import ComponentSpec
+from pyro_sdlgm.model.spec import DATA_PLATE, OBS_SITE, SLOTS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec, slot_site
+from pyro_sdlgm.model.slot_estimators import build_slot_estimator
+from pyro_sdlgm.model.support import exclude_taken, level_probs_from_value, mark_taken, slot_gates, soft_support
+
+
+def data_plate(batch_size: int, num_data: int | None, device) -> pyro.plate:
+    """The ``data`` plate of a minibatch of ``batch_size`` rows from a data set of ``num_data`` rows.
+
+    The log-likelihood and the KL terms are scaled by ``num_data / batch_size`` so that
+    a minibatch ELBO estimates the full-data ELBO.
+    """
+    if num_data is None:
+        num_data = batch_size
+    if num_data < batch_size:
+        raise DataError(f"num_data={num_data} is smaller than the batch size {batch_size}")
+    return pyro.plate(DATA_PLATE, size=num_data, subsample=torch.arange(batch_size, device=device))
+
+
+def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Tensor) -> torch.Tensor:
+    """Place the sites ``slot_1 .. slot_L0`` and return the slots' selections ``(N, L0, K)``.
+
+    The selections are what the code is built from, as ``spec.slot_estimator`` makes them
+    from the sites' values (:mod:`~pyro_sdlgm.model.slot_estimators`): the relaxed one-hots, or hard
+    one-hots that carry another gradient.
+
+    Shared by the model and the guide, so both draw the slots the same way. Slot ``l``
+    is an ExpConcrete with logits ``logits_of_slot(l)`` ``(N, K)``; with
+    ``slot_selection="without_replacement"`` the dimensions that earlier slots' samples
+    peak on (their argmax) get the logit ``MASKED_LOGIT``, so the first ``L_i`` slots
+    select ``L_i`` distinct dimensions at any temperature.
+
+    Slot ``l`` only exists when ``L_i >= l``: its log-densities (hence its KL term) are
+    scaled by its gate ``g_il = P(L_i >= l)`` computed from the ``sparsity`` value, so the
+    ELBO counts ``sum_l P(L_i >= l) KL_l``, the KL of the slots in use. Without it, unused
+    slots would cost as much as used ones and the model could pad ``L_i`` for free.
+
+    With ``spec.slot_layout == "joint"`` the same slots are one site ``slots`` (event
+    ``(L0, K)``, :class:`~pyro_sdlgm.model.distributions.JointSlots`), whose log-density and KL
+    carry the gates; ``logits_of_slot`` is then called once with ``None`` and returns all
+    slots' logits ``(N, S, K)``.
+    """
+    gates = slot_gates(level_probs_from_value(sparsity, spec.num_levels), spec.min_level)
+    estimator = build_slot_estimator(spec.slot_estimator)
+    if spec.slot_layout == "joint":
+        joint = joint_slots_class(spec.objective)(tau, logits_of_slot(None), gates,
+                                                  spec.slot_selection == "without_replacement")
+        return estimator.selection(pyro.sample(SLOTS_SITE, joint))
+    concrete = concrete_class(spec.objective)
+    without_replacement = spec.slot_selection == "without_replacement"
+    taken, selections = None, []
+    for index in range(spec.max_sparsity):
+        logits = logits_of_slot(index)
+        if without_replacement:
+            logits = exclude_taken(logits, taken)
+        with poutine.scale(scale=gates[..., index].clamp(min=GATE_FLOOR)):
+            selection = estimator.selection(pyro.sample(slot_site(index), estimator.distribution(concrete, tau, logits)))
+        selections.append(selection)
+        if without_replacement:
+            taken = mark_taken(taken, selection)
+    return torch.stack(selections, dim=-2)
+
+
+def prefix_supports(spec: ModelSpec, slot_probs: torch.Tensor) -> torch.Tensor:
+    """Soft supports of every whole count: level ``l`` uses slots ``1..l``, shape ``(N, num_levels, K)``.
+
+    ``s_l = 1 - prod_{j <= l} (1 - c_j)`` (the empty support first when ``include_zero``).
+    """
+    supports = 1.0 - torch.cumprod(1.0 - slot_probs, dim=-2)
+    if spec.include_zero:
+        supports = torch.cat([torch.zeros_like(supports[..., :1, :]), supports], dim=-2)
+    return supports
+
+
+def relaxed_support(spec: ModelSpec, sparsity: torch.Tensor, slot_probs: torch.Tensor) -> torch.Tensor:
+    """Soft support ``s (..., N, K)`` from a ``sparsity`` site value and the slots' one-hots ``(N, L0, K)``."""
+    gates = slot_gates(level_probs_from_value(sparsity, spec.num_levels), spec.min_level)
+    return soft_support(gates, slot_probs)
+
+
+class SDLGMModel(PyroModule):
+    """``p(x, L, c, v) = p(L) p(c) p(v) p(x | decoder(z(L, c, v)))``.
+
+    Args:
+        spec: sizes and modes.
+        likelihood, sparsity_prior, support_prior, value_prior: component names or
+            ``{name=..., **options}`` tables, looked up in the registries.
+        decoder_hidden: hidden layer sizes of the decoder MLP.
+        activation: activation of the decoder MLP.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        likelihood: ComponentSpec = "bernoulli",
+        sparsity_prior: ComponentSpec = "uniform",
+        support_prior: ComponentSpec = "uniform",
+        value_prior: ComponentSpec = "normal",
+        decoder_hidden: Sequence[int] = (256, 512),
+        activation: str = "relu",
+    ):
+        super().__init__(name="sdlgm_model")
+        self.spec = spec
+        self.sparsity_prior = SPARSITY_PRIORS.build(sparsity_prior, spec)
+        self.support_prior = SUPPORT_PRIORS.build(support_prior, spec)
+        self.value_prior = None if spec.binary else VALUE_PRIORS.build(value_prior, spec)
+        self.likelihood = LIKELIHOODS.build(likelihood, spec)
+        self.decoder = Decoder(spec.latent_dim, spec.input_dim, decoder_hidden, activation)
+
+    # -- distributions ------------------------------------------------------------------
+
+    def sparsity_dist(self, batch_size: int, tau: float) -> dist.TorchDistribution:
+        """Prior of ``L_i``: batch ``(batch_size,)``, event ``(num_levels,)`` (relaxed) or ``()``."""
+        logits = self.sparsity_prior.logits()
+        if self.spec.sparsity_inference == "enumerate":
+            return dist.Categorical(logits=logits).expand([batch_size])
+        if self.spec.sparsity_inference == "marginal":
+            return LevelMarginal(logits).expand([batch_size])
+        return concrete_class(self.spec.objective)(tau, logits=logits).expand([batch_size])
+
+    def slot_logits(self, batch_size: int, index: int | None) -> torch.Tensor:
+        """Prior logits of slot ``index`` before masking taken dimensions: ``(batch_size, K)``
+        (``index=None``: of all slots, ``(batch_size, 1, K)``)."""
+        if index is None:  # all slots at once (joint slot layout): (batch_size, 1, K)
+            return self.support_prior.logits().expand(batch_size, 1, self.spec.latent_dim)
+        return self.support_prior.logits().expand(batch_size, self.spec.latent_dim)
+
+    def values_dist(self, batch_size: int) -> dist.TorchDistribution:
+        """Prior of the values: batch ``(batch_size,)``, event ``(K,)``."""
+        return self.value_prior.dist(batch_size)
+
+    def obs_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """Likelihood ``p(x | decoder(z))`` for codes ``z (..., K)``: event ``(D,)``."""
+        return self.likelihood.dist(self.decoder(z))
+
+    # -- deterministic parts ------------------------------------------------------------
+
+    def representation(self, sparsity: torch.Tensor, slot_probs: torch.Tensor, values: torch.Tensor | None):
+        """The (relaxed) sparse code ``z = s * v`` (or ``s`` in binary mode), shape ``(..., N, K)``.
+
+        Args:
+            sparsity: value of the ``sparsity`` site (log one-hot ``(..., N, num_levels)``
+                or level indices ``(..., N)``; enumerated values broadcast on the left).
+            slot_probs: the slots' relaxed one-hots, ``(N, L0, K)``.
+            values: value of the ``values`` site, ``(N, K)``, or None in binary mode.
+        """
+        support = relaxed_support(self.spec, sparsity, slot_probs)
+        return support if values is None else support * values
+
+    def prefix_mixture(self, sparsity: torch.Tensor, slot_probs: torch.Tensor, values: torch.Tensor | None):
+        """``count_coupling="prefix_mixture"``: the likelihood of ``x`` averaged over the counts.
+
+        Returns ``(obs distribution, z)``: an :class:`~pyro_sdlgm.model.distributions.ExpectedLogLikelihood`
+        over the codes of every whole count ``(N, num_levels, K)``, weighted by the level
+        weights of the ``sparsity`` value, and their weighted mean code ``z (N, K)``.
+        """
+        codes = prefix_supports(self.spec, slot_probs)
+        if values is not None:
+            codes = codes * values.unsqueeze(-2)
+        weights = level_probs_from_value(sparsity, self.spec.num_levels)
+        return ExpectedLogLikelihood(self.obs_dist(codes), weights), (codes * weights.unsqueeze(-1)).sum(-2)
+
+    # -- the Pyro program ---------------------------------------------------------------
+
+    def forward(
+        self,
+        x: torch.Tensor | None = None,
+        *,
+        batch_size: int | None = None,
+        num_data: int | None = None,
+        tau_sparsity: float = 1.0,
+        tau_support: float = 1.0,
+        kl_weight: float = 1.0,
+    ) -> torch.Tensor:
+        """Run the generative process; condition on ``x (N, D)`` when given.
+
+        Args:
+            x: observations, or None to sample ``batch_size`` new ones.
+            num_data: size of the full data set (scales a minibatch ELBO); default ``N``.
+            tau_sparsity, tau_support: temperatures of the ``sparsity`` and ``slots`` sites.
+            kl_weight: scale on the latent sites' log-densities (KL warm-up); 1 is the ELBO.
+
+        Returns:
+            the relaxed code ``z``, shape ``(N, K)`` (with enumeration dims on the left in
+            ``enumerate`` mode).
+        """
+        if x is None and batch_size is None:
+            raise DataError("pass either the observations x or batch_size")
+        n = x.shape[0] if x is not None else batch_size
+        device = x.device if x is not None else self.decoder.net[0].weight.device
+        with data_plate(n, num_data, device):
+            with poutine.scale(scale=kl_weight):
+                sparsity = pyro.sample(SPARSITY_SITE, self.sparsity_dist(n, tau_sparsity))
+                slot_probs = sample_slots(self.spec, lambda index: self.slot_logits(n, index), tau_support, sparsity)
+                values = None if self.spec.binary else pyro.sample(VALUES_SITE, self.values_dist(n))
+            if self.spec.count_coupling == "prefix_mixture":
+                likelihood, z = self.prefix_mixture(sparsity, slot_probs, values)
+            else:
+                z = self.representation(sparsity, slot_probs, values)
+                likelihood = self.obs_dist(z)
+            pyro.sample(OBS_SITE, likelihood, obs=x)
+        return z

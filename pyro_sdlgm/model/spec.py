@@ -1,0 +1,174 @@
+"""The static description of one SDLGM: sizes, modes, and the names of its sample sites."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pyro_sdlgm.exceptions import ConfigError
+
+#: Sample-site names shared by every model and guide.
+SPARSITY_SITE = "sparsity"  # L_i: relaxed one-hot (log space) or enumerated categorical
+SLOT_SITE_PREFIX = "slot_"  # slot l (1..L0) is the site "slot_l": a relaxed one-hot over the K dims
+SLOTS_SITE = "slots"  # all L0 slots as one site (slot_layout="joint"): event (L0, K)
+VALUES_SITE = "values"  # v_i, the values of the representation (absent in binary mode)
+OBS_SITE = "obs"  # the likelihood of x_i
+DATA_PLATE = "data"
+
+SPARSITY_INFERENCE_MODES = ("relaxed", "enumerate", "marginal")
+COUNT_COUPLINGS = ("gated_code", "prefix_mixture")
+OBJECTIVES = ("discrete_kl", "relaxed")
+SLOT_SELECTIONS = ("without_replacement", "independent")
+SLOT_LAYOUTS = ("per_slot", "joint")
+
+
+def slot_site(index: int) -> str:
+    """Name of the site of slot ``index + 1`` (``index`` counts from 0)."""
+    return f"{SLOT_SITE_PREFIX}{index + 1}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Sizes and modes of an SDLGM.
+
+    Attributes:
+        input_dim: ``D``, features per observation.
+        latent_dim: ``K``, width of the sparse representation.
+        max_sparsity: ``L0``, the cap on non-zeros (``1 <= L0 <= K``).
+        include_zero: if True the sparsity levels are ``{0..L0}``, else ``{1..L0}``.
+        binary: if True the representation is the support itself (``z = s``), with no values.
+        sparsity_inference: ``"relaxed"`` (Concrete site for ``L_i``), ``"enumerate"``
+            (categorical ``L_i`` summed out exactly with ``TraceEnum_ELBO``) or ``"marginal"``
+            (the site's value is ``q(L_i)`` itself, :class:`~pyro_sdlgm.model.distributions.LevelMarginal`:
+            the slot gates and the expected log-likelihood are exact sums over ``L_i``, with the
+            discrete KL of ``L_i``; needs ``objective="discrete_kl"`` and
+            ``count_coupling="prefix_mixture"``).
+        count_coupling: how ``L_i`` reaches the likelihood. ``"gated_code"``: the code is
+            ``z = s * v`` with the soft support ``s`` of the gated slots, so a relaxed ``L_i``
+            interpolates between codes inside the decoder. ``"prefix_mixture"``: the decoder sees
+            the code of every whole count ``l`` (its first ``l`` slots) and the likelihood is
+            ``sum_l w_l log p(x | z_l)`` with the level weights ``w`` of the ``sparsity`` site
+            (:class:`~pyro_sdlgm.model.distributions.ExpectedLogLikelihood`); one decoder pass per level.
+        slot_estimator: the gradient estimator of the support, a name or a ``{name = ..., **options}``
+            table in :data:`~pyro_sdlgm.model.slot_estimators.SLOT_ESTIMATORS`. ``"relaxed"``: the code uses the
+            slots' Concrete samples (Gumbel-Softmax). ``"straight_through"``: the code uses their
+            one-hot argmax, with the Concrete samples' gradient. ``"imle"``: the one-hot argmax,
+            with the implicit-MLE gradient (perturb-and-MAP; needs ``objective="discrete_kl"``
+            and ``slot_layout="per_slot"``). The sites and their KL terms are the same for all,
+            so with the last two the decoder sees hard slot choices (with
+            ``count_coupling="gated_code"`` the relaxed gates still weight them).
+        objective: how the KL terms of the relaxed sites are computed.
+            ``"discrete_kl"``: analytically, as the KL of the discrete variables the
+            relaxations stand for (``TraceMeanField_ELBO``; Jang et al. 2017), with the
+            likelihood evaluated at the relaxed samples. ``"relaxed"``: the ELBO of the
+            relaxed model, Monte Carlo with Concrete densities (``Trace_ELBO``).
+            ``enumerate`` needs ``"relaxed"`` (``TraceEnum_ELBO`` has no analytic-KL path;
+            the enumerated ``L_i`` itself is exact either way).
+        slot_selection: ``"without_replacement"``: slot ``l`` draws from its logits with the
+            dimensions already taken by slots ``1..l-1`` (the argmax of each of their
+            samples) masked out, so the first ``L_i`` slots select ``L_i`` distinct
+            dimensions and ``L_i`` is the number of non-zeros. ``"independent"``: slots draw independently; duplicates then make
+            ``L_i`` over-count the non-zeros, and ``L_i`` is not identifiable.
+        slot_layout: ``"per_slot"``: one Pyro site per slot (``slot_1..slot_L0``, each an
+            ExpConcrete over ``K``). ``"joint"``: all slots in one site ``slots`` (event
+            ``(L0, K)``, :class:`~pyro_sdlgm.model.distributions.JointSlots`): the same
+            distribution, computed with batched operations (faster; ``benchmarks/``); not with
+            ``sparsity_inference="enumerate"``.
+    """
+
+    input_dim: int
+    latent_dim: int
+    max_sparsity: int
+    include_zero: bool = False
+    binary: bool = False
+    sparsity_inference: str = "relaxed"
+    objective: str = "discrete_kl"
+    slot_selection: str = "without_replacement"
+    slot_layout: str = "per_slot"
+    count_coupling: str = "gated_code"
+    slot_estimator: str | Mapping[str, Any] = "relaxed"
+
+    def __post_init__(self):
+        for name in ("input_dim", "latent_dim", "max_sparsity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if self.input_dim < 1:
+            raise ConfigError(f"input_dim must be >= 1, got {self.input_dim}")
+        if self.latent_dim < 1:
+            raise ConfigError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if not 1 <= self.max_sparsity <= self.latent_dim:
+            raise ConfigError(
+                f"max_sparsity (L0) must satisfy 1 <= L0 <= latent_dim={self.latent_dim}, "
+                f"got {self.max_sparsity}"
+            )
+        if self.sparsity_inference not in SPARSITY_INFERENCE_MODES:
+            raise ConfigError(
+                f"sparsity_inference must be one of {SPARSITY_INFERENCE_MODES}, "
+                f"got {self.sparsity_inference!r}"
+            )
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.slot_selection not in SLOT_SELECTIONS:
+            raise ConfigError(f"slot_selection must be one of {SLOT_SELECTIONS}, got {self.slot_selection!r}")
+        if self.slot_layout not in SLOT_LAYOUTS:
+            raise ConfigError(f"slot_layout must be one of {SLOT_LAYOUTS}, got {self.slot_layout!r}")
+        if self.slot_layout == "joint" and self.sparsity_inference == "enumerate":
+            raise ConfigError("slot_layout='joint' does not take sparsity_inference='enumerate': with an enumerated L_i the "
+                              "slot gates carry enumeration dimensions that one joint site cannot weight "
+                              f"(got sparsity_inference={self.sparsity_inference!r})")
+        self._check_slot_estimator()
+        if self.count_coupling not in COUNT_COUPLINGS:
+            raise ConfigError(f"count_coupling must be one of {COUNT_COUPLINGS}, got {self.count_coupling!r}")
+        if self.sparsity_inference == "marginal" and (self.objective != "discrete_kl"
+                                                      or self.count_coupling != "prefix_mixture"):
+            raise ConfigError("sparsity_inference='marginal' needs objective='discrete_kl' (its site is scored by "
+                              "the KL of L_i alone) and count_coupling='prefix_mixture' (the likelihood averaged "
+                              f"over L_i), got objective={self.objective!r}, count_coupling={self.count_coupling!r}")
+        if self.sparsity_inference == "enumerate" and self.count_coupling != "gated_code":
+            raise ConfigError("sparsity_inference='enumerate' needs count_coupling='gated_code' (TraceEnum_ELBO "
+                              f"sums the enumerated L_i out itself), got {self.count_coupling!r}")
+        if self.sparsity_inference == "enumerate" and self.objective != "relaxed":
+            raise ConfigError(
+                "sparsity_inference='enumerate' needs objective='relaxed': TraceEnum_ELBO has no "
+                f"analytic-KL path for the slot sites (got objective={self.objective!r})"
+            )
+
+    def _check_slot_estimator(self) -> None:
+        from pyro_sdlgm.model.slot_estimators import build_slot_estimator  # imported here: estimators imports the distributions
+
+        estimator = build_slot_estimator(self.slot_estimator)  # unknown names and bad options raise here
+        if estimator.needs_discrete_kl and (self.objective != "discrete_kl" or self.slot_layout != "per_slot"):
+            raise ConfigError(f"slot_estimator={self.slot_estimator!r} needs objective='discrete_kl' (its gradient is "
+                              "not the reparameterization of the slots' densities) and slot_layout='per_slot', got "
+                              f"objective={self.objective!r}, slot_layout={self.slot_layout!r}")
+
+    @property
+    def min_level(self) -> int:
+        """The smallest sparsity level (0 or 1)."""
+        return 0 if self.include_zero else 1
+
+    @property
+    def num_levels(self) -> int:
+        """Number of sparsity levels: ``L0`` or ``L0 + 1``."""
+        return self.max_sparsity + 1 - self.min_level
+
+    @property
+    def slot_sites(self) -> list[str]:
+        """Names of the slot sites, in sampling order: ``L0`` of them, or the one joint site."""
+        if self.slot_layout == "joint":
+            return [SLOTS_SITE]
+        return [slot_site(index) for index in range(self.max_sparsity)]
+
+    def slot_picks(self, values) -> torch.Tensor:
+        """The dimension each slot peaks on, ``(..., L0)``, from a mapping of site names to values."""
+        if self.slot_layout == "joint":
+            return values[SLOTS_SITE].argmax(-1)
+        return torch.stack([values[name].argmax(-1) for name in self.slot_sites], -1)
+
+    def levels(self, device=None) -> torch.Tensor:
+        """The sparsity level values, shape ``(num_levels,)``, e.g. ``[1, 2, ..., L0]``."""
+        return torch.arange(self.min_level, self.max_sparsity + 1, device=device)

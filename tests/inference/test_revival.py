@@ -1,0 +1,241 @@
+"""Dead-dimension revival (``pyro_sdlgm.inference.revival``, ``TrainConfig.revive_every``)."""
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_sdlgm import SDLGM, ConfigError
+from pyro_sdlgm.config import ModelConfig, TrainConfig
+from pyro_sdlgm.inference.revival import (
+    DEAD_FRACTION,
+    OVERLOADED_FRACTION,
+    _copy,
+    _split,
+    _slices,
+    check_revivable,
+    dimension_usage,
+    revive_dead_dimensions,
+    split_pairs,
+)
+from pyro_sdlgm.estimators.sdlgm import build_model_and_guide
+
+
+def test_split_pairs_match_the_least_used_with_the_most_used():
+    usage = torch.tensor([0.10, 0.01, 0.30, 0.00, 0.12, 0.25, 0.02, 0.10])  # mean 0.1125
+    # dead: below 0.25 * mean = 0.028 -> 3 (0.00), 1 (0.01), 6 (0.02); overloaded: above 1.5 * mean -> 2, 5
+    assert split_pairs(usage) == [(3, 2), (1, 5)]
+    assert DEAD_FRACTION == 0.25 and OVERLOADED_FRACTION == 1.5
+
+
+def test_no_pairs_when_usage_is_even():
+    assert split_pairs(torch.full((10,), 0.2)) == []
+
+
+@pytest.mark.parametrize("guide,binary", [("mlp_magnitude_slots", False), ("mlp_per_slot", False),
+                                          ("mlp_shared_slots", True), ("mlp_magnitude_slots", True)])
+def test_copy_gives_the_dead_dimension_the_donor_parameters_and_moments(guide, binary):
+    torch.manual_seed(0)
+    model, g = build_model_and_guide(ModelConfig(input_dim=5, latent_dim=6, max_sparsity=2, guide=guide, binary=binary,
+                                                 likelihood="normal"))
+    params = list(model.parameters()) + list(g.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    sum(p.sum() for p in params).backward()
+    optimizer.step()
+    for p in params:  # distinct values and moments per entry
+        p.data.normal_()
+        for moment in ("exp_avg", "exp_avg_sq"):
+            optimizer.state[p][moment].copy_(torch.rand(p.shape))
+    untouched = [(param, index, param[index].detach().clone()) for param, index in _slices(model, g, 2)]
+    _copy(model, g, dead=4, donor=1, optimizer=optimizer, generator=torch.Generator().manual_seed(0))
+    for (param, dst), (_, src) in zip(_slices(model, g, 4), _slices(model, g, 1)):
+        if param is model.decoder.net[0].weight:
+            torch.testing.assert_close(param[dst], param[src])
+        else:  # noisy copies: close, not equal
+            assert not torch.equal(param[dst], param[src])
+            assert (param[dst] - param[src]).abs().max() < 0.5 * param.std()
+        for moment in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(optimizer.state[param][moment][dst], optimizer.state[param][moment][src])
+    for param, index, value in untouched:  # another dimension keeps its parameters
+        torch.testing.assert_close(param[index], value)
+
+
+def test_revival_is_seeded_and_returns_the_number_of_pairs():
+    def run(seed, strategy="copy"):
+        torch.manual_seed(0)
+        model, guide = build_model_and_guide(ModelConfig(input_dim=5, latent_dim=8, max_sparsity=3,
+                                                         likelihood="normal", binary=False))
+        with torch.no_grad():  # dimension 0 always chosen, dimension 7 never
+            guide.offset[0] = 50.0
+            guide.offset[7] = -50.0
+        optimizer = torch.optim.Adam(list(model.parameters()) + list(guide.parameters()))
+        x = torch.randn(300, 5, generator=torch.Generator().manual_seed(1))
+        usage = dimension_usage(guide, x)
+        count = revive_dead_dimensions(model, guide, x, optimizer, seed=seed, strategy=strategy)
+        return usage, count, guide.offset.detach().clone()
+
+    usage, count, offset = run(3)
+    assert usage[0] == 1.0 and usage[7] == 0.0
+    assert count >= 1
+    assert offset[7] > 40  # dimension 7 took the donor's (dimension 0's) offset
+    torch.testing.assert_close(run(3)[2], offset)
+    assert not torch.equal(run(4)[2], offset)  # the copies' noise follows the seed
+    torch.testing.assert_close(run(3, "split")[2], run(4, "split")[2])  # no noise: the split is the data's
+
+
+def test_check_revivable_names_the_networks():
+    class Other(torch.nn.Module):
+        pass
+
+    with pytest.raises(ConfigError, match="revive_every is for the unsupervised SDLGM.*Other"):
+        check_revivable(Other(), Other())
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "10"])
+def test_revive_every_must_be_auto_or_a_non_negative_integer(value):
+    with pytest.raises(ConfigError, match="training.revive_every"):
+        TrainConfig(revive_every=value).validate()
+
+
+def test_fit_revives_only_while_the_schedules_run():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 10)).astype("float32")
+    model = SDLGM(input_dim=10, latent_dim=16, max_sparsity=3, likelihood="normal", decoder_hidden=[])
+    history = model.fit(x, epochs=10, batch_size=100, seed=0, progress=False, revive_every=2, patience=None)
+    # the schedules end after half of the steps (anneal_fraction 0.5): epochs 2 and 4 (1-based) are inside
+    revived = [i for i, r in enumerate(history) if "revived_dims" in r]
+    assert revived == [1, 3]
+    assert all(isinstance(history[i]["revived_dims"], int) for i in revived)
+    assert all(np.isfinite(r["train_loss"]) for r in history)
+
+
+def test_the_classifier_refuses_revival():
+    from pyro_sdlgm import SDLGMClassifier
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)).astype("float32"), (rng.random((60, 3)) > 0.6).astype("float32")
+    with pytest.raises(ConfigError, match="revive_every is for the unsupervised SDLGM.*ObservedSupportGuide"):
+        SDLGMClassifier(num_labels=3, max_labels=3).fit(x, y, epochs=1, revive_every=1, progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["split", "copy"])
+def test_split_shares_the_donor_rows_between_the_two_copies(strategy):
+    """One slot (L0 = 1), dimension 0 in every code, the others in none: after the split the rows are
+    divided between dimension 0 and its copy along their principal trunk direction; noisy copies
+    leave nearly all rows to one of the two."""
+    torch.manual_seed(0)
+    model, guide = build_model_and_guide(ModelConfig(input_dim=6, latent_dim=6, max_sparsity=1,
+                                                     guide="mlp_shared_slots", binary=True))
+    with torch.no_grad():
+        guide.encoder.slot_head.bias[0] = 8.0
+        guide.encoder.slot_head.bias[5] = -8.0
+    x = (torch.rand(500, 6, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(guide.parameters()))
+    assert revive_dead_dimensions(model, guide, x, optimizer, seed=0, strategy=strategy) >= 1
+    usage = dimension_usage(guide, x)
+    copy = usage[1:].max()
+    if strategy == "split":
+        assert usage[0] > 0.2 and copy > 0.2, usage
+    else:
+        assert max(usage[0], copy) > 0.9, usage
+
+
+def test_unknown_revival_strategy_is_refused():
+    with pytest.raises(ConfigError, match="training.revive must be one of .*'split'.*got 'clone'"):
+        TrainConfig(revive="clone").validate()
+
+
+SMALL = dict(latent_dim=8, max_sparsity=3, decoder_hidden=(16,), guide={"name": "mlp_per_slot", "hidden": [16]})
+QUICK = dict(batch_size=32, learning_rate=1e-2, progress=False, seed=0, patience=None)
+
+
+def test_auto_revives_every_ten_epochs_while_the_schedules_run(binary_data):
+    history = SDLGM(input_dim=12, **SMALL).fit(binary_data, epochs=44, **QUICK)
+    # the schedules end at half of the steps (22 epochs): epochs 10 and 20 (1-based) are inside
+    assert [i for i, r in enumerate(history) if "revived_dims" in r] == [9, 19]
+    assert all("revived_dims" not in r for r in SDLGM(input_dim=12, **SMALL).fit(
+        binary_data, epochs=44, revive_every=0, **QUICK))
+
+
+def _keep_as_pre_revival(run_dir, keep_epoch):
+    """Delete the checkpoints after ``keep_epoch``; strip the revival options from the others, as a
+    version without them wrote them."""
+    from pyro_sdlgm.inference.checkpoint import list_checkpoints
+
+    for epoch, path in list_checkpoints(run_dir / "checkpoints"):
+        if epoch > keep_epoch:
+            path.unlink()
+        else:
+            data = torch.load(path, weights_only=True)
+            for key in ("revive_every", "revive"):
+                data["train_config"].pop(key)
+            data.pop("revive_every_resolved", None)
+            torch.save(data, path)
+
+
+def test_a_checkpoint_from_before_revival_resumes_without_it(binary_data, tmp_path):
+    options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, **QUICK)
+    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, revive_every=0, **options)
+    _keep_as_pre_revival(tmp_path, keep_epoch=6)
+    resumed = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)  # "auto"
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
+    assert all("revived_dims" not in r for r in resumed)
+
+
+def test_a_resumed_run_revives_as_the_uninterrupted_one(binary_data, tmp_path):
+    from pyro_sdlgm.inference.checkpoint import list_checkpoints
+
+    options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, revive_every=2, **QUICK)
+    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, **options)
+    assert sum(r.get("revived_dims", 0) for r in full) > 0
+    for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
+        if epoch > 5:
+            path.unlink()
+    resumed = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
+    assert [r.get("revived_dims") for r in resumed] == [r.get("revived_dims") for r in full]
+
+
+def test_a_learned_support_prior_follows_the_copy():
+    model, guide = build_model_and_guide(ModelConfig(input_dim=5, latent_dim=6, max_sparsity=2, likelihood="normal",
+                                                     support_prior="learned", binary=False))
+    with torch.no_grad():
+        model.support_prior.prior_logits.copy_(torch.arange(6.0))
+    _copy(model, guide, dead=4, donor=1, optimizer=torch.optim.Adam(guide.parameters()), generator=None)
+    assert model.support_prior.prior_logits[4] == 1.0
+
+
+def test_split_leaves_alike_rows_alone_and_moves_only_what_selects():
+    torch.manual_seed(0)
+    model, guide = build_model_and_guide(ModelConfig(input_dim=5, latent_dim=6, max_sparsity=2, likelihood="normal",
+                                                     guide="mlp_per_slot", binary=False))
+    before = {name: p.detach().clone() for name, p in guide.named_parameters()}
+    _split(model, guide, dead=4, donor=1, x_donor=torch.ones(50, 5))  # identical rows: no direction to split along
+    assert all(torch.equal(p, before[name]) for name, p in guide.named_parameters())
+    _split(model, guide, dead=4, donor=1, x_donor=torch.randn(50, 5))
+    value_head = guide.encoder.value_head
+    assert torch.equal(value_head.weight, before["encoder.value_head.weight"])  # per-slot: the slot head selects
+    assert not torch.equal(guide.encoder.slot_head.weight, before["encoder.slot_head.weight"])
+
+
+def test_revival_takes_numpy_rows():
+    torch.manual_seed(0)
+    model, guide = build_model_and_guide(ModelConfig(input_dim=5, latent_dim=8, max_sparsity=3, likelihood="normal",
+                                                     binary=False))
+    with torch.no_grad():
+        guide.offset[0], guide.offset[7] = 50.0, -50.0
+    x = np.random.default_rng(0).normal(size=(200, 5))  # float64 numpy, as Trainer.fit takes them
+    assert revive_dead_dimensions(model, guide, x, torch.optim.Adam(guide.parameters()), seed=0) >= 1
+
+
+def test_a_pre_revival_run_resumed_twice_stays_without_revival(binary_data, tmp_path):
+    from pyro_sdlgm.inference.checkpoint import list_checkpoints
+
+    options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, **QUICK)
+    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, revive_every=0, **options)
+    _keep_as_pre_revival(tmp_path, keep_epoch=3)
+    SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)
+    for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
+        if epoch > 9:  # interrupted again after epoch 9, from a checkpoint the resumed run wrote
+            path.unlink()
+    again = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)
+    assert [r["train_loss"] for r in again] == [r["train_loss"] for r in full]
