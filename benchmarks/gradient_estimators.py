@@ -61,7 +61,8 @@ from torch.distributions import kl_divergence
 from pyro_sdlgm.config import ModelConfig
 from pyro_sdlgm.model.likelihoods import NormalLikelihood
 from pyro_sdlgm.estimators.sdlgm import build_model_and_guide
-from pyro_sdlgm.inference.trainer import make_elbo, without_pyro_validation
+from pyro_sdlgm.inference.faults import without_pyro_validation
+from pyro_sdlgm.inference.trainer import make_elbo
 
 HERE = Path(__file__).resolve().parent
 

@@ -51,7 +51,9 @@ from pyro_sdlgm.config import ModelConfig
 from pyro_sdlgm.model.networks import mlp
 from pyro_sdlgm.inference.schedules import final_schedule
 from pyro_sdlgm.estimators.sdlgm import build_model_and_guide
-from pyro_sdlgm.inference.trainer import make_elbo, take_rows, without_pyro_validation
+from pyro_sdlgm.data.arrays import take_rows
+from pyro_sdlgm.inference.faults import without_pyro_validation
+from pyro_sdlgm.inference.trainer import make_elbo
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

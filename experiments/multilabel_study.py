@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "multilabel_study")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from pyro_sdlgm.estimators.classifier import SDLGMClassifier, validation_split
+    from pyro_sdlgm import SDLGMClassifier, validation_split
     from pyro_sdlgm.analysis.metrics import inverse_propensities, multilabel_report
 
     config = tomllib.loads((HERE / "multilabel_suite.toml").read_text())

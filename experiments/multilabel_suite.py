@@ -301,10 +301,10 @@ def train_mlp(X, Y, settings: dict, seed: int, dropout: bool = False):
     stopping on SDLGM's validation split keeps the best epoch. Returns ``((network, val_rows), epochs)``."""
     import torch
 
-    from pyro_sdlgm.estimators.classifier import validation_split
+    from pyro_sdlgm import validation_split
     from pyro_sdlgm.config import ClassifierConfig, TrainConfig, from_dict
     from pyro_sdlgm.model.networks import mlp
-    from pyro_sdlgm.inference.trainer import take_rows
+    from pyro_sdlgm.data.arrays import take_rows
 
     defaults = ClassifierConfig()
     hidden = list(settings["classifier"].get("hidden", defaults.hidden))
@@ -357,7 +357,7 @@ def train_mlp(X, Y, settings: dict, seed: int, dropout: bool = False):
 def mlp_probabilities(network, X) -> np.ndarray:
     import torch
 
-    from pyro_sdlgm.inference.trainer import take_rows
+    from pyro_sdlgm.data.arrays import take_rows
 
     device = next(network.parameters()).device
     with torch.no_grad():

@@ -53,6 +53,7 @@ _EXPORTS = {
     "register_value_prior": "model.priors",
     "SDLGM": "estimators.sdlgm",
     "build_model_and_guide": "estimators.sdlgm",
+    "validation_split": "estimators.base",
     "ModelSpec": "model.spec",
 }
 
@@ -74,6 +75,7 @@ __all__ = [
     "RunConfig",
     "load_run_config",
     "build_model_and_guide",
+    "validation_split",
     "ExpRelaxedCategorical",
     "SparsityPrior",
     "SupportPrior",

@@ -5,7 +5,7 @@ import numpy as np, torch, tomllib
 torch.set_num_threads(1)
 from experiments.multilabel_suite import load_dataset, settings_for, DEFAULT_BIBTEX
 from pyro_sdlgm.analysis.metrics import precision_at_k
-from pyro_sdlgm.estimators.classifier import validation_split
+from pyro_sdlgm import validation_split
 cfg = tomllib.loads(Path(__file__).resolve().parents[1].joinpath("multilabel_suite.toml").read_text())
 data = sys.argv[1]; opts = json.loads(sys.argv[2]); seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 train, test = load_dataset({"kind": data, "path": DEFAULT_BIBTEX, "settings": settings_for(cfg, data, False)})

@@ -150,7 +150,7 @@ def _is_first_rank() -> bool:
 
 
 def _announce_resume(config) -> None:
-    from pyro_sdlgm.inference.trainer import latest_checkpoint_epoch
+    from pyro_sdlgm.inference.run_folder import latest_checkpoint_epoch
 
     epoch, path = latest_checkpoint_epoch(config.run_dir)
     if _is_first_rank():
@@ -159,7 +159,7 @@ def _announce_resume(config) -> None:
 
 def _interrupted(config) -> int:
     """Ctrl-C during training: one line naming the last checkpoint and how to continue."""
-    from pyro_sdlgm.inference.trainer import latest_checkpoint_epoch
+    from pyro_sdlgm.inference.run_folder import latest_checkpoint_epoch
 
     if not _is_first_rank():
         return INTERRUPTED

@@ -36,7 +36,7 @@ from pyro_sdlgm.exceptions import CheckpointError, ConfigError, DataError
 from pyro_sdlgm.model.registry import component_name
 from pyro_sdlgm.inference.resources import cpu_threads
 from pyro_sdlgm.estimators.sdlgm import SDLGM
-from pyro_sdlgm.inference.trainer import METRICS_FILE, early_stopped, restored_epoch
+from pyro_sdlgm.inference.run_folder import METRICS_FILE, early_stopped, restored_epoch
 
 logger = logging.getLogger(__name__)
 

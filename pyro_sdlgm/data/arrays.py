@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 import torch
 
 from pyro_sdlgm.exceptions import DataError
@@ -31,6 +32,48 @@ def dense_numeric_2d(X: Any, name: str) -> np.ndarray:
     if array.shape[0] == 0:
         raise DataError(f"{name} is empty (shape {array.shape})")
     return array
+
+
+def as_dense_tensor(X: Any, width: int, name: str = "X") -> torch.Tensor:
+    """``X (N, width)`` as a contiguous float32 CPU tensor, checked for type, shape and finiteness.
+
+    Raises:
+        DataError: a scipy sparse matrix (dense input is needed; the message says how to densify),
+            anything :func:`dense_numeric_2d` refuses, another width, or a non-finite value (the
+            message names the first one's row and column).
+    """
+    if scipy.sparse.issparse(X):
+        raise DataError(
+            f"{name} is a scipy sparse matrix; SDLGM takes dense (N, D) arrays. "
+            "Call X.toarray() if it fits in memory"
+        )
+    array = dense_numeric_2d(X, name)
+    if array.shape[1] != width:
+        raise DataError(f"{name} has {array.shape[1]} features but the model has input_dim={width}")
+    array = array.astype(np.float32, copy=False)
+    finite = np.isfinite(array)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise DataError(
+            f"{name} contains {int((~finite).sum())} non-finite value(s); first: {array[row, col]} "
+            f"at row {row}, column {col}"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def as_csr(A: Any, name: str) -> scipy.sparse.csr_matrix:
+    """Dense or sparse ``(N, M)`` input as float32 CSR, checked for shape, emptiness and finiteness
+    (the message names the first non-finite value's row)."""
+    if scipy.sparse.issparse(A):
+        matrix = scipy.sparse.csr_matrix(A, dtype=np.float32)
+        if matrix.shape[0] == 0:
+            raise DataError(f"{name} is empty (shape {matrix.shape})")
+    else:
+        matrix = scipy.sparse.csr_matrix(dense_numeric_2d(A, name).astype(np.float32))
+    if not np.isfinite(matrix.data).all():
+        row = int(np.searchsorted(matrix.indptr, np.flatnonzero(~np.isfinite(matrix.data))[0], side="right") - 1)
+        raise DataError(f"{name} contains non-finite values (first in row {row})")
+    return matrix
 
 
 def take_rows(columns: tuple, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -10,29 +10,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyro
 import scipy.sparse
 import torch
 
-from pyro_sdlgm.data.arrays import dense_numeric_2d
-from pyro_sdlgm.inference.checkpoint import atomic_save, load_checkpoint
 from pyro_sdlgm.config import ClassifierConfig as C
-from pyro_sdlgm.config import CLASSIFIER_LEGACY, TrainConfig, from_dict
+from pyro_sdlgm.config import CLASSIFIER_LEGACY, TrainConfig
+from pyro_sdlgm.data.arrays import as_csr
+from pyro_sdlgm.estimators.base import Estimator, validation_split
 from pyro_sdlgm.model.conditional import build_conditional
-from pyro_sdlgm.exceptions import CheckpointError, ConfigError, DataError, NotFittedError
+from pyro_sdlgm.exceptions import ConfigError, DataError
 from pyro_sdlgm.model.guides import GuideParams
 from pyro_sdlgm.analysis.metrics import top_k
 from pyro_sdlgm.analysis.posterior import CHUNK_BYTES, batch_count, check_num_samples, sample_batches, sparsity_inference_data
-from pyro_sdlgm.inference.resources import guard_training_memory
 from pyro_sdlgm.inference.schedules import final_schedule
 from pyro_sdlgm.model.spec import ModelSpec
 from pyro_sdlgm.model.support import greedy_picks, slot_gates, soft_support
-from pyro_sdlgm.inference.trainer import Trainer, check_run_dir, take_rows
+from pyro_sdlgm.data.arrays import take_rows
+from pyro_sdlgm.inference.run_folder import check_run_dir
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "pyro_sdlgm.SDLGMClassifier"
-CHECKPOINT_VERSION = 1
 OVERFLOW_POLICIES = ("error", "truncate")
 RANKINGS = ("inclusion", "greedy")
 #: the set bound's training shortlist with num_candidates="auto": max(this, 2 L0) labels a row, when below K
@@ -43,30 +40,6 @@ F1_CANDIDATES = 50
 #: constructor arguments added after the first checkpoints, with the value that reproduces those
 #: checkpoints' behaviour (a checkpoint without them loads with these)
 LEGACY_PARAMS = dict(CLASSIFIER_LEGACY)
-
-
-def _as_matrix(A, name: str) -> scipy.sparse.csr_matrix:
-    """Dense or sparse ``(N, M)`` input as float32 CSR, checked for shape, emptiness and finiteness."""
-    if scipy.sparse.issparse(A):
-        matrix = scipy.sparse.csr_matrix(A, dtype=np.float32)
-        if matrix.shape[0] == 0:
-            raise DataError(f"{name} is empty (shape {matrix.shape})")
-    else:
-        matrix = scipy.sparse.csr_matrix(dense_numeric_2d(A, name).astype(np.float32))
-    if not np.isfinite(matrix.data).all():
-        row = int(np.searchsorted(matrix.indptr, np.flatnonzero(~np.isfinite(matrix.data))[0], side="right") - 1)
-        raise DataError(f"{name} contains non-finite values (first in row {row})")
-    return matrix
-
-
-def validation_split(n_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(fit_rows, val_rows)``: the seeded hold-out :meth:`SDLGMClassifier.fit` uses when no
-    validation data is given (``val_rows`` None when ``fraction`` leaves no row on either side)."""
-    n_val = int(round(fraction * n_rows))
-    if fraction <= 0 or not 1 <= n_val < n_rows:
-        return np.arange(n_rows), None
-    order = np.random.default_rng(seed).permutation(n_rows)
-    return order[n_val:], order[:n_val]
 
 
 def shared_inclusion(gates: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -171,7 +144,7 @@ def auto_candidates(fit_objective: str, num_labels: int, max_labels: int) -> int
     return size if size < num_labels else None
 
 
-class SDLGMClassifier:
+class SDLGMClassifier(Estimator):
     """Multi-label classifier whose label set is SDLGM's sparse support, capped at ``max_labels``.
 
     The count ``L_i`` and the labels are latent variables with ``x``-conditioned priors;
@@ -229,6 +202,9 @@ class SDLGMClassifier:
             bound's batch costs ``N x K`` with or without a shortlist.
     """
 
+    checkpoint_format = "pyro_sdlgm.SDLGMClassifier"
+    checkpoint_requires = ("params",)
+
     def __init__(self, num_labels: int, max_labels: int | None = C.max_labels, *, input_dim: int | None = None,
                  include_zero: bool | None = C.include_zero, on_overflow: str = C.on_overflow,
                  fit_objective: str = C.fit_objective, guide: str = C.guide, per_slot: bool = C.per_slot,
@@ -281,9 +257,7 @@ class SDLGMClassifier:
         with torch.device("meta"):
             build_conditional(self._spec(self._fixed_input_dim or 1, max_labels or min(2, num_labels),
                                          bool(include_zero)), *self._network_options())
-        self.model = self.guide = None
-        self.train_config: TrainConfig | None = None
-        self.history_: list[dict] | None = None
+        self._reset()
         self.count_temperature_ = 1.0
 
     # -- helpers ----------------------------------------------------------------------------
@@ -341,18 +315,11 @@ class SDLGMClassifier:
         return (p["guide"], p["per_slot"], p["hidden"], p["activation"], p["label_noise"], p["dropout"],
                 p["fit_objective"])
 
-    def _networks(self):
+    def _networks(self) -> tuple:
         return build_conditional(self.spec, *self._network_options())
 
-    def _build(self) -> None:
-        self.model, self.guide = self._networks()
-
-    def _check_fitted(self, method: str) -> None:
-        if self.model is None:
-            raise NotFittedError(f"SDLGMClassifier.{method}() needs a trained model: call fit() or load() first")
-
     def _features(self, X, name="X") -> scipy.sparse.csr_matrix:
-        return self._check_width(_as_matrix(X, name), name)
+        return self._check_width(as_csr(X, name), name)
 
     def _check_width(self, matrix: scipy.sparse.csr_matrix, name: str) -> scipy.sparse.csr_matrix:
         expected = self.params["input_dim"]
@@ -361,7 +328,7 @@ class SDLGMClassifier:
         return matrix
 
     def _labels(self, Y, n_rows: int, name="Y") -> scipy.sparse.csr_matrix:
-        matrix = _as_matrix(Y, name)
+        matrix = as_csr(Y, name)
         if matrix.shape != (n_rows, self.params["num_labels"]):
             raise DataError(f"{name} has shape {matrix.shape}, expected ({n_rows}, {self.params['num_labels']})")
         if not np.isin(matrix.data, (0.0, 1.0)).all():
@@ -434,13 +401,9 @@ class SDLGMClassifier:
     @torch.no_grad()
     def _prior_params(self, X, batch_size: int, method: str):
         self._check_fitted(method)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
         matrix = self._features(X)
-        device = next(self.model.parameters()).device
-        self.model.eval()
-        for rows in torch.arange(matrix.shape[0]).split(batch_size):
-            (batch,) = take_rows((matrix,), rows, device)
+        for rows in self._eval_batches(matrix.shape[0], batch_size):
+            (batch,) = take_rows((matrix,), rows, self.device)
             params = self.model.prior_params(batch)
             # the count logits divided by the calibrated temperature (1 before calibration)
             yield params._replace(sparsity_logits=params.sparsity_logits / self.count_temperature_)
@@ -468,30 +431,31 @@ class SDLGMClassifier:
         ``(K - C) log(1 - eps)`` per row of the labels outside the shortlist), its validation
         candidates drawn under the validation seed, so ``val_loss`` stays comparable across epochs.
         """
-        cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGMClassifier.fit()")
+        cfg = self._train_config(train_options, "SDLGMClassifier.fit()")
         check_run_dir(run_dir, resume, overwrite)
         previous = dict(self.params)
+        # the set bound holds no slot tensor: its batch costs N x K numbers (num_candidates=0 in the estimate)
+        candidates = 0 if self.params["fit_objective"] == "set_bound" else None
         try:
             X, Y, val = self._prepare(X, Y, validation_data, cfg)
+            if candidates is None:
+                candidates = self.params["num_candidates"]
+            self._refuse_unfit(cfg, X.shape[0], 0 if val is None else val[0].shape[0], num_candidates=candidates)
         except Exception:
             self.params = previous  # a refused fit leaves the classifier (and its fitted model) as it was
             raise
-        pyro.set_rng_seed(cfg.seed)
-        self.model = self.guide = None  # free the current networks before building the fresh ones
-        self._build()
-        self.history_ = Trainer(self.model, self.guide, cfg, batch_kwargs=self._batch_kwargs).fit(
-            (X, Y), val, run_dir, resume=resume, overwrite=overwrite, identity={"classifier": dict(self.params)})
-        self.train_config = cfg
         self.count_temperature_ = 1.0
+        self._train((X, Y), val, cfg, run_dir=run_dir, resume=resume, overwrite=overwrite,
+                    identity={"classifier": dict(self.params)}, batch_kwargs=self._batch_kwargs,
+                    num_candidates=candidates)
         if self.params["calibrate_count"] and val is not None:
             self.count_temperature_ = self._fit_count_temperature(*val, cfg.eval_batch_size)
         return self.history_
 
     def _prepare(self, X, Y, validation_data, cfg: TrainConfig) -> tuple:
         """Check the data, decide what is left to it (``input_dim``, ``max_labels``, ``include_zero``,
-        ``num_candidates``), apply the overflow policy, hold out the validation rows and check the
-        memory: ``(X, Y, val)`` with ``val`` None or ``(X_val, Y_val)``, all CSR."""
-        X = _as_matrix(X, "X")
+        ``num_candidates``), apply the overflow policy and hold out the validation rows: ``(X, Y, val)`` with ``val`` None or ``(X_val, Y_val)``, all CSR."""
+        X = as_csr(X, "X")
         # the width given at construction, or that of the data (inferred anew at each fit)
         self.params["input_dim"] = self._fixed_input_dim or int(X.shape[1])
         X = self._check_width(X, "X")
@@ -511,11 +475,6 @@ class SDLGMClassifier:
             if val_rows is not None:
                 val = (X[val_rows], Y[val_rows])
                 X, Y = X[fit_rows], Y[fit_rows]
-        # the set bound holds no slot tensor: its batch costs N x K numbers (num_candidates=0 in the estimate)
-        candidates = 0 if self.params["fit_objective"] == "set_bound" else self.params["num_candidates"]
-        with torch.device("meta"):  # sizes only: refuse a configuration that cannot fit before allocating it
-            guard_training_memory(*self._networks(), cfg, X.shape[0], 0 if val is None else val[0].shape[0],
-                                  num_candidates=candidates)
         return X, Y, val
 
     @torch.no_grad()
@@ -585,7 +544,7 @@ class SDLGMClassifier:
         true_counts = None
         X = self._features(X)  # checked and converted once; _prior_params reuses the CSR matrix as it is
         if Y is not None:
-            labels = _as_matrix(Y, "Y")
+            labels = as_csr(Y, "Y")
             n_rows = X.shape[0]
             if labels.shape != (n_rows, self.params["num_labels"]):
                 raise DataError(f"Y has shape {labels.shape}, expected ({n_rows}, {self.params['num_labels']})")
@@ -593,7 +552,7 @@ class SDLGMClassifier:
         schedule = final_schedule(self.train_config)
         batches = ((params.sparsity_logits.softmax(-1), partial(self.guide.place_sites, params, None), (), schedule,
                     None) for params in self._prior_params(X, batch_size, "posterior"))
-        probs, draws = sample_batches(self.spec, batches, num_samples, seed, next(self.model.parameters()).device,
+        probs, draws = sample_batches(self.spec, batches, num_samples, seed, self.device,
                                       progress=progress, num_batches=batch_count(X.shape[0], batch_size))
         return sparsity_inference_data(
             self.spec, probs, draws, num_samples=num_samples, seed=seed, model_name="SDLGMClassifier",
@@ -675,33 +634,14 @@ class SDLGMClassifier:
 
     # -- persistence ------------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> None:
-        """Weights-only checkpoint (constructor arguments, state dicts, history), written atomically."""
-        self._check_fitted("save")
-        atomic_save({
-            "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "params": self.params,
-            "train_config": self.train_config.to_dict() if self.train_config else None,
-            "model_state": {k: v.cpu() for k, v in self.model.state_dict().items()},
-            "guide_state": {k: v.cpu() for k, v in self.guide.state_dict().items()},
-            "history": self.history_, "count_temperature": self.count_temperature_,
-        }, path)
+    def _checkpoint_fields(self) -> dict[str, Any]:
+        return {"params": self.params, "count_temperature": self.count_temperature_}
 
     @classmethod
-    def load(cls, path: str | Path) -> SDLGMClassifier:
-        data = load_checkpoint(path, CHECKPOINT_FORMAT, ("params", "model_state", "guide_state"))
-        if data.get("format_version") != CHECKPOINT_VERSION:
-            raise CheckpointError(f"checkpoint {str(path)!r} has format version {data.get('format_version')!r}")
+    def _from_checkpoint(cls, data) -> SDLGMClassifier:
         params: dict[str, Any] = {**LEGACY_PARAMS, **data["params"]}
         num_labels, max_labels = params.pop("num_labels"), params.pop("max_labels")
-        self = cls(num_labels, max_labels, **params)
-        self._build()
-        try:
-            self.model.load_state_dict(data["model_state"])
-            self.guide.load_state_dict(data["guide_state"])
-        except RuntimeError as err:
-            raise CheckpointError(f"checkpoint {str(path)!r} does not match its parameters: {err}") from None
-        if data.get("train_config") is not None:
-            self.train_config = from_dict(TrainConfig, data["train_config"])
-        self.history_ = data.get("history")
+        return cls(num_labels, max_labels, **params)
+
+    def _restore_fields(self, data) -> None:
         self.count_temperature_ = float(data.get("count_temperature", 1.0))
-        return self

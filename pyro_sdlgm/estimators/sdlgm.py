@@ -14,23 +14,20 @@ from pyro import poutine
 import scipy.sparse
 import torch
 
-from pyro_sdlgm.data.arrays import dense_numeric_2d
-from pyro_sdlgm.inference.checkpoint import atomic_save, load_checkpoint
-from pyro_sdlgm.config import ModelConfig, TrainConfig, from_dict
 from pyro_sdlgm.analysis.evaluation import code_statistics, elbo_terms, slot_duplicates
-from pyro_sdlgm.exceptions import CheckpointError, DataError, NotFittedError
-from pyro_sdlgm.model.guides import GUIDES
-from pyro_sdlgm.model.generative import SDLGMModel
 from pyro_sdlgm.analysis.posterior import batch_count, check_num_samples, sample_batches, sparsity_inference_data
-from pyro_sdlgm.model.registry import ComponentSpec
-from pyro_sdlgm.inference.resources import guard_parameters, guard_training_memory
+from pyro_sdlgm.config import ModelConfig, from_dict
+from pyro_sdlgm.data.arrays import as_dense_tensor
+from pyro_sdlgm.estimators.base import Estimator, validation_split
+from pyro_sdlgm.exceptions import DataError
+from pyro_sdlgm.inference.resources import guard_parameters
 from pyro_sdlgm.inference.schedules import final_schedule
-from pyro_sdlgm.inference.trainer import Trainer, check_run_dir
+from pyro_sdlgm.inference.run_folder import check_run_dir
+from pyro_sdlgm.model.generative import SDLGMModel
+from pyro_sdlgm.model.guides import GUIDES
+from pyro_sdlgm.model.registry import ComponentSpec
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "pyro_sdlgm.SDLGM"
-CHECKPOINT_VERSION = 1
 
 
 def build_model_and_guide(config: ModelConfig):
@@ -55,25 +52,11 @@ def build_model_and_guide(config: ModelConfig):
 
 
 def as_data_tensor(X: Any, input_dim: int, likelihood, name: str = "X") -> torch.Tensor:
-    """Validate ``X (N, D)`` and return it as a float32 CPU tensor; raise :class:`DataError` otherwise."""
-    if scipy.sparse.issparse(X):
-        raise DataError(
-            f"{name} is a scipy sparse matrix; SDLGM takes dense (N, D) arrays. "
-            "Call X.toarray() if it fits in memory"
-        )
-    array = dense_numeric_2d(X, name)
-    if array.shape[1] != input_dim:
-        raise DataError(f"{name} has {array.shape[1]} features but the model has input_dim={input_dim}")
-    array = array.astype(np.float32, copy=False)
-    finite = np.isfinite(array)
-    if not finite.all():
-        row, col = np.argwhere(~finite)[0]
-        raise DataError(
-            f"{name} contains {int((~finite).sum())} non-finite value(s); first: {array[row, col]} "
-            f"at row {row}, column {col}"
-        )
-    likelihood.check_data(array)
-    return torch.from_numpy(np.ascontiguousarray(array))
+    """``X (N, D)`` checked (see :func:`~pyro_sdlgm.data.arrays.as_dense_tensor`) and accepted by the
+    likelihood, as a float32 CPU tensor; :class:`DataError` otherwise."""
+    x = as_dense_tensor(X, input_dim, name)
+    likelihood.check_data(x.numpy())
+    return x
 
 
 def _place_guide_sites(guide, params, x, **schedule):
@@ -81,7 +64,7 @@ def _place_guide_sites(guide, params, x, **schedule):
     guide.place_sites(params, None, **schedule)
 
 
-class SDLGM:
+class SDLGM(Estimator):
     """Sparse deep latent generative model with adaptive, capped sparsity (unsupervised).
 
     Each observation ``x_i`` gets a sparse code ``z_i`` with at most ``max_sparsity``
@@ -186,15 +169,27 @@ class SDLGM:
         )
         self._init_from_config(config)
 
+    checkpoint_format = "pyro_sdlgm.SDLGM"
+    checkpoint_requires = ("model_config",)
+    networks_on_access = True
+
     def _init_from_config(self, config: ModelConfig) -> None:
         self.config = config
         self.spec = config.spec()
         with torch.device("meta"):  # sizes only: refuse networks that cannot fit before allocating them
             guard_parameters(*build_model_and_guide(config))
-        self.model, self.guide = build_model_and_guide(config)
-        self.train_config: TrainConfig | None = None
-        self.history_: list[dict] | None = None
-        self.is_fitted = False
+        self._reset()  # the networks are built at fit, or when model or guide is first read
+
+    def _networks(self) -> tuple:
+        return build_model_and_guide(self.config)
+
+    def _checkpoint_fields(self) -> dict[str, Any]:
+        return {"model_config": self.config.to_dict()}
+
+    @classmethod
+    def _from_checkpoint(cls, data: Mapping[str, Any]) -> SDLGM:
+        # a model saved before count_estimate existed used the count network's q(L|x)
+        return cls.from_config({"count_estimate": "amortized", **data["model_config"]})
 
     @classmethod
     def from_config(cls, config: ModelConfig | Mapping[str, Any]) -> SDLGM:
@@ -212,21 +207,12 @@ class SDLGM:
         """The values of ``L_i`` indexing the columns of :meth:`sparsity_posterior`."""
         return self.spec.levels().numpy()
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.decoder.parameters()).device
-
-    def _check_fitted(self, method: str) -> None:
-        if not self.is_fitted:
-            raise NotFittedError(f"SDLGM.{method}() needs a trained model: call fit() or SDLGM.load() first")
-
     def _check(self, X, name="X") -> torch.Tensor:
         return as_data_tensor(X, self.spec.input_dim, self.model.likelihood, name)
 
     def _batches(self, x: torch.Tensor, batch_size: int):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
-        for rows in torch.arange(x.shape[0]).split(batch_size):
+        """Batches of ``x`` on the networks' device, with the networks in eval mode."""
+        for rows in self._eval_batches(x.shape[0], batch_size):
             yield x[rows].to(self.device)
 
     # -- training -------------------------------------------------------------------------
@@ -256,29 +242,19 @@ class SDLGM:
             list of dicts (``epoch``, ``train_loss``, ``val_loss``, temperatures, ``kl_weight``,
             ``skipped_batches``, ``seconds``): losses are negative ELBOs per example.
         """
-        cfg = from_dict(TrainConfig, train_options, where=" passed to SDLGM.fit()")
+        cfg = self._train_config(train_options, "SDLGM.fit()")
         check_run_dir(run_dir, resume, overwrite)
         x = self._check(X)
         x_val = self._check(validation_data, "validation_data") if validation_data is not None else None
         if x_val is None and cfg.validation_fraction > 0:
-            n_val = int(round(cfg.validation_fraction * x.shape[0]))
-            if n_val >= 1 and x.shape[0] - n_val >= 1:
-                order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
-                x, x_val = x[order[n_val:]], x[order[:n_val]]
+            fit_rows, val_rows = validation_split(x.shape[0], cfg.validation_fraction, cfg.seed)
+            if val_rows is not None:
+                x, x_val = x[torch.from_numpy(fit_rows)], x[torch.from_numpy(val_rows)]
             else:
                 logger.warning("too few rows (%d) to hold out a validation split; early stopping is off", x.shape[0])
-        with torch.device("meta"):  # sizes only: refuse a configuration that cannot fit before allocating it
-            guard_training_memory(*build_model_and_guide(self.config), cfg, x.shape[0],
-                                  0 if x_val is None else x_val.shape[0])
-        pyro.set_rng_seed(cfg.seed)
-        self.model = self.guide = None  # free the current networks before building the fresh ones
-        self.is_fitted = False
-        self.model, self.guide = build_model_and_guide(self.config)
-        trainer = Trainer(self.model, self.guide, cfg)
-        history = trainer.fit(x, x_val, run_dir, resume=resume, overwrite=overwrite,
-                              identity={"model": self.config.to_dict()})
-        self.train_config, self.history_, self.is_fitted = cfg, history, True
-        return history
+        self._refuse_unfit(cfg, x.shape[0], 0 if x_val is None else x_val.shape[0])
+        return self._train((x,), None if x_val is None else (x_val,), cfg, run_dir=run_dir, resume=resume,
+                           overwrite=overwrite, identity={"model": self.config.to_dict()})
 
     # -- inference ------------------------------------------------------------------------
 
@@ -486,45 +462,3 @@ class SDLGM:
             num_examples=n,
         )
         return result
-
-    # -- persistence ----------------------------------------------------------------------
-
-    def save(self, path: str | Path) -> None:
-        """Write a weights-only checkpoint (config, state dicts, history) atomically."""
-        self._check_fitted("save")
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "model_config": self.config.to_dict(),
-            "train_config": self.train_config.to_dict() if self.train_config else None,
-            "model_state": {k: v.cpu() for k, v in self.model.state_dict().items()},
-            "guide_state": {k: v.cpu() for k, v in self.guide.state_dict().items()},
-            "history": self.history_,
-        }
-        atomic_save(state, path)
-
-    @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SDLGM:
-        """Load a checkpoint written by :meth:`save` (with ``torch.load(weights_only=True)``)."""
-        if torch.device(map_location).type == "cuda" and not torch.cuda.is_available():
-            raise CheckpointError(f"map_location={str(map_location)!r} but CUDA is not available on this machine")
-        data = load_checkpoint(path, CHECKPOINT_FORMAT, ("model_config", "model_state", "guide_state"))
-        if data.get("format_version") != CHECKPOINT_VERSION:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} has format version {data.get('format_version')!r}; "
-                f"this version of pyro_sdlgm reads version {CHECKPOINT_VERSION}"
-            )
-        # a model saved before count_estimate existed used the count network's q(L|x)
-        self = cls.from_config({"count_estimate": "amortized", **data["model_config"]})
-        try:
-            self.model.load_state_dict(data["model_state"])
-            self.guide.load_state_dict(data["guide_state"])
-        except RuntimeError as err:
-            raise CheckpointError(f"checkpoint {str(path)!r} does not match its config: {err}") from None
-        self.model.to(map_location)
-        self.guide.to(map_location)
-        if data.get("train_config") is not None:
-            self.train_config = from_dict(TrainConfig, data["train_config"])
-        self.history_ = data.get("history")
-        self.is_fitted = True
-        return self

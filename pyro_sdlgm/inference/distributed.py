@@ -196,6 +196,35 @@ def rank_loss_weight(share: float, replicas: Replicas, num_data: int) -> float:
     return share * replicas.world_size / num_data
 
 
+def local_part(global_rows: torch.Tensor, replicas: Replicas, num_data: int) -> tuple[torch.Tensor, float, float | None]:
+    """``(rows, share, weight)`` of a global batch for this process: its rows (:func:`local_rows`),
+    their share and the loss weight (:func:`rank_loss_weight`); in one process the whole batch,
+    share 1 and weight None (the loss is the negative ELBO over ``num_data``)."""
+    if not replicas.distributed:
+        return global_rows, 1.0, None
+    rows, share = local_rows(global_rows, replicas)
+    return rows, share, rank_loss_weight(share, replicas, num_data)
+
+
+def loss_contribution(elbo_loss: torch.Tensor, loss: torch.Tensor, num_rows: int, share: float, num_data: int,
+                      replicas: Replicas) -> tuple[float, int]:
+    """This process's part of an epoch's summed per-row loss, and its rows, after a step on
+    ``num_rows`` rows (``elbo_loss`` plate-scaled to ``num_data``; ``loss`` the differentiated one)."""
+    if not replicas.distributed:
+        return loss.item() * num_rows, num_rows
+    if share <= 0:  # a rank without a row of its own (see local_rows)
+        return 0.0, 0
+    # this rank's sum of per-row negative ELBOs: the plate scaled its B_r rows by N / B_r
+    return elbo_loss.item() * num_rows / num_data, num_rows
+
+
+def wrap_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` (the ELBO module, whose parameters are the model's and the guide's) under
+    ``DistributedDataParallel``, which averages its gradients over the ranks."""
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def rank_seed(seed: int, rank: int, epoch: int) -> int:
     """Seed of the sampling noise of rank ``rank`` > 0 from epoch ``epoch`` on (at the start or on resume).
 
@@ -203,3 +232,21 @@ def rank_seed(seed: int, rank: int, epoch: int) -> int:
     noise as it, so each gets its own stream, derived from ``(seed, rank, epoch)``.
     """
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1, dtype=np.uint64)[0] % (2**63))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` picks CUDA when available; asking for CUDA without it raises ``ConfigError``.
+
+    In a data-parallel run, ``"cuda"`` and ``"auto"`` mean this process's GPU, ``cuda:LOCAL_RANK``.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"training.device={name!r} but CUDA is not available on this machine")
+    replicas = current()
+    if name.startswith("cuda") and replicas.distributed:
+        if name != "cuda":
+            raise ConfigError(f"training.device={name!r} in a data-parallel run would put every rank on one GPU: "
+                              "use 'cuda' (rank r takes cuda:LOCAL_RANK)")
+        return torch.device("cuda", replicas.local_rank)
+    return torch.device(name)

@@ -182,7 +182,7 @@ def guard_training_memory(model, guide, config, num_train_rows: int, num_val_row
     ``config.check_memory`` is off."""
     if not config.check_memory:
         return None
-    from pyro_sdlgm.inference.trainer import resolve_device
+    from pyro_sdlgm.inference.distributed import resolve_device
 
     spec = model.spec
     parameters = count_parameters(model, guide)

@@ -216,7 +216,7 @@ def test_torchrun_sdlgm_train_writes_one_run_folder_and_resumes(tmp_path):
 
 
 def test_gpu_options_that_cannot_work_data_parallel_are_named(monkeypatch):
-    from pyro_sdlgm.inference.trainer import resolve_device
+    from pyro_sdlgm.inference.distributed import resolve_device
 
     for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")):
         monkeypatch.setenv(name, value)

@@ -551,7 +551,7 @@ def test_no_module_deserializes_unsafely():
 
 
 def test_checkpoints_written_before_an_option_existed_still_resume():
-    from pyro_sdlgm.inference.trainer import config_differences
+    from pyro_sdlgm.inference.run_folder import config_differences
 
     old = {"training": {"epochs": 3}, "model": {"latent_dim": 8}}  # before slot_layout existed
     assert config_differences(old, {"training": {"epochs": 3}, "model": {"latent_dim": 8, "slot_layout": "per_slot"}}) == []

@@ -8,6 +8,7 @@ import pytest
 import torch
 from pyro_sdlgm import (
     GUIDES, SDLGM, SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS, ConfigError, NumericalError, TrainConfig,
+    validation_split,
 )
 from pyro_sdlgm.inference.schedules import ExponentialAnnealing, LinearWarmup, TrainingSchedule
 from pyro_sdlgm.inference.trainer import Trainer
@@ -76,9 +77,8 @@ def test_early_stopping_restores_the_best_epoch(binary_data):
     assert history[-1]["val_loss"] > best  # stopped after non-improving epochs
     # recompute the validation loss with the restored parameters: it is the best one
     cfg = model.train_config
-    n_val = round(cfg.validation_fraction * len(binary_data))
-    order = torch.randperm(len(binary_data), generator=torch.Generator().manual_seed(cfg.seed))
-    x_val = torch.as_tensor(binary_data)[order[:n_val]]
+    _, val_rows = validation_split(len(binary_data), cfg.validation_fraction, cfg.seed)
+    x_val = torch.as_tensor(binary_data)[torch.from_numpy(val_rows)]
     trainer = Trainer(model.model, model.guide, cfg)
     recomputed = trainer.mean_loss(x_val, TrainingSchedule.from_config(cfg, 1).final(), cfg.seed + 1)
     assert recomputed == pytest.approx(best, rel=1e-5)
