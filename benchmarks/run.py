@@ -145,7 +145,8 @@ def library_estimate(job: dict) -> dict | None:
                     extra["num_candidates"] = job["candidates"]
             elif job["mode"] == "set_bound":
                 extra["num_candidates"] = 0  # as SDLGMClassifier.fit estimates it: no slot tensor
-            model, guide = SDLGMClassifier(job["K"], job["L0"], **options)._networks()
+            clf = SDLGMClassifier(job["K"], job["L0"], include_zero=False, **options)
+            model, guide = clf.model, clf.guide  # built on first use, on the meta device
         estimate = guard_training_memory(model, guide, config, job["num_data"], 0, **extra)
     return {"total_bytes": estimate.total, "parameters_bytes": estimate.parameters,
             "training_step_bytes": estimate.training_step}

@@ -3,10 +3,10 @@
 A job (a JSON object, built by ``run.py``) names the task (``unsupervised`` or
 ``multilabel``), the slot mode, the sizes, the device, the threads and the variants to time:
 
-- ``sdlgm_pyro``: the library's training step, as :class:`pyro_sdlgm.inference.trainer.Trainer` takes
-  it: ``make_elbo(spec)(model, guide)`` under ``pyro.settings.context(module_local_params=True)``,
-  ``loss = loss_fn(*batch, num_data=n, **schedule) / n``, then the trainer's checks, backward and
-  an Adam step; Pyro's validation off, as the trainer runs every step but the first of each
+- ``sdlgm_pyro``: the library's training step itself, :meth:`pyro_sdlgm.inference.trainer.Trainer.step`
+  (``make_elbo(spec)(model, guide)`` under ``pyro.settings.context(module_local_params=True)``,
+  ``loss = loss_fn(*batch, num_data=n, **schedule) / n``, the trainer's checks, backward and
+  an Adam step); Pyro's validation off, as the trainer runs every step but the first of each
   epoch (``TrainConfig.pyro_validation="epoch_start"``, the default);
 - ``sdlgm_pyro_validated``: the same with Pyro's validation on (Pyro's default), as the trainer
   runs each epoch's first step, or every step with ``pyro_validation="always"``;
@@ -19,8 +19,9 @@ A job (a JSON object, built by ``run.py``) names the task (``unsupervised`` or
 - ``dense_mlp``: an MLP ``D -> hidden -> K`` with binary cross-entropy (the multi-label
   counterpart without any latent structure; SDLGM's hidden sizes).
 
-Every variant shares one step function (:func:`train_step`: forward, the trainer's finiteness
-checks and gradient norm, backward, ``Adam.step``), so the ratios compare the losses alone.
+The other variants share one step function (:func:`train_step`: forward, the trainer's finiteness
+checks and gradient norm, backward, ``Adam.step``, as ``Trainer.step`` takes them), so the ratios
+compare the losses alone.
 A ``measure`` job times one variant and reports its peak memory; a ``compare`` job times
 several variants interleaved in rounds (so that load from other processes falls on all of
 them alike) and reports the ratios of their median step times.
@@ -28,7 +29,6 @@ them alike) and reports the ratios of their median step times.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import inspect
 import json
@@ -47,13 +47,12 @@ import torch
 from benchmarks import torch_reference
 
 from pyro_sdlgm import SDLGMClassifier
-from pyro_sdlgm.config import ModelConfig
+from pyro_sdlgm.config import ModelConfig, TrainConfig
 from pyro_sdlgm.model.networks import mlp
 from pyro_sdlgm.inference.schedules import final_schedule
 from pyro_sdlgm.estimators.sdlgm import build_model_and_guide
 from pyro_sdlgm.data.arrays import take_rows
-from pyro_sdlgm.inference.faults import without_pyro_validation
-from pyro_sdlgm.inference.trainer import make_elbo
+from pyro_sdlgm.inference.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -149,40 +148,30 @@ def peak_rss() -> int:
 
 
 class Variant:
-    """A loss closure ``batch -> scalar`` over ``params``, entered through ``context()``."""
+    """A loss closure ``batch -> scalar`` over ``params``, or (``step``) a whole training step
+    ``batch -> float`` that owns its optimizer (the library's)."""
 
-    def __init__(self, name: str, loss, params, context=contextlib.nullcontext):
+    def __init__(self, name: str, loss, params, step=None):
         self.name = name
         self.loss = loss
         self.params = [p for p in params if p.requires_grad]
-        self.context = context
+        self.step = step
 
 
 def _unique_parameters(*modules):
     return list({id(p): p for m in modules for p in m.parameters()}.values())
 
 
-def _pyro_variant(name, model, guide, num_data, schedule, batch_kwargs=None):
-    batch_kwargs = batch_kwargs or (lambda batch: {})
-    with pyro.settings.context(module_local_params=True):
-        loss_fn = make_elbo(model.spec)(model, guide)
-        params = list(dict(loss_fn.named_parameters()).values())
+def _pyro_variant(name, model, guide, num_data, schedule, device, batch_kwargs=None):
+    """The library's step: :meth:`Trainer.step` with Pyro's validation off, as the trainer runs every
+    step but each epoch's first (on for ``sdlgm_pyro_validated``)."""
+    trainer = Trainer(model, guide, TrainConfig(device=str(device), learning_rate=1e-3), batch_kwargs=batch_kwargs)
+    validate = name == "sdlgm_pyro_validated"
 
-    def loss(batch):
-        return loss_fn(*batch, num_data=num_data, **schedule, **batch_kwargs(batch)) / num_data
+    def step(batch):
+        return trainer.step(batch, num_data=num_data, schedule=schedule, validate=validate)
 
-    validate = name == "sdlgm_pyro_validated"  # as the trainer runs each epoch's first step only
-
-    @contextlib.contextmanager
-    def context():
-        with pyro.settings.context(module_local_params=True):
-            if validate:
-                yield
-            else:
-                with without_pyro_validation():  # the trainer's own switch
-                    yield
-
-    return Variant(name, loss, params, context)
+    return Variant(name, None, _unique_parameters(model, guide), step=step)
 
 
 def build_variant(job: dict, name: str, device: torch.device) -> Variant:
@@ -207,7 +196,7 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
         model, guide = build_model_and_guide(config)
         model.to(device), guide.to(device)
         if name in PYRO_VARIANTS:
-            return _pyro_variant(name, model, guide, n, schedule)
+            return _pyro_variant(name, model, guide, n, schedule, device)
         if name in ("sdlgm_torch", "sdlgm_torch_joint"):
             return Variant(name, lambda batch: torch_reference.unsupervised_loss(model, guide, *batch, num_data=n,
                                                                                  **schedule) / n,
@@ -222,18 +211,17 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
         options.update(dropout=0.0, hidden=[256])
     if job["mode"] == "shortlist":
         options["num_candidates"] = job["candidates"]
-    clf = SDLGMClassifier(K, L0, **options)
+    clf = SDLGMClassifier(K, L0, include_zero=False, **options)
     if name == "dense_mlp":
         network = mlp(D, list(clf.params["hidden"]), K, clf.params["activation"]).to(device)
         bce = torch.nn.BCEWithLogitsLoss(reduction="none")
         return Variant(name, lambda batch: bce(network(batch[0]), batch[1]).sum() * (n / batch[0].shape[0]) / n,
                        network.parameters())
-    model, guide = clf._networks()
+    model, guide = clf.model, clf.guide  # built on first use: the sizes are given
     model.to(device), guide.to(device)
-    clf.model, clf.guide = model, guide  # as after SDLGMClassifier.fit builds them
     if name in PYRO_VARIANTS:
         batch_kwargs = shortlist_batch_kwargs(clf, model, guide, n) if job["mode"] == "shortlist" else None
-        return _pyro_variant(name, model, guide, n, schedule, batch_kwargs)
+        return _pyro_variant(name, model, guide, n, schedule, device, batch_kwargs)
     if name in ("sdlgm_torch", "sdlgm_torch_joint"):
         if job["mode"] in ("shortlist", "set_bound"):
             raise NotImplementedError(f"no PyTorch reference for the {job['mode']} mode")
@@ -247,7 +235,10 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
 
 
 def train_step(variant: Variant, optimizer, batch) -> float:
-    """One training step as :meth:`pyro_sdlgm.inference.trainer.Trainer._epoch` takes it (``grad_clip_norm=None``)."""
+    """One training step: the variant's own (the library's :meth:`Trainer.step`), or the same
+    sequence on its loss (``grad_clip_norm=None``)."""
+    if variant.step is not None:
+        return variant.step(batch)
     loss = variant.loss(batch)
     if not bool(torch.isfinite(loss.detach())):
         raise FloatingPointError(f"non-finite loss {loss.item()} in {variant.name}")
@@ -289,16 +280,15 @@ def timed_steps(variant: Variant, optimizer, batches: Batches, steps: int, max_s
     ``max_seconds`` have passed."""
     times = []
     started = time.perf_counter()
-    with variant.context():
-        for _ in range(steps):
-            _sync(device)
-            t0 = time.perf_counter()
-            batch = batches.next()  # taking the batch (densified, on the device) is part of the trainer's step
-            train_step(variant, optimizer, batch)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-            if len(times) >= min_steps and time.perf_counter() - started > max_seconds:
-                break
+    for _ in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        batch = batches.next()  # taking the batch (densified, on the device) is part of the trainer's step
+        train_step(variant, optimizer, batch)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= min_steps and time.perf_counter() - started > max_seconds:
+            break
     return times
 
 
@@ -340,7 +330,7 @@ def run_job(job: dict) -> dict:
         cuda_before = torch.cuda.memory_allocated(device)
     rss_before = current_rss()
     variants = {name: build_variant(job, name, device) for name in job["variants"]}
-    optimizers = {name: torch.optim.Adam(v.params, lr=1e-3) for name, v in variants.items()}
+    optimizers = {name: None if v.step else torch.optim.Adam(v.params, lr=1e-3) for name, v in variants.items()}
     out["parameters"] = {name: sum(p.numel() for p in v.params) for name, v in variants.items()}
     for name, variant in variants.items():  # warm-up (also allocates Adam's state)
         timed_steps(variant, optimizers[name], batches, job["warmup"], math.inf, device)

@@ -59,12 +59,13 @@ def fit_temperature(logits: np.ndarray, levels: np.ndarray, truth: np.ndarray) -
 def readouts(clf, X) -> dict:
     """Per-row arrays of the x-only networks: count logits, greedy and inclusion scores, and
     ``P(k in S | L = s)`` for ``s = 1..L0`` on each row's top-``C`` inclusion labels."""
+    from pyro_sdlgm.estimators.decisions import label_scores
     from pyro_sdlgm.model.support import slot_gates, soft_support
 
     spec = clf.spec
     out = {"count_logits": [], "greedy": [], "inclusion": [], "cond": [], "cond_labels": []}
     depth = min(spec.latent_dim, max(5 * spec.max_sparsity, 50))
-    for params in clf._prior_params(X, 1024, "study"):
+    for params in clf.prior_params(X):
         n = params.slot_logits.shape[0]
         probs = params.slot_logits.softmax(-1).expand(n, spec.max_sparsity, -1)
         gates = slot_gates(params.sparsity_logits.softmax(-1), spec.min_level)
@@ -73,7 +74,7 @@ def readouts(clf, X) -> dict:
         p = probs.gather(-1, labels.unsqueeze(1).expand(-1, spec.max_sparsity, -1))  # (n, L0, C)
         cond = 1.0 - torch.cumprod(1.0 - p, dim=1)  # (n, L0, C): P(k in S | L = l + 1)
         out["count_logits"].append(params.sparsity_logits)
-        out["greedy"].append(clf._ranking(params))
+        out["greedy"].append(label_scores(params, spec, clf.params["ranking"]))
         out["inclusion"].append(inclusion)
         out["cond"].append(cond)
         out["cond_labels"].append(labels)

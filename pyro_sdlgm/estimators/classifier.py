@@ -13,135 +13,31 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from pyro_sdlgm.config import ClassifierConfig as C
-from pyro_sdlgm.config import CLASSIFIER_LEGACY, TrainConfig
-from pyro_sdlgm.data.arrays import as_csr
-from pyro_sdlgm.estimators.base import Estimator, validation_split
-from pyro_sdlgm.model.conditional import build_conditional
-from pyro_sdlgm.exceptions import ConfigError, DataError
-from pyro_sdlgm.model.guides import GuideParams
 from pyro_sdlgm.analysis.metrics import top_k
-from pyro_sdlgm.analysis.posterior import CHUNK_BYTES, batch_count, check_num_samples, sample_batches, sparsity_inference_data
-from pyro_sdlgm.inference.schedules import final_schedule
-from pyro_sdlgm.model.spec import ModelSpec
-from pyro_sdlgm.model.support import greedy_picks, slot_gates, soft_support
-from pyro_sdlgm.data.arrays import take_rows
+from pyro_sdlgm.analysis.posterior import (
+    CHUNK_BYTES,
+    batch_count,
+    check_num_samples,
+    sample_batches,
+    sparsity_inference_data,
+)
+from pyro_sdlgm.config import CLASSIFIER_LEGACY, TrainConfig
+from pyro_sdlgm.config import ClassifierConfig as C
+from pyro_sdlgm.data.arrays import as_csr, take_rows
+from pyro_sdlgm.estimators.base import Estimator, validation_split
+from pyro_sdlgm.estimators.decisions import DECISIONS, RANKINGS, fit_temperature, label_scores, label_sets
+from pyro_sdlgm.estimators.label_counts import OVERFLOW_POLICIES, capped, check_candidates, resolve_counts
+from pyro_sdlgm.exceptions import ConfigError, DataError
 from pyro_sdlgm.inference.run_folder import check_run_dir
+from pyro_sdlgm.inference.schedules import final_schedule
+from pyro_sdlgm.model.conditional import build_conditional
+from pyro_sdlgm.model.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-OVERFLOW_POLICIES = ("error", "truncate")
-RANKINGS = ("inclusion", "greedy")
-#: the set bound's training shortlist with num_candidates="auto": max(this, 2 L0) labels a row, when below K
-SET_BOUND_CANDIDATES = 40
-DECISIONS = ("f1", "count")
-#: the candidates of the F1-optimal decision: the best max(F1_CANDIDATES, 5 L0) labels by inclusion
-F1_CANDIDATES = 50
 #: constructor arguments added after the first checkpoints, with the value that reproduces those
 #: checkpoints' behaviour (a checkpoint without them loads with these)
 LEGACY_PARAMS = dict(CLASSIFIER_LEGACY)
-
-
-def shared_inclusion(gates: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """``1 - prod_l (1 - g_l p_k)`` for slots sharing one distribution ``probs``, without an ``(N, L0, K)`` tensor.
-
-    Args:
-        gates: ``(N, L0)`` slot gates ``P(L >= l)``.
-        probs: ``(N, K)`` the slots' shared label probabilities.
-
-    Returns:
-        ``(N, K)``, equal to :func:`pyro_sdlgm.model.support.soft_support` of ``probs`` repeated for
-        every slot (up to rounding), computed one slot at a time in ``N x K`` memory.
-    """
-    remaining = torch.ones_like(probs)
-    for index in range(gates.shape[-1]):
-        remaining.mul_(1.0 - gates[:, index:index + 1] * probs)
-    return 1.0 - remaining
-
-
-def distinct_draw_inclusion(probs: torch.Tensor, max_count: int, rest: torch.Tensor | None = None,
-                            steps: int = 30) -> torch.Tensor:
-    """``P(k in S | L = l)`` for ``l = 1..max_count`` distinct draws (successive sampling, the
-    Plackett-Luce slots) from one distribution, approximated as ``1 - (1 - p_k)^t_l`` with
-    ``t_l`` chosen so that the inclusion probabilities add up to ``l`` (the approximation of
-    Hajek and Rosen for successive sampling; exact for ``l = 1`` and in the small-``p`` limit).
-    Drawing with replacement (``t_l = l``) would add up to less than ``l``, the more so the
-    more confident the model.
-
-    Args:
-        probs: ``(N, C)`` the probabilities of the ``C`` labels considered.
-        max_count: ``L0``.
-        rest: ``(N,)`` the probability mass outside them (default 0), whose inclusion is
-            counted as linear in ``t``.
-        steps: Newton steps for ``t`` (``f(t) = sum_k (1 - (1 - p_k)^t) + t rest - l`` is
-            concave and increasing and ``f(l) <= 0``, so the steps from ``t = l`` rise
-            monotonically to the root).
-
-    Returns:
-        ``(N, L0, C)``.
-    """
-    keep = (1.0 - probs).clamp(min=1e-6, max=1.0).double()  # (N, C): 1 - p, away from 0 for the log
-    log_keep = keep.log()
-    rest = torch.zeros(probs.shape[0], dtype=keep.dtype, device=probs.device) if rest is None else rest.double()
-    target = torch.arange(1, max_count + 1, dtype=keep.dtype, device=probs.device).expand(probs.shape[0], -1)
-    t = target.clone()  # (N, L0)
-    for _ in range(steps):
-        power = keep.unsqueeze(1) ** t.unsqueeze(-1)  # (N, L0, C)
-        value = (1.0 - power).sum(-1) + t * rest.unsqueeze(-1) - target
-        slope = -(power * log_keep.unsqueeze(1)).sum(-1) + rest.unsqueeze(-1)
-        t = (t - value / slope.clamp(min=1e-12)).clamp(max=1e6)
-    return (1.0 - keep.unsqueeze(1) ** t.unsqueeze(-1)).to(probs.dtype)
-
-
-def f1_optimal_sets(count_probs: torch.Tensor, levels: torch.Tensor, conditional: torch.Tensor,
-                    labels: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """The plug-in F1-optimal label sets of Dembczynski et al. (2011) under SDLGM's joint
-    distribution of the count and the labels.
-
-    With ``Delta_ik = sum_s 2 P(L = s) P(i in S | L = s) / (s + k)``, the best set of size
-    ``k`` is the ``k`` labels of largest ``Delta_ik`` and its expected example-F1 is their sum
-    (``P(L = 0)`` for the empty set); each row takes the size of largest expected F1.
-    Vectorized over the sizes ``k = 1..L0``: memory ``N x L0 x C``.
-
-    Args:
-        count_probs: ``(N, num_levels)`` ``P(L = s | x)`` over ``levels`` ``(num_levels,)``.
-        conditional: ``(N, L0, C)`` ``P(label labels[n, c] in S | L = l + 1)``.
-        labels: ``(N, C)`` the label indices ``conditional`` is about (the best candidates:
-            a label outside them is taken to have ``P(i in S) ~ 0``).
-        num_labels: ``K``.
-
-    Returns:
-        ``(N, K)`` int8 0/1.
-    """
-    n, max_count, _ = conditional.shape
-    with_zero = int(levels[0]) == 0
-    joint = count_probs[:, int(with_zero):, None] * conditional  # (N, L0, C): P(L = s, i in S)
-    sizes = torch.arange(1, max_count + 1, dtype=joint.dtype, device=joint.device)
-    weights = 2.0 / (levels[int(with_zero):].to(joint.dtype)[:, None] + sizes[None, :])  # (s, k)
-    delta = torch.einsum("nsc,sk->nkc", joint, weights)  # (N, L0 sizes, C)
-    ranked, order = delta.sort(dim=-1, descending=True, stable=True)
-    value = ranked.cumsum(-1).diagonal(dim1=1, dim2=2)  # (N, L0): the top-k sum for size k
-    if with_zero:
-        value = torch.cat([count_probs[:, :1], value], dim=-1)
-    size = value.argmax(-1) + (0 if with_zero else 1)  # (N,)
-    best = order[torch.arange(n, device=order.device), (size - 1).clamp(min=0)]  # (N, C) of the chosen size
-    keep = torch.arange(best.shape[-1], device=best.device) < size.unsqueeze(-1)
-    chosen = labels.gather(-1, best)
-    return torch.zeros(n, num_labels, dtype=torch.int8, device=labels.device).scatter_(-1, chosen,
-                                                                                       keep.to(torch.int8))
-
-
-def auto_candidates(fit_objective: str, num_labels: int, max_labels: int) -> int | None:
-    """``num_candidates="auto"``: with the set bound, ``max(SET_BOUND_CANDIDATES, 2 L0)`` labels a
-    row when that is below ``K`` (else None, all labels); with the ELBO, None (the full mode).
-
-    Chosen by measurement (``experiments/NOTES.md``): on Bibtex the set bound over shortlists of
-    40 (true labels, hard negatives, random negatives) had a higher validation P@1 than over
-    all 159 labels in 9 of 12 paired runs."""
-    if fit_objective != "set_bound":
-        return None
-    size = max(SET_BOUND_CANDIDATES, 2 * max_labels)
-    return size if size < num_labels else None
 
 
 class SDLGMClassifier(Estimator):
@@ -179,14 +75,14 @@ class SDLGMClassifier(Estimator):
             or ``"greedy"`` (the zero-temperature slot picks first, in slot order, then inclusion).
         decision: the label sets of :meth:`predict`: ``"f1"`` (default: the plug-in
             F1-optimal set of Dembczynski et al. 2011 under the model's joint distribution of the
-            count and the labels, :func:`f1_optimal_sets`) or ``"count"`` (the top-``L_hat``
+            count and the labels, :func:`~pyro_sdlgm.estimators.decisions.f1_optimal_sets`) or ``"count"`` (the top-``L_hat``
             labels). :meth:`predict_count` is the count network's mode either way.
         calibrate_count: after training, divide the count logits by the temperature that
             minimizes the negative log-likelihood of the validation rows' counts (Guo et al.,
             2017; ``count_temperature_``; 1 without validation rows). It changes no mode.
         sparsity_inference, objective, slot_selection, slot_layout: as for :class:`pyro_sdlgm.SDLGM`
             (``"elbo"``).
-        num_candidates: ``"auto"`` (default: :func:`auto_candidates`, 40 or ``2 L0`` labels a
+        num_candidates: ``"auto"`` (default: :func:`~pyro_sdlgm.estimators.label_counts.auto_candidates`, 40 or ``2 L0`` labels a
             row with the set bound when fewer than ``K``, else all), None (the full mode: every
             slot draws over all ``K`` labels) or ``C`` with ``L0 <= C <= K``: the shortlist
             mode. With the set bound, each batch scores each row's label set under the slot
@@ -236,7 +132,7 @@ class SDLGMClassifier(Estimator):
         if num_candidates == "all":
             num_candidates = None
         if num_candidates is not None and num_candidates != "auto":
-            num_candidates = self._check_candidates(num_candidates, num_labels, max_labels or 1, per_slot)
+            num_candidates = check_candidates(num_candidates, num_labels, max_labels or 1, per_slot)
         self._requested = {"max_labels": max_labels, "include_zero": include_zero, "num_candidates": num_candidates}
         self.params = dict(num_labels=num_labels, max_labels=max_labels, input_dim=input_dim,
                            include_zero=include_zero, on_overflow=on_overflow, guide=guide, per_slot=per_slot,
@@ -262,19 +158,12 @@ class SDLGMClassifier(Estimator):
 
     # -- helpers ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _check_candidates(num_candidates, num_labels: int, max_labels: int, per_slot) -> int:
-        if isinstance(num_candidates, bool) or not isinstance(num_candidates, numbers.Integral):
-            raise ConfigError(f"num_candidates must be an integer, 'auto', 'all' or None, got {num_candidates!r}")
-        num_candidates = int(num_candidates)
-        if not max_labels <= num_candidates <= num_labels:
-            raise ConfigError(f"num_candidates={num_candidates} must lie between max_labels={max_labels} and "
-                              f"num_labels={num_labels} (every row's true labels must fit in its shortlist)")
-        if per_slot:
-            raise ConfigError(f"num_candidates={num_candidates} (shortlist mode) needs per_slot=False: per-slot "
-                              f"heads cost max_labels x num_labels x the last hidden size parameters "
-                              f"({max_labels} x {num_labels} x hidden), which the shortlist cannot reduce")
-        return num_candidates
+    @property
+    def networks_on_access(self) -> bool:
+        """Whether reading ``model`` or ``guide`` builds them: once their sizes are known (``input_dim``,
+        ``max_labels`` and ``include_zero`` given at construction, or decided at ``fit``)."""
+        p = self.params
+        return p["input_dim"] is not None and p["max_labels"] is not None and p["include_zero"] is not None
 
     @property
     def shortlist(self) -> bool:
@@ -337,66 +226,13 @@ class SDLGMClassifier(Estimator):
         matrix.eliminate_zeros()
         return matrix
 
-    def _resolve_counts(self, *label_matrices: scipy.sparse.csr_matrix) -> None:
-        """Set ``max_labels`` and ``include_zero`` left to the data (None at construction) from
-        the training and validation labels: the most labels of a row, and whether a row has none."""
-        counts = np.concatenate([np.diff(m.indptr) for m in label_matrices])
-        requested = self._requested
-        if requested["max_labels"] is None:
-            self.params["max_labels"] = int(min(max(counts.max(), 1), self.params["num_labels"]))
-            logger.info("max_labels=%d: the most labels of a training row", self.params["max_labels"])
-        else:
-            self.params["max_labels"] = requested["max_labels"]
-        if requested["include_zero"] is None:
-            self.params["include_zero"] = bool((counts == 0).any())
-            if self.params["include_zero"]:
-                logger.info("include_zero=True: %d rows have no label", int((counts == 0).sum()))
-        else:
-            self.params["include_zero"] = requested["include_zero"]
-        candidates = requested["num_candidates"]
-        if candidates == "auto":
-            candidates = auto_candidates(self.params["fit_objective"], self.params["num_labels"],
-                                         self.params["max_labels"])
-        self.params["num_candidates"] = candidates
-        if candidates is not None:
-            self._check_candidates(candidates, self.params["num_labels"], self.params["max_labels"],
-                                   self.params["per_slot"])
-
-    def _capped(self, matrix: scipy.sparse.csr_matrix, name: str = "Y") -> scipy.sparse.csr_matrix:
-        """``matrix`` with the overflow policy applied to its rows of more than ``max_labels`` labels.
-
-        Raises:
-            DataError: with the set bound, rows without a label while ``include_zero`` is False
-                (the bound gives them probability 0).
-        """
-        counts = np.diff(matrix.indptr)
-        if self.params["fit_objective"] == "set_bound" and not self.params["include_zero"] and (counts == 0).any():
-            raise DataError(f"{int((counts == 0).sum())} rows of {name} have no label (the first is row "
-                            f"{int(np.flatnonzero(counts == 0)[0])}) but include_zero=False: the set bound needs the "
-                            "count 0 for them; pass include_zero=True or None (decided from the data)")
-        cap = self.params["max_labels"]
-        over = counts > cap
-        if over.any():
-            if self.params["on_overflow"] == "error":
-                raise DataError(
-                    f"{int(over.sum())} training rows have more than max_labels={cap} labels (at most "
-                    f"{int(counts.max())}); raise max_labels or pass on_overflow='truncate'"
-                )
-            matrix = self._truncate(matrix, cap)
-            logger.warning("truncated %d training rows with more than %d labels (max %d) to their %d most "
-                           "frequent labels", int(over.sum()), cap, int(counts.max()), cap)
-        return matrix
-
-    @staticmethod
-    def _truncate(Y: scipy.sparse.csr_matrix, cap: int) -> scipy.sparse.csr_matrix:
-        frequency = np.asarray(Y.sum(0)).ravel()
-        rows = Y.tolil(copy=True)
-        for i, labels in enumerate(rows.rows):
-            if len(labels) > cap:
-                keep = sorted(labels, key=lambda label: (-frequency[label], label))[:cap]
-                rows.rows[i] = sorted(keep)
-                rows.data[i] = [1.0] * cap
-        return rows.tocsr()
+    def prior_params(self, X, *, batch_size: int = 1024):
+        """The ``x``-only networks' parameters of ``X (N, D)``, one
+        :class:`~pyro_sdlgm.model.guides.GuideParams` per batch of ``batch_size`` rows:
+        ``sparsity_logits (B, num_levels)`` (divided by ``count_temperature_``) and
+        ``slot_logits (B, 1 or L0, K)``. What every prediction method reads; for studies of
+        other read-outs (e.g. :func:`~pyro_sdlgm.estimators.decisions.label_scores`)."""
+        yield from self._prior_params(X, batch_size, "prior_params")
 
     @torch.no_grad()
     def _prior_params(self, X, batch_size: int, method: str):
@@ -466,10 +302,10 @@ class SDLGMClassifier(Estimator):
                 raise DataError("validation_data must be a pair (X_val, Y_val)")
             X_val = self._features(validation_data[0], "X_val")
             val = (X_val, self._labels(validation_data[1], X_val.shape[0], "Y_val"))
-        self._resolve_counts(Y, *(() if val is None else (val[1],)))
-        Y = self._capped(Y)
+        resolve_counts(self.params, self._requested, Y, *(() if val is None else (val[1],)))
+        Y = capped(Y, self.params)
         if val is not None:
-            val = (val[0], self._capped(val[1], "Y_val"))
+            val = (val[0], capped(val[1], self.params, "Y_val"))
         else:
             fit_rows, val_rows = validation_split(X.shape[0], cfg.validation_fraction, cfg.seed)
             if val_rows is not None:
@@ -482,8 +318,6 @@ class SDLGMClassifier(Estimator):
         """The temperature ``T`` that minimizes the validation rows' mean ``-log softmax(logits / T)[count]``
         (bounded 1-D search over ``log T`` in ``[-4, 4]``, scipy's ``minimize_scalar``), over the rows
         whose count is one of the model's levels."""
-        from scipy.optimize import minimize_scalar
-
         self.count_temperature_ = 1.0
         logits = torch.cat([p.sparsity_logits.cpu() for p in self._prior_params(X_val, batch_size, "fit")]).double()
         target = torch.as_tensor(np.diff(Y_val.indptr) - self.spec.min_level, dtype=torch.long)
@@ -492,14 +326,7 @@ class SDLGMClassifier(Estimator):
             logger.warning("no validation row has a count the model can hold: the count stays uncalibrated")
             return 1.0
         logits, target = logits[in_range], target[in_range]
-
-        def nll(log_t: float) -> float:
-            return float(torch.nn.functional.cross_entropy(logits / np.exp(log_t), target))
-
-        temperature = float(np.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x))
-        logger.info("count temperature %.3g (validation NLL %.4g at 1, %.4g after)", temperature, nll(0.0),
-                    nll(np.log(temperature)))
-        return temperature
+        return fit_temperature(logits, target)
 
     # -- prediction -------------------------------------------------------------------------
 
@@ -560,32 +387,9 @@ class SDLGMClassifier(Estimator):
             observed_dims={"label_count": ["obs"]},
         )
 
-    def _ranking(self, params: GuideParams) -> torch.Tensor:
-        """Scores ``(N, K)`` in ``[0, 1]`` (``ranking="inclusion"``): ``1 - prod_l (1 - g_l p_lk)``,
-        the probability that a slot in use selects label ``k`` with the slots taken as independent;
-        or (``"greedy"``) the labels the zero-temperature slot selection picks (slots 1..L0, in
-        order) first, the rest by inclusion.
-
-        With shared slot logits the inclusion probability is accumulated one slot at a time,
-        so no ``(N, L0, K)`` tensor is built: memory ``N x K``.
-        """
-        spec = self.spec
-        n, k = params.slot_logits.shape[0], spec.latent_dim
-        gates = slot_gates(params.sparsity_logits.softmax(-1), spec.min_level)  # P(L >= l)
-        if params.slot_logits.shape[1] == 1:
-            inclusion = shared_inclusion(gates, params.slot_logits[:, 0].softmax(-1))
-        else:
-            probs = params.slot_logits.softmax(-1).expand(n, spec.max_sparsity, k)
-            inclusion = soft_support(gates, probs)  # P(a slot in use selects the label), in [0, 1]
-        if self.params["ranking"] == "inclusion":
-            return inclusion
-        picks = greedy_picks(params.slot_logits, spec.max_sparsity)  # (N, L0), in slot order
-        rank_scores = torch.arange(spec.max_sparsity, 0, -1, device=inclusion.device, dtype=inclusion.dtype)
-        return inclusion.scatter(-1, picks, 1.0 + rank_scores.expand(n, -1))
-
     def predict_scores(self, X, *, batch_size: int = 1024) -> np.ndarray:
         """``(N, K)`` label scores for ranking (P@k, nDCG@k)."""
-        return torch.cat([self._ranking(p).cpu() for p in self._prior_params(X, batch_size, "predict_scores")]).numpy()
+        return torch.cat([label_scores(p, self.spec, self.params["ranking"]).cpu() for p in self._prior_params(X, batch_size, "predict_scores")]).numpy()
 
     def predict_top_labels(self, X, k: int = 5, *, batch_size: int = 1024) -> np.ndarray:
         """``(N, min(k, K))`` int64 label indices ranked best first by :meth:`predict_scores`.
@@ -595,42 +399,18 @@ class SDLGMClassifier(Estimator):
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise DataError(f"k must be a positive integer, got {k!r}")
-        parts = [top_k(self._ranking(p).cpu().numpy(), k)
+        parts = [top_k(label_scores(p, self.spec, self.params["ranking"]).cpu().numpy(), k)
                  for p in self._prior_params(X, batch_size, "predict_top_labels")]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros((0, min(k, self.spec.latent_dim)),
                                                                            dtype=np.int64)
 
     def predict(self, X, *, batch_size: int = 1024) -> scipy.sparse.csr_matrix:
         """``(N, K)`` CSR 0/1 label sets: with ``decision="f1"`` the F1-optimal sets
-        (:func:`f1_optimal_sets`), with ``"count"`` the top-``L_hat`` labels by :meth:`predict_scores`
+        (:func:`~pyro_sdlgm.estimators.decisions.f1_optimal_sets`), with ``"count"`` the top-``L_hat`` labels by :meth:`predict_scores`
         (``L_hat`` from the count network; with ``ranking="greedy"`` the greedy slot picks)."""
-        parts = [scipy.sparse.csr_matrix(self._decide(params).cpu().numpy())
+        parts = [scipy.sparse.csr_matrix(label_sets(params, self.spec, self.params["ranking"], self.params["decision"], self.guide).cpu().numpy())
                  for params in self._prior_params(X, batch_size, "predict")]
         return scipy.sparse.vstack(parts).tocsr().astype(np.int8)
-
-    def _decide(self, params: GuideParams) -> torch.Tensor:
-        """The label sets ``(N, K)`` int8 of one batch (see :meth:`predict`)."""
-        spec = self.spec
-        levels = spec.levels().to(params.sparsity_logits.device)
-        if self.params["decision"] == "f1":
-            scores = self._ranking(params)
-            labels = scores.topk(min(spec.latent_dim, max(F1_CANDIDATES, 5 * spec.max_sparsity)), dim=-1).indices
-            heads = params.slot_logits.shape[1]  # 1 (shared) or L0
-            probs = params.slot_logits.softmax(-1)
-            picked = probs.gather(-1, labels.unsqueeze(1).expand(-1, heads, -1))  # (N, heads, C), never (N, L0, K)
-            if heads == 1:  # l distinct draws from one distribution
-                conditional = distinct_draw_inclusion(picked[:, 0], spec.max_sparsity,
-                                                      (1.0 - picked[:, 0].sum(-1)).clamp(min=0.0))
-            else:  # slot l draws from its own distribution (taken as independent of the others)
-                conditional = 1.0 - torch.cumprod(1.0 - picked, dim=1)  # P(k in S | L = l + 1)
-            return f1_optimal_sets(params.sparsity_logits.softmax(-1), levels, conditional, labels, spec.latent_dim)
-        if self.params["ranking"] == "greedy":
-            return self.guide.hard_code(params)[0].to(torch.int8)
-        counts = levels[params.sparsity_logits.argmax(-1)]
-        scores = self._ranking(params)
-        order = scores.topk(spec.max_sparsity, dim=-1).indices  # (N, L0), best first
-        keep = torch.arange(order.shape[-1], device=order.device) < counts.unsqueeze(-1)
-        return torch.zeros_like(scores, dtype=torch.int8).scatter_(-1, order, keep.to(torch.int8))
 
     # -- persistence ------------------------------------------------------------------------
 

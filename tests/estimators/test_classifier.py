@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse
 from pyro_sdlgm import ConfigError, DataError, NotFittedError
 from pyro_sdlgm.estimators.classifier import SDLGMClassifier
+from pyro_sdlgm.estimators.label_counts import truncate
 from pyro_sdlgm.analysis.metrics import top_k
 
 from conftest import count_data
@@ -88,7 +89,7 @@ def test_overflow_policy():
     Y[1, :4] = 1  # 4 labels
     with pytest.raises(DataError, match="2 training rows have more than max_labels=3 labels \\(at most 5\\)"):
         SDLGMClassifier(6, 3, **SMALL).fit(X, Y, **FAST)
-    truncated = SDLGMClassifier._truncate(scipy.sparse.csr_matrix(Y), 3)
+    truncated = truncate(scipy.sparse.csr_matrix(Y), 3)
     assert np.diff(truncated.indptr).max() == 3
     assert truncated[0, 0] == 1  # the most frequent label is kept
     clf = SDLGMClassifier(6, 3, on_overflow="truncate", **SMALL)

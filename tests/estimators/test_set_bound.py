@@ -12,7 +12,8 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 from pyro_sdlgm import ConfigError, DataError
-from pyro_sdlgm.estimators.classifier import LEGACY_PARAMS, SDLGMClassifier, distinct_draw_inclusion, f1_optimal_sets
+from pyro_sdlgm.estimators.classifier import LEGACY_PARAMS, SDLGMClassifier
+from pyro_sdlgm.estimators.decisions import distinct_draw_inclusion, f1_optimal_sets
 from pyro_sdlgm.model.conditional import ConditionalSDLGMModel, ObservedSupportGuide
 from pyro_sdlgm.model.distributions import DistinctDraws
 from pyro_sdlgm.model.spec import ModelSpec
@@ -120,7 +121,7 @@ def test_set_bound_on_a_shortlist_scores_the_truncated_slot_distribution():
 
 
 def test_auto_candidates():
-    from pyro_sdlgm.estimators.classifier import auto_candidates
+    from pyro_sdlgm.estimators.label_counts import auto_candidates
 
     assert auto_candidates("set_bound", 159, 28) == 56
     assert auto_candidates("set_bound", 159, 10) == 40

@@ -20,7 +20,8 @@ from conftest import count_data
 
 from pyro_sdlgm import ConfigError, SDLGMClassifier
 from pyro_sdlgm.inference.checkpoint import list_checkpoints
-from pyro_sdlgm.estimators.classifier import LEGACY_PARAMS, shared_inclusion
+from pyro_sdlgm.estimators.classifier import LEGACY_PARAMS
+from pyro_sdlgm.estimators.decisions import shared_inclusion
 from pyro_sdlgm.app.cli import main
 from pyro_sdlgm.model.conditional import build_conditional, shortlist_candidates
 from pyro_sdlgm.config import ClassifierConfig
