@@ -125,6 +125,7 @@ def _train_config(args, runs):
     """The run config of ``sdlgm train``: a config file with overrides, or a run folder's own for ``--resume``."""
     from pathlib import Path
 
+    from pyro_sdlgm.app.files import CONFIG_FILE
     from pyro_sdlgm.config import load_run_config
     from pyro_sdlgm.exceptions import CheckpointError, ConfigError
 
@@ -138,9 +139,9 @@ def _train_config(args, runs):
     folder = Path(args.resume)
     if not folder.is_dir():
         raise CheckpointError(f"cannot resume {args.resume!r}: no such folder")
-    if not (folder / runs.CONFIG_FILE).is_file():
-        raise CheckpointError(f"cannot resume {args.resume!r}: it is not a run folder (no {runs.CONFIG_FILE})")
-    return load_run_config(folder / runs.CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}", *threads],
+    if not (folder / CONFIG_FILE).is_file():
+        raise CheckpointError(f"cannot resume {args.resume!r}: it is not a run folder (no {CONFIG_FILE})")
+    return load_run_config(folder / CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}", *threads],
                            run_folder=True)
 
 
@@ -222,8 +223,10 @@ def _run_command(args, runs) -> None:
         result = runs.predict_run(args.run_dir, args.out, args.data)
         print(f"wrote {result['out']}: {result['rows']} rows, {result['mean_labels']:.2f} labels per row")
     elif args.command == "inspect":
-        print(_inspection_text(runs.inspect_run(args.run_dir, args.data, args.groups, num_samples=args.num_samples,
-                                                seed=args.seed, show=args.show, progress=True)))
+        from pyro_sdlgm.app.inspect_command import inspect_run
+
+        print(_inspection_text(inspect_run(args.run_dir, args.data, args.groups, num_samples=args.num_samples,
+                                           seed=args.seed, show=args.show, progress=True)))
     elif args.command == "encode":
         result = runs.encode_run(args.run_dir, args.out, args.data)
         print(f"wrote {result['out']}: shape {tuple(result['shape'])}, "
@@ -241,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from . import runs  # imported late so that `sdlgm --help` stays fast
+    from pyro_sdlgm.app import runs  # imported late so that `sdlgm --help` stays fast
 
     try:
         if args.command == "train":  # applies training.num_threads itself, recorded in config.yaml

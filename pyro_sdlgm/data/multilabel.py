@@ -15,13 +15,17 @@ import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import arff
 import numpy as np
 import scipy.sparse
 from sklearn.datasets import load_svmlight_file
 
-from pyro_sdlgm.exceptions import DataError, DataFormatError
+from pyro_sdlgm.exceptions import ConfigError, DataError, DataFormatError
+
+if TYPE_CHECKING:  # the loaders do not need the config module (nor torch) at run time
+    from pyro_sdlgm.config import MultiLabelDataConfig
 
 
 @dataclass(frozen=True)
@@ -365,3 +369,63 @@ def load_yeast() -> MultiLabelData:
     X = np.array([[x[f] for f in features] for x, _ in rows], dtype=np.float32)
     Y = np.array([[bool(y[name]) for name in labels] for _, y in rows], dtype=np.int8)
     return MultiLabelData(scipy.sparse.csr_matrix(X), scipy.sparse.csr_matrix(Y), "yeast", tuple(labels))
+
+
+# ----------------------------------------------------------------------------- from a run config
+
+
+def load_configured(data: MultiLabelDataConfig, num_labels: int | None, path: str | None = None,
+                    widths: tuple[int, int] | None = None) -> MultiLabelData:
+    """The ``[data]`` section's file (or ``path`` in the same format) as :class:`MultiLabelData`.
+
+    ``widths``: ``(features, labels)`` a second svmlight file must be read with (the format
+    has no header); default: the config's ``num_features`` and ``num_labels``.
+    """
+    if data.format == "yeast":
+        if path is not None:
+            raise ConfigError("data.format='yeast' is the built-in data set: it takes no other file")
+        return load_yeast()
+    if data.format == "arff":
+        return load_arff(path or data.path, data.labels if isinstance(data.labels, int) else Path(data.labels))
+    if data.format == "xmc":
+        return load_xmc(path or data.train)
+    num_features, num_labels = widths or (data.num_features, num_labels)
+    return load_svmlight_multilabel(path or data.train, zero_based=data.zero_based,
+                                        labels_zero_based=data.labels_zero_based,
+                                        num_features=num_features, num_labels=num_labels)
+
+
+def _widths(data) -> tuple[int, int]:
+    return int(data.X.shape[1]), int(data.Y.shape[1])
+
+
+def _check_widths(expected: tuple[int, int], other, name: str) -> None:
+    if _widths(other) != expected:
+        raise DataError(f"{name} has {other.X.shape[1]} features and {other.Y.shape[1]} labels; the training "
+                        f"data has {expected[0]} and {expected[1]}")
+
+
+def configured_splits(data: MultiLabelDataConfig, num_labels: int | None, source: str | None = None):
+    """``(train, test)``: a separate test file, the first ``train_rows`` rows, or a seeded split.
+
+    With ``source`` (a file in the run's format), all of it is the test part (``train`` is None),
+    checked against the widths recorded at training (``data.num_features``, ``num_labels``).
+    """
+    if source is not None:
+        trained = (data.num_features, num_labels)
+        other = load_configured(data, num_labels, source, widths=trained if None not in trained else None)
+        if None not in trained:
+            _check_widths(trained, other, f"data {source!r}")
+        return None, other
+    full = load_configured(data, num_labels)
+    if data.test is not None:
+        test = load_configured(data, num_labels, data.test, widths=_widths(full))
+        _check_widths(_widths(full), test, f"data.test {data.test!r}")
+        return full, test
+    if data.train_rows is not None:
+        if not 1 <= data.train_rows < full.X.shape[0]:
+            raise ConfigError(f"data.train_rows={data.train_rows} must leave test rows out of {full.X.shape[0]}")
+        return full.rows(0, data.train_rows), full.rows(data.train_rows)
+    order = np.random.default_rng(data.split_seed).permutation(full.X.shape[0])
+    n_test = max(1, int(round(data.test_fraction * full.X.shape[0])))
+    return full.take(np.sort(order[n_test:])), full.take(np.sort(order[:n_test]))

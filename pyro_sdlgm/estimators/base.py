@@ -151,8 +151,12 @@ class Estimator:
         current networks are touched (the networks are built on the ``meta`` device: sizes only).
         ``num_candidates``: the shortlist size of the memory estimate (see
         :func:`~pyro_sdlgm.inference.resources.guard_training_memory`)."""
+        Trainer(*self._meta_networks(), cfg, num_candidates=num_candidates).check_memory(num_train_rows, num_val_rows)
+
+    def _meta_networks(self) -> tuple:
+        """``(model, guide)`` on the ``meta`` device: their sizes, nothing allocated."""
         with torch.device("meta"):
-            Trainer(*self._networks(), cfg, num_candidates=num_candidates).check_memory(num_train_rows, num_val_rows)
+            return self._networks()
 
     def _train(self, train: tuple, val: tuple | None, cfg: TrainConfig, *, run_dir, resume: bool, overwrite: bool,
                identity: dict, batch_kwargs=None, num_candidates: int | None = None) -> list[dict]:

@@ -177,8 +177,12 @@ class SDLGM(Estimator):
         self.config = config
         self.spec = config.spec()
         with torch.device("meta"):  # sizes only: refuse networks that cannot fit before allocating them
-            guard_parameters(*build_model_and_guide(config))
+            self._sized = build_model_and_guide(config)
+        guard_parameters(*self._sized)
         self._reset()  # the networks are built at fit, or when model or guide is first read
+
+    def _meta_networks(self) -> tuple:
+        return self._sized  # the sizes do not depend on the data
 
     def _networks(self) -> tuple:
         return build_model_and_guide(self.config)
@@ -208,7 +212,9 @@ class SDLGM(Estimator):
         return self.spec.levels().numpy()
 
     def _check(self, X, name="X") -> torch.Tensor:
-        return as_data_tensor(X, self.spec.input_dim, self.model.likelihood, name)
+        # the likelihood's support check reads no parameter: the sized (meta) model's serves before fit
+        likelihood = (self._model or self._sized[0]).likelihood
+        return as_data_tensor(X, self.spec.input_dim, likelihood, name)
 
     def _batches(self, x: torch.Tensor, batch_size: int):
         """Batches of ``x`` on the networks' device, with the networks in eval mode."""

@@ -394,7 +394,7 @@ def test_inspect_cli_multilabel_writes_calibration(tmp_path, capsys):
 
 
 def test_bad_groups_files_are_data_errors(tmp_path):
-    from pyro_sdlgm.app.runs import read_groups
+    from pyro_sdlgm.app.inspect_command import read_groups
 
     (tmp_path / "empty.npy").write_bytes(b"")
     with pytest.raises(DataError, match="empty.npy"):
@@ -416,7 +416,7 @@ def test_calibration_rejects_counts_that_are_not_whole_numbers():
 
 
 def test_inspection_json_has_no_nan():
-    from pyro_sdlgm.app.runs import _finite_or_null
+    from pyro_sdlgm.app.inspect_command import _finite_or_null
 
     assert _finite_or_null({"a": float("nan"), "b": {"c": float("inf"), "d": 1.5}, "e": 2}) == {
         "a": None, "b": {"c": None, "d": 1.5}, "e": 2}
@@ -426,7 +426,7 @@ def test_inspect_needs_a_trained_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["inspect", str(tmp_path / "empty")]) == 2
     assert "no config.yaml" in capsys.readouterr().err
-    from pyro_sdlgm.app.runs import inspect_run
+    from pyro_sdlgm.app.inspect_command import inspect_run
 
     with pytest.raises(CheckpointError, match="does not exist"):
         inspect_run(tmp_path / "missing")
