@@ -42,3 +42,8 @@ class NumericalError(SDLGMError, FloatingPointError):
 class ResourceError(SDLGMError, MemoryError):
     """A configuration needs more memory than is available; the message gives the estimate
     and the options that reduce it."""
+
+
+class MissingDependencyError(SDLGMError, ImportError):
+    """A feature needs a package of an optional extra that is not installed; the message names
+    the package and the ``pip install "pyro-sdlgm[EXTRA]"`` that brings it."""

@@ -12,7 +12,7 @@ from pyro_sdlgm._lazy import submodule_getattr
 PACKAGE = Path(__file__).resolve().parents[1] / "pyro_sdlgm"
 
 # a layer may import from itself and from the layers listed for it (and the top-level modules below)
-BASE = {"exceptions", "_lazy"}
+BASE = {"exceptions", "_lazy", "_optional"}
 ALLOWED = {
     "model": BASE,
     "config": BASE | {"model"},
@@ -73,3 +73,14 @@ def test_a_submodule_whose_dependency_is_missing_names_that_dependency(tmp_path,
         submodule_getattr("lazy_pkg")("needs_extra")
     with pytest.raises(AttributeError, match="nothing_here"):
         submodule_getattr("lazy_pkg")("nothing_here")
+
+
+def test_a_missing_extra_is_named_with_its_install_command(monkeypatch):
+    from pyro_sdlgm.data.multilabel import load_yeast
+    from pyro_sdlgm.exceptions import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "river", None)  # as if river were not installed
+    monkeypatch.setitem(sys.modules, "river.datasets", None)
+    with pytest.raises(MissingDependencyError, match=r"the Yeast data set needs the package 'river'.*"
+                                                     r'pip install "pyro-sdlgm\[data\]"'):
+        load_yeast()

@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from pyro_sdlgm._optional import optional_import
 from pyro_sdlgm.exceptions import DataError
 from pyro_sdlgm.analysis.posterior import MARGINALS_GROUP, group
+
+pd = optional_import("pandas", "the sparsity summary tables")
 
 
 def _marginals(idata) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse
-from sklearn import metrics as skm
 
 from pyro_sdlgm.exceptions import DataError
 
 KS = (1, 3, 5)
+
+
+def skm():
+    """``sklearn.metrics``, imported when a report needs it (``import pyro_sdlgm`` does not load scikit-learn)."""
+    from sklearn import metrics
+
+    return metrics
 
 
 def _csr(Y) -> scipy.sparse.csr_matrix:
@@ -169,11 +175,11 @@ def multilabel_report(Y, Y_pred, scores=None, *, top_labels=None, predicted_coun
         report[f"psp@{k}"] = _psp(Y, ranked, k, inv_propensities)
     Yb, Pb = Y.astype(np.int8), Y_pred.astype(np.int8)
     report.update(
-        example_f1=float(skm.f1_score(Yb, Pb, average="samples", zero_division=1)),
-        micro_f1=float(skm.f1_score(Yb, Pb, average="micro", zero_division=0)),
-        macro_f1=float(skm.f1_score(Yb, Pb, average="macro", zero_division=0)),
-        hamming_loss=float(skm.hamming_loss(Yb, Pb)),
-        subset_accuracy=float(skm.accuracy_score(Yb, Pb)),
+        example_f1=float(skm().f1_score(Yb, Pb, average="samples", zero_division=1)),
+        micro_f1=float(skm().f1_score(Yb, Pb, average="micro", zero_division=0)),
+        macro_f1=float(skm().f1_score(Yb, Pb, average="macro", zero_division=0)),
+        hamming_loss=float(skm().hamming_loss(Yb, Pb)),
+        subset_accuracy=float(skm().accuracy_score(Yb, Pb)),
         count_accuracy=count_accuracy(true_counts, predicted_counts),
         count_mae=count_mae(true_counts, predicted_counts),
         mean_predicted_labels=float(np.mean(predicted_counts)),

@@ -40,6 +40,7 @@ import torch
 from pyro.infer import Predictive
 from tqdm.auto import tqdm
 
+from pyro_sdlgm._optional import optional_import
 from pyro_sdlgm.exceptions import DataError
 from pyro_sdlgm.model.spec import OBS_SITE, SPARSITY_SITE, ModelSpec
 
@@ -57,7 +58,7 @@ def import_arviz():
     with warnings.catch_warnings():
         # the message starts with a newline: the pattern must allow leading whitespace
         warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
-        import arviz
+        arviz = optional_import("arviz", "the posterior over sparsity as ArviZ data")
 
     return arviz
 
@@ -93,8 +94,7 @@ def to_inference_data(
         ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x), with the
         groups ``posterior``, ``marginals`` and the optional ones.
     """
-    import xarray as xr
-
+    xr = optional_import("xarray", "the posterior over sparsity as ArviZ data")
     az = import_arviz()
     attrs = dict(attrs or {})
     marginal_set = xr.Dataset(

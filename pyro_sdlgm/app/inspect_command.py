@@ -22,6 +22,7 @@ from pyro_sdlgm.app.files import (
     SUMMARY_FILE,
 )
 from pyro_sdlgm.app.runs import eval_data, open_run
+from pyro_sdlgm._optional import optional_import
 from pyro_sdlgm.exceptions import DataError
 
 
@@ -145,7 +146,7 @@ def _finite_or_null(value):
 
 def write_diagnosis(diagnosis: dict, levels: np.ndarray, run_dir: Path) -> list[Path]:
     """``prefix_counts.csv`` (one row per count) and ``dimension_effects.csv`` (one row per dimension)."""
-    import pandas as pd
+    pd = optional_import("pandas", "sdlgm inspect")
 
     recon, kl = diagnosis["prefix_recon"], diagnosis["prefix_slot_kl"]
     pd.DataFrame({

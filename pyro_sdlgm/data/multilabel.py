@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import arff
 import numpy as np
 import scipy.sparse
-from sklearn.datasets import load_svmlight_file
 
+from pyro_sdlgm._optional import optional_import
 from pyro_sdlgm.exceptions import ConfigError, DataError, DataFormatError
 
 if TYPE_CHECKING:  # the loaders do not need the config module (nor torch) at run time
@@ -165,6 +164,7 @@ def _decode_arff(path: Path, lines: list[str], sparse: bool) -> dict:
     line it was reading when they happened is the one the numbered generator below last
     handed out.
     """
+    arff = optional_import("arff", "reading ARFF files")
     position = [0]
 
     def numbered():
@@ -290,6 +290,8 @@ def _parse_svmlight(path: Path, body: str, first_line: int, n_features: int | No
     labels = _check_lines(path, lines, first_line, n_features, zero_based)
     # scikit-learn reads a row without labels only with the separating space
     fixed = "\n".join(" " + line.lstrip(" \t") if not row_labels else line for line, row_labels in zip(lines, labels))
+    from sklearn.datasets import load_svmlight_file
+
     try:
         X, _ = load_svmlight_file(io.BytesIO(fixed.encode()), multilabel=True, zero_based=zero_based,
                                   n_features=n_features, dtype=np.float32)
@@ -361,7 +363,7 @@ def load_svmlight_multilabel(path: str | Path, *, zero_based: bool, labels_zero_
 
 def load_yeast() -> MultiLabelData:
     """Yeast (2,417 genes, 103 features, 14 labels), as shipped in the ``river`` package, in file order."""
-    from river import datasets
+    datasets = optional_import("river.datasets", "the Yeast data set")
 
     rows = list(datasets.Yeast())
     features = list(rows[0][0])

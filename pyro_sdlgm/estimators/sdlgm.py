@@ -94,7 +94,7 @@ class SDLGM(Estimator):
             ``count_coupling="prefix_mixture"``). See :class:`~pyro_sdlgm.model.spec.ModelSpec`.
         objective: ``"discrete_kl"`` (KL terms of the discrete variables, analytic,
             ``TraceMeanField_ELBO``) or ``"relaxed"`` (the relaxed model's ELBO with
-            Concrete densities, ``Trace_ELBO``). See the README for the measured difference.
+            Concrete densities, ``Trace_ELBO``). See ``docs/model.md`` for the measured difference.
         slot_selection: ``"without_replacement"`` (slots mask the dimensions earlier slots
             took, so ``L_i`` counts distinct non-zeros) or ``"independent"``.
         slot_layout: ``"per_slot"`` (one Pyro site per slot, ``slot_1..slot_L0``) or

@@ -1,6 +1,6 @@
 """Data-parallel training on ``torch.distributed`` (``torchrun``), gloo on CPU and NCCL on GPU.
 
-How a run is split (see the README's "Data-parallel training"):
+How a run is split (see "Data-parallel training" in ``docs/cli.md``):
 
 - Every rank holds the whole data set and draws the same shuffled order of global
   batches from the same seeded generator as a single process would; ``batch_size`` is

@@ -19,7 +19,7 @@ the increase of peak RSS on CPU (torch 2.13, pyro-ppl 1.9.2) in six configuratio
 ``K = 2,000`` to ``20,000`` and ``L0 = 10`` to ``32`` (0.5 to 20.5 GB measured). The estimate
 was between 23% under (the smallest, 0.7 GB measured) and 19% over the measurement. It
 ignores the data set itself, which is already in memory when training
-starts. See the README's "Guarantees" section.
+starts. See ``docs/guarantees.md``.
 
 In the classifier's shortlist mode (``num_candidates = C``) the slots draw over ``C``
 candidates per row instead of ``K`` labels, while the networks still score all ``K`` labels

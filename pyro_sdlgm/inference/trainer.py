@@ -1,6 +1,6 @@
 """The SVI training loop: ELBO as an ``nn.Module``, a ``torch.optim`` optimizer, schedules, early stopping.
 
-Route chosen (see the README): ``Trace_ELBO()(model, guide)`` (``TraceEnum_ELBO`` in
+Route chosen (see ``docs/model.md``): ``Trace_ELBO()(model, guide)`` (``TraceEnum_ELBO`` in
 ``enumerate`` mode) is an ``nn.Module`` whose parameters are the model's and the
 guide's; it is trained with ``torch.optim.Adam`` under
 ``pyro.settings.context(module_local_params=True)``, so nothing lives in Pyro's global

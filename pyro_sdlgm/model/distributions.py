@@ -120,7 +120,7 @@ class DiscreteKLExpRelaxedCategorical(ExpRelaxedCategorical):
     ``TraceMeanField_ELBO`` then uses (the objective of Jang et al. 2017). The KL
     between two Concrete densities grows without bound as the posterior logits sharpen
     (about one nat per unit of logit margin), which on MNIST kept the model from using
-    its code at all; the discrete KL is bounded by ``log K``. See the README.
+    its code at all; the discrete KL is bounded by ``log K``. See ``docs/model.md``.
     """
 
 
