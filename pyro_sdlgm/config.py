@@ -22,16 +22,28 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union, get_args
 
 import yaml
 
 from pyro_sdlgm.model.distributions import check_temperature
 from pyro_sdlgm.exceptions import ConfigError
 from pyro_sdlgm.model.registry import ComponentSpec, component_name
+from pyro_sdlgm.model.spec import CountCoupling, Objective, SlotLayout, SlotSelection, SparsityInference
 
-
-COUNT_ESTIMATES = ("amortized", "refined")
+# the options of the config's string fields; each Literal is its field's type
+CountEstimate = Literal["amortized", "refined"]
+NanPolicy = Literal["stop", "skip_batch"]
+RevivalStrategy = Literal["split", "copy"]  # see pyro_sdlgm.inference.revival
+PyroValidation = Literal["epoch_start", "always"]
+OverflowPolicy = Literal["error", "truncate"]
+FitObjective = Literal["set_bound", "elbo"]
+ClassifierGuide = Literal["label_aware", "prior_as_guide"]
+Ranking = Literal["inclusion", "greedy"]
+Decision = Literal["f1", "count"]
+MultiLabelFormat = Literal["yeast", "arff", "xmc", "svmlight"]
+Task = Literal["unsupervised", "multilabel"]
+COUNT_ESTIMATES = get_args(CountEstimate)
 
 # ----------------------------------------------------------------------------- typing helpers
 
@@ -50,6 +62,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 errors.append(str(err))
         expected = " or ".join(_type_name(m) for m in members)
         raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    if origin is Literal:
+        options = typing.get_args(hint)
+        if isinstance(value, str) and value in options:
+            return value
+        raise ConfigError(f"{key} must be one of {options}, got {value!r}")
     if hint is type(None):
         if value is None:
             return None
@@ -92,6 +109,8 @@ def _type_name(hint: Any) -> str:
         return "a list"
     if origin in (Mapping, dict):
         return "a table"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(option) for option in typing.get_args(hint))
     return getattr(hint, "__name__", str(hint))
 
 
@@ -151,25 +170,45 @@ class ModelConfig(_Section):
 
     section: typing.ClassVar[str] = "model"
 
-    input_dim: int | None = None  # D; None: taken from the data by the CLI
-    latent_dim: int = 200  # K
-    max_sparsity: int = 10  # L0
+    input_dim: int | None = None
+    """``D``, features per observation; None: taken from the data by the command line."""
+    latent_dim: int = 200
+    """``K``, the width of the code."""
+    max_sparsity: int = 10
+    """``L0``, the cap on the non-zeros of a code, ``1 <= L0 <= K``."""
     likelihood: ComponentSpec = "bernoulli"
-    include_zero: bool = False  # sparsity levels {0..L0} instead of {1..L0}
-    binary: bool | str = "auto"  # z = s (no values); "auto": binary codes for the Bernoulli likelihood
+    """``"bernoulli"`` (data in [0, 1]) or ``"normal"`` (learned scale), or a registered name or table."""
+    include_zero: bool = False
+    """Sparsity levels ``{0..L0}`` instead of ``{1..L0}``."""
+    binary: bool | str = "auto"
+    """Binary codes ``z = s`` (no values); ``"auto"``: binary for the Bernoulli likelihood."""
     sparsity_prior: ComponentSpec = "uniform"
+    """``p(L_i)``: ``"uniform"``, ``"truncated_geometric"``, ``"truncated_poisson"``, ``"learned"`` or registered."""
     support_prior: ComponentSpec = "uniform"
+    """The slots' prior over the ``K`` dimensions: ``"uniform"`` or ``"learned"``."""
     value_prior: ComponentSpec = "normal"
-    guide: ComponentSpec = "mlp_magnitude_slots"  # chosen by measurement: experiments/NOTES.md
-    sparsity_inference: str = "relaxed"  # "relaxed" | "enumerate" | "marginal"
-    objective: str = "discrete_kl"  # "discrete_kl" | "relaxed" (see ModelSpec)
-    slot_selection: str = "without_replacement"  # "without_replacement" | "independent"
-    slot_layout: str = "per_slot"  # "per_slot" (sites slot_1..slot_L0) | "joint" (one site, faster)
-    count_coupling: str = "gated_code"  # "gated_code" | "prefix_mixture" (see ModelSpec)
-    slot_estimator: ComponentSpec = "relaxed"  # "relaxed" | "straight_through" | "imle" | {name=...} (see ModelSpec)
-    count_estimate: str = "refined"  # "refined" | "amortized": the count posterior after training (see SDLGM)
+    """``p(v)``: ``"normal"`` or ``"laplace"`` (option ``scale``)."""
+    guide: ComponentSpec = "mlp_magnitude_slots"
+    """The amortized guide: ``"mlp_magnitude_slots"`` (chosen by measurement, experiments/NOTES.md),
+    ``"mlp_per_slot"`` or ``"mlp_shared_slots"`` (options ``hidden``, ``activation``)."""
+    sparsity_inference: SparsityInference = "relaxed"
+    """How the count is inferred: a Concrete sample, an exact enumeration, or exact marginals (see ModelSpec)."""
+    objective: Objective = "discrete_kl"
+    """The ELBO's KL terms: analytic discrete KLs, or the relaxed model's Concrete densities (see ModelSpec)."""
+    slot_selection: SlotSelection = "without_replacement"
+    """Slots mask the dimensions earlier slots took (``L_i`` counts distinct non-zeros), or draw independently."""
+    slot_layout: SlotLayout = "per_slot"
+    """One site per slot (``slot_1..slot_L0``), or one site for all (``"joint"``, the same distribution, faster)."""
+    count_coupling: CountCoupling = "gated_code"
+    """The relaxed count gates the code, or the decoder sees each whole count's code (see ModelSpec)."""
+    slot_estimator: ComponentSpec = "relaxed"
+    """The support's gradient estimator: ``"relaxed"``, ``"straight_through"``, ``"imle"`` or ``{name = ...}``."""
+    count_estimate: CountEstimate = "refined"
+    """The count posterior after training: refined from each prefix's hard reconstruction, or amortized (see SDLGM)."""
     decoder_hidden: tuple[int, ...] = (256, 512)
+    """Hidden sizes of the decoder MLP."""
     activation: str = "relu"
+    """Activation of the decoder MLP (a ``torch.nn.functional`` name)."""
 
     def validate(self):
         # imported here: the registries import this module's neighbours, not this module
@@ -188,8 +227,6 @@ class ModelConfig(_Section):
         self._spec(1 if self.input_dim is None else self.input_dim)  # checks sizes and modes
         if isinstance(self.binary, str) and self.binary != "auto":
             raise ConfigError(f"model.binary must be true, false or 'auto', got {self.binary!r}")
-        if self.count_estimate not in COUNT_ESTIMATES:
-            raise ConfigError(f"model.count_estimate must be one of {COUNT_ESTIMATES}, got {self.count_estimate!r}")
 
     def binary_codes(self) -> bool:
         """Whether codes are binary: ``binary``, or with ``"auto"`` whether the likelihood is
@@ -207,24 +244,8 @@ class ModelConfig(_Section):
     def _spec(self, input_dim: int):
         from pyro_sdlgm.model.spec import ModelSpec
 
-        return ModelSpec(
-            input_dim=input_dim,
-            latent_dim=self.latent_dim,
-            max_sparsity=self.max_sparsity,
-            include_zero=self.include_zero,
-            binary=self.binary_codes(),
-            sparsity_inference=self.sparsity_inference,
-            objective=self.objective,
-            slot_selection=self.slot_selection,
-            slot_layout=self.slot_layout,
-            count_coupling=self.count_coupling,
-            slot_estimator=self.slot_estimator,
-        )
-
-
-NAN_POLICIES = ("stop", "skip_batch")
-REVIVAL_STRATEGIES = ("split", "copy")  # see pyro_sdlgm.inference.revival
-PYRO_VALIDATION = ("epoch_start", "always")
+        return ModelSpec.from_options(input_dim, self.latent_dim, self.max_sparsity, include_zero=self.include_zero,
+                                      binary=self.binary_codes(), options=dataclasses.asdict(self))
 
 
 @dataclasses.dataclass
@@ -273,31 +294,57 @@ class TrainConfig(_Section):
     section: typing.ClassVar[str] = "training"
 
     epochs: int = 100
+    """The most passes over the training rows (early stopping usually ends sooner)."""
     batch_size: int = 128
+    """Rows per training step."""
     learning_rate: float = 1e-3
+    """Adam's learning rate."""
     seed: int = 0
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    """Seeds the initialization, the draws, the batch order and the validation hold-out."""
+    device: str = "auto"
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
     tau_sparsity_start: float = 1.0
+    """The count's Concrete temperature at the first step."""
     tau_sparsity_end: float = 0.5
+    """The count's temperature after annealing (and for validation)."""
     tau_support_start: float = 1.0
+    """The slots' Concrete temperature at the first step."""
     tau_support_end: float = 0.5
+    """The slots' temperature after annealing (and for validation)."""
     anneal_fraction: float = 0.5
+    """The fraction of the steps over which the temperatures anneal exponentially."""
     kl_warmup_fraction: float = 0.3
+    """The fraction of the steps over which the KL weight rises from 0 to 1 (0: no warm-up)."""
     num_particles: int = 1
-    validation_fraction: float = 0.1  # used when no validation data is given; 0 disables
-    patience: int | None = 10  # epochs without validation improvement; None disables
+    """Monte-Carlo samples of the ELBO per step."""
+    validation_fraction: float = 0.1
+    """The seeded fraction of the rows held out when no validation data is given; 0 disables."""
+    patience: int | None = 10
+    """Epochs without validation improvement before stopping; None disables early stopping."""
     grad_clip_norm: float | None = None
+    """Clip the gradient to this norm; None: no clipping."""
     eval_batch_size: int = 1024
+    """Rows per batch of the validation passes."""
     progress: bool = True
-    checkpoint_every: int = 1  # epochs between checkpoints in run_dir/checkpoints; 0: only at the end
-    keep_checkpoints: int = 3  # the newest checkpoints kept on disk
-    nan_policy: str = "stop"  # "stop" | "skip_batch": what a non-finite loss or gradient does
-    check_memory: bool = True  # refuse a configuration whose estimated memory exceeds the limit
-    memory_limit_gb: float | None = None  # GiB; None: the memory the device reports available
-    pyro_validation: str = "epoch_start"  # "epoch_start" | "always": which training steps Pyro validates
-    num_threads: int | None = None  # torch's CPU threads while training; None: torch's default (one per core)
-    revive_every: int | str = "auto"  # epochs between dead-dimension revivals while the schedules run; 0: never
-    revive: str = "split"  # "split" | "copy": how a dead dimension takes over half of an overloaded one
+    """A progress bar over the epochs."""
+    checkpoint_every: int = 1
+    """Epochs between checkpoints in ``run_dir/checkpoints``; 0: only at the end."""
+    keep_checkpoints: int = 3
+    """The newest checkpoints kept on disk."""
+    nan_policy: NanPolicy = "stop"
+    """What a non-finite loss or gradient does: stop with ``NumericalError``, or skip the batch."""
+    check_memory: bool = True
+    """Refuse a configuration whose estimated memory exceeds the limit."""
+    memory_limit_gb: float | None = None
+    """The memory limit in GiB; None: the memory the device reports available."""
+    pyro_validation: PyroValidation = "epoch_start"
+    """Which training steps Pyro validates: each epoch's first, or all."""
+    num_threads: int | None = None
+    """torch's CPU threads while training; None: torch's default (one per core)."""
+    revive_every: int | str = "auto"
+    """Epochs between dead-dimension revivals while the schedules run; 0: never; ``"auto"``: as the class says."""
+    revive: RevivalStrategy = "split"
+    """How a dead dimension takes over half of an overloaded one (``"split"`` or ``"copy"``)."""
 
     def validate(self):
         for key in ("epochs", "batch_size", "num_particles", "eval_batch_size"):
@@ -328,15 +375,8 @@ class TrainConfig(_Section):
                                             or self.revive_every < 0):
             raise ConfigError("training.revive_every must be 'auto' or an integer >= 0 (0: never), "
                               f"got {self.revive_every!r}")
-        if self.revive not in REVIVAL_STRATEGIES:
-            raise ConfigError(f"training.revive must be one of {REVIVAL_STRATEGIES}, got {self.revive!r}")
         if self.memory_limit_gb is not None and not self.memory_limit_gb > 0:
             raise ConfigError(f"training.memory_limit_gb must be positive or none, got {self.memory_limit_gb}")
-        if self.nan_policy not in NAN_POLICIES:
-            raise ConfigError(f"training.nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
-        if self.pyro_validation not in PYRO_VALIDATION:
-            raise ConfigError(f"training.pyro_validation must be one of {PYRO_VALIDATION}, "
-                              f"got {self.pyro_validation!r}")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"training.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -347,13 +387,20 @@ class DataConfig(_Section):
 
     section: typing.ClassVar[str] = "data"
 
-    source: str = "mnist"  # "mnist" | "digits" | path to a .npy/.npz file or an IDX directory
-    npz_key: str | None = None  # array name inside a .npz file (default: "X", "x", "data" or the only array)
-    binarize: bool | str = "auto"  # "auto": binarize for the bernoulli likelihood only
+    source: str = "mnist"
+    """``"mnist"`` (MNIST-5k), ``"digits"`` or the path of a ``.npy``/``.npz`` file or an IDX folder."""
+    npz_key: str | None = None
+    """The array inside a ``.npz`` file (default: ``"X"``, ``"x"``, ``"data"`` or the only array)."""
+    binarize: bool | str = "auto"
+    """Binarize the data; ``"auto"``: for the Bernoulli likelihood only."""
     binarize_threshold: float = 0.5
+    """Values above it become 1."""
     test_fraction: float = 0.1
+    """The seeded fraction of the rows kept for testing; 0: no test split."""
     split_seed: int = 0
-    max_examples: int | None = None  # explicit subsample (seeded) for quick runs; None: all
+    """Seeds the test split and the subsample."""
+    max_examples: int | None = None
+    """A seeded subsample of this many rows, for quick runs; None: all."""
 
     def validate(self):
         if isinstance(self.binarize, str) and self.binarize != "auto":
@@ -372,28 +419,45 @@ class ClassifierConfig(_Section):
 
     section: typing.ClassVar[str] = "classifier"
 
-    max_labels: int | None = None  # None: the most labels a training row has
-    num_labels: int | None = None  # None: taken from the data
-    include_zero: bool | None = None  # None: True when a training row has no label
-    on_overflow: str = "error"  # "error" | "truncate"
-    fit_objective: str = "set_bound"  # "set_bound" (observed count and label set) | "elbo" (label-aware guide)
-    guide: str = "label_aware"  # "label_aware" | "prior_as_guide" (fit_objective = "elbo" only)
-    per_slot: bool = False  # one slot logit vector per slot (fit_objective = "elbo" only)
+    max_labels: int | None = None
+    """``L0``, the most labels a prediction holds; None: the most labels a training row has."""
+    num_labels: int | None = None
+    """``K``; None: taken from the data."""
+    include_zero: bool | None = None
+    """Allow predicting no label; None: True when a training row has no label."""
+    on_overflow: OverflowPolicy = "error"
+    """What training rows with more than ``max_labels`` labels do: refuse, or keep the most frequent."""
+    fit_objective: FitObjective = "set_bound"
+    """The observed count and label set's bound, or the ELBO with a label-aware guide."""
+    guide: ClassifierGuide = "label_aware"
+    """The ELBO's guide (``fit_objective = "elbo"`` only)."""
+    per_slot: bool = False
+    """One slot logit vector per slot (``fit_objective = "elbo"`` only)."""
     hidden: tuple[int, ...] = (512,)
+    """Hidden sizes of the prior network (and the guide)."""
     activation: str = "relu"
-    dropout: float = 0.7  # after each hidden layer of the prior network, in training
+    """Activation of those MLPs."""
+    dropout: float = 0.7
+    """Dropout after each hidden layer of the prior network, in training."""
     label_noise: float = 1e-3
-    ranking: str = "inclusion"  # "inclusion" (P(label in S | x)) | "greedy" (slot picks first)
-    decision: str = "f1"  # predict(): "f1" (F1-optimal sets) | "count" (top-L_hat labels)
-    calibrate_count: bool = True  # temperature-scale the count network on the validation rows
-    sparsity_inference: str = "relaxed"
-    objective: str = "discrete_kl"
-    slot_selection: str = "without_replacement"
-    # "auto": 40 or 2 x max_labels with the set bound (when fewer than K), else None; None or "all": full mode
-    # (slots over all K labels); C with max_labels <= C <= K: shortlist mode (slots over C candidates
-    # per row; per_slot = false). See SDLGMClassifier.
+    """``eps`` in ``y ~ Bernoulli(eps + (1 - 2 eps) s)`` (``fit_objective = "elbo"``)."""
+    ranking: Ranking = "inclusion"
+    """Label scores: ``P(label in S | x)``, or the greedy slot picks first."""
+    decision: Decision = "f1"
+    """``predict()``'s label sets: the F1-optimal sets, or the top-``L_hat`` labels."""
+    calibrate_count: bool = True
+    """Temperature-scale the count network on the validation rows."""
+    sparsity_inference: SparsityInference = "relaxed"
+    """As for the unsupervised model (``fit_objective = "elbo"``)."""
+    objective: Objective = "discrete_kl"
+    """As for the unsupervised model (``fit_objective = "elbo"``)."""
+    slot_selection: SlotSelection = "without_replacement"
+    """As for the unsupervised model."""
     num_candidates: int | str | None = "auto"
-    slot_layout: str = "per_slot"  # "per_slot" | "joint" (see ModelSpec)
+    """The training shortlist: ``"auto"`` (40 or ``2 max_labels`` with the set bound when fewer than
+    ``K``), None or ``"all"`` (every label), or ``C`` with ``max_labels <= C <= K`` (see SDLGMClassifier)."""
+    slot_layout: SlotLayout = "per_slot"
+    """As for the unsupervised model."""
 
     def validate(self):
         if isinstance(self.num_candidates, str) and self.num_candidates not in ("auto", "all"):
@@ -401,7 +465,7 @@ class ClassifierConfig(_Section):
                               f"{self.num_candidates!r}")
 
 
-MULTILABEL_FORMATS = ("yeast", "arff", "xmc", "svmlight")
+MULTILABEL_FORMATS = get_args(MultiLabelFormat)
 
 
 @dataclasses.dataclass
@@ -416,21 +480,30 @@ class MultiLabelDataConfig(_Section):
 
     section: typing.ClassVar[str] = "data"
 
-    format: str = "yeast"
+    format: MultiLabelFormat = "yeast"
+    """The file format (``"yeast"``: the data set shipped in river)."""
     path: str | None = None
+    """The ARFF file."""
     labels: int | str | None = None
+    """ARFF: the number of label attributes, or the label XML file."""
     train: str | None = None
+    """The training file (XMC, svmlight)."""
     test: str | None = None
-    zero_based: bool | None = None  # svmlight: feature index base (required)
-    labels_zero_based: bool | None = None  # svmlight: label index base (default: zero_based)
-    num_features: int | None = None  # svmlight without header; recorded by training
+    """A separate test file in the same format."""
+    zero_based: bool | None = None
+    """svmlight: the feature index base (required)."""
+    labels_zero_based: bool | None = None
+    """svmlight: the label index base (default: ``zero_based``)."""
+    num_features: int | None = None
+    """svmlight files have no header: the feature count, recorded by training."""
     train_rows: int | None = None
+    """Without a test file: the first ``train_rows`` rows train and the rest test."""
     test_fraction: float = 0.2
+    """Without a test file or ``train_rows``: the seeded fraction of the rows kept for testing."""
     split_seed: int = 0
+    """Seeds that split."""
 
     def validate(self):
-        if self.format not in MULTILABEL_FORMATS:
-            raise ConfigError(f"data.format must be one of {MULTILABEL_FORMATS}, got {self.format!r}")
         needs = {"arff": ("path", "labels"), "xmc": ("train",), "svmlight": ("train", "zero_based")}
         for key in needs.get(self.format, ()):
             if getattr(self, key) is None:
@@ -439,7 +512,7 @@ class MultiLabelDataConfig(_Section):
             raise ConfigError(f"data.test_fraction must lie in (0, 1), got {self.test_fraction}")
 
 
-TASKS = ("unsupervised", "multilabel")
+TASKS = get_args(Task)
 
 
 @dataclasses.dataclass
@@ -452,11 +525,17 @@ class RunConfig:
     """
 
     run_dir: str = "runs/sdlgm"
-    task: str = "unsupervised"
+    """The run folder."""
+    task: Task = "unsupervised"
+    """``"unsupervised"`` (an SDLGM) or ``"multilabel"`` (an SDLGMClassifier)."""
     model: ModelConfig | None = dataclasses.field(default_factory=ModelConfig)
+    """``[model]`` (unsupervised runs; None for multi-label runs)."""
     training: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    """``[training]``."""
     data: DataConfig | MultiLabelDataConfig = dataclasses.field(default_factory=DataConfig)
+    """``[data]``: a :class:`DataConfig` or, for multi-label runs, a :class:`MultiLabelDataConfig`."""
     classifier: ClassifierConfig | None = None
+    """``[classifier]`` (multi-label runs)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> RunConfig:

@@ -189,10 +189,8 @@ class SDLGMClassifier(Estimator):
         return self._spec(self.params["input_dim"], self.params["max_labels"], self.params["include_zero"])
 
     def _spec(self, input_dim: int, max_labels: int, include_zero: bool) -> ModelSpec:
-        p = self.params
-        return ModelSpec(input_dim, p["num_labels"], max_labels, include_zero=include_zero,
-                         binary=True, sparsity_inference=p["sparsity_inference"], objective=p["objective"],
-                         slot_selection=p["slot_selection"], slot_layout=p.get("slot_layout", C.slot_layout))
+        return ModelSpec.from_options(input_dim, self.params["num_labels"], max_labels, include_zero=include_zero,
+                                      binary=True, options=self.params)
 
     @property
     def count_levels(self) -> np.ndarray:

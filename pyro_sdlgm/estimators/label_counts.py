@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import logging
 import numbers
+from typing import get_args
 
 import numpy as np
 import scipy.sparse
 
+from pyro_sdlgm.config import OverflowPolicy
 from pyro_sdlgm.exceptions import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-OVERFLOW_POLICIES = ("error", "truncate")
+OVERFLOW_POLICIES = get_args(OverflowPolicy)
 #: the set bound's training shortlist with num_candidates="auto": max(this, 2 L0) labels a row, when below K
 SET_BOUND_CANDIDATES = 40
 

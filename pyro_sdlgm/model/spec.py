@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -18,11 +18,19 @@ VALUES_SITE = "values"  # v_i, the values of the representation (absent in binar
 OBS_SITE = "obs"  # the likelihood of x_i
 DATA_PLATE = "data"
 
-SPARSITY_INFERENCE_MODES = ("relaxed", "enumerate", "marginal")
-COUNT_COUPLINGS = ("gated_code", "prefix_mixture")
-OBJECTIVES = ("discrete_kl", "relaxed")
-SLOT_SELECTIONS = ("without_replacement", "independent")
-SLOT_LAYOUTS = ("per_slot", "joint")
+# the model's modes: one Literal type each (the config's field types), and its options as a tuple
+SparsityInference = Literal["relaxed", "enumerate", "marginal"]
+CountCoupling = Literal["gated_code", "prefix_mixture"]
+Objective = Literal["discrete_kl", "relaxed"]
+SlotSelection = Literal["without_replacement", "independent"]
+SlotLayout = Literal["per_slot", "joint"]
+SPARSITY_INFERENCE_MODES = get_args(SparsityInference)
+COUNT_COUPLINGS = get_args(CountCoupling)
+OBJECTIVES = get_args(Objective)
+SLOT_SELECTIONS = get_args(SlotSelection)
+SLOT_LAYOUTS = get_args(SlotLayout)
+#: the fields of a spec that choose a mode of the model (the rest are sizes)
+MODE_FIELDS = ("sparsity_inference", "objective", "slot_selection", "slot_layout", "count_coupling", "slot_estimator")
 
 
 def slot_site(index: int) -> str:
@@ -84,12 +92,21 @@ class ModelSpec:
     max_sparsity: int
     include_zero: bool = False
     binary: bool = False
-    sparsity_inference: str = "relaxed"
-    objective: str = "discrete_kl"
-    slot_selection: str = "without_replacement"
-    slot_layout: str = "per_slot"
-    count_coupling: str = "gated_code"
+    sparsity_inference: SparsityInference = "relaxed"
+    objective: Objective = "discrete_kl"
+    slot_selection: SlotSelection = "without_replacement"
+    slot_layout: SlotLayout = "per_slot"
+    count_coupling: CountCoupling = "gated_code"
     slot_estimator: str | Mapping[str, Any] = "relaxed"
+
+    @classmethod
+    def from_options(cls, input_dim: int, latent_dim: int, max_sparsity: int, *, include_zero: bool, binary: bool,
+                     options: Mapping[str, Any]) -> ModelSpec:
+        """The spec of the sizes and of the modes ``options`` names (a config's fields or an
+        estimator's parameters; a mode it leaves out takes the default): the one place a config
+        becomes a spec."""
+        modes = {name: options[name] for name in MODE_FIELDS if name in options}
+        return cls(input_dim, latent_dim, max_sparsity, include_zero=include_zero, binary=binary, **modes)
 
     def __post_init__(self):
         for name in ("input_dim", "latent_dim", "max_sparsity"):

@@ -107,3 +107,35 @@ def test_non_string_yaml_key(tmp_path):
     path = write(tmp_path, "c.yaml", "model:\n  1: 2\n")
     with pytest.raises(ConfigError, match="unknown config key 'model.1'"):
         load_run_config(path)
+
+
+def test_every_config_field_has_a_docstring():
+    import ast
+    import inspect
+
+    import pyro_sdlgm.config as config
+
+    tree = ast.parse(inspect.getsource(config))
+    sections = [node for node in tree.body if isinstance(node, ast.ClassDef)
+                and node.name in ("ModelConfig", "TrainConfig", "DataConfig", "ClassifierConfig",
+                                  "MultiLabelDataConfig", "RunConfig")]
+    assert len(sections) == 6
+    missing = []
+    for section in sections:
+        body = section.body
+        for index, node in enumerate(body):
+            if isinstance(node, ast.AnnAssign) and "ClassVar" not in ast.unparse(node.annotation):
+                following = body[index + 1] if index + 1 < len(body) else None
+                if not (isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                        and isinstance(following.value.value, str)):
+                    missing.append(f"{section.name}.{node.target.id}")
+    assert not missing
+
+
+def test_an_option_outside_its_literal_is_named_with_the_options():
+    from pyro_sdlgm import ConfigError, ModelConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"training.nan_policy must be one of \('stop', 'skip_batch'\), got 'retry'"):
+        TrainConfig(nan_policy="retry")
+    with pytest.raises(ConfigError, match=r"model.count_estimate must be one of \('amortized', 'refined'\), got 3"):
+        ModelConfig(count_estimate=3)
