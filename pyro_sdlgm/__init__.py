@@ -57,7 +57,7 @@ _EXPORTS = {
     "ModelSpec": "model.spec",
 }
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SDLGM",

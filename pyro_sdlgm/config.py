@@ -287,7 +287,7 @@ class TrainConfig(_Section):
     records then carry ``revived_dims``. ``"auto"`` (the default, chosen by measurement:
     ``experiments/NOTES.md``) is every 10 epochs where revival applies and never elsewhere (the
     multi-label classifier, other guides, data-parallel runs); a run resumed from a
-    checkpoint written before this option existed keeps 0. ``revive="split"`` moves the two copies' guide rows
+    ``revive="split"`` moves the two copies' guide rows
     apart along the principal direction of the donor's rows; ``"copy"`` only adds noise.
     """
 
@@ -645,26 +645,13 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-#: the classifier options added with the set bound, with the values that reproduce a run (or
-#: checkpoint) made before them; a run folder's config without ``fit_objective`` gets these
-CLASSIFIER_LEGACY = {"fit_objective": "elbo", "dropout": 0.0, "ranking": "greedy", "calibrate_count": False,
-                     "decision": "count"}
-
-
-def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), *, run_folder: bool = False) -> RunConfig:
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a config file (or start from the defaults when ``path`` is None) and apply overrides.
-
-    ``run_folder``: the file is a run folder's resolved ``config.yaml``; one written before the
-    classifier's ``fit_objective`` existed gets :data:`CLASSIFIER_LEGACY` for its missing keys,
-    so that it resumes as it was trained.
 
     A :class:`ConfigError` names the file when the file alone is at fault, and the
     command-line overrides when the file is valid without them.
     """
     data = read_config_file(path) if path is not None else {}
-    if run_folder and data.get("task") == "multilabel" and isinstance(data.get("classifier"), dict) \
-            and "fit_objective" not in data["classifier"]:
-        data = {**data, "classifier": {**CLASSIFIER_LEGACY, **data["classifier"]}}
     where = f" in {str(path)!r}" if path is not None else ""
     try:
         return RunConfig.from_dict(apply_overrides(data, overrides), where)

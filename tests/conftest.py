@@ -101,3 +101,7 @@ def count_data(n, rng, K=8, D=20, L0=4):
     for i, c in enumerate(counts):
         Y[i, order[i, :c]] = 1
     return X, Y, counts
+
+
+#: the classifier's ELBO mode with the options it was measured with (before the set bound)
+ELBO_AS_MEASURED = dict(fit_objective="elbo", dropout=0.0, ranking="greedy", calibrate_count=False, decision="count")

@@ -141,8 +141,7 @@ def _train_config(args, runs):
         raise CheckpointError(f"cannot resume {args.resume!r}: no such folder")
     if not (folder / CONFIG_FILE).is_file():
         raise CheckpointError(f"cannot resume {args.resume!r}: it is not a run folder (no {CONFIG_FILE})")
-    return load_run_config(folder / CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}", *threads],
-                           run_folder=True)
+    return load_run_config(folder / CONFIG_FILE, [f"run_dir={json.dumps(args.resume)}", *threads])
 
 
 def _is_first_rank() -> bool:

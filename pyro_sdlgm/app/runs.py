@@ -134,7 +134,7 @@ def open_run(run_dir: str | Path):
     for name in (CONFIG_FILE, MODEL_FILE):
         if not (run_dir / name).is_file():
             raise CheckpointError(f"run folder {str(run_dir)!r} has no {name}; was training completed?")
-    config = load_run_config(run_dir / CONFIG_FILE, run_folder=True)
+    config = load_run_config(run_dir / CONFIG_FILE)
     task = task_for(config)
     return config, task, task.load(run_dir / MODEL_FILE)
 

@@ -18,7 +18,7 @@ import torch
 
 from pyro_sdlgm.config import TrainConfig, from_dict
 from pyro_sdlgm.exceptions import CheckpointError, DataError, NotFittedError
-from pyro_sdlgm.inference.checkpoint import atomic_save, load_checkpoint
+from pyro_sdlgm.inference.checkpoint import TRAINING_VERSION, atomic_save, check_format_version, load_checkpoint
 from pyro_sdlgm.inference.run_folder import check_run_dir
 from pyro_sdlgm.inference.trainer import Trainer
 
@@ -57,8 +57,8 @@ class Estimator:
 
     #: the ``format`` field of this class's checkpoints
     checkpoint_format: ClassVar[str]
-    #: the checkpoint format version this class writes and reads
-    checkpoint_version: ClassVar[int] = 1
+    #: the checkpoint format version this class writes and reads (the training checkpoints' version)
+    checkpoint_version: ClassVar[int] = TRAINING_VERSION
     #: checkpoint fields besides the state dicts that :meth:`load` needs
     checkpoint_requires: ClassVar[tuple[str, ...]] = ()
 
@@ -201,11 +201,7 @@ class Estimator:
         """
         check_map_location(map_location)
         data = load_checkpoint(path, cls.checkpoint_format, (*cls.checkpoint_requires, "model_state", "guide_state"))
-        if data.get("format_version") != cls.checkpoint_version:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} has format version {data.get('format_version')!r}; "
-                f"this version of pyro_sdlgm reads version {cls.checkpoint_version}"
-            )
+        check_format_version(data, path, cls.checkpoint_version)
         self = cls._from_checkpoint(data)
         self._model, self._guide = self._networks()
         try:

@@ -21,7 +21,7 @@ from pyro_sdlgm.analysis.posterior import (
     sample_batches,
     sparsity_inference_data,
 )
-from pyro_sdlgm.config import CLASSIFIER_LEGACY, TrainConfig
+from pyro_sdlgm.config import TrainConfig
 from pyro_sdlgm.config import ClassifierConfig as C
 from pyro_sdlgm.data.arrays import as_csr, take_rows
 from pyro_sdlgm.estimators.base import Estimator, validation_split
@@ -35,9 +35,6 @@ from pyro_sdlgm.model.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-#: constructor arguments added after the first checkpoints, with the value that reproduces those
-#: checkpoints' behaviour (a checkpoint without them loads with these)
-LEGACY_PARAMS = dict(CLASSIFIER_LEGACY)
 
 
 class SDLGMClassifier(Estimator):
@@ -141,9 +138,7 @@ class SDLGMClassifier(Estimator):
                            sparsity_inference=sparsity_inference, objective=objective,
                            slot_selection=slot_selection, num_candidates=num_candidates,
                            fit_objective=fit_objective, dropout=dropout, ranking=ranking, decision=decision,
-                           calibrate_count=calibrate_count)
-        if slot_layout != C.slot_layout:  # absent from older checkpoints' params: the default
-            self.params["slot_layout"] = slot_layout
+                           calibrate_count=calibrate_count, slot_layout=slot_layout)
         if input_dim is not None and (isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral)
                                       or input_dim < 1):
             raise ConfigError(f"input_dim must be a positive integer or None, got {input_dim!r}")
@@ -417,7 +412,7 @@ class SDLGMClassifier(Estimator):
 
     @classmethod
     def _from_checkpoint(cls, data) -> SDLGMClassifier:
-        params: dict[str, Any] = {**LEGACY_PARAMS, **data["params"]}
+        params: dict[str, Any] = dict(data["params"])
         num_labels, max_labels = params.pop("num_labels"), params.pop("max_labels")
         return cls(num_labels, max_labels, **params)
 

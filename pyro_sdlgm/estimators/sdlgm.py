@@ -192,8 +192,7 @@ class SDLGM(Estimator):
 
     @classmethod
     def _from_checkpoint(cls, data: Mapping[str, Any]) -> SDLGM:
-        # a model saved before count_estimate existed used the count network's q(L|x)
-        return cls.from_config({"count_estimate": "amortized", **data["model_config"]})
+        return cls.from_config(data["model_config"])
 
     @classmethod
     def from_config(cls, config: ModelConfig | Mapping[str, Any]) -> SDLGM:

@@ -94,7 +94,23 @@ def load_checkpoint(path: str | Path, expected_format: str, required: tuple[str,
 # ----------------------------------------------------------------------------- training checkpoints
 
 TRAINING_FORMAT = "pyro_sdlgm.TrainingCheckpoint"
-TRAINING_VERSION = 1
+#: the format version of training checkpoints (and of trained models): 2 since pyro_sdlgm 0.2, whose
+#: checkpoints hold every option; version 1 (pyro_sdlgm 0.1) is refused, naming it
+TRAINING_VERSION = 2
+#: the pyro_sdlgm release that writes and reads each older format version
+WRITTEN_BY = {1: "0.1.0"}
+
+
+def check_format_version(data: dict, path, expected: int) -> None:
+    """Raise :class:`CheckpointError` unless ``data["format_version"]`` is ``expected``, naming the
+    version found and the pyro_sdlgm release that reads it."""
+    found = data.get("format_version")
+    if found == expected:
+        return
+    hint = (f"; it was written by pyro_sdlgm {WRITTEN_BY[found]}: retrain, or read it with "
+            f"pip install pyro-sdlgm=={WRITTEN_BY[found]}" if found in WRITTEN_BY else "")
+    raise CheckpointError(f"checkpoint {str(path)!r} has format version {found!r}; this version of pyro_sdlgm "
+                          f"reads version {expected}{hint}")
 CHECKPOINT_DIR = "checkpoints"
 _CHECKPOINT_NAME = re.compile(r"epoch_(\d+)\.pt")
 

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyro_sdlgm.config import CLASSIFIER_LEGACY, TrainConfig
+from pyro_sdlgm.config import TrainConfig
 from pyro_sdlgm.exceptions import CheckpointError, ConfigError
 from pyro_sdlgm.inference.checkpoint import (
     CHECKPOINT_DIR,
     TRAINING_FORMAT,
     TRAINING_VERSION,
     atomic_save,
+    check_format_version,
     checkpoint_path,
     list_checkpoints,
     load_checkpoint,
@@ -86,25 +87,14 @@ def _flat(prefix: str, value) -> dict[str, Any]:
     return {prefix: value}
 
 
-#: options added after checkpoints were first written, with the value every older checkpoint implies
-ADDED_OPTIONS = {"slot_layout": "per_slot", "num_candidates": None, "count_coupling": "gated_code",
-                 "slot_estimator": "relaxed", "revive_every": 0, "revive": "split", **CLASSIFIER_LEGACY}
-
-
 def config_differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """``"key: A in the checkpoint, B now"`` for each dotted key whose value differs.
-
-    A key of :data:`ADDED_OPTIONS` missing from the checkpoint counts as its default there.
-    """
+    """``"key: A in the checkpoint, B now"`` for each dotted key whose value differs (a key on one
+    side only differs: it is None on the other)."""
     saved, current = _flat("", saved), _flat("", current)
-
-    def saved_value(key):
-        return saved[key] if key in saved else ADDED_OPTIONS.get(key.split(".")[-1])
-
     return [
-        f"{key}: {saved_value(key)!r} in the checkpoint, {current.get(key)!r} now"
+        f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
         for key in sorted(set(saved) | set(current))
-        if key.split(".")[-1] not in ignore and saved_value(key) != current.get(key)
+        if key.split(".")[-1] not in ignore and saved.get(key) != current.get(key)
     ]
 
 
@@ -218,16 +208,10 @@ def restore_training_checkpoint(run_dir: Path, model, guide, optimizer, generato
     data = load_checkpoint(path, TRAINING_FORMAT, (
         "format_version", "epoch", "step", "finished", "train_config", "identity", "data", "model_state",
         "guide_state", "optimizer_state", "rng", "early_stopping", "history"))
-    if data["format_version"] != TRAINING_VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} has format version {data['format_version']!r}; "
-                              f"this version of pyro_sdlgm resumes from version {TRAINING_VERSION}")
-    current = config.to_dict()
+    check_format_version(data, path, TRAINING_VERSION)
     revive_every = data.get("revive_every_resolved")
-    if "revive_every" not in data["train_config"] and current["revive_every"] == "auto":
-        # written before revival existed: the default continues the run as it began, without it
-        current["revive_every"] = revive_every = 0
     differences = config_differences({"training": data["train_config"], **data["identity"]},
-                                     {"training": current, **identity}, RESUME_IGNORED)
+                                     {"training": config.to_dict(), **identity}, RESUME_IGNORED)
     if differences:
         raise ConfigError(f"cannot resume from {str(path)!r}: the run's config differs from the checkpoint's: "
                           + "; ".join(differences))

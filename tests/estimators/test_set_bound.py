@@ -11,13 +11,13 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
-from pyro_sdlgm import ConfigError, DataError
-from pyro_sdlgm.estimators.classifier import LEGACY_PARAMS, SDLGMClassifier
+from pyro_sdlgm import CheckpointError, ConfigError, DataError
+from pyro_sdlgm.estimators.classifier import SDLGMClassifier
 from pyro_sdlgm.estimators.decisions import distinct_draw_inclusion, f1_optimal_sets
 from pyro_sdlgm.model.conditional import ConditionalSDLGMModel, ObservedSupportGuide
 from pyro_sdlgm.model.distributions import DistinctDraws
 from pyro_sdlgm.model.spec import ModelSpec
-from conftest import count_data
+from conftest import ELBO_AS_MEASURED, count_data
 
 FAST = dict(epochs=3, batch_size=32, progress=False, seed=0)
 
@@ -198,19 +198,22 @@ def test_count_temperature_lowers_the_validation_nll_and_is_saved(tmp_path):
     assert np.allclose(loaded.count_posterior(X_val), calibrated.count_posterior(X_val))
 
 
-def test_checkpoint_without_the_new_options_loads_with_their_earlier_behaviour(tmp_path):
+def test_a_checkpoint_of_format_version_1_is_refused_naming_it(tmp_path):
+    """pyro_sdlgm 0.1 wrote classifier checkpoints without the set bound's options (format version 1)."""
     X, Y, _ = count_data(100, np.random.default_rng(7))
-    clf = SDLGMClassifier(8, 4, hidden=[16], per_slot=True, **{k: v for k, v in LEGACY_PARAMS.items()})
+    clf = SDLGMClassifier(8, 4, hidden=[16], per_slot=True, **ELBO_AS_MEASURED)
     clf.fit(X, Y, **FAST)
     clf.save(tmp_path / "new.pt")
     data = torch.load(tmp_path / "new.pt", weights_only=True)
-    for key in LEGACY_PARAMS:
+    for key in ELBO_AS_MEASURED:
         del data["params"][key]
     del data["count_temperature"]
+    data["format_version"] = 1
     torch.save(data, tmp_path / "old.pt")
-    old = SDLGMClassifier.load(tmp_path / "old.pt")
-    assert {k: old.params[k] for k in LEGACY_PARAMS} == LEGACY_PARAMS and old.count_temperature_ == 1.0
-    assert (old.predict(X) != clf.predict(X)).nnz == 0
+    with pytest.raises(CheckpointError, match=r"'.*old.pt' has format version 1; this version of pyro_sdlgm reads "
+                                              r"version 2; .*pip install pyro-sdlgm==0\.1\.0"):
+        SDLGMClassifier.load(tmp_path / "old.pt")
+    assert (SDLGMClassifier.load(tmp_path / "new.pt").predict(X) != clf.predict(X)).nnz == 0
 
 
 # -- the F1-optimal decision ------------------------------------------------------------------
@@ -335,13 +338,3 @@ def test_num_candidates_all_is_the_full_bound():
         ClassifierConfig(num_candidates="none")
 
 
-def test_a_run_folder_config_from_before_the_set_bound_resumes_as_the_elbo(tmp_path):
-    from pyro_sdlgm.config import CLASSIFIER_LEGACY, load_run_config
-
-    path = tmp_path / "config.yaml"
-    path.write_text("task: multilabel\nclassifier:\n  max_labels: 4\n  per_slot: true\n  num_candidates: null\n"
-                    "data:\n  format: yeast\n")
-    config = load_run_config(path, run_folder=True)
-    assert {k: getattr(config.classifier, k) for k in CLASSIFIER_LEGACY} == CLASSIFIER_LEGACY
-    assert config.classifier.per_slot is True
-    assert load_run_config(path).classifier.fit_objective == "set_bound"  # a config file, not a run folder

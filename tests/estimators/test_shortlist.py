@@ -16,11 +16,10 @@ from torch.distributions import kl_divergence
 from torch.overrides import TorchFunctionMode
 
 from conftest import write_xmc
-from conftest import count_data
+from conftest import ELBO_AS_MEASURED, count_data
 
 from pyro_sdlgm import ConfigError, SDLGMClassifier
 from pyro_sdlgm.inference.checkpoint import list_checkpoints
-from pyro_sdlgm.estimators.classifier import LEGACY_PARAMS
 from pyro_sdlgm.estimators.decisions import shared_inclusion
 from pyro_sdlgm.app.cli import main
 from pyro_sdlgm.model.conditional import build_conditional, shortlist_candidates
@@ -232,7 +231,7 @@ def fitted():
     X, Y = label_data(1000, rng)
     X_test, Y_test = label_data(300, rng)
     clf = SDLGMClassifier(40, 4, per_slot=False, num_candidates=12, hidden=[64],
-                          **LEGACY_PARAMS)  # the ELBO's shortlist mode as it was measured
+                          **ELBO_AS_MEASURED)  # the ELBO's shortlist mode as it was measured
     clf.fit(X, Y, epochs=30, batch_size=64, learning_rate=3e-3, progress=False, seed=0)
     return clf, X_test, Y_test
 

@@ -550,10 +550,11 @@ def test_no_module_deserializes_unsafely():
     assert not found, found
 
 
-def test_checkpoints_written_before_an_option_existed_still_resume():
+def test_an_option_missing_from_a_checkpoint_is_a_difference():
+    """Checkpoints of format version 2 hold every option: one missing on either side is reported."""
     from pyro_sdlgm.inference.run_folder import config_differences
 
-    old = {"training": {"epochs": 3}, "model": {"latent_dim": 8}}  # before slot_layout existed
-    assert config_differences(old, {"training": {"epochs": 3}, "model": {"latent_dim": 8, "slot_layout": "per_slot"}}) == []
-    assert config_differences(old, {"training": {"epochs": 3}, "model": {"latent_dim": 8, "slot_layout": "joint"}}) == [
-        "model.slot_layout: 'per_slot' in the checkpoint, 'joint' now"]
+    saved = {"training": {"epochs": 3}, "model": {"latent_dim": 8}}
+    assert config_differences(saved, {"training": {"epochs": 3}, "model": {"latent_dim": 8}}) == []
+    assert config_differences(saved, {"training": {"epochs": 3}, "model": {"latent_dim": 8, "slot_layout": "per_slot"}}) == [
+        "model.slot_layout: None in the checkpoint, 'per_slot' now"]

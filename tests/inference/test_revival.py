@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_sdlgm import SDLGM, ConfigError
+from pyro_sdlgm import SDLGM, CheckpointError, ConfigError
 from pyro_sdlgm.config import ModelConfig, TrainConfig
 from pyro_sdlgm.inference.revival import (
     DEAD_FRACTION,
@@ -156,29 +156,22 @@ def test_auto_revives_every_ten_epochs_while_the_schedules_run(binary_data):
         binary_data, epochs=44, revive_every=0, **QUICK))
 
 
-def _keep_as_pre_revival(run_dir, keep_epoch):
-    """Delete the checkpoints after ``keep_epoch``; strip the revival options from the others, as a
-    version without them wrote them."""
+def test_a_checkpoint_from_before_revival_is_refused_naming_its_format_version(binary_data, tmp_path):
+    """pyro_sdlgm 0.1 wrote training checkpoints without the revival options (format version 1)."""
     from pyro_sdlgm.inference.checkpoint import list_checkpoints
 
-    for epoch, path in list_checkpoints(run_dir / "checkpoints"):
-        if epoch > keep_epoch:
-            path.unlink()
-        else:
-            data = torch.load(path, weights_only=True)
-            for key in ("revive_every", "revive"):
-                data["train_config"].pop(key)
-            data.pop("revive_every_resolved", None)
-            torch.save(data, path)
-
-
-def test_a_checkpoint_from_before_revival_resumes_without_it(binary_data, tmp_path):
-    options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, **QUICK)
-    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, revive_every=0, **options)
-    _keep_as_pre_revival(tmp_path, keep_epoch=6)
-    resumed = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)  # "auto"
-    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
-    assert all("revived_dims" not in r for r in resumed)
+    options = dict(epochs=6, checkpoint_every=3, **QUICK)
+    SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, revive_every=0, **options)
+    for _, path in list_checkpoints(tmp_path / "checkpoints"):
+        data = torch.load(path, weights_only=True)
+        for key in ("revive_every", "revive"):
+            data["train_config"].pop(key)
+        data.pop("revive_every_resolved")
+        data["format_version"] = 1
+        torch.save(data, path)
+    with pytest.raises(CheckpointError, match=r"format version 1; this version of pyro_sdlgm reads version 2; "
+                                              r"it was written by pyro_sdlgm 0\.1\.0"):
+        SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)
 
 
 def test_a_resumed_run_revives_as_the_uninterrupted_one(binary_data, tmp_path):
@@ -227,12 +220,14 @@ def test_revival_takes_numpy_rows():
     assert revive_dead_dimensions(model, guide, x, torch.optim.Adam(guide.parameters()), seed=0) >= 1
 
 
-def test_a_pre_revival_run_resumed_twice_stays_without_revival(binary_data, tmp_path):
+def test_a_run_resumed_twice_equals_the_uninterrupted_one(binary_data, tmp_path):
     from pyro_sdlgm.inference.checkpoint import list_checkpoints
 
-    options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, **QUICK)
-    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, revive_every=0, **options)
-    _keep_as_pre_revival(tmp_path, keep_epoch=3)
+    options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, revive_every="auto", **QUICK)
+    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, **options)
+    for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
+        if epoch > 3:  # interrupted after epoch 3
+            path.unlink()
     SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)
     for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
         if epoch > 9:  # interrupted again after epoch 9, from a checkpoint the resumed run wrote
