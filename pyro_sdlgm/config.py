@@ -36,6 +36,7 @@ CountEstimate = Literal["amortized", "refined"]
 NanPolicy = Literal["stop", "skip_batch"]
 RevivalStrategy = Literal["split", "copy"]  # see pyro_sdlgm.inference.revival
 PyroValidation = Literal["epoch_start", "always"]
+MemoryCheck = Literal["available", "off"]
 OverflowPolicy = Literal["error", "truncate"]
 FitObjective = Literal["set_bound", "elbo"]
 ClassifierGuide = Literal["label_aware", "prior_as_guide"]
@@ -333,10 +334,9 @@ class TrainConfig(_Section):
     """The newest checkpoints kept on disk."""
     nan_policy: NanPolicy = "stop"
     """What a non-finite loss or gradient does: stop with ``NumericalError``, or skip the batch."""
-    check_memory: bool = True
-    """Refuse a configuration whose estimated memory exceeds the limit."""
-    memory_limit_gb: float | None = None
-    """The memory limit in GiB; None: the memory the device reports available."""
+    memory_limit_gb: float | MemoryCheck = "available"
+    """Refuse a configuration whose estimated memory exceeds this limit: a number of GiB,
+    ``"available"`` (the memory the device reports free) or ``"off"`` (no check)."""
     pyro_validation: PyroValidation = "epoch_start"
     """Which training steps Pyro validates: each epoch's first, or all."""
     num_threads: int | None = None
@@ -375,8 +375,9 @@ class TrainConfig(_Section):
                                             or self.revive_every < 0):
             raise ConfigError("training.revive_every must be 'auto' or an integer >= 0 (0: never), "
                               f"got {self.revive_every!r}")
-        if self.memory_limit_gb is not None and not self.memory_limit_gb > 0:
-            raise ConfigError(f"training.memory_limit_gb must be positive or none, got {self.memory_limit_gb}")
+        if isinstance(self.memory_limit_gb, float) and not self.memory_limit_gb > 0:
+            raise ConfigError("training.memory_limit_gb must be positive, 'available' or 'off', "
+                              f"got {self.memory_limit_gb}")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ConfigError(f"training.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 

@@ -106,6 +106,8 @@ class SDLGMClassifier(Estimator):
                  calibrate_count: bool = C.calibrate_count, sparsity_inference: str = C.sparsity_inference,
                  objective: str = C.objective, slot_selection: str = C.slot_selection,
                  num_candidates: int | str | None = C.num_candidates, slot_layout: str = C.slot_layout):
+        arguments = dict(locals())  # the constructor's arguments are the classifier's parameters
+        del arguments["self"]
         if on_overflow not in OVERFLOW_POLICIES:
             raise ConfigError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
         if ranking not in RANKINGS:
@@ -131,14 +133,9 @@ class SDLGMClassifier(Estimator):
         if num_candidates is not None and num_candidates != "auto":
             num_candidates = check_candidates(num_candidates, num_labels, max_labels or 1, per_slot)
         self._requested = {"max_labels": max_labels, "include_zero": include_zero, "num_candidates": num_candidates}
-        self.params = dict(num_labels=num_labels, max_labels=max_labels, input_dim=input_dim,
-                           include_zero=include_zero, on_overflow=on_overflow, guide=guide, per_slot=per_slot,
-                           hidden=list(hidden) if isinstance(hidden, Sequence) else hidden,
-                           activation=activation, label_noise=label_noise,
-                           sparsity_inference=sparsity_inference, objective=objective,
-                           slot_selection=slot_selection, num_candidates=num_candidates,
-                           fit_objective=fit_objective, dropout=dropout, ranking=ranking, decision=decision,
-                           calibrate_count=calibrate_count, slot_layout=slot_layout)
+        self.params = {**arguments, "num_labels": num_labels, "max_labels": max_labels,
+                       "hidden": list(hidden) if isinstance(hidden, Sequence) else hidden,
+                       "num_candidates": num_candidates}
         if input_dim is not None and (isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral)
                                       or input_dim < 1):
             raise ConfigError(f"input_dim must be a positive integer or None, got {input_dim!r}")

@@ -146,27 +146,9 @@ class SDLGM(Estimator):
         decoder_hidden: Sequence[int] = ModelConfig.decoder_hidden,
         activation: str = ModelConfig.activation,
     ):
-        config = ModelConfig(
-            input_dim=input_dim,
-            latent_dim=latent_dim,
-            max_sparsity=max_sparsity,
-            likelihood=likelihood,
-            include_zero=include_zero,
-            binary=binary,
-            sparsity_prior=sparsity_prior,
-            support_prior=support_prior,
-            value_prior=value_prior,
-            guide=guide,
-            sparsity_inference=sparsity_inference,
-            objective=objective,
-            slot_selection=slot_selection,
-            slot_layout=slot_layout,
-            count_coupling=count_coupling,
-            slot_estimator=slot_estimator,
-            count_estimate=count_estimate,
-            decoder_hidden=decoder_hidden,
-            activation=activation,
-        )
+        arguments = dict(locals())
+        del arguments["self"]
+        config = ModelConfig(**arguments)  # the arguments are ModelConfig's fields: checked there, once
         self._init_from_config(config)
 
     checkpoint_format = "pyro_sdlgm.SDLGM"

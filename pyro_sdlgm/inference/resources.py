@@ -137,16 +137,16 @@ def available_memory(device: torch.device) -> tuple[int | None, str]:
         return None, "unknown"
 
 
-def check_training_memory(estimate: MemoryEstimate, *, device: torch.device, limit_gb: float | None,
+def check_training_memory(estimate: MemoryEstimate, *, device: torch.device, limit_gb: float | str,
                           describe: dict[str, int]) -> None:
     """Raise :class:`ResourceError` when ``estimate.total`` exceeds the limit.
 
     Args:
-        limit_gb: the limit in GiB; None takes the memory the device reports free.
+        limit_gb: the limit in GiB; ``"available"`` takes the memory the device reports free.
         describe: the options the estimate depends on (``batch_size``, ``latent_dim``...),
             named in the message.
     """
-    if limit_gb is None:
+    if limit_gb == "available":
         limit, source = available_memory(device)
         if limit is None:
             logger.warning("cannot tell the free memory of this machine; memory check skipped")
@@ -162,8 +162,8 @@ def check_training_memory(estimate: MemoryEstimate, *, device: torch.device, lim
         f"and optimizer state, {estimate.training_step / GIB:.2f} GiB for a training step, "
         f"{estimate.validation_pass / GIB:.2f} GiB for a validation batch; {options}) but only "
         f"{limit / GIB:.2f} GiB is available ({source}). Reduce training.batch_size, training.eval_batch_size, "
-        "model.latent_dim, model.max_sparsity or the hidden sizes; or set training.memory_limit_gb, or "
-        "training.check_memory = false to train anyway"
+        "model.latent_dim, model.max_sparsity or the hidden sizes; or set training.memory_limit_gb to a "
+        "number of GiB, or to 'off' to train anyway"
     )
 
 
@@ -179,8 +179,8 @@ def guard_training_memory(model, guide, config, num_train_rows: int, num_val_row
     nothing is allocated yet) under the :class:`~pyro_sdlgm.config.TrainConfig` ``config``;
     raise :class:`ResourceError` if it cannot fit. ``num_candidates``: the classifier's
     shortlist size ``C`` (None: full mode). Returns the estimate, or None when
-    ``config.check_memory`` is off."""
-    if not config.check_memory:
+    ``config.memory_limit_gb`` is ``"off"``."""
+    if config.memory_limit_gb == "off":
         return None
     from pyro_sdlgm.inference.distributed import resolve_device
 

@@ -44,7 +44,7 @@ METRICS_FILE = "metrics.jsonl"
 # (the remedies that NumericalError and ResourceError suggest among them)
 # (and pyro_validation, num_threads and count_estimate, which change no training step, nor the
 # classifier's ranking, decision and calibrate_count, which act after training)
-RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints", "nan_policy", "check_memory", "memory_limit_gb",
+RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints", "nan_policy", "memory_limit_gb",
                   "pyro_validation", "num_threads", "count_estimate", "ranking", "decision", "calibrate_count")
 
 

@@ -134,7 +134,7 @@ def test_resume_refuses_other_configs_data_and_missing_checkpoints(binary_data, 
         SDLGM(input_dim=12, **SMALL).fit(binary_data, resume=True, **options)
     # the remedies the errors suggest may change on resume
     SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path / "run", resume=True,
-                                     **{**options, "nan_policy": "skip_batch", "check_memory": False})
+                                     **{**options, "nan_policy": "skip_batch", "memory_limit_gb": "off"})
 
 
 def test_a_fresh_fit_never_overwrites_an_earlier_run(binary_data, tmp_path):

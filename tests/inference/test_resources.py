@@ -63,7 +63,7 @@ def test_the_check_can_be_switched_off_or_given_a_limit(binary_data):
     model = SDLGM(12, 8, 3)
     with pytest.raises(ResourceError):
         model.fit(binary_data, memory_limit_gb=1e-6, **FAST_FIT)
-    model.fit(binary_data, memory_limit_gb=1e-6, check_memory=False, **FAST_FIT)
+    model.fit(binary_data, memory_limit_gb="off", **FAST_FIT)
     assert model.is_fitted
     with pytest.raises(ConfigError, match="memory_limit_gb"):
         model.fit(binary_data, memory_limit_gb=0, **FAST_FIT)
