@@ -22,7 +22,6 @@ from pyro_sdlgm.app.files import (
     SUMMARY_FILE,
 )
 from pyro_sdlgm.app.runs import eval_data, open_run
-from pyro_sdlgm._optional import optional_import
 from pyro_sdlgm.exceptions import DataError
 
 
@@ -142,31 +141,6 @@ def _finite_or_null(value):
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
-
-
-def write_diagnosis(diagnosis: dict, levels: np.ndarray, run_dir: Path) -> list[Path]:
-    """``prefix_counts.csv`` (one row per count) and ``dimension_effects.csv`` (one row per dimension)."""
-    pd = optional_import("pandas", "sdlgm inspect")
-
-    recon, kl = diagnosis["prefix_recon"], diagnosis["prefix_slot_kl"]
-    pd.DataFrame({
-        "level": levels, "mean_recon": recon.mean(0), "mean_slot_kl": kl.mean(0),
-        "mean_recon_plus_kl": (recon + kl).mean(0),
-        "rows_with_l_hat": [(diagnosis["l_hat"] == level).sum() for level in levels],
-        "rows_with_best_count": [(diagnosis["best_count"] == level).sum() for level in levels],
-    }).to_csv(run_dir / PREFIX_FILE, index=False)
-    effect, usage = diagnosis["dimension_effect"], diagnosis["dimension_usage"]
-    pd.DataFrame({"dim": np.arange(len(effect)), "effect": effect, "hard_code_usage": usage}).to_csv(
-        run_dir / EFFECTS_FILE, index=False)
-    return [run_dir / PREFIX_FILE, run_dir / EFFECTS_FILE]
-
-
-def effect_summary(diagnosis: dict) -> dict:
-    effect, usage = diagnosis["dimension_effect"], diagnosis["dimension_usage"]
-    used = usage > 0
-    return {"used_dims": int(used.sum()), "num_dims": int(len(usage)),
-            "median_effect_used": float(np.median(effect[used])) if used.any() else float("nan"),
-            "median_effect_unused": float(np.median(effect[~used])) if (~used).any() else float("nan")}
 
 
 def _inspection_figures(model, X, summary, idata, usage, group_table, extras: dict, image_shape, labels, unit: str,

@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pyro_sdlgm._optional import optional_import
 from pyro_sdlgm.analysis import plots
-from pyro_sdlgm.app.files import PLOTS_DIR
+from pyro_sdlgm.app.files import EFFECTS_FILE, PLOTS_DIR, PREFIX_FILE
 from pyro_sdlgm.config import RunConfig
 from pyro_sdlgm.exceptions import ConfigError
 from pyro_sdlgm.model.registry import component_name
@@ -84,8 +85,6 @@ class UnsupervisedTask(Task):
 
     def inspect_extras(self, model, X, idata, run_dir):
         """Why rows got their counts: per-prefix reconstructions and dimension effects."""
-        from pyro_sdlgm.app.inspect_command import effect_summary, write_diagnosis
-
         diagnosis = model.diagnose(X)
         files = write_diagnosis(diagnosis, model.sparsity_levels, run_dir)
         return {"files": files, "diagnosis": diagnosis,
@@ -218,3 +217,28 @@ TASKS: dict[str, type[Task]] = {"unsupervised": UnsupervisedTask, "multilabel": 
 def task_for(config: RunConfig) -> Task:
     """The task object of ``config.task``."""
     return TASKS[config.task](config)
+
+
+def write_diagnosis(diagnosis: dict, levels: np.ndarray, run_dir: Path) -> list[Path]:
+    """``prefix_counts.csv`` (one row per count) and ``dimension_effects.csv`` (one row per dimension)."""
+    pd = optional_import("pandas", "sdlgm inspect")
+
+    recon, kl = diagnosis["prefix_recon"], diagnosis["prefix_slot_kl"]
+    pd.DataFrame({
+        "level": levels, "mean_recon": recon.mean(0), "mean_slot_kl": kl.mean(0),
+        "mean_recon_plus_kl": (recon + kl).mean(0),
+        "rows_with_l_hat": [(diagnosis["l_hat"] == level).sum() for level in levels],
+        "rows_with_best_count": [(diagnosis["best_count"] == level).sum() for level in levels],
+    }).to_csv(run_dir / PREFIX_FILE, index=False)
+    effect, usage = diagnosis["dimension_effect"], diagnosis["dimension_usage"]
+    pd.DataFrame({"dim": np.arange(len(effect)), "effect": effect, "hard_code_usage": usage}).to_csv(
+        run_dir / EFFECTS_FILE, index=False)
+    return [run_dir / PREFIX_FILE, run_dir / EFFECTS_FILE]
+
+
+def effect_summary(diagnosis: dict) -> dict:
+    effect, usage = diagnosis["dimension_effect"], diagnosis["dimension_usage"]
+    used = usage > 0
+    return {"used_dims": int(used.sum()), "num_dims": int(len(usage)),
+            "median_effect_used": float(np.median(effect[used])) if used.any() else float("nan"),
+            "median_effect_unused": float(np.median(effect[~used])) if (~used).any() else float("nan")}

@@ -73,11 +73,14 @@ class Estimator:
         self.history_: list[dict] | None = None
         self._fitted = False
 
+    def _build_if_needed(self) -> None:
+        if self._model is None and self.networks_on_access:
+            self._model, self._guide = self._networks()
+
     @property
     def model(self):
         """The Pyro model (a ``PyroModule``); None while it is not built."""
-        if self._model is None and self.networks_on_access:
-            self._model, self._guide = self._networks()
+        self._build_if_needed()
         return self._model
 
     @model.setter
@@ -87,8 +90,7 @@ class Estimator:
     @property
     def guide(self):
         """The Pyro guide (a ``PyroModule``); None while it is not built."""
-        if self._guide is None and self.networks_on_access:
-            self._model, self._guide = self._networks()
+        self._build_if_needed()
         return self._guide
 
     @guide.setter
