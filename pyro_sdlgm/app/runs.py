@@ -104,10 +104,11 @@ def train_run(config: RunConfig, *, overwrite: bool = False, resume: bool = Fals
     checkpoint (``config`` is the folder's own config.yaml; it is not rewritten).
     ``config.training.num_threads`` applies to the whole run (training, evaluation, plots).
     """
-    task = task_for(config)
     with cpu_threads(config.training.num_threads):
-        train, test = task.splits()
-        model = task.build(train)  # before touching the run folder: bad options fail here
+        train, test = task_for(config).splits()
+        task = task_for(task_for(config).resolved(train))  # the config with the sizes the data decide
+        config = task.config
+        model = task.build()  # before touching the run folder: bad options fail here
         run_dir = prepare_run_dir(config.run_dir, overwrite, resume)
         if not resume and distributed.current().is_main:
             write_yaml(config.to_dict(), run_dir / CONFIG_FILE)

@@ -41,8 +41,13 @@ class Task:
         """``(train, test)`` of the run (``test`` may be None); with ``source``, ``(None, all of it)``."""
         raise NotImplementedError
 
-    def build(self, train):
-        """The estimator of the config, its sizes taken from ``train`` (and recorded in the config)."""
+    def resolved(self, train) -> RunConfig:
+        """A copy of the config with the sizes ``train`` decides filled in (what ``config.yaml`` records);
+        :class:`ConfigError` when a size given in the config disagrees with the data."""
+        raise NotImplementedError
+
+    def build(self):
+        """The estimator of the (resolved) config."""
         raise NotImplementedError
 
     def fit(self, model, train, run_dir: Path, resume: bool) -> list[dict]:
@@ -103,17 +108,19 @@ class UnsupervisedTask(Task):
         data = prepare_dataset(data_config, self._likelihood())
         return split_dataset(data, data_config.test_fraction, data_config.split_seed)
 
-    def build(self, train):
-        from pyro_sdlgm.estimators.sdlgm import SDLGM
-
+    def resolved(self, train):
         model_config = self.config.model
         if model_config.input_dim is None:
-            model_config.input_dim = int(train.X.shape[1])
-            model_config.validate()
+            model_config = dataclasses.replace(model_config, input_dim=int(train.X.shape[1]))  # validated anew
         elif model_config.input_dim != train.X.shape[1]:
             raise ConfigError(f"model.input_dim={model_config.input_dim} but the data {self.config.data.source!r} "
                               f"has {train.X.shape[1]} features")
-        return SDLGM.from_config(model_config)
+        return dataclasses.replace(self.config, model=model_config)
+
+    def build(self):
+        from pyro_sdlgm.estimators.sdlgm import SDLGM
+
+        return SDLGM.from_config(self.config.model)
 
     def fit(self, model, train, run_dir, resume):
         return model.fit(train.X, run_dir=run_dir, resume=resume, overwrite=True, **self.config.training.to_dict())
@@ -171,19 +178,23 @@ class MultiLabelTask(Task):
 
         return configured_splits(self.config.data, self.config.classifier.num_labels, source)
 
-    def build(self, train):
+    def resolved(self, train):
+        classifier = self.config.classifier
+        if classifier.num_labels is None:
+            classifier = dataclasses.replace(classifier, num_labels=int(train.Y.shape[1]))
+        elif classifier.num_labels != train.Y.shape[1]:
+            raise ConfigError(f"classifier.num_labels={classifier.num_labels} but the data has {train.Y.shape[1]} "
+                              "labels")
+        # the feature count is recorded, so that evaluate and predict can check other files
+        data = dataclasses.replace(self.config.data, num_features=int(train.X.shape[1]))
+        return dataclasses.replace(self.config, classifier=classifier, data=data)
+
+    def build(self):
         from pyro_sdlgm.estimators.classifier import SDLGMClassifier
 
-        config = self.config
-        options = dataclasses.asdict(config.classifier)
-        num_labels = options.pop("num_labels")
-        if num_labels is None:
-            config.classifier.num_labels = num_labels = int(train.Y.shape[1])
-        elif num_labels != train.Y.shape[1]:
-            raise ConfigError(f"classifier.num_labels={num_labels} but the data has {train.Y.shape[1]} labels")
-        config.data.num_features = int(train.X.shape[1])  # recorded, so evaluate/predict can check other files
-        max_labels = options.pop("max_labels")
-        return SDLGMClassifier(num_labels, max_labels, input_dim=int(train.X.shape[1]), **options)
+        options = dataclasses.asdict(self.config.classifier)
+        num_labels, max_labels = options.pop("num_labels"), options.pop("max_labels")
+        return SDLGMClassifier(num_labels, max_labels, input_dim=self.config.data.num_features, **options)
 
     def fit(self, model, train, run_dir, resume):
         return model.fit(train.X, train.Y, run_dir=run_dir, resume=resume, overwrite=True,
