@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         results = execute(jobs, runner, int(cap))
     machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     run = {
-        "command": " ".join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python", "-m", "benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
         "quick": args.quick,
         "in_process": args.in_process,
         "settings": s,
