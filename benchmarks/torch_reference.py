@@ -20,7 +20,7 @@ Pyro's own overhead (traces, messengers, distribution objects, validation) and n
 - the same scaling: likelihood and KL terms times ``num_data / batch``, KL terms times
   ``kl_weight``.
 
-``tests/test_benchmarks.py`` checks that the losses and their gradients agree.
+``tests/benchmarks/test_benchmarks.py`` checks that the losses and their gradients agree.
 """
 
 from __future__ import annotations

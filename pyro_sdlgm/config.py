@@ -287,8 +287,7 @@ class TrainConfig(_Section):
     (:mod:`pyro_sdlgm.inference.revival`; unsupervised SDLGM with an MLP guide, one process); the epochs'
     records then carry ``revived_dims``. ``"auto"`` (the default, chosen by measurement:
     ``experiments/NOTES.md``) is every 10 epochs where revival applies and never elsewhere (the
-    multi-label classifier, other guides, data-parallel runs); a run resumed from a
-    ``revive="split"`` moves the two copies' guide rows
+    multi-label classifier, other guides, data-parallel runs). ``revive="split"`` moves the two copies' guide rows
     apart along the principal direction of the donor's rows; ``"copy"`` only adds noise.
     """
 

@@ -265,7 +265,8 @@ class Trainer:
         return elbo_loss, loss
 
     def _loss_fault(self, loss, batch, num_data: int, kwargs: dict) -> StepFault:
-        where = diagnose_sites(self.model, self.guide, batch, kwargs, num_data, self._cuda_devices())
+        with pyro.settings.context(module_local_params=True):  # the re-trace leaves Pyro's param store alone
+            where = diagnose_sites(self.model, self.guide, batch, kwargs, num_data, self._cuda_devices())
         where += [f"parameter {name!r} is non-finite" for name in non_finite_parameters(self.named)]
         return StepFault(f"non-finite loss {loss.item()}",
                          where or ["no site is non-finite when the batch is re-run (a transient fault)"])

@@ -17,7 +17,8 @@ import numpy as np
 src = open(str(Path(__file__).resolve().parents[2] / "pyro_sdlgm" / "analysis" / "posterior.py")).read()
 tree = ast.parse(src)
 wanted = {"import_arviz", "arviz_major_version", "to_inference_data", "load_inference_data", "group"}
-ns = {"warnings": warnings, "Mapping": dict, "Any": object, "MARGINALS_GROUP": "marginals", "np": np}
+ns = {"warnings": warnings, "Mapping": dict, "Any": object, "MARGINALS_GROUP": "marginals", "np": np,
+      "optional_import": lambda name, feature: __import__(name)}
 for node in tree.body:
     if isinstance(node, ast.FunctionDef) and node.name in wanted:
         exec(compile(ast.Module([node], []), "posterior.py", "exec"), ns)

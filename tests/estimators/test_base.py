@@ -1,7 +1,10 @@
 """The estimator base: one seeded hold-out for both classes, networks built once, one save/load
 with ``map_location``, the public training step."""
 
+import warnings
+
 import numpy as np
+import pyro
 import pytest
 import torch
 from pyro_sdlgm import SDLGM, CheckpointError, NumericalError, SDLGMClassifier, TrainConfig, validation_split
@@ -92,3 +95,7 @@ def test_the_public_step_updates_the_parameters_or_refuses(binary_data):
     with pytest.raises(NumericalError, match="tau_sparsity"):
         trainer.step((torch.full((4, 12), float("nan")),))
     assert all(torch.equal(after[k], v) for k, v in model.guide.state_dict().items())  # no update made
+    with pytest.raises(NumericalError, match="non-finite loss"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pyro's "Encountered NaN: loss"
+        trainer.step((torch.full((4, 12), float("nan")),), validate=False)  # the site diagnosis re-traces it
+    assert len(pyro.get_param_store()) == 0  # the re-trace left Pyro's global parameter store alone

@@ -1,6 +1,6 @@
-"""One process of the data-parallel tests (tests/test_distributed.py), started by torchrun or alone.
+"""One process of the data-parallel tests (tests/inference/test_distributed.py), started by torchrun or alone.
 
-    python tests/distributed_worker.py {toy,classifier} OUT_PREFIX [--rows N] [--batch B] [--nan-row I]
+    python tests/inference/distributed_worker.py {toy,classifier} OUT_PREFIX [--rows N] [--batch B] [--nan-row I]
 
 Trains on seeded synthetic data and writes ``OUT_PREFIX.<rank>.pt`` (weights-only: the
 final parameters and the history of losses). Not a test module (no ``test_`` prefix).
