@@ -23,7 +23,6 @@ OPTIONAL = {
     "arviz": ("arviz", "inspect"),
     "xarray": ("xarray", "inspect"),
     "pandas": ("pandas", "inspect"),
-    "h5netcdf": ("h5netcdf", "inspect"),
 }
 
 

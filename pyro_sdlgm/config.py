@@ -44,7 +44,6 @@ Ranking = Literal["inclusion", "greedy"]
 Decision = Literal["f1", "count"]
 MultiLabelFormat = Literal["yeast", "arff", "xmc", "svmlight"]
 Task = Literal["unsupervised", "multilabel"]
-COUNT_ESTIMATES = get_args(CountEstimate)
 
 # ----------------------------------------------------------------------------- typing helpers
 
@@ -465,7 +464,6 @@ class ClassifierConfig(_Section):
                               f"{self.num_candidates!r}")
 
 
-MULTILABEL_FORMATS = get_args(MultiLabelFormat)
 
 
 @dataclasses.dataclass

@@ -19,7 +19,6 @@ import torch
 from pyro_sdlgm.config import TrainConfig, from_dict
 from pyro_sdlgm.exceptions import CheckpointError, DataError, NotFittedError
 from pyro_sdlgm.inference.checkpoint import TRAINING_VERSION, atomic_save, check_format_version, load_checkpoint
-from pyro_sdlgm.inference.run_folder import check_run_dir
 from pyro_sdlgm.inference.trainer import Trainer
 
 
@@ -162,16 +161,18 @@ class Estimator:
 
     def _train(self, train: tuple, val: tuple | None, cfg: TrainConfig, *, run_dir, resume: bool, overwrite: bool,
                identity: dict, batch_kwargs=None, num_candidates: int | None = None) -> list[dict]:
-        """The fit skeleton: build fresh networks under ``cfg.seed``, train them, mark the estimator fitted.
+        """The fit skeleton: build fresh networks under ``cfg.seed``, train them, mark the estimator fitted
+        (after the caller's ``check_run_dir`` and :meth:`_refuse_unfit`).
 
         ``train``/``val``: the model's data columns (tuples of row-aligned arrays); ``identity``:
         what a training checkpoint must match to be resumed (see :meth:`Trainer.fit`).
         """
-        check_run_dir(run_dir, resume, overwrite)
         pyro.set_rng_seed(cfg.seed)
         self._reset()  # free the current networks before building the fresh ones
         self._model, self._guide = self._networks()
-        trainer = Trainer(self._model, self._guide, cfg, batch_kwargs=batch_kwargs, num_candidates=num_candidates)
+        # the memory was checked by _refuse_unfit, before the current networks were freed
+        trainer = Trainer(self._model, self._guide, cfg, batch_kwargs=batch_kwargs, num_candidates=num_candidates,
+                          memory_checked=True)
         history = trainer.fit(train, val, run_dir, resume=resume, overwrite=overwrite, identity=identity)
         self.train_config, self.history_, self._fitted = cfg, history, True
         return history

@@ -138,15 +138,19 @@ class Trainer:
             shortlists). It may draw from torch's global RNG, which checkpoints restore.
         num_candidates: the classifier's shortlist size for the memory estimate (see
             :func:`~pyro_sdlgm.inference.resources.guard_training_memory`).
+        memory_checked: the caller has applied :meth:`check_memory` already (the estimators do,
+            on meta networks, before freeing their current ones): ``fit`` does not repeat it.
     The ELBO estimator follows ``model.spec`` (see :func:`make_elbo`).
     """
 
-    def __init__(self, model, guide, config: TrainConfig, batch_kwargs=None, num_candidates: int | None = None):
+    def __init__(self, model, guide, config: TrainConfig, batch_kwargs=None, num_candidates: int | None = None,
+                 memory_checked: bool = False):
         self.model = model
         self.guide = guide
         self.config = config
         self.batch_kwargs = batch_kwargs or (lambda batch: {})
         self.num_candidates = num_candidates
+        self.memory_checked = memory_checked
         self.device = resolve_device(config.device)
         self.elbo = make_elbo(model.spec, config.num_particles)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -337,7 +341,8 @@ class Trainer:
         replicas.barrier()  # every rank has checked the folder before rank 0 writes to it
         train = as_columns(train)
         val = as_columns(val) if val is not None else None
-        self.check_memory(train[0].shape[0], 0 if val is None else val[0].shape[0])
+        if not self.memory_checked:
+            self.check_memory(train[0].shape[0], 0 if val is None else val[0].shape[0])
         steps_per_epoch = math.ceil(train[0].shape[0] / cfg.batch_size)
         schedule = TrainingSchedule.from_config(cfg, cfg.epochs * steps_per_epoch)
         if cfg.revive_every != "auto" and cfg.revive_every:
