@@ -32,7 +32,9 @@ _EXPORTS = {
     "MissingDependencyError": "exceptions",
     "NumericalError": "exceptions",
     "ResourceError": "exceptions",
+    "RunFolderBusyError": "exceptions",
     "SDLGMError": "exceptions",
+    "load_plugins": "plugins",
     "UnknownComponentError": "exceptions",
     "GUIDES": "model.guides",
     "AmortizedGuide": "model.guides",
@@ -104,7 +106,9 @@ __all__ = [
     "MissingDependencyError",
     "NumericalError",
     "ResourceError",
+    "RunFolderBusyError",
     "CheckpointError",
+    "load_plugins",
     "__version__",
 ]
 

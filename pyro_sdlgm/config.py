@@ -3,6 +3,7 @@
 A run config has four parts::
 
     run_dir = "runs/mnist"
+    plugins = ["my_priors"]   # optional: modules that register components (pyro_sdlgm.plugins)
     [model]      # ModelConfig: sizes, likelihood, priors, guide, inference mode
     [training]   # TrainConfig: epochs, batch size, schedules, early stopping, device
     [data]       # DataConfig: which data set, preprocessing, test split
@@ -28,6 +29,7 @@ import yaml
 
 from pyro_sdlgm.model.distributions import check_temperature
 from pyro_sdlgm.exceptions import ConfigError
+from pyro_sdlgm.plugins import load_plugins, resolve_plugin
 from pyro_sdlgm.model.registry import ComponentSpec, component_name
 from pyro_sdlgm.model.spec import CountCoupling, Objective, SlotLayout, SlotSelection, SparsityInference
 
@@ -44,6 +46,7 @@ Ranking = Literal["inclusion", "greedy"]
 Decision = Literal["f1", "count"]
 MultiLabelFormat = Literal["yeast", "arff", "xmc", "svmlight"]
 Task = Literal["unsupervised", "multilabel"]
+KeepFiles = Literal["all", "model"]
 
 # ----------------------------------------------------------------------------- typing helpers
 
@@ -534,6 +537,14 @@ class RunConfig:
     """``[data]``: a :class:`DataConfig` or, for multi-label runs, a :class:`MultiLabelDataConfig`."""
     classifier: ClassifierConfig | None = None
     """``[classifier]`` (multi-label runs)."""
+    keep: KeepFiles = "all"
+    """What a finished run keeps beside ``model.pt``: ``"all"``, its newest training checkpoints too
+    (``training.keep_checkpoints`` of them: the full training state, for ``--resume`` of an
+    interrupted run and for reading the optimizer's state), or ``"model"``, which deletes them once
+    ``model.pt`` is written (the run can no longer be resumed, nor does it need to be)."""
+    plugins: tuple[str, ...] = ()
+    """Modules or ``.py`` files imported before the sections are read, so that the components they
+    register can be named (see :mod:`pyro_sdlgm.plugins`); file paths are recorded absolute."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> RunConfig:
@@ -543,7 +554,7 @@ class RunConfig:
             raise ConfigError(f"task must be one of {TASKS}{where}, got {task!r}")
         model_section = ("model", ModelConfig) if task == "unsupervised" else ("classifier", ClassifierConfig)
         data_class = DataConfig if task == "unsupervised" else MultiLabelDataConfig
-        known = {"run_dir", "task", model_section[0], "training", "data"}
+        known = {"run_dir", "task", "keep", "plugins", model_section[0], "training", "data"}
         unknown = [k for k in data if k not in known]
         if unknown:
             raise ConfigError(f"unknown config key {unknown[0]!r}{where} for task {task!r}; "
@@ -551,6 +562,10 @@ class RunConfig:
         run_dir = data.get("run_dir", cls.run_dir)
         if not isinstance(run_dir, str):
             raise ConfigError(f"run_dir must be a string{where}, got {run_dir!r}")
+        try:  # before the sections: they may name the components the plugins register
+            plugins = load_plugins(data.get("plugins", ()))
+        except ConfigError as err:
+            raise ConfigError(f"{err}{where}") from None
         sections = {}
         for key, section_cls in (model_section, ("training", TrainConfig), ("data", data_class)):
             value = data.get(key, {})
@@ -559,10 +574,11 @@ class RunConfig:
             sections[key] = from_dict(section_cls, value, where)
         if task == "multilabel":
             sections["model"] = None
-        return cls(run_dir=run_dir, task=task, **sections)
+        keep = _coerce(KeepFiles, data.get("keep", cls.keep), f"keep{where}")
+        return cls(run_dir=run_dir, task=task, keep=keep, plugins=plugins, **sections)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"run_dir": self.run_dir, "task": self.task}
+        out = {"run_dir": self.run_dir, "task": self.task, "keep": self.keep, "plugins": list(self.plugins)}
         for key in ("model", "classifier", "training", "data"):
             section = getattr(self, key)
             if section is not None:
@@ -643,14 +659,23 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), plugins: Sequence[str] = ()) -> RunConfig:
     """Read a config file (or start from the defaults when ``path`` is None) and apply overrides.
+
+    ``plugins`` (the command line's ``--plugin``) are imported after the file's own
+    ``plugins``; relative file paths are relative to the config file's folder in the file and
+    to the current folder in ``plugins``.
 
     A :class:`ConfigError` names the file when the file alone is at fault, and the
     command-line overrides when the file is valid without them.
     """
     data = read_config_file(path) if path is not None else {}
     where = f" in {str(path)!r}" if path is not None else ""
+    listed = data.get("plugins", [])
+    if isinstance(listed, str) or not isinstance(listed, Sequence):
+        raise ConfigError(f"plugins must be a list of module names or .py files{where}, got {listed!r}")
+    base = Path(path).parent if path is not None else None
+    data["plugins"] = [resolve_plugin(p, base) for p in listed] + [resolve_plugin(p) for p in plugins]
     try:
         return RunConfig.from_dict(apply_overrides(data, overrides), where)
     except ConfigError:

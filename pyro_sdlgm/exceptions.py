@@ -47,3 +47,8 @@ class ResourceError(SDLGMError, MemoryError):
 class MissingDependencyError(SDLGMError, ImportError):
     """A feature needs a package of an optional extra that is not installed; the message names
     the package and the ``pip install "pyro-sdlgm[EXTRA]"`` that brings it."""
+
+
+class RunFolderBusyError(SDLGMError, RuntimeError):
+    """A run folder is in use by another process (training, resuming, overwriting or reading it);
+    the message names the process that holds it."""

@@ -12,7 +12,7 @@ from pyro_sdlgm._lazy import submodule_getattr
 PACKAGE = Path(__file__).resolve().parents[1] / "pyro_sdlgm"
 
 # a layer may import from itself and from the layers listed for it (and the top-level modules below)
-BASE = {"exceptions", "_lazy", "_optional"}
+BASE = {"exceptions", "_lazy", "_optional", "plugins"}
 ALLOWED = {
     "model": BASE,
     "config": BASE | {"model"},

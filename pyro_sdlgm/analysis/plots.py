@@ -23,12 +23,12 @@ def plot_training_curve(history: list[dict], path: str | Path) -> Path:
     and the epoch whose parameters training kept (the best validation epoch)."""
     fig = Figure(figsize=(6.5, 4))
     ax = fig.add_subplot()
-    epochs = [r["epoch"] + 1 for r in history]
+    epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r["train_loss"] for r in history], label="train (annealed objective)")
     if any("val_loss" in r for r in history):
-        ax.plot([r["epoch"] + 1 for r in history if "val_loss" in r],
+        ax.plot([r["epoch"] for r in history if "val_loss" in r],
                 [r["val_loss"] for r in history if "val_loss" in r], label="validation (final temperatures)")
-    best = [r["epoch"] + 1 for r in history if r.get("best_epoch")]
+    best = [r["epoch"] for r in history if r.get("best_epoch")]
     if best:
         ax.axvline(best[-1], color="C2", linestyle="--", linewidth=1, label=f"kept: epoch {best[-1]}")
     ax.set_xlabel("epoch")
@@ -110,10 +110,13 @@ def plot_sparsity_examples(probs: np.ndarray, levels: np.ndarray, titles: list[s
         ax = fig.add_subplot(rows, n, (rows - 1) * n + i + 1)
         ax.bar(levels, probs[i], color="C0")
         ax.set_ylim(0, 1)
+        ax.set_yticks([0, 0.5, 1])
         ax.set_xticks(levels[:: max(1, len(levels) // 5)])
         ax.tick_params(labelsize=7)
         if i == 0:
-            ax.set_ylabel("q(L = l | x)")
+            ax.set_ylabel("q(L = l | x)", fontsize=8)
+        else:  # one scale for the row, labelled once
+            ax.tick_params(labelleft=False)
         if not show_images:
             ax.set_title(titles[i], fontsize=8)
         ax.set_xlabel("l", fontsize=8)
@@ -204,25 +207,28 @@ def plot_prefix_diagnostics(levels: np.ndarray, recon: np.ndarray, slot_kl: np.n
     """Left: mean hard reconstruction ``R_l`` and ``R_l + KL_{1..l}`` by count ``l``. Right: how
     often each count is ``L_hat`` (the mode of ``q(L|x)``) and how often it is the count that
     minimises ``R_l + KL_{1..l}``."""
-    fig = _figure(fig, (10, 4))
+    fig = _figure(fig, (10, 4.6))
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.16), "fontsize": 8, "frameon": False}
     left.plot(levels, recon.mean(0), "o-", label="R_l: -log p(x | first l slots)")
     left.plot(levels, (recon + slot_kl).mean(0), "s--", label="R_l + KL of the first l slots")
     left.set_xlabel("count l")
     left.set_ylabel("nats per observation (mean)")
     left.set_xticks(levels)
-    left.legend(fontsize=8)
+    left.set_title("cost of the hard code by count", fontsize=9)
+    left.legend(**below)
     width = 0.4
     left_edge = levels - width / 2
     right.bar(left_edge, [(l_hat == level).mean() for level in levels], width,
-              label="mode of the count network's q(L|x)")
+              label="predicted: the most likely count under q(L|x)")
     right.bar(left_edge + width, [(best == level).mean() for level in levels], width,
-              label="argmin_l R_l + KL_{1..l}")
+              label="supported: the count of lowest R_l + KL of the first l slots")
     right.set_xticks(levels)
     right.set_xlabel("count l")
     right.set_ylabel("fraction of observations")
-    right.legend(fontsize=8)
+    right.set_title("counts per observation", fontsize=9)
+    right.legend(**below)
     agree = float((l_hat == best).mean())
-    fig.suptitle(f"which count the reconstructions support: the count network's mode equals it for "
-                 f"{100 * agree:.0f}% of rows")
+    fig.suptitle(f"Does the predicted count match the count the data support? They agree for {100 * agree:.0f}% "
+                 "of the observations")
     return _finish(fig, path)

@@ -46,9 +46,11 @@ def _inspection_text(result: dict) -> str:
                      f"{p['mean_best_count']:.2f} against mean {p['mean_l_hat']:.2f} for the count network's mode, "
                      f"which equals it for {100 * p['l_hat_equals_best']:.0f}% of rows (mean |difference| "
                      f"{p['l_hat_abs_error']:.2f}); count_estimate='refined' uses the supported count")
+        used = f"{e['median_effect_used']:.3g} used" if e["median_effect_used"] is not None else "no dimension is used"
+        unused = (f"{e['median_effect_unused']:.3g} unused" if e["median_effect_unused"] is not None
+                  else "no dimension is unused")
         lines.append(f"hard codes use {e['used_dims']} of {e['num_dims']} dimensions; median effect on the output "
-                     f"(|E[x | one dimension] - E[x | empty code]|): {e['median_effect_used']:.3g} used, "
-                     f"{e['median_effect_unused']:.3g} unused")
+                     f"(|E[x | one dimension] - E[x | empty code]|): {used}, {unused}")
     if "calibration" in result:
         c = result["calibration"]
         lines.append(f"count calibration: ECE {c['ece']:.3f}, accuracy {c['accuracy']:.3f}, mean confidence "
@@ -75,16 +77,39 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyro-sdlgm")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        from pyro_sdlgm import __version__
+
+        return __version__
+
+
+def _common_options(command: str) -> argparse.ArgumentParser:
+    """``--threads`` and ``--plugin``, with help that speaks of ``command``."""
+    common = argparse.ArgumentParser(add_help=False)
+    threads = "; the same as training.num_threads=N, recorded in config.yaml" if command == "train" else ""
+    common.add_argument("--threads", type=_positive_int, metavar="N",
+                        help=f"CPU threads torch may use while it runs {command} (default: torch's own choice, usually "
+                             f"one per core; 1 is often fastest on a busy machine){threads}")
+    recorded = (", before the config is read; recorded in config.yaml (with the config's own plugins key)"
+                if command == "train" else ", beside those the run's config.yaml names")
+    common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="a module name or .py file that registers your own components, imported "
+                             f"first{recorded}; repeat for several")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdlgm", description="Sparse deep latent generative model (SDLGM) in Pyro")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--threads", type=_positive_int, metavar="N",
-                        help="CPU threads torch may use (default: torch's own choice, usually one per core; "
-                             "1 is often fastest on a busy machine); for train, the same as training.num_threads=N")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", parents=[common], help="train a model and write a run folder")
+    train = sub.add_parser("train", parents=[_common_options("train")], help="train a model and write a run folder")
     train.add_argument("--config", help="TOML or YAML config file (default: built-in defaults)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="dotted overrides, e.g. training.epochs=5 model.sparsity_prior.name=truncated_poisson")
@@ -93,18 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the interrupted run in RUN_DIR from its newest checkpoint, with its own config.yaml")
 
-    evaluate = sub.add_parser("evaluate", parents=[common], help="evaluate a trained run")
+    evaluate = sub.add_parser("evaluate", parents=[_common_options("evaluate")], help="evaluate a trained run")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--data", help="data source (mnist, digits, .npy/.npz, IDX); default: the run's test split")
     evaluate.add_argument("--num-samples", type=int, default=1, help="Monte-Carlo samples of the ELBO")
     evaluate.add_argument("--json", action="store_true", help="print all metrics as JSON")
 
-    predict = sub.add_parser("predict", parents=[common], help="write a multi-label run's predicted label ids")
+    predict = sub.add_parser("predict", parents=[_common_options("predict")], help="write a multi-label run's predicted label ids")
     predict.add_argument("run_dir")
     predict.add_argument("--out", required=True, help="output text file: one line of label ids per row")
     predict.add_argument("--data", help="a file in the run's data format; default: the run's test split")
 
-    inspect = sub.add_parser("inspect", parents=[common], help="posterior over sparsity: netCDF, summary tables and plots")
+    inspect = sub.add_parser("inspect", parents=[_common_options("inspect")], help="posterior over sparsity: netCDF, summary tables and plots")
     inspect.add_argument("run_dir")
     inspect.add_argument("--data", help="data source (or a file in a multi-label run's format); default: the run's test split")
     inspect.add_argument("--groups", default="auto",
@@ -114,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--seed", type=int, default=0, help="seed of the draws")
     inspect.add_argument("--show", action="store_true", help="also show the plots on screen")
 
-    encode = sub.add_parser("encode", parents=[common], help="write hard sparse codes as a scipy CSR .npz")
+    encode = sub.add_parser("encode", parents=[_common_options("encode")], help="write hard sparse codes as a scipy CSR .npz")
     encode.add_argument("run_dir")
     encode.add_argument("--out", required=True, help="output .npz file")
     encode.add_argument("--data", help="data source; default: the run's test split")
@@ -132,10 +157,10 @@ def _train_config(args, runs):
     threads = [f"training.num_threads={args.threads}"] if args.threads is not None else []
     if not args.resume:
         overrides = list(args.overrides) + ([f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir else [])
-        return load_run_config(args.config, overrides + threads)
-    if args.config or args.overrides or args.run_dir or args.overwrite:
-        raise ConfigError("--resume RUN_DIR continues with RUN_DIR/config.yaml: it takes no --config, "
-                          "--run-dir, --overwrite or KEY=VALUE overrides (--threads is allowed)")
+        return load_run_config(args.config, overrides + threads, plugins=args.plugin)
+    if args.config or args.overrides or args.run_dir or args.overwrite or args.plugin:
+        raise ConfigError("--resume RUN_DIR continues with RUN_DIR/config.yaml (and the plugins it names): it takes "
+                          "no --config, --run-dir, --overwrite, --plugin or KEY=VALUE overrides (--threads is allowed)")
     folder = Path(args.resume)
     if not folder.is_dir():
         raise CheckpointError(f"cannot resume {args.resume!r}: no such folder")
@@ -149,11 +174,37 @@ def _is_first_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _finished_run(config) -> str | None:
+    """For ``--resume``: the line saying that the run in ``config.run_dir`` has finished (its model
+    and evaluation written), or None when there is training (or writing its results) left."""
+    from pathlib import Path
+
+    from pyro_sdlgm.app.files import EVALUATION_FILE, MODEL_FILE
+
+    folder = Path(config.run_dir)
+    if not ((folder / MODEL_FILE).is_file() and (folder / EVALUATION_FILE).is_file()):
+        return None
+    metrics = json.loads((folder / EVALUATION_FILE).read_text())
+    if "epochs_run" not in metrics:
+        return None
+    how = "stopped early" if metrics.get("early_stopped") else "ran all its epochs"
+    return (f"{config.run_dir} has finished: it {how} ({metrics['epochs_run']} of {config.training.epochs} epochs, "
+            f"{metrics['train_seconds']:.1f} s){_stopping_note(metrics)}; nothing to resume. Its results are in "
+            f"{folder / EVALUATION_FILE}; sdlgm evaluate {config.run_dir} evaluates it again, and a new run takes "
+            "sdlgm train --config ... --overwrite")
+
+
 def _announce_resume(config) -> None:
+    from pyro_sdlgm.inference.checkpoint import load_checkpoint, TRAINING_FORMAT
     from pyro_sdlgm.inference.run_folder import latest_checkpoint_epoch
 
     epoch, path = latest_checkpoint_epoch(config.run_dir)
-    if _is_first_rank():
+    if not _is_first_rank():
+        return
+    if load_checkpoint(path, TRAINING_FORMAT).get("finished"):
+        print(f"{config.run_dir} finished training after epoch {epoch} (checkpoint {path}); writing the model, "
+              "evaluation and plots it lacks")
+    else:
         print(f"resuming {config.run_dir} after epoch {epoch} of {config.training.epochs} (checkpoint {path})")
 
 
@@ -180,6 +231,11 @@ def _train(args, runs) -> int:
 
     config = _train_config(args, runs)
     if args.resume:
+        finished = _finished_run(config)
+        if finished is not None:
+            if _is_first_rank():
+                print(finished)
+            return 0
         _announce_resume(config)
     try:
         with distributed.process_group(config.training.device) as replicas:
@@ -249,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":  # applies training.num_threads itself, recorded in config.yaml
             return _train(args, runs)
         from pyro_sdlgm.inference.resources import cpu_threads
+        from pyro_sdlgm.inference.run_lock import run_folder_lock
+        from pyro_sdlgm.plugins import load_plugins
 
-        with cpu_threads(args.threads):
+        load_plugins(args.plugin)
+        # a shared lock: refused while a training holds the folder, and keeps one from starting
+        with cpu_threads(args.threads), run_folder_lock(args.run_dir, exclusive=False, purpose=f"sdlgm {args.command}"):
             _run_command(args, runs)
     except SDLGMError as err:
         print(f"sdlgm {args.command}: error: {err}", file=sys.stderr)

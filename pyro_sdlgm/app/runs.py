@@ -6,7 +6,10 @@ A run folder holds::
     metrics.jsonl     one JSON line of training metrics per epoch
     model.pt          weights-only checkpoint (SDLGM.save)
     evaluation.json   test-split metrics of the final model
-    checkpoints/      training checkpoints (epoch_NNNNNN.pt), for --resume
+    checkpoints/      training checkpoints (epoch_NNNNNN.pt), for --resume (deleted after
+                      training with keep = "model")
+    .lock             held by the process that trains (or reads) the folder; see
+                      pyro_sdlgm.inference.run_lock
     plots/            training_curve.png, reconstructions.png, sparsity.png
     (sdlgm inspect adds posterior.nc, inspection.json, sparsity_*.csv, count_calibration.csv
     and more plots)
@@ -17,10 +20,10 @@ the folder never mixes two runs; it refuses a folder that holds anything else.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ from pyro_sdlgm.config import RunConfig, load_run_config, write_yaml
 from pyro_sdlgm.exceptions import CheckpointError, ConfigError
 from pyro_sdlgm.inference import distributed
 from pyro_sdlgm.inference.resources import cpu_threads
+from pyro_sdlgm.inference.run_lock import LOCK_FILE, run_folder_lock
+from pyro_sdlgm.inference.checkpoint import CHECKPOINT_DIR, prune_checkpoints
 from pyro_sdlgm.inference.run_folder import early_stopped, restored_epoch
 
 logger = logging.getLogger(__name__)
@@ -44,6 +49,8 @@ def earlier_run_files(path: Path) -> list[Path]:
     """
     found, foreign = [], []
     for entry in sorted(path.iterdir()):
+        if entry.name == LOCK_FILE:  # held by this process; never deleted (see inference.run_lock)
+            continue
         if entry.is_file() and any(fnmatch.fnmatchcase(entry.name, p) for p in RUN_FILES):
             found.append(entry)
         elif entry.is_dir() and not entry.is_symlink() and entry.name in RUN_FOLDERS:
@@ -75,7 +82,7 @@ def prepare_run_dir(path: str | Path, overwrite: bool, resume: bool = False) -> 
     if not resume:
         if path.exists() and not path.is_dir():
             raise ConfigError(f"run_dir {str(path)!r} exists and is not a folder")
-        if path.exists() and any(path.iterdir()):
+        if path.exists() and any(entry.name != LOCK_FILE for entry in path.iterdir()):
             if not overwrite:
                 raise ConfigError(f"run folder {str(path)!r} already exists and is not empty; pass --overwrite to "
                                   "replace its files")
@@ -91,10 +98,17 @@ def prepare_run_dir(path: str | Path, overwrite: bool, resume: bool = False) -> 
     return path
 
 
-def training_summary(history: list[dict], epochs: int, wall: float) -> dict[str, Any]:
-    """How a fit went: seconds, epochs run, whether it stopped early and which epoch it kept."""
-    return {"train_seconds": wall, "epochs_run": len(history), "early_stopped": early_stopped(history, epochs),
-            "restored_epoch": restored_epoch(history)}
+TRAINING_SUMMARY_KEYS = ("train_seconds", "epochs_run", "early_stopped", "restored_epoch")
+
+
+def training_summary(history: list[dict], epochs: int) -> dict[str, Any]:
+    """How a fit went: seconds, epochs run, whether it stopped early and which epoch it kept.
+
+    ``train_seconds`` is the time of the epochs (their ``seconds``, summed): the same for a run
+    trained in one go and one interrupted and resumed, and unchanged by a ``--resume`` of a
+    finished run."""
+    return {"train_seconds": sum(record.get("seconds", 0.0) for record in history), "epochs_run": len(history),
+            "early_stopped": early_stopped(history, epochs), "restored_epoch": restored_epoch(history)}
 
 
 def train_run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
@@ -109,21 +123,24 @@ def train_run(config: RunConfig, *, overwrite: bool = False, resume: bool = Fals
         task = task_for(task_for(config).resolved(train))  # the config with the sizes the data decide
         config = task.config
         model = task.build()  # before touching the run folder: bad options fail here
-        run_dir = prepare_run_dir(config.run_dir, overwrite, resume)
-        if not resume and distributed.current().is_main:
-            write_yaml(config.to_dict(), run_dir / CONFIG_FILE)
-        started = time.perf_counter()
-        history = task.fit(model, train, run_dir, resume)
-        wall = time.perf_counter() - started
-        if not distributed.current().is_main:  # rank 0 alone writes the run folder
-            return {"run_dir": str(run_dir), "rank": distributed.current().rank}
-        model.save(run_dir / MODEL_FILE)
-        evaluated = test if test is not None else train
-        metrics = task.metrics(model, train, evaluated)
-        metrics.update(split="test" if test is not None else "train",
-                       **training_summary(history, config.training.epochs, wall))
-        (run_dir / EVALUATION_FILE).write_text(json.dumps(metrics, indent=2))
-        figures = task.figures(model, evaluated, history, run_dir)
+        main = distributed.current().is_main
+        # rank 0 holds the folder for the whole run (a check by every rank would be refused)
+        with run_folder_lock(config.run_dir, purpose="sdlgm train") if main else contextlib.nullcontext():
+            run_dir = prepare_run_dir(config.run_dir, overwrite, resume)
+            if not resume and main:
+                write_yaml(config.to_dict(), run_dir / CONFIG_FILE)
+            history = task.fit(model, train, run_dir, resume)
+            if not main:  # rank 0 alone writes the run folder
+                return {"run_dir": str(run_dir), "rank": distributed.current().rank}
+            model.save(run_dir / MODEL_FILE)
+            if config.keep == "model":
+                prune_checkpoints(run_dir / CHECKPOINT_DIR, 0)
+            evaluated = test if test is not None else train
+            metrics = task.metrics(model, train, evaluated)
+            metrics.update(split="test" if test is not None else "train",
+                           **training_summary(history, config.training.epochs))
+            (run_dir / EVALUATION_FILE).write_text(json.dumps(metrics, indent=2))
+            figures = task.figures(model, evaluated, history, run_dir)
     return {"run_dir": str(run_dir), "metrics": metrics, "plots": [str(p) for p in figures]}
 
 
@@ -153,7 +170,11 @@ def evaluate_run(run_dir: str | Path, source: str | None = None, num_samples: in
     metrics = task.metrics(model, train, data, num_samples)
     metrics["data"] = source or f"{task.data_name()} (test split)"
     if source is None and task.refresh_evaluation:  # the run's own test split: refresh its evaluation file
-        (Path(run_dir) / EVALUATION_FILE).write_text(json.dumps(metrics, indent=2))
+        path = Path(run_dir) / EVALUATION_FILE
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
+        # how training went stays recorded (train_seconds, epochs_run, ...): evaluating does not retrain
+        kept = {key: earlier[key] for key in TRAINING_SUMMARY_KEYS + ("split",) if key in earlier}
+        path.write_text(json.dumps({**metrics, **kept}, indent=2))
     return metrics
 
 

@@ -250,6 +250,7 @@ def write_diagnosis(diagnosis: dict, levels: np.ndarray, run_dir: Path) -> list[
 def effect_summary(diagnosis: dict) -> dict:
     effect, usage = diagnosis["dimension_effect"], diagnosis["dimension_usage"]
     used = usage > 0
+    # None (JSON null) where a group is empty: the median of no dimension is not a number
     return {"used_dims": int(used.sum()), "num_dims": int(len(usage)),
-            "median_effect_used": float(np.median(effect[used])) if used.any() else float("nan"),
-            "median_effect_unused": float(np.median(effect[~used])) if (~used).any() else float("nan")}
+            "median_effect_used": float(np.median(effect[used])) if used.any() else None,
+            "median_effect_unused": float(np.median(effect[~used])) if (~used).any() else None}

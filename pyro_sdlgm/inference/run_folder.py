@@ -135,7 +135,7 @@ def restored_epoch(history: list[dict]) -> int | None:
     """The epoch (counted from 1) whose parameters :meth:`Trainer.fit` returned: the best
     validation epoch, or None without validation (the last epoch's parameters)."""
     best = [record["epoch"] for record in history if record.get("best_epoch")]
-    return best[-1] + 1 if best else None
+    return best[-1] if best else None
 
 
 def early_stopped(history: list[dict], epochs: int) -> bool:
@@ -167,7 +167,8 @@ def save_training_checkpoint(folder: Path, progress: TrainingState, model, guide
     ``model_state``, ``guide_state``, ``optimizer_state``, ``schedule`` (values at the
     last step), ``rng`` (torch, cuda, numpy, python and ``batch_order`` generator
     states), ``early_stopping`` (``best_val``, ``best_model_state``,
-    ``best_guide_state``, ``stale``), ``history`` and ``revive_every_resolved`` (the run's
+    ``best_guide_state``, ``stale``), ``history`` (its records' ``epoch`` counted from 1, which
+    ``history_epochs_from`` says) and ``revive_every_resolved`` (the run's
     revival period with ``"auto"`` resolved, so that a resumed run keeps it).
     """
     best = progress.best_state
@@ -192,6 +193,7 @@ def save_training_checkpoint(folder: Path, progress: TrainingState, model, guide
             "stale": progress.stale,
         },
         "history": progress.history,
+        "history_epochs_from": 1,
         "revive_every_resolved": progress.revive_every,
     }
     path = checkpoint_path(folder, progress.epoch)
@@ -210,6 +212,9 @@ def restore_training_checkpoint(run_dir: Path, model, guide, optimizer, generato
         "guide_state", "optimizer_state", "rng", "early_stopping", "history"))
     check_format_version(data, path, TRAINING_VERSION)
     revive_every = data.get("revive_every_resolved")
+    history = list(data["history"])
+    if data.get("history_epochs_from", 0) == 0:  # pyro_sdlgm 0.2.0 counted the records' epochs from 0
+        history = [{**record, "epoch": record["epoch"] + 1} for record in history]
     differences = config_differences({"training": data["train_config"], **data["identity"]},
                                      {"training": config.to_dict(), **identity}, RESUME_IGNORED)
     if differences:
@@ -225,7 +230,7 @@ def restore_training_checkpoint(run_dir: Path, model, guide, optimizer, generato
         best = None
         if early["best_model_state"] is not None:
             best = (early["best_model_state"], early["best_guide_state"])
-        restored = TrainingState(epoch=int(data["epoch"]), step=int(data["step"]), history=list(data["history"]),
+        restored = TrainingState(epoch=int(data["epoch"]), step=int(data["step"]), history=history,
                              best_val=float(early["best_val"]), best_state=best, stale=int(early["stale"]),
                              finished=bool(data["finished"]), last_checkpoint=path,
                              revive_every=None if revive_every is None else int(revive_every))

@@ -52,6 +52,7 @@ from pyro_sdlgm.inference.faults import (
 )
 from pyro_sdlgm.inference.resources import MemoryEstimate, cpu_threads, guard_training_memory
 from pyro_sdlgm.inference.revival import AUTO_REVIVE_EVERY, check_revivable, revivable, revive_dead_dimensions
+from pyro_sdlgm.inference.run_lock import run_folder_lock
 from pyro_sdlgm.inference.run_folder import (
     METRICS_FILE,
     TrainingState,
@@ -318,8 +319,12 @@ class Trainer:
                 whose batches were all skipped (``"skip_batch"``), or non-finite parameters
                 or validation loss after an epoch; no checkpoint is written for that epoch.
             ResourceError: training cannot fit the device (:meth:`check_memory`).
+            RunFolderBusyError: another process holds ``run_dir``
+                (:mod:`~pyro_sdlgm.inference.run_lock`).
         """
-        with cpu_threads(self.config.num_threads):
+        writer = run_dir is not None and distributed.current().is_main
+        with cpu_threads(self.config.num_threads), \
+                run_folder_lock(run_dir, purpose="training") if writer else contextlib.nullcontext():
             run = self._open_run(train, val, run_dir, resume=resume, overwrite=overwrite, identity=identity)
             self._setup_optimizer()
             progress = self._start(run, resume)
@@ -403,7 +408,7 @@ class Trainer:
                     handle.write(json.dumps(record) + "\n")
             bar.set_postfix({k: f"{record[k]:.2f}" for k in ("train_loss", "val_loss") if k in record}, refresh=False)
             bar.update(1)
-            logger.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
+            logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
             stop = cfg.patience is not None and progress.best_state is not None and progress.stale >= cfg.patience
             progress.finished = stop or progress.epoch == cfg.epochs
             due = cfg.checkpoint_every > 0 and progress.epoch % cfg.checkpoint_every == 0
@@ -453,11 +458,11 @@ class Trainer:
         epoch_loss, rows_used, skipped = self._train_pass(epoch, run, progress)
         bad = non_finite_parameters(self.named)
         if bad:
-            raise NumericalError(f"non-finite parameters after epoch {epoch}, step {progress.step}: {bad[:5]}"
+            raise NumericalError(f"non-finite parameters after epoch {epoch + 1}, step {progress.step}: {bad[:5]}"
                                  + (f"; the last good checkpoint is {str(progress.last_checkpoint)!r}"
                                     if progress.last_checkpoint else ""))
         record = {
-            "epoch": epoch,
+            "epoch": epoch + 1,  # counted from 1, as the progress bar, the CLI and checkpoint names count
             "step": progress.step,
             "train_loss": epoch_loss / rows_used,
             "skipped_batches": skipped,
@@ -487,7 +492,7 @@ class Trainer:
                 elbo_loss, loss = self._update(batch, n, kwargs, batches == 1 or cfg.pyro_validation == "always",
                                                weight)
             except StepFault as fault:
-                message = fault_message(fault, epoch, progress.step, kwargs, progress.last_checkpoint)
+                message = fault_message(fault, epoch + 1, progress.step, kwargs, progress.last_checkpoint)
                 if cfg.nan_policy == "stop":
                     raise NumericalError(message + "; try a lower learning rate, grad_clip_norm, higher final "
                                          "temperatures, or nan_policy='skip_batch'") from None
@@ -504,7 +509,7 @@ class Trainer:
         if replicas.distributed:
             epoch_loss, rows_used = replicas.sum([epoch_loss, rows_used], self._collective_device())
         if skipped == batches:
-            raise NumericalError(f"all {batches} batches of epoch {epoch} had a non-finite loss or gradient and "
+            raise NumericalError(f"all {batches} batches of epoch {epoch + 1} had a non-finite loss or gradient and "
                                  f"were skipped (nan_policy='skip_batch'); the first: {first_fault}")
         return epoch_loss, rows_used, skipped
 
@@ -512,7 +517,7 @@ class Trainer:
         """``val_loss`` and ``best_epoch`` into ``record``; the best state and patience in ``progress``."""
         record["val_loss"] = self.mean_loss(run.val, run.schedule.final(), self.config.seed + 1, run.replicas)
         if not math.isfinite(record["val_loss"]):
-            raise NumericalError(f"non-finite validation loss {record['val_loss']} after epoch {epoch}, "
+            raise NumericalError(f"non-finite validation loss {record['val_loss']} after epoch {epoch + 1}, "
                                  f"step {progress.step}")
         # before the schedules end, the trained objective is not the target one:
         # neither keep a best state nor count patience then

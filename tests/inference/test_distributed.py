@@ -211,7 +211,7 @@ def test_torchrun_sdlgm_train_writes_one_run_folder_and_resumes(tmp_path):
         (crashed / name).unlink()
     done = torchrun("-m", "pyro_sdlgm", "train", "--resume", "crashed", cwd=tmp_path)
     resumed = [json.loads(line) for line in (crashed / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in resumed] == [0, 1, 2] and resumed[:2] == history[:2]
+    assert [r["epoch"] for r in resumed] == [1, 2, 3] and resumed[:2] == history[:2]
     assert (crashed / "model.pt").is_file() and (crashed / "checkpoints" / "epoch_000003.pt").is_file()
 
 

@@ -112,7 +112,7 @@ def test_early_stopping_is_announced_with_the_restored_epoch(binary_data, capsys
     model = SDLGM(input_dim=12, **SMALL)
     history = model.fit(binary_data, epochs=200, batch_size=16, learning_rate=3e-2, patience=2, progress=True)
     err = capsys.readouterr().err
-    restored = [r["epoch"] + 1 for r in history if r["best_epoch"]][-1]  # counted from 1, as the bar counts
+    restored = [r["epoch"] for r in history if r["best_epoch"]][-1]  # counted from 1, as the bar counts
     assert len(history) < 200 and restored < len(history)
     announcement = [line for line in err.replace("\r", "\n").splitlines() if "early stopping" in line]
     assert len(announcement) == 1
