@@ -194,7 +194,7 @@ def test_torchrun_sdlgm_train_writes_one_run_folder_and_resumes(tmp_path):
     assert done.stdout.count("run folder:") == 1 and "2 data-parallel processes" in done.stdout  # rank 0 prints
     assert "run folder:" in single.stdout
     two = tmp_path / "two"
-    assert sorted(p.name for p in two.iterdir()) == ["checkpoints", "config.yaml", "evaluation.json",
+    assert sorted(p.name for p in two.iterdir()) == [".lock", "checkpoints", "config.yaml", "evaluation.json",
                                                     "metrics.jsonl", "model.pt", "plots"]
     history = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     reference = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]

@@ -306,6 +306,7 @@ progress = false""")
                        SDLGMClassifier.load(tmp_path / "full" / "model.pt").model)
 
     # an edited config.yaml no longer matches the checkpoint
+    crashed = simulate_crash(tmp_path / "full", tmp_path / "crashed_again", keep_epoch=2)
     text = (crashed / "config.yaml").read_text()
     (crashed / "config.yaml").write_text(text.replace("learning_rate: 0.001", "learning_rate: 0.005"))
     assert main(["train", "--resume", str(crashed)]) == 2
@@ -318,6 +319,7 @@ progress = false""")
     assert main(["train", "--resume", str(tmp_path / "empty")]) == 2
     assert "not a run folder" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "full" / "checkpoints")
+    (tmp_path / "full" / "evaluation.json").unlink()  # not finished (a finished run has nothing to resume)
     assert main(["train", "--resume", str(tmp_path / "full")]) == 2
     assert "no training checkpoint" in capsys.readouterr().err
 
@@ -367,7 +369,7 @@ def test_nan_loss_stops_naming_step_and_site_and_keeps_the_last_checkpoint(binar
     with pytest.warns(UserWarning, match="NaN"), pytest.raises(NumericalError) as raised:
         model.fit(binary_data, epochs=5, run_dir=tmp_path, **QUICK)
     message = str(raised.value)
-    assert "non-finite loss nan at epoch 2, step 9" in message
+    assert "non-finite loss nan at epoch 3, step 9" in message
     assert "model site 'obs' has a non-finite log-density" in message
     assert "epoch_000002.pt" in message  # the last good checkpoint
     found = list_checkpoints(tmp_path / "checkpoints")
@@ -382,7 +384,7 @@ def test_nan_gradient_stops_naming_the_parameter(binary_data):
     model = SDLGM(input_dim=12, **SMALL)
     DecoderFault(model.model.decoder, at=5, kind="gradient")
     trainer = Trainer(model.model, model.guide, TrainConfig(epochs=3, **QUICK))
-    with pytest.raises(NumericalError, match=r"non-finite gradient \(norm nan\) at epoch 1, step 4") as raised:
+    with pytest.raises(NumericalError, match=r"non-finite gradient \(norm nan\) at epoch 2, step 4") as raised:
         trainer.fit(torch.as_tensor(binary_data))
     assert "parameter 'model.decoder.net.0.weight' has the first non-finite gradient" in str(raised.value)
 
@@ -392,7 +394,7 @@ def test_invalid_distribution_parameters_are_a_numerical_error(binary_data):
     model.guide.encoder.value_head.register_forward_hook(lambda module, inputs, output: output * float("nan"))
     trainer = Trainer(model.model, model.guide, TrainConfig(epochs=1, **QUICK))
     # Pyro's validation (on in the tests) rejects the NaN location of q(values | x)
-    with pytest.raises(NumericalError, match=r"invalid distribution parameters at epoch 0, step 0.*Normal"):
+    with pytest.raises(NumericalError, match=r"invalid distribution parameters at epoch 1, step 0.*Normal"):
         trainer.fit(torch.as_tensor(binary_data))
 
 
@@ -457,7 +459,7 @@ def test_invalid_parameters_in_an_unvalidated_step_still_name_the_site(binary_da
     with pytest.warns(UserWarning, match="NaN"), pytest.raises(NumericalError) as raised:
         trainer.fit(torch.as_tensor(binary_data))
     message = str(raised.value)
-    assert "non-finite loss nan at epoch 0, step 2" in message
+    assert "non-finite loss nan at epoch 1, step 2" in message
     assert "guide site 'values' has non-finite values" in message
 
 
@@ -485,7 +487,7 @@ def test_skip_batch_stops_when_a_whole_epoch_is_skipped(binary_data):
     trainer = Trainer(model.model, model.guide, TrainConfig(epochs=2, nan_policy="skip_batch", **QUICK))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        with pytest.raises(NumericalError, match=r"all 4 batches of epoch 0 .* skipped.*step 0.*'obs'"):
+        with pytest.raises(NumericalError, match=r"all 4 batches of epoch 1 .* skipped.*step 0.*'obs'"):
             trainer.fit(torch.as_tensor(binary_data))
 
 

@@ -95,7 +95,7 @@ def test_non_finite_loss_names_the_step(binary_data):
         model.model.decoder.net[0].weight.fill_(float("nan"))
     trainer = Trainer(model.model, model.guide, TrainConfig(epochs=1, progress=False))
     # with validation on, Pyro also warns which site produced the NaN
-    with pytest.warns(UserWarning) as warned, pytest.raises(NumericalError, match="epoch 0, step 0"):
+    with pytest.warns(UserWarning) as warned, pytest.raises(NumericalError, match="epoch 1, step 0"):
         trainer.fit(torch.as_tensor(binary_data))
     assert any("NaN" in str(w.message) and "site 'obs'" in str(w.message) for w in warned)
 
