@@ -159,17 +159,17 @@ def compare(figure: Figure, quoted_text: str, fresh: float, exact: bool) -> bool
     if exact:  # the fresh value rounded as the document rounds it
         decimals = len(quoted_text.split(".")[1].split("e")[0]) if "." in quoted_text else 0
         if "e" in quoted_text:
-            return f"{fresh:.{decimals}e}".replace("e-0", "e-") == quoted_text
+            return float(f"{fresh:.{decimals}e}") == quoted
         return math.isclose(round(fresh, decimals), quoted, abs_tol=10 ** -(decimals + 3))
     if figure.log10:
         return abs(math.log10(quoted) - math.log10(max(fresh, 1e-300))) <= figure.relative
     return abs(quoted - fresh) <= figure.relative * max(abs(fresh), figure.floor)
 
 
-def check(results: dict, exact: bool) -> list[str]:
+def check(results: dict, exact: bool, figures: list[Figure] = FIGURES) -> list[str]:
     """One line per figure; the lines of stale figures and unmatched patterns start with 'STALE'."""
     lines = []
-    for figure in FIGURES:
+    for figure in figures:
         found = figure.regex().findall(figure.text())
         fresh = float(figure.value(results))
         if len(found) != 1:

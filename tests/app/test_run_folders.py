@@ -275,3 +275,11 @@ def test_a_plugin_that_cannot_be_imported_is_named(tmp_path, capsys, plugin_regi
     err = capsys.readouterr().err
     assert str(broken) in err and "my plugin is broken" in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "encode", "inspect", "predict"])
+def test_threads_help_speaks_of_its_own_command(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"while it runs {command}" in text and "training.num_threads" not in text
