@@ -31,7 +31,7 @@ from pyro_sdlgm.model.distributions import check_temperature
 from pyro_sdlgm.exceptions import ConfigError
 from pyro_sdlgm.plugins import load_plugins, resolve_plugin
 from pyro_sdlgm.model.registry import ComponentSpec, component_name
-from pyro_sdlgm.model.spec import CountCoupling, Objective, SlotLayout, SlotSelection, SparsityInference
+from pyro_sdlgm.model.spec import CountCoupling, Objective, SlotSelection, SparsityInference
 
 # the options of the config's string fields; each Literal is its field's type
 CountEstimate = Literal["amortized", "refined"]
@@ -200,8 +200,10 @@ class ModelConfig(_Section):
     """The ELBO's KL terms: analytic discrete KLs, or the relaxed model's Concrete densities (see ModelSpec)."""
     slot_selection: SlotSelection = "without_replacement"
     """Slots mask the dimensions earlier slots took (``L_i`` counts distinct non-zeros), or draw independently."""
-    slot_layout: SlotLayout = "per_slot"
-    """One site per slot (``slot_1..slot_L0``), or one site for all (``"joint"``, the same distribution, faster)."""
+    slot_layout: ComponentSpec = "per_slot"
+    """How the slots become sites: ``"per_slot"`` (``slot_1..slot_L0``), ``"joint"`` (one site, the same
+    distribution, faster) or ``"gumbel_topk"`` (one perturbation of shared slot logits, linear in ``K``;
+    option ``num_candidates``); see :mod:`pyro_sdlgm.model.support_steps`."""
     count_coupling: CountCoupling = "gated_code"
     """The relaxed count gates the code, or the decoder sees each whole count's code (see ModelSpec)."""
     slot_estimator: ComponentSpec = "relaxed"
@@ -458,7 +460,7 @@ class ClassifierConfig(_Section):
     num_candidates: int | str | None = "auto"
     """The training shortlist: ``"auto"`` (40 or ``2 max_labels`` with the set bound when fewer than
     ``K``), None or ``"all"`` (every label), or ``C`` with ``max_labels <= C <= K`` (see SDLGMClassifier)."""
-    slot_layout: SlotLayout = "per_slot"
+    slot_layout: ComponentSpec = "per_slot"
     """As for the unsupervised model."""
 
     def validate(self):

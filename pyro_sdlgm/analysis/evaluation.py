@@ -13,7 +13,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from pyro_sdlgm.model.spec import OBS_SITE, SLOT_SITE_PREFIX, SLOTS_SITE, SPARSITY_SITE
+from pyro_sdlgm.model.spec import OBS_SITE, SPARSITY_SITE
 
 
 def site_kl(guide_site: dict, model_site: dict, analytic: bool) -> torch.Tensor:
@@ -51,10 +51,11 @@ def elbo_terms(model, guide, x: torch.Tensor, schedule_kwargs: dict):
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, **schedule_kwargs)
     analytic = model.spec.objective == "discrete_kl" and model.spec.sparsity_inference != "enumerate"
     terms = {f"kl_{SPARSITY_SITE}": 0.0, "kl_slots": 0.0}
+    slot_sites = set(model.spec.slot_sites)
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        key = "kl_slots" if name.startswith(SLOT_SITE_PREFIX) or name == SLOTS_SITE else f"kl_{name}"
+        key = "kl_slots" if name in slot_sites else f"kl_{name}"
         terms[key] = terms.get(key, 0.0) + site_kl(site, model_trace.nodes[name], analytic)
     terms["recon"] = -model_trace.nodes[OBS_SITE]["fn"].log_prob(x)
     terms["elbo"] = -(terms["recon"] + sum(v for k, v in terms.items() if k.startswith("kl_")))

@@ -105,7 +105,7 @@ class SDLGMClassifier(Estimator):
                  label_noise: float = C.label_noise, ranking: str = C.ranking, decision: str = C.decision,
                  calibrate_count: bool = C.calibrate_count, sparsity_inference: str = C.sparsity_inference,
                  objective: str = C.objective, slot_selection: str = C.slot_selection,
-                 num_candidates: int | str | None = C.num_candidates, slot_layout: str = C.slot_layout):
+                 num_candidates: int | str | None = C.num_candidates, slot_layout: str | dict = C.slot_layout):
         arguments = dict(locals())  # the constructor's arguments are the classifier's parameters
         del arguments["self"]
         if on_overflow not in OVERFLOW_POLICIES:

@@ -97,9 +97,13 @@ class SDLGM(Estimator):
             Concrete densities, ``Trace_ELBO``). See ``docs/model.md`` for the measured difference.
         slot_selection: ``"without_replacement"`` (slots mask the dimensions earlier slots
             took, so ``L_i`` counts distinct non-zeros) or ``"independent"``.
-        slot_layout: ``"per_slot"`` (one Pyro site per slot, ``slot_1..slot_L0``) or
+        slot_layout: ``"per_slot"`` (one Pyro site per slot, ``slot_1..slot_L0``),
             ``"joint"`` (one site ``slots`` for all of them: the same distribution with batched
-            operations, faster; not with ``sparsity_inference="enumerate"``).
+            operations, faster; not with ``sparsity_inference="enumerate"``) or ``"gumbel_topk"``
+            (one site ``support``: a Gumbel perturbation of the shared slot logits whose top
+            ``L0`` are the slots; time and memory linear in ``K``; ``{"name": "gumbel_topk",
+            "num_candidates": C}`` sets the relaxation's columns, default ``2 L0``); see
+            :mod:`pyro_sdlgm.model.support_steps`.
         count_coupling: ``"gated_code"`` (the relaxed count gates the code inside the
             decoder) or ``"prefix_mixture"`` (the decoder sees the code of each whole count; the
             log-likelihoods are averaged over the count).
@@ -139,7 +143,7 @@ class SDLGM(Estimator):
         sparsity_inference: str = ModelConfig.sparsity_inference,
         objective: str = ModelConfig.objective,
         slot_selection: str = ModelConfig.slot_selection,
-        slot_layout: str = ModelConfig.slot_layout,
+        slot_layout: str | dict = ModelConfig.slot_layout,
         count_coupling: str = ModelConfig.count_coupling,
         slot_estimator: ComponentSpec = ModelConfig.slot_estimator,
         count_estimate: str = ModelConfig.count_estimate,

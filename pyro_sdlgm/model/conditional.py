@@ -55,7 +55,8 @@ from pyro.nn import PyroModule
 from pyro_sdlgm.model.distributions import DistinctDraws
 from pyro_sdlgm.exceptions import ConfigError, DataError
 from pyro_sdlgm.model.guides import AmortizedGuide, GuideParams, amortized_slot_logits, amortized_sparsity_dist
-from pyro_sdlgm.model.generative import data_plate, relaxed_support, sample_slots
+from pyro_sdlgm.model.generative import data_plate, relaxed_code, sample_slots
+from pyro_sdlgm.model.support_steps import SparseCode
 from pyro_sdlgm.model.networks import AmortizedEncoder
 from pyro_sdlgm.model.spec import OBS_SITE, SPARSITY_SITE, ModelSpec
 
@@ -198,9 +199,11 @@ class ConditionalSDLGMModel(PyroModule):
         with data_plate(x.shape[0], num_data, x.device):
             with poutine.scale(scale=kl_weight):
                 sparsity = pyro.sample(SPARSITY_SITE, amortized_sparsity_dist(self.spec, params, tau_sparsity))
-                slot_probs = sample_slots(self.spec, lambda index: amortized_slot_logits(params, index),
-                                          tau_support, sparsity)
-            support = relaxed_support(self.spec, sparsity, slot_probs)
+                slots = sample_slots(self.spec, lambda index: amortized_slot_logits(params, index),
+                                     tau_support, sparsity)
+            support = relaxed_code(self.spec, sparsity, slots, None)
+            if isinstance(support, SparseCode):  # every label is observed: the support over all K
+                support = support.to_dense()
             pyro.sample(OBS_SITE, self.obs_dist(support), obs=y)
         return support
 

@@ -275,6 +275,118 @@ def joint_slots_class(objective: str) -> type[JointSlots]:
     return DiscreteKLJointSlots if objective == "discrete_kl" else JointSlots
 
 
+class GumbelTopKSlots(TorchDistribution):
+    """The ``L0`` slots of a row as one perturbation of shared slot logits (``slot_layout="gumbel_topk"``).
+
+    ``y ~ GumbelTopKSlots(logits, gates)`` is ``y = logits + g`` with ``g`` standard Gumbel noise,
+    event shape ``(K,)``. The indices of its ``L0`` largest entries, in decreasing order, are an
+    exact draw of ``L0`` categorical slots without replacement from ``softmax(logits)``
+    (Gumbel-top-k; Kool et al. 2019): slot ``l`` is ``Categorical(logits)`` restricted to the
+    dimensions slots ``1..l-1`` did not take, as in the other slot layouts.
+
+    ``kl_divergence(q, p)`` is ``sum_l gate_l KL(q_l || p_l)``, the gated categorical KLs of the
+    slots given the dimensions ``q``'s own last draw took (the same estimate as the other layouts'
+    ``discrete_kl``: exact for each slot given the earlier ones, Monte Carlo over which those
+    are), computed in log space in ``O(K + L0^2)`` per row (:func:`slot_sequence_kl`). It needs
+    that draw: ``q`` must be the guide's distribution of the trace, drawn once without a
+    ``sample_shape``. ``log_prob`` is the density of ``y`` (independent Gumbels); the ELBO of
+    SDLGM uses the KL.
+
+    Args:
+        logits: ``batch_shape + (K,)`` shared slot logits.
+        gates: ``batch_shape + (L0,)``: slot ``l``'s KL is weighted by ``max(gates[..., l], GATE_FLOOR)``.
+    """
+
+    arg_constraints = {"logits": constraints.real_vector, "gates": constraints.nonnegative}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, logits: torch.Tensor, gates: torch.Tensor, validate_args=None):
+        if gates.shape[-1] > logits.shape[-1]:
+            raise ConfigError(f"{gates.shape[-1]} slots cannot take distinct dimensions among {logits.shape[-1]}")
+        batch_shape = torch.broadcast_shapes(logits.shape[:-1], gates.shape[:-1])
+        self.logits = logits
+        self.gates = gates
+        self._picks = None  # (..., L0) the dimensions of the last rsample, in slot order
+        super().__init__(batch_shape, logits.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return type(self)(self.logits.expand(batch_shape + self.logits.shape[-1:]),
+                          self.gates.expand(batch_shape + self.gates.shape[-1:]),
+                          validate_args=self._validate_args if _instance is None else None)
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        uniforms = clamp_probs(torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device))
+        scores = self.logits.expand(shape) - (-uniforms.log()).log()
+        self._picks = scores.detach().topk(self.gates.shape[-1], dim=-1).indices
+        return scores
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        noise = value - self.logits
+        return (-noise - (-noise).exp()).sum(-1)
+
+    def weights(self) -> torch.Tensor:
+        return self.gates.clamp(min=GATE_FLOOR)
+
+
+def _reverse_logcumsumexp(x: torch.Tensor) -> torch.Tensor:
+    """``out[..., l] = log sum_{j >= l} exp(x[..., j])``."""
+    return x.flip(-1).logcumsumexp(-1).flip(-1)
+
+
+def slot_sequence_kl(log_q: torch.Tensor, log_p: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+    """The categorical KL of each slot drawn without replacement, given the earlier slots' picks.
+
+    Slot ``l`` is ``softmax`` of the logits over the dimensions not in ``picks[..., :l]``; its KL
+    is ``E_q_l[log q - log p] - log Z_q(l) + log Z_p(l)``. Each remaining set is "all dimensions
+    but the picks" plus the picks from ``l`` on, so every normalizer and expectation is a sum of
+    non-negative terms (no cancellation) over one ``(..., K)`` pass and the ``L0`` picks.
+
+    Args:
+        log_q, log_p: ``(..., K)`` logits (unnormalized) of the guide's and the prior's slots.
+        picks: ``(..., L0)`` distinct dimension indices, in slot order.
+
+    Returns:
+        ``(..., L0)`` KL of each slot, in nats.
+    """
+    log_q, log_p = torch.broadcast_tensors(log_q, log_p)
+    rest = torch.ones_like(log_q, dtype=torch.bool).scatter(-1, picks, False)
+    minus_inf = torch.tensor(float("-inf"), dtype=log_q.dtype, device=log_q.device)
+    q_rest = torch.where(rest, log_q, minus_inf)
+    lz_q_rest = q_rest.logsumexp(-1, keepdim=True)  # (..., 1); -inf when no dimension is left
+    lz_p_rest = torch.where(rest, log_p, minus_inf).logsumexp(-1, keepdim=True)
+    diff = log_q - log_p
+    any_rest = rest.any(-1, keepdim=True)
+    # E over the rest's own softmax of (log q - log p); 0 where the rest is empty
+    mean_rest = torch.where(any_rest, ((q_rest - lz_q_rest.where(any_rest, 0.0)).exp() * diff.where(rest, 0.0)).sum(
+        -1, keepdim=True), 0.0)
+    q_picks, p_picks, d_picks = log_q.gather(-1, picks), log_p.gather(-1, picks), diff.gather(-1, picks)
+    lz_q = torch.logaddexp(lz_q_rest, _reverse_logcumsumexp(q_picks))  # (..., L0)
+    lz_p = torch.logaddexp(lz_p_rest, _reverse_logcumsumexp(p_picks))
+    slots = picks.shape[-1]
+    later = torch.ones(slots, slots, dtype=torch.bool, device=picks.device).triu()  # [l, j]: j >= l
+    # (..., L0, L0): slot l's probability of pick j >= l (masked before exp: an earlier pick may hold e^400)
+    weight_picks = (q_picks.unsqueeze(-2) - lz_q.unsqueeze(-1)).masked_fill(~later, float("-inf")).exp()
+    expected = (lz_q_rest - lz_q).exp() * mean_rest + (weight_picks * d_picks.unsqueeze(-2)).sum(-1)
+    return expected - lz_q + lz_p
+
+
+@register_kl(GumbelTopKSlots, GumbelTopKSlots)
+def _kl_gumbel_topk(q: GumbelTopKSlots, p: GumbelTopKSlots) -> torch.Tensor:
+    # not NotImplementedError: Pyro's ELBOs would take that as "no analytic KL" (see _kl_joint_slots)
+    if q._picks is None:
+        raise RuntimeError("the KL of GumbelTopKSlots depends on which dimensions the guide's draw took, and this "
+                           "distribution has not drawn one (a replayed or conditioned guide?)")
+    if q._picks.shape[:-1] != q.batch_shape:
+        raise RuntimeError(f"the KL of GumbelTopKSlots needs the guide's draw of batch shape {tuple(q.batch_shape)}, "
+                           f"but the last draw had shape {tuple(q._picks.shape[:-1])} (drawn with a sample_shape)")
+    return (slot_sequence_kl(q.logits, p.logits, q._picks) * q.weights()).sum(-1)
+
+
 class LevelMarginal(TorchDistribution):
     """``q(L_i)`` itself as the value of the ``sparsity`` site (``sparsity_inference="marginal"``).
 

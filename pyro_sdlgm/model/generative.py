@@ -7,7 +7,8 @@ Per observation ``i`` (inside ``pyro.plate("data", size=num_data)``):
    ``enumerate`` mode, a ``Categorical`` that ``TraceEnum_ELBO`` sums out exactly.
 2. ``slot_1 .. slot_L0``: selection slots, each an ExpConcrete over the ``K`` dimensions
    with the support prior ``rho``; by default without replacement (dimensions taken by
-   earlier slots are masked), so that ``L_i`` counts distinct non-zeros.
+   earlier slots are masked), so that ``L_i`` counts distinct non-zeros (``slot_layout``
+   places them as one joint site or as one Gumbel-top-k site instead).
 3. gates ``g_il = P(L_i >= l)`` and the soft support ``s_i = 1 - prod_l (1 - g_il c_il)``.
 4. ``values``: ``v_i ~ p(v)``, event ``(K,)``; ``z_i = s_i * v_i`` (binary mode: ``z_i = s_i``).
 5. ``obs``: ``x_i ~ p(x | decoder(z_i))``.
@@ -26,15 +27,16 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 
-from pyro_sdlgm.model.distributions import GATE_FLOOR, ExpectedLogLikelihood, LevelMarginal, concrete_class, joint_slots_class
+from pyro_sdlgm.model.distributions import ExpectedLogLikelihood, LevelMarginal, concrete_class
 from pyro_sdlgm.exceptions import DataError
 from pyro_sdlgm.model.likelihoods import LIKELIHOODS
 from pyro_sdlgm.model.networks import Decoder
 from pyro_sdlgm.model.priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
 from pyro_sdlgm.model.registry import ComponentSpec
-from pyro_sdlgm.model.spec import DATA_PLATE, OBS_SITE, SLOTS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec, slot_site
+from pyro_sdlgm.model.spec import DATA_PLATE, OBS_SITE, SPARSITY_SITE, VALUES_SITE, ModelSpec
 from pyro_sdlgm.model.slot_estimators import build_slot_estimator
-from pyro_sdlgm.model.support import exclude_taken, level_probs_from_value, mark_taken, slot_gates, soft_support
+from pyro_sdlgm.model.support import level_probs_from_value, slot_gates, soft_support
+from pyro_sdlgm.model.support_steps import Slots, SparseCode
 
 
 def data_plate(batch_size: int, num_data: int | None, device) -> pyro.plate:
@@ -50,48 +52,26 @@ def data_plate(batch_size: int, num_data: int | None, device) -> pyro.plate:
     return pyro.plate(DATA_PLATE, size=num_data, subsample=torch.arange(batch_size, device=device))
 
 
-def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Tensor) -> torch.Tensor:
-    """Place the sites ``slot_1 .. slot_L0`` and return the slots' selections ``(N, L0, K)``.
+def sample_slots(spec: ModelSpec, logits_of_slot, tau: float, sparsity: torch.Tensor) -> Slots:
+    """Place the slot sites and return the slots' selections (:class:`~pyro_sdlgm.model.support_steps.Slots`).
 
-    The selections are what the code is built from, as ``spec.slot_estimator`` makes them
-    from the sites' values (:mod:`~pyro_sdlgm.model.slot_estimators`): the relaxed one-hots, or hard
-    one-hots that carry another gradient.
+    ``spec.support_step`` (chosen by ``slot_layout``) places the sites: one per slot, one
+    joint site, or one Gumbel-perturbation site (:mod:`~pyro_sdlgm.model.support_steps`); the
+    selections are what the code is built from, as ``spec.slot_estimator`` makes them from the
+    sites' values (:mod:`~pyro_sdlgm.model.slot_estimators`).
 
-    Shared by the model and the guide, so both draw the slots the same way. Slot ``l``
-    is an ExpConcrete with logits ``logits_of_slot(l)`` ``(N, K)``; with
-    ``slot_selection="without_replacement"`` the dimensions that earlier slots' samples
-    peak on (their argmax) get the logit ``MASKED_LOGIT``, so the first ``L_i`` slots
-    select ``L_i`` distinct dimensions at any temperature.
+    Shared by the model and the guide, so both draw the slots the same way. ``logits_of_slot(l)``
+    gives slot ``l``'s logits ``(N, K)`` (``None``: all slots', ``(N, S, K)``). Without
+    replacement (the default), the dimensions earlier slots took are masked, so the first ``L_i``
+    slots select ``L_i`` distinct dimensions at any temperature.
 
     Slot ``l`` only exists when ``L_i >= l``: its log-densities (hence its KL term) are
     scaled by its gate ``g_il = P(L_i >= l)`` computed from the ``sparsity`` value, so the
     ELBO counts ``sum_l P(L_i >= l) KL_l``, the KL of the slots in use. Without it, unused
     slots would cost as much as used ones and the model could pad ``L_i`` for free.
-
-    With ``spec.slot_layout == "joint"`` the same slots are one site ``slots`` (event
-    ``(L0, K)``, :class:`~pyro_sdlgm.model.distributions.JointSlots`), whose log-density and KL
-    carry the gates; ``logits_of_slot`` is then called once with ``None`` and returns all
-    slots' logits ``(N, S, K)``.
     """
     gates = slot_gates(level_probs_from_value(sparsity, spec.num_levels), spec.min_level)
-    estimator = build_slot_estimator(spec.slot_estimator)
-    if spec.slot_layout == "joint":
-        joint = joint_slots_class(spec.objective)(tau, logits_of_slot(None), gates,
-                                                  spec.slot_selection == "without_replacement")
-        return estimator.selection(pyro.sample(SLOTS_SITE, joint))
-    concrete = concrete_class(spec.objective)
-    without_replacement = spec.slot_selection == "without_replacement"
-    taken, selections = None, []
-    for index in range(spec.max_sparsity):
-        logits = logits_of_slot(index)
-        if without_replacement:
-            logits = exclude_taken(logits, taken)
-        with poutine.scale(scale=gates[..., index].clamp(min=GATE_FLOOR)):
-            selection = estimator.selection(pyro.sample(slot_site(index), estimator.distribution(concrete, tau, logits)))
-        selections.append(selection)
-        if without_replacement:
-            taken = mark_taken(taken, selection)
-    return torch.stack(selections, dim=-2)
+    return spec.support_step.sample(spec, logits_of_slot, tau, gates, build_slot_estimator(spec.slot_estimator))
 
 
 def prefix_supports(spec: ModelSpec, slot_probs: torch.Tensor) -> torch.Tensor:
@@ -106,9 +86,20 @@ def prefix_supports(spec: ModelSpec, slot_probs: torch.Tensor) -> torch.Tensor:
 
 
 def relaxed_support(spec: ModelSpec, sparsity: torch.Tensor, slot_probs: torch.Tensor) -> torch.Tensor:
-    """Soft support ``s (..., N, K)`` from a ``sparsity`` site value and the slots' one-hots ``(N, L0, K)``."""
+    """Soft support ``s (..., N, C)`` from a ``sparsity`` site value and the slots' one-hots ``(N, L0, C)``."""
     gates = slot_gates(level_probs_from_value(sparsity, spec.num_levels), spec.min_level)
     return soft_support(gates, slot_probs)
+
+
+def relaxed_code(spec: ModelSpec, sparsity: torch.Tensor, slots: Slots, values: torch.Tensor | None):
+    """The relaxed code ``z = s * v`` (or ``s``): dense ``(..., N, K)``, or a
+    :class:`~pyro_sdlgm.model.support_steps.SparseCode` over the slots' candidate columns."""
+    support = relaxed_support(spec, sparsity, slots.selection)
+    if slots.index is None:
+        return support if values is None else support * values
+    if values is not None:
+        support = support * values.gather(-1, slots.index)
+    return SparseCode(slots.index.expand(support.shape), support, spec.latent_dim)
 
 
 class SDLGMModel(PyroModule):
@@ -163,32 +154,32 @@ class SDLGMModel(PyroModule):
         """Prior of the values: batch ``(batch_size,)``, event ``(K,)``."""
         return self.value_prior.dist(batch_size)
 
-    def obs_dist(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """Likelihood ``p(x | decoder(z))`` for codes ``z (..., K)``: event ``(D,)``."""
+    def obs_dist(self, z) -> dist.TorchDistribution:
+        """Likelihood ``p(x | decoder(z))`` for codes ``z (..., K)`` (dense or ``SparseCode``): event ``(D,)``."""
         return self.likelihood.dist(self.decoder(z))
 
     # -- deterministic parts ------------------------------------------------------------
 
-    def representation(self, sparsity: torch.Tensor, slot_probs: torch.Tensor, values: torch.Tensor | None):
-        """The (relaxed) sparse code ``z = s * v`` (or ``s`` in binary mode), shape ``(..., N, K)``.
+    def representation(self, sparsity: torch.Tensor, slots: Slots, values: torch.Tensor | None):
+        """The (relaxed) sparse code ``z = s * v`` (or ``s`` in binary mode), shape ``(..., N, K)``
+        (a :class:`~pyro_sdlgm.model.support_steps.SparseCode` with ``slot_layout="gumbel_topk"``).
 
         Args:
             sparsity: value of the ``sparsity`` site (log one-hot ``(..., N, num_levels)``
                 or level indices ``(..., N)``; enumerated values broadcast on the left).
-            slot_probs: the slots' relaxed one-hots, ``(N, L0, K)``.
+            slots: the slots' relaxed one-hots, ``(N, L0, C)``, and their columns' dimensions.
             values: value of the ``values`` site, ``(N, K)``, or None in binary mode.
         """
-        support = relaxed_support(self.spec, sparsity, slot_probs)
-        return support if values is None else support * values
+        return relaxed_code(self.spec, sparsity, slots, values)
 
-    def prefix_mixture(self, sparsity: torch.Tensor, slot_probs: torch.Tensor, values: torch.Tensor | None):
+    def prefix_mixture(self, sparsity: torch.Tensor, slots: Slots, values: torch.Tensor | None):
         """``count_coupling="prefix_mixture"``: the likelihood of ``x`` averaged over the counts.
 
         Returns ``(obs distribution, z)``: an :class:`~pyro_sdlgm.model.distributions.ExpectedLogLikelihood`
         over the codes of every whole count ``(N, num_levels, K)``, weighted by the level
         weights of the ``sparsity`` value, and their weighted mean code ``z (N, K)``.
         """
-        codes = prefix_supports(self.spec, slot_probs)
+        codes = prefix_supports(self.spec, slots.selection)  # dense: gumbel_topk refuses prefix_mixture
         if values is not None:
             codes = codes * values.unsqueeze(-2)
         weights = level_probs_from_value(sparsity, self.spec.num_levels)
@@ -216,7 +207,7 @@ class SDLGMModel(PyroModule):
 
         Returns:
             the relaxed code ``z``, shape ``(N, K)`` (with enumeration dims on the left in
-            ``enumerate`` mode).
+            ``enumerate`` mode; a ``SparseCode`` with ``slot_layout="gumbel_topk"``).
         """
         if x is None and batch_size is None:
             raise DataError("pass either the observations x or batch_size")
@@ -225,12 +216,12 @@ class SDLGMModel(PyroModule):
         with data_plate(n, num_data, device):
             with poutine.scale(scale=kl_weight):
                 sparsity = pyro.sample(SPARSITY_SITE, self.sparsity_dist(n, tau_sparsity))
-                slot_probs = sample_slots(self.spec, lambda index: self.slot_logits(n, index), tau_support, sparsity)
+                slots = sample_slots(self.spec, lambda index: self.slot_logits(n, index), tau_support, sparsity)
                 values = None if self.spec.binary else pyro.sample(VALUES_SITE, self.values_dist(n))
             if self.spec.count_coupling == "prefix_mixture":
-                likelihood, z = self.prefix_mixture(sparsity, slot_probs, values)
+                likelihood, z = self.prefix_mixture(sparsity, slots, values)
             else:
-                z = self.representation(sparsity, slot_probs, values)
+                z = self.representation(sparsity, slots, values)
                 likelihood = self.obs_dist(z)
             pyro.sample(OBS_SITE, likelihood, obs=x)
         return z

@@ -45,14 +45,25 @@ def output_width(hidden: Sequence[int], in_dim: int) -> int:
 
 
 class Decoder(nn.Module):
-    """``z (..., K) -> (..., D)`` parameters of the likelihood (logits or means)."""
+    """``z (..., K) -> (..., D)`` parameters of the likelihood (logits or means).
+
+    ``z`` is a dense ``(..., K)`` code, or a sparse one with ``index`` and ``value`` of shape
+    ``(..., C)`` (:class:`~pyro_sdlgm.model.support_steps.SparseCode`): then the first layer
+    gathers the ``C`` weight columns the code uses (``(..., C, hidden)``) instead of multiplying a
+    dense ``(..., K)`` code, with the same result up to float rounding.
+    """
 
     def __init__(self, latent_dim: int, output_dim: int, hidden: Sequence[int] = (256, 512), activation: str = "relu"):
         super().__init__()
         self.net = mlp(latent_dim, hidden, output_dim, activation)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+    def forward(self, z) -> torch.Tensor:
+        if isinstance(z, torch.Tensor):
+            return self.net(z)
+        first = self.net[0]
+        columns = nn.functional.embedding(z.index, first.weight.t())  # (..., C, out) rows of W^T
+        h = torch.einsum("...c,...ch->...h", z.value, columns) + first.bias
+        return self.net[1:](h)
 
 
 class AmortizedEncoder(nn.Module):

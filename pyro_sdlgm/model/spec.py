@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -23,12 +24,10 @@ SparsityInference = Literal["relaxed", "enumerate", "marginal"]
 CountCoupling = Literal["gated_code", "prefix_mixture"]
 Objective = Literal["discrete_kl", "relaxed"]
 SlotSelection = Literal["without_replacement", "independent"]
-SlotLayout = Literal["per_slot", "joint"]
 SPARSITY_INFERENCE_MODES = get_args(SparsityInference)
 COUNT_COUPLINGS = get_args(CountCoupling)
 OBJECTIVES = get_args(Objective)
 SLOT_SELECTIONS = get_args(SlotSelection)
-SLOT_LAYOUTS = get_args(SlotLayout)
 #: the fields of a spec that choose a mode of the model (the rest are sizes)
 MODE_FIELDS = ("sparsity_inference", "objective", "slot_selection", "slot_layout", "count_coupling", "slot_estimator")
 
@@ -80,11 +79,15 @@ class ModelSpec:
             samples) masked out, so the first ``L_i`` slots select ``L_i`` distinct
             dimensions and ``L_i`` is the number of non-zeros. ``"independent"``: slots draw independently; duplicates then make
             ``L_i`` over-count the non-zeros, and ``L_i`` is not identifiable.
-        slot_layout: ``"per_slot"``: one Pyro site per slot (``slot_1..slot_L0``, each an
-            ExpConcrete over ``K``). ``"joint"``: all slots in one site ``slots`` (event
-            ``(L0, K)``, :class:`~pyro_sdlgm.model.distributions.JointSlots`): the same
-            distribution, computed with batched operations (faster; ``benchmarks/``); not with
-            ``sparsity_inference="enumerate"``.
+        slot_layout: the support step (a name or a ``{name = ..., **options}`` table in
+            :data:`~pyro_sdlgm.model.support_steps.SUPPORT_STEPS`). ``"per_slot"``: one Pyro site
+            per slot (``slot_1..slot_L0``, each an ExpConcrete over ``K``). ``"joint"``: all slots
+            in one site ``slots`` (event ``(L0, K)``, :class:`~pyro_sdlgm.model.distributions.JointSlots`):
+            the same distribution, computed with batched operations (faster; ``benchmarks/``); not
+            with ``sparsity_inference="enumerate"``. ``"gumbel_topk"`` (option ``num_candidates``):
+            one site ``support``, a Gumbel perturbation of shared slot logits whose top ``L0`` are
+            the slots; time and memory linear in ``K`` (see
+            :mod:`~pyro_sdlgm.model.support_steps`).
     """
 
     input_dim: int
@@ -95,7 +98,7 @@ class ModelSpec:
     sparsity_inference: SparsityInference = "relaxed"
     objective: Objective = "discrete_kl"
     slot_selection: SlotSelection = "without_replacement"
-    slot_layout: SlotLayout = "per_slot"
+    slot_layout: str | Mapping[str, Any] = "per_slot"
     count_coupling: CountCoupling = "gated_code"
     slot_estimator: str | Mapping[str, Any] = "relaxed"
 
@@ -131,12 +134,7 @@ class ModelSpec:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.slot_selection not in SLOT_SELECTIONS:
             raise ConfigError(f"slot_selection must be one of {SLOT_SELECTIONS}, got {self.slot_selection!r}")
-        if self.slot_layout not in SLOT_LAYOUTS:
-            raise ConfigError(f"slot_layout must be one of {SLOT_LAYOUTS}, got {self.slot_layout!r}")
-        if self.slot_layout == "joint" and self.sparsity_inference == "enumerate":
-            raise ConfigError("slot_layout='joint' does not take sparsity_inference='enumerate': with an enumerated L_i the "
-                              "slot gates carry enumeration dimensions that one joint site cannot weight "
-                              f"(got sparsity_inference={self.sparsity_inference!r})")
+        self.support_step.check(self)  # unknown layouts and bad options raise here
         self._check_slot_estimator()
         if self.count_coupling not in COUNT_COUPLINGS:
             raise ConfigError(f"count_coupling must be one of {COUNT_COUPLINGS}, got {self.count_coupling!r}")
@@ -158,7 +156,8 @@ class ModelSpec:
         from pyro_sdlgm.model.slot_estimators import build_slot_estimator  # imported here: estimators imports the distributions
 
         estimator = build_slot_estimator(self.slot_estimator)  # unknown names and bad options raise here
-        if estimator.needs_discrete_kl and (self.objective != "discrete_kl" or self.slot_layout != "per_slot"):
+        if estimator.needs_discrete_kl and (self.objective != "discrete_kl"
+                                            or not self.support_step.uses_site_distribution):
             raise ConfigError(f"slot_estimator={self.slot_estimator!r} needs objective='discrete_kl' (its gradient is "
                               "not the reparameterization of the slots' densities) and slot_layout='per_slot', got "
                               f"objective={self.objective!r}, slot_layout={self.slot_layout!r}")
@@ -173,18 +172,28 @@ class ModelSpec:
         """Number of sparsity levels: ``L0`` or ``L0 + 1``."""
         return self.max_sparsity + 1 - self.min_level
 
+    @functools.cached_property
+    def support_step(self):
+        """The :class:`~pyro_sdlgm.model.support_steps.SupportStep` that ``slot_layout`` names (built once)."""
+        from pyro_sdlgm.model.support_steps import build_support_step  # imported here: it imports the distributions
+
+        return build_support_step(self.slot_layout)
+
+    @property
+    def slot_layout_name(self) -> str:
+        """The registered name of ``slot_layout``."""
+        from pyro_sdlgm.model.registry import component_name
+
+        return component_name(self.slot_layout, "slot layout")[0]
+
     @property
     def slot_sites(self) -> list[str]:
-        """Names of the slot sites, in sampling order: ``L0`` of them, or the one joint site."""
-        if self.slot_layout == "joint":
-            return [SLOTS_SITE]
-        return [slot_site(index) for index in range(self.max_sparsity)]
+        """Names of the slot sites, in sampling order: ``L0`` of them, or the layout's one site."""
+        return self.support_step.sites(self)
 
     def slot_picks(self, values) -> torch.Tensor:
-        """The dimension each slot peaks on, ``(..., L0)``, from a mapping of site names to values."""
-        if self.slot_layout == "joint":
-            return values[SLOTS_SITE].argmax(-1)
-        return torch.stack([values[name].argmax(-1) for name in self.slot_sites], -1)
+        """The dimension each slot takes, ``(..., L0)``, from a mapping of site names to values."""
+        return self.support_step.picks(self, values)
 
     def levels(self, device=None) -> torch.Tensor:
         """The sparsity level values, shape ``(num_levels,)``, e.g. ``[1, 2, ..., L0]``."""

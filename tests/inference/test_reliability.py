@@ -228,8 +228,10 @@ def test_sigkilled_training_resumes_with_the_losses_of_an_uninterrupted_run(tmp_
 def test_ctrl_c_exits_130_naming_the_checkpoint_and_resume_says_where_it_continues(tmp_path, capsys):
     config = write_digits_config(tmp_path / "run.toml", tmp_path / "unused", epochs=40)
     run_dir = tmp_path / "interrupted"
+    # a shell's background job inherits SIGINT ignored, and Python then installs no Ctrl-C handler
     proc = subprocess.Popen([sys.executable, "-m", "pyro_sdlgm", "train", "--config", str(config), "--run-dir",
-                             str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not list_checkpoints(run_dir / "checkpoints"):
