@@ -31,12 +31,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pyro_sdlgm.model.distributions import slot_sequence_kl
 from pyro_sdlgm.model.support import MASKED_LOGIT, greedy_picks
+from pyro_sdlgm.model.support_steps import SparseCode
 
 
-def _slot_kls(slot_logits: torch.Tensor, prior_logits: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
-    """Discrete KL of each slot along the greedy picks (earlier picks masked in both), ``(N, L0)``."""
+def _slot_kls(slot_logits: torch.Tensor, prior_logits: torch.Tensor, picks: torch.Tensor,
+              wide: bool = False) -> torch.Tensor:
+    """Discrete KL of each slot along the greedy picks (earlier picks masked in both), ``(N, L0)``.
+
+    ``wide`` (shared logits only): in one ``O(K)`` pass (:func:`slot_sequence_kl`), equal up to rounding."""
     n, num_heads, k = slot_logits.shape
+    if wide and num_heads == 1:
+        return slot_sequence_kl(slot_logits[:, 0], prior_logits.expand(n, k), picks)
     taken = torch.zeros(n, k, dtype=torch.bool, device=slot_logits.device)
     rows = torch.arange(n, device=slot_logits.device)
     kls = []
@@ -53,20 +60,28 @@ def prefix_costs(model, params, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     """``(R, KL)``, both ``(N, num_levels)``: the hard reconstruction cost ``R_l`` of each row's
     prefix code with ``l`` slots, and the discrete KL ``KL_{1..l}`` of those slots (cumulative)."""
     spec = model.spec
-    picks = greedy_picks(params.slot_logits, spec.max_sparsity)  # (N, L0)
+    wide = spec.support_step.sparse_code  # sparse prefix codes and O(K) slot KLs (slot_layout="gumbel_topk")
+    picks = greedy_picks(params.slot_logits, spec.max_sparsity, sorted_shared=wide)  # (N, L0)
     levels = spec.levels(device=x.device)
     n = x.shape[0]
     rows = torch.arange(n, device=x.device)
-    values = torch.ones(n, spec.latent_dim, device=x.device) if params.value_loc is None else params.value_loc
-    code = torch.zeros(n, spec.latent_dim, device=x.device)
-    costs = []
-    for level in levels.tolist():  # one level at a time: (N, K) codes, never (N, levels, K)
-        if level > 0:
-            pick = picks[:, level - 1]
-            code[rows, pick] = values[rows, pick]
-        costs.append(-model.likelihood.dist(model.decoder(code)).log_prob(x))
+    if wide:
+        values = (torch.ones(n, spec.max_sparsity, device=x.device) if params.value_loc is None
+                  else params.value_loc.gather(-1, picks))
+        used = torch.arange(spec.max_sparsity, device=x.device)
+        costs = [-model.likelihood.dist(model.decoder(SparseCode(picks, values * (used < level), spec.latent_dim)))
+                 .log_prob(x) for level in levels.tolist()]
+    else:
+        values = torch.ones(n, spec.latent_dim, device=x.device) if params.value_loc is None else params.value_loc
+        code = torch.zeros(n, spec.latent_dim, device=x.device)
+        costs = []
+        for level in levels.tolist():  # one level at a time: (N, K) codes, never (N, levels, K)
+            if level > 0:
+                pick = picks[:, level - 1]
+                code[rows, pick] = values[rows, pick]
+            costs.append(-model.likelihood.dist(model.decoder(code)).log_prob(x))
     recon = torch.stack(costs, -1)
-    kls = _slot_kls(params.slot_logits, model.support_prior.logits(), picks)  # (N, L0)
+    kls = _slot_kls(params.slot_logits, model.support_prior.logits(), picks, wide)  # (N, L0)
     cumulative = torch.cat([torch.zeros(n, 1, device=x.device), kls.cumsum(-1)], -1)  # KL of 0..L0 slots
     return recon, cumulative[:, levels]
 

@@ -6,7 +6,7 @@ several times slower than one thread: OpenMP threads that wait for a core spin.
 
 Memory guard: estimate what training needs before allocating it, and refuse what cannot fit.
 
-The estimate (bytes, float32) is
+The estimate (bytes, float32) of the full slot layouts (``per_slot``, ``joint``) is
 
     4 * (8 * P  +  max(26 * B * L0 * K * particles,  10 * E * L0 * K))
 
@@ -27,7 +27,10 @@ per row (prior logits, the hard negatives' scores, the dense label batch the gui
 
     4 * (8 * P  +  max((26 * B * L0 * C + 6 * B * K) * particles,  10 * E * L0 * C + 5 * E * K))
 
-linear in ``K``, never ``L0 x K``. The constants 6 (training step) and 5 (validation batch)
+linear in ``K``, never ``L0 x K``. ``slot_layout="gumbel_topk"`` has the same form with its
+``C`` columns and 14 (training) and 6 (validation) numbers per (row, dimension): at ``K =
+16,384``, ``L0 = 32``, batch 256, ``D = 784`` a step raised peak RSS by 511 MiB with the
+parameters (about 13 numbers per row and dimension besides them). The constants 6 (training step) and 5 (validation batch)
 numbers per (row, label) round up the slopes of peak RSS over the batch size measured on CPU
 (5.2 and 4.0 numbers per row and label, fresh processes, D = 2,000, one thread) in 13
 shortlist configurations from ``K = 25,000`` to ``200,000``, ``L0`` 8 and 32, ``C`` 32 and
@@ -61,6 +64,11 @@ EVAL_SLOT_TENSORS = 10
 #: guide's input, the hard negatives' scores and the random negatives' keys)
 LABEL_TENSORS = 6
 EVAL_LABEL_TENSORS = 5
+#: slot_layout="gumbel_topk": numbers per (row, dimension) of a training step (slot logits, the
+#: Gumbel noise and scores, the slot KL's masked terms, and their gradients) and of a validation
+#: batch; first measurements on CPU (see the module docstring)
+WIDE_TENSORS = 14
+EVAL_WIDE_TENSORS = 6
 GIB = 2**30
 
 
@@ -96,22 +104,25 @@ class MemoryEstimate:
 
 def estimate_training_memory(num_parameters: int, latent_dim: int, max_sparsity: int, batch_size: int,
                              eval_batch_size: int = 0, num_particles: int = 1,
-                             num_candidates: int | None = None) -> MemoryEstimate:
+                             num_candidates: int | None = None, train_per_dimension: int = LABEL_TENSORS,
+                             eval_per_dimension: int = EVAL_LABEL_TENSORS) -> MemoryEstimate:
     """Estimate the peak memory of training (see the module docstring for the formula).
 
     Args:
         num_parameters: parameters of the model and the guide together.
         latent_dim: ``K``; max_sparsity: ``L0``.
         batch_size: ``B``; eval_batch_size: rows per validation batch (0: no validation).
-        num_candidates: ``C`` in the classifier's shortlist mode (None: the full mode).
+        num_candidates: ``C`` in the classifier's shortlist mode or the columns of
+            ``slot_layout="gumbel_topk"`` (None: the full mode).
+        train_per_dimension, eval_per_dimension: numbers per (row, dimension) with ``C``.
     """
     if num_candidates is None:
         slot_numbers = max_sparsity * latent_dim
         train_per_row, eval_per_row = TRAIN_SLOT_TENSORS * slot_numbers, EVAL_SLOT_TENSORS * slot_numbers
     else:
         slot_numbers = max_sparsity * num_candidates
-        train_per_row = TRAIN_SLOT_TENSORS * slot_numbers + LABEL_TENSORS * latent_dim
-        eval_per_row = EVAL_SLOT_TENSORS * slot_numbers + EVAL_LABEL_TENSORS * latent_dim
+        train_per_row = TRAIN_SLOT_TENSORS * slot_numbers + train_per_dimension * latent_dim
+        eval_per_row = EVAL_SLOT_TENSORS * slot_numbers + eval_per_dimension * latent_dim
     return MemoryEstimate(
         parameters=BYTES_PER_NUMBER * PARAMETER_COPIES * num_parameters,
         training_step=BYTES_PER_NUMBER * train_per_row * batch_size * num_particles,
@@ -186,9 +197,14 @@ def guard_training_memory(model, guide, config, num_train_rows: int, num_val_row
 
     spec = model.spec
     parameters = count_parameters(model, guide)
+    per_dimension = {}
+    step = getattr(spec, "support_step", None)
+    if num_candidates is None and step is not None and step.sparse_code:  # slot_layout="gumbel_topk"
+        num_candidates = step.candidates(spec)
+        per_dimension = dict(train_per_dimension=WIDE_TENSORS, eval_per_dimension=EVAL_WIDE_TENSORS)
     estimate = estimate_training_memory(
         parameters, spec.latent_dim, spec.max_sparsity, min(config.batch_size, num_train_rows),
-        min(config.eval_batch_size, num_val_rows), config.num_particles, num_candidates)
+        min(config.eval_batch_size, num_val_rows), config.num_particles, num_candidates, **per_dimension)
     describe = {"batch_size": config.batch_size, "eval_batch_size": config.eval_batch_size,
                 "latent_dim": spec.latent_dim, "max_sparsity": spec.max_sparsity}
     if num_candidates:  # 0: the classifier's set bound, which holds no slot tensor

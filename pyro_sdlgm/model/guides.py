@@ -134,7 +134,7 @@ class AmortizedGuide(PyroModule):
         So every row has at most ``L_hat <= L0`` non-zeros, by construction.
         """
         counts = params.sparsity_logits.argmax(-1) + self.spec.min_level
-        mask = greedy_support(params.slot_logits, counts)
+        mask = greedy_support(params.slot_logits, counts, sorted_shared=self.spec.support_step.sparse_code)
         if params.value_loc is None:
             return mask.to(params.slot_logits.dtype), counts
         return mask * params.value_loc, counts

@@ -107,7 +107,7 @@ def taken_before(scores: torch.Tensor) -> torch.Tensor:
     return taken
 
 
-def greedy_picks(slot_logits: torch.Tensor, num_slots: int) -> torch.Tensor:
+def greedy_picks(slot_logits: torch.Tensor, num_slots: int, sorted_shared: bool = False) -> torch.Tensor:
     """Slots ``1..num_slots`` each take their highest-logit dimension not taken by an earlier slot.
 
     This is the zero-temperature limit of the without-replacement slot selection.
@@ -115,11 +115,15 @@ def greedy_picks(slot_logits: torch.Tensor, num_slots: int) -> torch.Tensor:
     Args:
         slot_logits: ``(N, S, K)`` with ``S`` 1 (shared by all slots) or ``L0`` (per slot).
         num_slots: how many slots pick (at most ``K``).
+        sorted_shared: with shared logits, take the ``num_slots`` largest at once (``topk``, one pass
+            over ``K`` instead of one per slot; the same picks but for the order of exact ties).
 
     Returns:
         ``(N, num_slots)`` distinct dimension indices per row, in slot order.
     """
     n, num_heads, k = slot_logits.shape
+    if sorted_shared and num_heads == 1:
+        return slot_logits[:, 0].topk(num_slots, dim=-1).indices
     taken = torch.zeros(n, k, dtype=torch.bool, device=slot_logits.device)
     rows = torch.arange(n, device=slot_logits.device)
     picks = []
@@ -130,7 +134,7 @@ def greedy_picks(slot_logits: torch.Tensor, num_slots: int) -> torch.Tensor:
     return torch.stack(picks, -1) if picks else torch.zeros(n, 0, dtype=torch.long, device=slot_logits.device)
 
 
-def greedy_support(slot_logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def greedy_support(slot_logits: torch.Tensor, counts: torch.Tensor, sorted_shared: bool = False) -> torch.Tensor:
     """Hard support: the picks of slots ``1..counts[i]`` (see :func:`greedy_picks`).
 
     With shared logits this is the ``count`` highest-scoring dimensions.
@@ -138,13 +142,14 @@ def greedy_support(slot_logits: torch.Tensor, counts: torch.Tensor) -> torch.Ten
     Args:
         slot_logits: ``(N, S, K)``.
         counts: ``(N,)`` integers in ``[0, min(L0, K)]``.
+        sorted_shared: see :func:`greedy_picks`.
 
     Returns:
         ``(N, K)`` bool mask with exactly ``counts[i]`` True entries in row ``i``.
     """
     n, _, k = slot_logits.shape
     mask = torch.zeros(n, k, dtype=torch.bool, device=slot_logits.device)
-    picks = greedy_picks(slot_logits, int(counts.max()) if n else 0)
+    picks = greedy_picks(slot_logits, int(counts.max()) if n else 0, sorted_shared)
     used = torch.arange(picks.shape[1], device=counts.device) < counts.unsqueeze(-1)
     mask.scatter_(-1, picks, used)
     return mask
