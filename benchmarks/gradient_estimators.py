@@ -81,7 +81,17 @@ ESTIMATORS = {
                                   slot_estimator={"name": "imle", "step": 0.3}),
     "marginal_imle_step3": dict(sparsity_inference="marginal", count_coupling="prefix_mixture",
                                 slot_estimator={"name": "imle", "step": 3.0}),
+    # one Gumbel perturbation of shared slot logits (needs --guide mlp_shared_slots)
+    "gumbel_topk": dict(sparsity_inference="relaxed", count_coupling="gated_code", slot_estimator="relaxed",
+                        slot_layout="gumbel_topk"),
+    "gumbel_topk_candidates_L0+1": dict(sparsity_inference="relaxed", count_coupling="gated_code",
+                                        slot_estimator="relaxed",
+                                        slot_layout={"name": "gumbel_topk", "num_candidates": "L0+1"}),
+    "gumbel_topk_straight_through": dict(sparsity_inference="relaxed", count_coupling="gated_code",
+                                         slot_estimator="straight_through", slot_layout="gumbel_topk"),
 }
+#: the configurations that need shared slot logits (one logit vector for all slots)
+SHARED_ONLY = ("gumbel_topk", "gumbel_topk_candidates_L0+1", "gumbel_topk_straight_through")
 TEMPERATURES = (1.0, 0.5, 0.1)
 #: parameter groups: a name prefix of the guide's parameters (None: all of them)
 GROUPS = {"all": None, "count_head": "encoder.sparsity_head.", "slot_head": "encoder.slot_head.",
@@ -104,10 +114,18 @@ def settings(quick: bool) -> dict:
 
 
 def model_config(s: dict, **modes) -> ModelConfig:
-    """The common setting (linear decoder, Normal likelihood, per-slot MLP guide) with ``modes``."""
+    """The common setting (linear decoder, Normal likelihood, the MLP guide ``s["guide"]``) with ``modes``."""
+    layout = modes.get("slot_layout")
+    if isinstance(layout, dict) and layout.get("num_candidates") == "L0+1":
+        modes = {**modes, "slot_layout": {**layout, "num_candidates": s["max_sparsity"] + 1}}
     return ModelConfig(input_dim=s["input_dim"], latent_dim=s["latent_dim"], max_sparsity=s["max_sparsity"],
-                       likelihood="normal", guide={"name": "mlp_per_slot", "hidden": list(s["guide_hidden"])},
+                       likelihood="normal", guide={"name": s["guide"], "hidden": list(s["guide_hidden"])},
                        decoder_hidden=(), **modes)
+
+
+def configurations(s: dict) -> list[str]:
+    """The configurations this setting's guide can run (gumbel_topk needs shared slot logits)."""
+    return [name for name in ESTIMATORS if s["guide"] != "mlp_per_slot" or name not in SHARED_ONLY]
 
 
 @torch.no_grad()
@@ -391,7 +409,8 @@ def run(s: dict, seed: int, log=print) -> dict:
         f"{float(ref['grad_se'].norm() / ref['grad'].norm()):.2g}, closed form in v: F = {ref['closed_F']}, "
         f"gradient distance {closed} ({ref_seconds:.1f} s)")
     rows = []
-    for name, modes in ESTIMATORS.items():
+    for name in configurations(s):
+        modes = ESTIMATORS[name]
         est_model, est_guide = estimator_model_and_guide(s, name, model, guide)
         for t_index, tau in enumerate(s["temperatures"]):
             out = library_estimates(est_model, est_guide, x, tau, s["replicates"],
@@ -399,7 +418,7 @@ def run(s: dict, seed: int, log=print) -> dict:
             loss_mean = float(out["losses"].mean())
             loss_se = float(out["losses"].std() / math.sqrt(s["replicates"]))
             for group, index in slices.items():
-                rows.append(dict(estimator=name, **modes, tau=tau, replicates=s["replicates"], group=group,
+                rows.append(dict(estimator=name, **{k: v for k, v in modes.items() if k != "slot_layout"}, tau=tau, replicates=s["replicates"], group=group,
                                  **summarize(out["grads"][:, index], ref["grad"][index], ref["grad_se"][index]),
                                  loss_mean=loss_mean, reference_F=ref["F"],
                                  loss_rel_bias=(loss_mean - ref["F"]) / abs(ref["F"]),
@@ -427,7 +446,8 @@ def markdown(result: dict, s: dict, args, wall: float) -> str:
     ref, post = result["reference"], result["posterior"]
     by_key = {(r["estimator"], r["tau"], r["group"]): r for r in result["rows"]}
     ref_rel_se = float(ref["grad_se"].norm() / ref["grad"].norm())
-    command = "python -m benchmarks.gradient_estimators" + (" --quick" if args.quick else "")
+    command = ("python -m benchmarks.gradient_estimators" + (" --quick" if args.quick else "")
+               + (f" --guide {args.guide}" if args.guide != "mlp_per_slot" else ""))
     lines = [
         "# Gradient estimators of the discrete objective",
         "",
@@ -435,7 +455,7 @@ def markdown(result: dict, s: dict, args, wall: float) -> str:
         f"({platform.processor() or platform.machine()}; torch {torch.__version__}, pyro-ppl {pyro.__version__}).",
         "",
         f"Setting: D = {s['input_dim']}, K = {s['latent_dim']}, L0 = {s['max_sparsity']}, {s['num_rows']} rows "
-        f"from the model's prior, Normal likelihood (scale 0.5), linear decoder, guide `mlp_per_slot` hidden "
+        f"from the model's prior, Normal likelihood (scale 0.5), linear decoder, guide `{s['guide']}` hidden "
         f"{list(s['guide_hidden'])} ({result['num_params']} guide parameters), seed {args.seed}. Guide posteriors: "
         f"mean entropy of q(L) {post['count_entropy']:.2f} nats, mean max q(L) {post['count_max_prob']:.2f}, "
         f"mean max slot probability {post['slot_max_prob']:.2f}.",
@@ -457,7 +477,7 @@ def markdown(result: dict, s: dict, args, wall: float) -> str:
         "| slot: bias [floor] | cos | var | loss bias | ms / estimate |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in ESTIMATORS:
+    for name in configurations(s):
         for tau in s["temperatures"]:
             a, c, sl = (by_key[(name, tau, g)] for g in ("all", "count_head", "slot_head"))
             lines.append(
@@ -475,12 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the results")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guide", default="mlp_per_slot", choices=["mlp_per_slot", "mlp_shared_slots"],
+                        help="the guide of the setting; mlp_shared_slots adds the gumbel_topk configurations")
     parser.add_argument("--replicates", type=int, default=None, help="estimates per estimator and temperature")
     parser.add_argument("--value-samples", type=int, default=None, help="value draws of the reference")
     parser.add_argument("--value-chunks", type=int, default=None, help="chunks of the reference's value draws")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    s = settings(args.quick)
+    s = dict(settings(args.quick), guide=args.guide)
     for key in ("replicates", "value_samples", "value_chunks"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
