@@ -318,8 +318,9 @@ class GumbelTopKSlots(TorchDistribution):
 
     def rsample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
-        uniforms = clamp_probs(torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device))
-        scores = self.logits.expand(shape) - (-uniforms.log()).log()
+        # Gumbel noise -log(-log(U)), in place (torch's exponential_ was 7x slower than rand on CPU)
+        noise = clamp_probs(torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device))
+        scores = self.logits.expand(shape) - noise.log_().neg_().log_()
         self._picks = scores.detach().topk(self.gates.shape[-1], dim=-1).indices
         return scores
 
@@ -338,13 +339,35 @@ def _reverse_logcumsumexp(x: torch.Tensor) -> torch.Tensor:
     return x.flip(-1).logcumsumexp(-1).flip(-1)
 
 
+def _shared_row(logits: torch.Tensor) -> torch.Tensor | None:
+    """``logits[0, ..., 0, :]`` when every row is the same vector (expanded, stride 0), else None."""
+    if logits.dim() > 1 and all(stride == 0 for stride in logits.stride()[:-1]):
+        return logits.reshape(-1, logits.shape[-1])[0]
+    return None
+
+
+def _rest_log_normalizer(log_p: torch.Tensor, picks: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """``log sum_{k not in picks} exp(log_p[..., k])`` ``(..., 1)``; for a prior shared by all rows
+    (the usual case) from its one ``(K,)`` normalizer minus the picks' share, in ``O(L0)`` per row,
+    unless the picks hold most of the prior's mass (then the full masked sum, which has no
+    cancellation)."""
+    row = _shared_row(log_p)
+    if row is not None:
+        total = row.logsumexp(-1)
+        share = (row[picks].logsumexp(-1, keepdim=True) - total).exp()  # the picks' share of the prior's mass
+        if bool((share < 0.5).all()):
+            return total + torch.log1p(-share)
+    return log_p.masked_fill(~rest, float("-inf")).logsumexp(-1, keepdim=True)
+
+
 def slot_sequence_kl(log_q: torch.Tensor, log_p: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
     """The categorical KL of each slot drawn without replacement, given the earlier slots' picks.
 
     Slot ``l`` is ``softmax`` of the logits over the dimensions not in ``picks[..., :l]``; its KL
     is ``E_q_l[log q - log p] - log Z_q(l) + log Z_p(l)``. Each remaining set is "all dimensions
     but the picks" plus the picks from ``l`` on, so every normalizer and expectation is a sum of
-    non-negative terms (no cancellation) over one ``(..., K)`` pass and the ``L0`` picks.
+    non-negative terms over one ``(..., K)`` pass and the ``L0`` picks (the prior's, when all
+    rows share it, from its own ``(K,)`` normalizer).
 
     Args:
         log_q, log_p: ``(..., K)`` logits (unnormalized) of the guide's and the prior's slots.
@@ -353,25 +376,27 @@ def slot_sequence_kl(log_q: torch.Tensor, log_p: torch.Tensor, picks: torch.Tens
     Returns:
         ``(..., L0)`` KL of each slot, in nats.
     """
-    log_q, log_p = torch.broadcast_tensors(log_q, log_p)
-    rest = torch.ones_like(log_q, dtype=torch.bool).scatter(-1, picks, False)
-    minus_inf = torch.tensor(float("-inf"), dtype=log_q.dtype, device=log_q.device)
-    q_rest = torch.where(rest, log_q, minus_inf)
-    lz_q_rest = q_rest.logsumexp(-1, keepdim=True)  # (..., 1); -inf when no dimension is left
-    lz_p_rest = torch.where(rest, log_p, minus_inf).logsumexp(-1, keepdim=True)
-    diff = log_q - log_p
-    any_rest = rest.any(-1, keepdim=True)
-    # E over the rest's own softmax of (log q - log p); 0 where the rest is empty
-    mean_rest = torch.where(any_rest, ((q_rest - lz_q_rest.where(any_rest, 0.0)).exp() * diff.where(rest, 0.0)).sum(
-        -1, keepdim=True), 0.0)
-    q_picks, p_picks, d_picks = log_q.gather(-1, picks), log_p.gather(-1, picks), diff.gather(-1, picks)
+    shape = torch.broadcast_shapes(log_q.shape, log_p.shape)
+    log_q, log_p = log_q.expand(shape), log_p.expand(shape)
+    q_picks, p_picks = log_q.gather(-1, picks), log_p.gather(-1, picks)
+    slots, k = picks.shape[-1], shape[-1]
+    if slots < k:
+        rest = torch.ones(shape, dtype=torch.bool, device=log_q.device).scatter(-1, picks, False)
+        q_rest = log_q.masked_fill(~rest, float("-inf"))
+        lz_q_rest = q_rest.logsumexp(-1, keepdim=True)  # (..., 1)
+        # E over the rest's own softmax of (log q - log p); the picks' weights are exp(-inf) = 0
+        mean_rest = ((q_rest - lz_q_rest).exp() * (log_q - log_p)).sum(-1, keepdim=True)
+        lz_p_rest = _rest_log_normalizer(log_p, picks, rest)
+    else:  # every dimension is picked: the rest is empty
+        lz_q_rest = lz_p_rest = torch.full(shape[:-1] + (1,), float("-inf"), dtype=log_q.dtype, device=log_q.device)
+        mean_rest = torch.zeros_like(lz_q_rest)
     lz_q = torch.logaddexp(lz_q_rest, _reverse_logcumsumexp(q_picks))  # (..., L0)
     lz_p = torch.logaddexp(lz_p_rest, _reverse_logcumsumexp(p_picks))
-    slots = picks.shape[-1]
     later = torch.ones(slots, slots, dtype=torch.bool, device=picks.device).triu()  # [l, j]: j >= l
     # (..., L0, L0): slot l's probability of pick j >= l (masked before exp: an earlier pick may hold e^400)
     weight_picks = (q_picks.unsqueeze(-2) - lz_q.unsqueeze(-1)).masked_fill(~later, float("-inf")).exp()
-    expected = (lz_q_rest - lz_q).exp() * mean_rest + (weight_picks * d_picks.unsqueeze(-2)).sum(-1)
+    rest_weight = (lz_q_rest - lz_q).exp() if slots < k else torch.zeros_like(lz_q)
+    expected = rest_weight * mean_rest + (weight_picks * (q_picks - p_picks).unsqueeze(-2)).sum(-1)
     return expected - lz_q + lz_p
 
 

@@ -61,8 +61,9 @@ class Decoder(nn.Module):
         if isinstance(z, torch.Tensor):
             return self.net(z)
         first = self.net[0]
-        columns = nn.functional.embedding(z.index, first.weight.t())  # (..., C, out) rows of W^T
-        h = torch.einsum("...c,...ch->...h", z.value, columns) + first.bias
+        # the weight's columns the code uses, (out, ...*C): no copy of the whole (out, K) weight
+        columns = first.weight.index_select(1, z.index.reshape(-1)).reshape(first.out_features, *z.index.shape)
+        h = torch.einsum("...c,h...c->...h", z.value, columns) + first.bias
         return self.net[1:](h)
 
 
