@@ -105,9 +105,9 @@ def settings(quick: bool) -> dict:
     """Sizes of a full or a ``--quick`` run."""
     if quick:
         return dict(input_dim=4, latent_dim=3, max_sparsity=2, num_rows=4, guide_hidden=(8,), replicates=10,
-                    value_samples=400, value_chunks=4, temperatures=TEMPERATURES)
+                    value_samples=400, value_chunks=4, temperatures=TEMPERATURES, guide="mlp_per_slot")
     return dict(input_dim=6, latent_dim=5, max_sparsity=3, num_rows=16, guide_hidden=(16,), replicates=1000,
-                value_samples=40_000, value_chunks=40, temperatures=TEMPERATURES)
+                value_samples=40_000, value_chunks=40, temperatures=TEMPERATURES, guide="mlp_per_slot")
 
 
 # ----------------------------------------------------------------------------- the setting

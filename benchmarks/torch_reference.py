@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pyro_sdlgm.model.generative import GATE_FLOOR
+from pyro_sdlgm.model.distributions import GATE_FLOOR
 from pyro_sdlgm.model.support import MASKED_LOGIT, exclude_taken, mark_taken, slot_gates, soft_support, taken_before
 
 

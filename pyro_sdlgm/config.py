@@ -200,10 +200,12 @@ class ModelConfig(_Section):
     """The ELBO's KL terms: analytic discrete KLs, or the relaxed model's Concrete densities (see ModelSpec)."""
     slot_selection: SlotSelection = "without_replacement"
     """Slots mask the dimensions earlier slots took (``L_i`` counts distinct non-zeros), or draw independently."""
-    slot_layout: ComponentSpec = "per_slot"
-    """How the slots become sites: ``"per_slot"`` (``slot_1..slot_L0``), ``"joint"`` (one site, the same
-    distribution, faster) or ``"gumbel_topk"`` (one perturbation of shared slot logits, linear in ``K``;
-    option ``num_candidates``); see :mod:`pyro_sdlgm.model.support_steps`."""
+    slot_layout: ComponentSpec = "auto"
+    """How the slots become sites: ``"auto"`` (``"gumbel_topk"`` above 1,024 dimensions, else
+    ``"per_slot"``; chosen by measurement, ``experiments/NOTES.md``), ``"per_slot"``
+    (``slot_1..slot_L0``), ``"joint"`` (one site, the same distribution, faster) or ``"gumbel_topk"``
+    (one perturbation of shared slot logits, linear in ``K``; option ``num_candidates``); see
+    :mod:`pyro_sdlgm.model.support_steps`."""
     count_coupling: CountCoupling = "gated_code"
     """The relaxed count gates the code, or the decoder sees each whole count's code (see ModelSpec)."""
     slot_estimator: ComponentSpec = "relaxed"

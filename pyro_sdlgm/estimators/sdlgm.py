@@ -97,7 +97,9 @@ class SDLGM(Estimator):
             Concrete densities, ``Trace_ELBO``). See ``docs/model.md`` for the measured difference.
         slot_selection: ``"without_replacement"`` (slots mask the dimensions earlier slots
             took, so ``L_i`` counts distinct non-zeros) or ``"independent"``.
-        slot_layout: ``"per_slot"`` (one Pyro site per slot, ``slot_1..slot_L0``),
+        slot_layout: ``"auto"`` (the default: ``"gumbel_topk"`` above 1,024 dimensions when the
+            other modes allow it, else ``"per_slot"``), ``"per_slot"`` (one Pyro site per slot,
+            ``slot_1..slot_L0``),
             ``"joint"`` (one site ``slots`` for all of them: the same distribution with batched
             operations, faster; not with ``sparsity_inference="enumerate"``) or ``"gumbel_topk"``
             (one site ``support``: a Gumbel perturbation of the shared slot logits whose top

@@ -38,7 +38,7 @@ from pyro import poutine
 from pyro_sdlgm.exceptions import ConfigError
 from pyro_sdlgm.model.distributions import GATE_FLOOR, GumbelTopKSlots, concrete_class, joint_slots_class
 from pyro_sdlgm.model.registry import Registry
-from pyro_sdlgm.model.spec import SLOTS_SITE, slot_site
+from pyro_sdlgm.model.spec import SLOTS_SITE, WIDE_LATENT_DIM, slot_site
 from pyro_sdlgm.model.support import exclude_taken, mark_taken
 
 SUPPORT_STEPS: Registry["SupportStep"] = Registry("slot layout")
@@ -194,7 +194,8 @@ class GumbelTopK(SupportStep):
         if logits.shape[-2] != 1:
             raise ConfigError("slot_layout='gumbel_topk' draws all slots from one perturbation of shared slot "
                               f"logits, but the guide gives {logits.shape[-2]} logit vectors (per-slot logits); use "
-                              "guide 'mlp_magnitude_slots' or 'mlp_shared_slots'")
+                              "guide 'mlp_magnitude_slots' or 'mlp_shared_slots', or slot_layout='per_slot' "
+                              f"(slot_layout='auto' takes gumbel_topk above {WIDE_LATENT_DIM} dimensions)")
         site = GumbelTopKSlots(logits.squeeze(-2), gates)
         scores = pyro.sample(SUPPORT_SITE, site)
         top = scores.topk(self.candidates(spec), dim=-1)

@@ -118,7 +118,7 @@ def test_configurations_share_parameters_and_estimates_have_their_shape(setting)
     slices = ge.group_slices(guide)
     assert len(slices["all"]) == num_params
     assert sum(len(slices[g]) for g in ("count_head", "slot_head", "value_head")) < num_params  # the trunk
-    for name in ge.ESTIMATORS:
+    for name in ge.configurations(s):
         est_model, est_guide = ge.estimator_model_and_guide(s, name, model, guide)
         spec = est_model.spec
         assert (spec.sparsity_inference, spec.count_coupling, spec.slot_estimator) == tuple(
@@ -160,16 +160,20 @@ def test_marginal_straight_through_is_unbiased_where_it_must_be(setting):
         assert stats["cosine"] > 0.99, (group, stats)
 
 
-def test_quick_run_writes_results(tmp_path):
+@pytest.mark.parametrize("guide", ["mlp_per_slot", "mlp_shared_slots"])
+def test_quick_run_writes_results(tmp_path, guide):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gradient_estimators", "--quick", "--threads", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
+                           "--guide", guide, "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          check=False, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "# Gradient estimators of the discrete objective" in proc.stdout
     with open(out / "gradient_estimators.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == ge.CSV_COLUMNS
-    expected = {(name, float(tau), group) for name in ge.ESTIMATORS for tau in ge.TEMPERATURES for group in ge.GROUPS}
+    names = ge.configurations({"guide": guide})
+    assert ("gumbel_topk" in names) == (guide == "mlp_shared_slots")
+    expected = {(name, float(tau), group) for name in names for tau in ge.TEMPERATURES for group in ge.GROUPS}
     assert {(r["estimator"], float(r["tau"]), r["group"]) for r in rows} == expected and len(rows) == len(expected)
     for row in rows:
         for key in ("bias", "bias_floor", "cosine", "rel_variance", "ref_norm", "loss_rel_bias",
@@ -179,4 +183,4 @@ def test_quick_run_writes_results(tmp_path):
         assert int(row["replicates"]) == 10
     table = (out / "gradient_estimators.md").read_text()
     assert sum(line.startswith(f"| {name} |") for line in table.splitlines() for name in ge.ESTIMATORS) == len(
-        ge.ESTIMATORS) * len(ge.TEMPERATURES)
+        names) * len(ge.TEMPERATURES)

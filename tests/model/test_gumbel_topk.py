@@ -140,3 +140,13 @@ def test_modes_it_does_not_take_are_refused_by_name():
     model = SDLGM(input_dim=12, latent_dim=20, max_sparsity=3, slot_layout="gumbel_topk", guide="mlp_per_slot")
     with pytest.raises(ConfigError, match="per-slot logits.*mlp_magnitude_slots"):
         model.fit(np.zeros((20, 12), np.float32), epochs=1, progress=False)
+
+
+def test_auto_layout_switches_by_width_and_by_the_modes_it_needs():
+    assert ModelSpec(5, 1024, 10, slot_layout="auto").slot_layout == "per_slot"
+    assert ModelSpec(5, 1025, 10, slot_layout="auto").slot_layout == "gumbel_topk"
+    for modes in (dict(objective="relaxed"), dict(slot_estimator="imle"), dict(slot_selection="independent")):
+        assert ModelSpec(5, 5000, 10, slot_layout="auto", **modes).slot_layout == "per_slot", modes
+    # the estimators' default is "auto": wide models get the wide layout, narrow ones the per-slot one
+    assert SDLGM(input_dim=5, latent_dim=2000, max_sparsity=4).model.spec.support_step.sparse_code
+    assert not SDLGM(input_dim=5, latent_dim=200, max_sparsity=4).model.spec.support_step.sparse_code
