@@ -150,3 +150,26 @@ def test_auto_layout_switches_by_width_and_by_the_modes_it_needs():
     # the estimators' default is "auto": wide models get the wide layout, narrow ones the per-slot one
     assert SDLGM(input_dim=5, latent_dim=2000, max_sparsity=4).model.spec.support_step.sparse_code
     assert not SDLGM(input_dim=5, latent_dim=200, max_sparsity=4).model.spec.support_step.sparse_code
+
+
+def test_sorted_picks_equal_the_greedy_chain_for_shared_logits():
+    from pyro_sdlgm.model.support import greedy_picks
+
+    logits = torch.randn(6, 1, 300, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(greedy_picks(logits, 7, sorted_shared=True), greedy_picks(logits, 7))
+
+
+def test_the_memory_estimate_is_linear_in_k_not_in_k_times_l0():
+    from pyro_sdlgm.config import TrainConfig
+    from pyro_sdlgm.inference.trainer import Trainer
+
+    def estimate(k, l0, layout="gumbel_topk"):
+        model = SDLGM(input_dim=784, latent_dim=k, max_sparsity=l0, slot_layout=layout)
+        config = TrainConfig(batch_size=256, eval_batch_size=256, memory_limit_gb=1e6)
+        return Trainer(*model._meta_networks(), config).check_memory(4096, 512)
+
+    wide = estimate(100_000, 32)
+    assert wide.total < 4 * 2**30  # the 4 GB target's estimate
+    # doubling L0 adds the small (row, slot, candidate) term only; the per-slot estimate doubles its step
+    assert estimate(100_000, 64).training_step < 1.2 * wide.training_step
+    assert estimate(4096, 64, "per_slot").training_step > 1.9 * estimate(4096, 32, "per_slot").training_step
