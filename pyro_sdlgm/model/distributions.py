@@ -384,8 +384,14 @@ def slot_sequence_kl(log_q: torch.Tensor, log_p: torch.Tensor, picks: torch.Tens
         rest = torch.ones(shape, dtype=torch.bool, device=log_q.device).scatter(-1, picks, False)
         q_rest = log_q.masked_fill(~rest, float("-inf"))
         lz_q_rest = q_rest.logsumexp(-1, keepdim=True)  # (..., 1)
-        # E over the rest's own softmax of (log q - log p); the picks' weights are exp(-inf) = 0
-        mean_rest = ((q_rest - lz_q_rest).exp() * (log_q - log_p)).sum(-1, keepdim=True)
+        # E over the rest's own softmax of (log q - log p); the picks' weights are exp(-inf) = 0. A dot
+        # product (no (..., K) temporary), and for a uniform prior E[log q] - c (no difference tensor)
+        weights = q_rest.softmax(-1).unsqueeze(-2)
+        row = _shared_row(log_p)
+        if row is not None and bool((row == row[0]).all()):
+            mean_rest = (weights @ log_q.unsqueeze(-1)).squeeze(-1) - row[0]
+        else:
+            mean_rest = (weights @ (log_q - log_p).unsqueeze(-1)).squeeze(-1)
         lz_p_rest = _rest_log_normalizer(log_p, picks, rest)
     else:  # every dimension is picked: the rest is empty
         lz_q_rest = lz_p_rest = torch.full(shape[:-1] + (1,), float("-inf"), dtype=log_q.dtype, device=log_q.device)
