@@ -279,11 +279,13 @@ class SDLGM(Estimator):
         ``L_hat_i`` is the mode of ``q(L_i | x_i)``; the support is the ``L_hat_i``
         highest-scoring dimensions (without replacement); values are the guide means
         (ones in binary mode). Returns a float32 numpy array, or a scipy CSR matrix
-        when ``sparse=True``.
+        when ``sparse=True`` (built batch by batch: memory of ``batch_size`` dense rows, not ``N``).
         """
-        codes = [self.guide.hard_code(p)[0].cpu() for _, p in self._guide_outputs(X, batch_size, "encode")]
-        z = torch.cat(codes).numpy()
-        return scipy.sparse.csr_matrix(z) if sparse else z
+        codes = []
+        for _, params in self._guide_outputs(X, batch_size, "encode"):
+            z = self.guide.hard_code(params)[0].cpu().numpy()
+            codes.append(scipy.sparse.csr_matrix(z) if sparse else z)
+        return scipy.sparse.vstack(codes, format="csr") if sparse else np.concatenate(codes)
 
     @torch.no_grad()
     def sparsity_posterior(self, X, *, batch_size: int = 1024) -> np.ndarray:
