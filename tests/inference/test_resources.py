@@ -33,9 +33,10 @@ def test_available_memory_is_reported():
 
 
 def test_wide_configuration_is_refused_before_allocation():
-    # K = 100,000 and L0 = 32 with shared slot logits (26 M parameters): the activations do not fit
+    # K = 100,000 and L0 = 32 with shared slot logits (26 M parameters) in the per-slot layout: the
+    # activations do not fit (slot_layout="auto", the default, takes gumbel_topk there, which does)
     model = SDLGM(784, latent_dim=100_000, max_sparsity=32, guide={"name": "mlp_shared_slots", "hidden": [8]},
-                  decoder_hidden=[8])
+                  decoder_hidden=[8], slot_layout="per_slot")
     X = np.zeros((600, 784), np.float32)
     with pytest.raises(ResourceError) as info:
         model.fit(X, memory_limit_gb=4, batch_size=256, epochs=1, progress=False)
