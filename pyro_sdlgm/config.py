@@ -29,7 +29,7 @@ import yaml
 
 from pyro_sdlgm.model.distributions import check_temperature
 from pyro_sdlgm.exceptions import ConfigError
-from pyro_sdlgm.plugins import load_plugins, resolve_plugin
+from pyro_sdlgm.plugins import load_plugins, resolve_plugins
 from pyro_sdlgm.model.registry import ComponentSpec, component_name
 from pyro_sdlgm.model.spec import CountCoupling, Objective, SlotSelection, SparsityInference
 
@@ -675,11 +675,11 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), plug
     """
     data = read_config_file(path) if path is not None else {}
     where = f" in {str(path)!r}" if path is not None else ""
-    listed = data.get("plugins", [])
-    if isinstance(listed, str) or not isinstance(listed, Sequence):
-        raise ConfigError(f"plugins must be a list of module names or .py files{where}, got {listed!r}")
-    base = Path(path).parent if path is not None else None
-    data["plugins"] = [resolve_plugin(p, base) for p in listed] + [resolve_plugin(p) for p in plugins]
+    try:
+        listed = resolve_plugins(data.get("plugins", []), Path(path).parent if path is not None else None)
+    except ConfigError as err:
+        raise ConfigError(f"{err}{where}") from None
+    data["plugins"] = listed + resolve_plugins(plugins)
     try:
         return RunConfig.from_dict(apply_overrides(data, overrides), where)
     except ConfigError:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pyro_sdlgm.exceptions import ConfigError
 
-__all__ = ["is_file_plugin", "load_plugins", "resolve_plugin"]
+__all__ = ["is_file_plugin", "load_plugins", "resolve_plugin", "resolve_plugins"]
 
 
 def is_file_plugin(entry: str) -> bool:
@@ -82,17 +82,21 @@ def _import_module(name: str):
             sys.path.remove(str(Path.cwd()))
 
 
+def resolve_plugins(entries: Sequence[str], base: str | Path | None = None) -> list[str]:
+    """:func:`resolve_plugin` of each entry of a list; :class:`ConfigError` if ``entries`` is not a list."""
+    if isinstance(entries, str) or not isinstance(entries, Sequence):
+        raise ConfigError(f"plugins must be a list of module names or .py files, got {entries!r}")
+    return [resolve_plugin(entry, base) for entry in entries]
+
+
 def load_plugins(entries: Sequence[str], base: str | Path | None = None) -> tuple[str, ...]:
     """Import each plugin (see the module docstring); return the entries as resolved.
 
     Raises :class:`ConfigError` naming a plugin that cannot be found, or one whose import
     raised (with that error).
     """
-    if isinstance(entries, str) or not isinstance(entries, Sequence):
-        raise ConfigError(f"plugins must be a list of module names or .py files, got {entries!r}")
     resolved = []
-    for entry in entries:
-        entry = resolve_plugin(entry, base)
+    for entry in resolve_plugins(entries, base):
         try:
             _import_file(Path(entry)) if is_file_plugin(entry) else _import_module(entry)
         except ConfigError:

@@ -195,13 +195,13 @@ def _finished_run(config) -> str | None:
 
 
 def _announce_resume(config) -> None:
-    from pyro_sdlgm.inference.checkpoint import load_checkpoint, TRAINING_FORMAT
+    from pyro_sdlgm.inference.checkpoint import TRAINING_FORMAT, load_checkpoint
     from pyro_sdlgm.inference.run_folder import latest_checkpoint_epoch
 
     epoch, path = latest_checkpoint_epoch(config.run_dir)
     if not _is_first_rank():
         return
-    if load_checkpoint(path, TRAINING_FORMAT).get("finished"):
+    if load_checkpoint(path, TRAINING_FORMAT, mmap=True).get("finished"):  # mapped: the trainer reads it next
         print(f"{config.run_dir} finished training after epoch {epoch} (checkpoint {path}); writing the model, "
               "evaluation and plots it lacks")
     else:

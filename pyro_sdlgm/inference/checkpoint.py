@@ -75,8 +75,10 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | Path, expected_format: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Load a checkpoint safely and check its format tag and keys."""
+def load_checkpoint(path: str | Path, expected_format: str, required: tuple[str, ...] = (),
+                    mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint safely and check its format tag and keys (``mmap``: map its tensors from
+    the file instead of reading them, for a look at its small entries)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
@@ -84,7 +86,7 @@ def load_checkpoint(path: str | Path, expected_format: str, required: tuple[str,
         with warnings.catch_warnings():
             # a plain pickle file (not written by torch.save): it is refused or read all the same
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refusing to load {str(path)!r}: it is not a weights-only checkpoint ({err})"

@@ -85,16 +85,12 @@ def prefix_supports(spec: ModelSpec, slot_probs: torch.Tensor) -> torch.Tensor:
     return supports
 
 
-def relaxed_support(spec: ModelSpec, sparsity: torch.Tensor, slot_probs: torch.Tensor) -> torch.Tensor:
-    """Soft support ``s (..., N, C)`` from a ``sparsity`` site value and the slots' one-hots ``(N, L0, C)``."""
-    gates = slot_gates(level_probs_from_value(sparsity, spec.num_levels), spec.min_level)
-    return soft_support(gates, slot_probs)
-
-
 def relaxed_code(spec: ModelSpec, sparsity: torch.Tensor, slots: Slots, values: torch.Tensor | None):
     """The relaxed code ``z = s * v`` (or ``s``): dense ``(..., N, K)``, or a
-    :class:`~pyro_sdlgm.model.support_steps.SparseCode` over the slots' candidate columns."""
-    support = relaxed_support(spec, sparsity, slots.selection)
+    :class:`~pyro_sdlgm.model.support_steps.SparseCode` over the slots' candidate columns. ``s`` is
+    the soft support of the slots' selections ``(N, L0, C)`` gated by the ``sparsity`` value."""
+    gates = slot_gates(level_probs_from_value(sparsity, spec.num_levels), spec.min_level)
+    support = soft_support(gates, slots.selection)
     if slots.index is None:
         return support if values is None else support * values
     if values is not None:

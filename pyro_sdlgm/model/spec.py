@@ -163,11 +163,12 @@ class ModelSpec:
 
     def _auto_slot_layout(self) -> str:
         """``slot_layout="auto"``: ``"gumbel_topk"`` above :data:`WIDE_LATENT_DIM` dimensions when the
-        other modes allow it, else ``"per_slot"``."""
-        wide_modes = (self.objective == "discrete_kl" and self.slot_selection == "without_replacement"
-                      and self.count_coupling == "gated_code" and self.sparsity_inference == "relaxed")
-        estimator = self.slot_estimator if isinstance(self.slot_estimator, str) else self.slot_estimator.get("name")
-        if isinstance(self.latent_dim, int) and self.latent_dim > WIDE_LATENT_DIM and wide_modes and estimator != "imle":
+        other modes and the slot estimator allow it, else ``"per_slot"``."""
+        from pyro_sdlgm.model.slot_estimators import build_slot_estimator
+        from pyro_sdlgm.model.support_steps import GumbelTopK  # imported here: it imports the distributions
+
+        wide = isinstance(self.latent_dim, int) and self.latent_dim > WIDE_LATENT_DIM
+        if wide and not GumbelTopK.conflicts(self) and not build_slot_estimator(self.slot_estimator).needs_discrete_kl:
             return "gumbel_topk"
         return "per_slot"
 
@@ -197,13 +198,6 @@ class ModelSpec:
         from pyro_sdlgm.model.support_steps import build_support_step  # imported here: it imports the distributions
 
         return build_support_step(self.slot_layout)
-
-    @property
-    def slot_layout_name(self) -> str:
-        """The registered name of ``slot_layout``."""
-        from pyro_sdlgm.model.registry import component_name
-
-        return component_name(self.slot_layout, "slot layout")[0]
 
     @property
     def slot_sites(self) -> list[str]:

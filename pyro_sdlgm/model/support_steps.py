@@ -174,14 +174,20 @@ class GumbelTopK(SupportStep):
         wanted = 2 * spec.max_sparsity if self.num_candidates == "auto" else self.num_candidates
         return min(spec.latent_dim, max(wanted, spec.max_sparsity))
 
+    #: the modes this step needs, and their values
+    REQUIRED_MODES = {"objective": "discrete_kl", "slot_selection": "without_replacement",
+                      "count_coupling": "gated_code", "sparsity_inference": "relaxed"}
+
+    @classmethod
+    def conflicts(cls, spec) -> dict:
+        """The modes of ``spec`` this step does not take, with their values (empty when it takes them all)."""
+        return {name: getattr(spec, name) for name, needed in cls.REQUIRED_MODES.items() if getattr(spec, name) != needed}
+
     def check(self, spec):
-        wrong = {name: getattr(spec, name) for name, needed in (
-            ("objective", "discrete_kl"), ("slot_selection", "without_replacement"),
-            ("count_coupling", "gated_code"), ("sparsity_inference", "relaxed")) if getattr(spec, name) != needed}
+        wrong = self.conflicts(spec)
         if wrong:
-            raise ConfigError("slot_layout='gumbel_topk' needs objective='discrete_kl', slot_selection="
-                              "'without_replacement', count_coupling='gated_code' and sparsity_inference='relaxed'; "
-                              f"got {wrong}")
+            needed = ", ".join(f"{name}={value!r}" for name, value in self.REQUIRED_MODES.items())
+            raise ConfigError(f"slot_layout='gumbel_topk' needs {needed}; got {wrong}")
 
     def sites(self, spec):
         return [SUPPORT_SITE]
