@@ -15,6 +15,9 @@ A job (a JSON object, built by ``run.py``) names the task (``unsupervised`` or
 - ``sdlgm_torch_joint``: the hand-written loss of that layout (batched slots, no Pyro);
 - ``sdlgm_torch``: the same step on the hand-written loss of :mod:`torch_reference`
   (same networks, same draws, same value);
+- ``sdlgm_pyro_defaults``: the library step with every model option at its default;
+  ``sdlgm_pyro_defaults_joint`` and ``sdlgm_pyro_defaults_topk`` the same with
+  ``slot_layout="joint"`` or ``"gumbel_topk"``;
 - ``dense_vae``: the unsupervised suite's Gaussian VAE with SDLGM's encoder/decoder sizes and K;
 - ``dense_mlp``: an MLP ``D -> hidden -> K`` with binary cross-entropy (the multi-label
   counterpart without any latent structure; SDLGM's hidden sizes).
@@ -57,7 +60,11 @@ from pyro_sdlgm.inference.trainer import Trainer
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-PYRO_VARIANTS = ("sdlgm_pyro", "sdlgm_pyro_validated", "sdlgm_pyro_joint", "sdlgm_pyro_defaults")
+PYRO_VARIANTS = ("sdlgm_pyro", "sdlgm_pyro_validated", "sdlgm_pyro_joint", "sdlgm_pyro_defaults",
+                 "sdlgm_pyro_defaults_joint", "sdlgm_pyro_defaults_topk")
+#: the library's defaults with another slot layout
+DEFAULT_LAYOUTS = {"sdlgm_pyro_defaults": "auto", "sdlgm_pyro_defaults_joint": "joint",
+                   "sdlgm_pyro_defaults_topk": "gumbel_topk"}
 JOINT_VARIANTS = ("sdlgm_pyro_joint", "sdlgm_torch_joint")
 UNSUPERVISED_GUIDES = {"per_slot": "mlp_per_slot", "shared": "mlp_shared_slots"}
 
@@ -188,8 +195,8 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
             vae = DenseVAE(D, K, encoder_hidden=(512, 256), decoder_hidden=cfg.decoder_hidden).to(device)
             return Variant(name, lambda batch: vae.loss(batch[0], schedule["tau_sparsity"], schedule["kl_weight"]).sum()
                            * (n / batch[0].shape[0]) / n, vae.parameters())
-        if name == "sdlgm_pyro_defaults":  # the library's defaults (guide, binary codes for the Bernoulli likelihood)
-            config = ModelConfig(input_dim=D, latent_dim=K, max_sparsity=L0)
+        if name in DEFAULT_LAYOUTS:  # the library's defaults (guide, binary codes for the Bernoulli likelihood)
+            config = ModelConfig(input_dim=D, latent_dim=K, max_sparsity=L0, slot_layout=DEFAULT_LAYOUTS[name])
         else:
             config = ModelConfig(input_dim=D, latent_dim=K, max_sparsity=L0, guide=UNSUPERVISED_GUIDES[job["mode"]],
                                  slot_layout="joint" if name in JOINT_VARIANTS else "per_slot")

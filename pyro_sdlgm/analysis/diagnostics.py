@@ -29,6 +29,7 @@ Plain torch on the fitted networks; nothing here places Pyro sites.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 import torch
 
 from pyro_sdlgm.model.distributions import slot_sequence_kl
@@ -124,24 +125,38 @@ def summarize_prefixes(terms: dict[str, np.ndarray], levels: np.ndarray) -> dict
 
 
 @torch.no_grad()
-def dimension_effects(model, codes: np.ndarray, chunk: int = 1024) -> dict[str, np.ndarray]:
+def dimension_effects(model, codes, chunk: int = 1024) -> dict[str, np.ndarray]:
     """What each dimension does, from hard codes ``(N, K)``: ``effect (K,)`` and ``usage (K,)``.
 
     ``effect[k] = ||E[x | z = v_k e_k] - E[x | z = 0]||_2`` with ``v_k`` the mean non-zero value
     of dimension ``k`` in ``codes`` (1 where it is never used, or in binary mode);
-    ``usage[k]`` the fraction of rows whose code uses ``k``.
+    ``usage[k]`` the fraction of rows whose code uses ``k``. ``codes`` is a dense array or a
+    scipy sparse matrix; with a sparse one, the one-dimension codes reach the decoder as
+    :class:`SparseCode` (one gathered column each), so nothing of size ``(chunk, K)`` is built.
     """
     k = model.spec.latent_dim
-    active = codes != 0
-    usage = active.mean(0)
-    values = np.where(active.any(0), codes.sum(0) / np.maximum(active.sum(0), 1), 1.0)
+    sparse = scipy.sparse.issparse(codes)
+    if sparse:
+        codes = scipy.sparse.csr_matrix(codes)
+        codes.eliminate_zeros()
+        hits = np.bincount(codes.indices, minlength=k)
+        sums = np.bincount(codes.indices, weights=codes.data, minlength=k)
+        usage = hits / codes.shape[0]
+        values = np.where(hits > 0, sums / np.maximum(hits, 1), 1.0)
+    else:
+        active = codes != 0
+        usage = active.mean(0)
+        values = np.where(active.any(0), codes.sum(0) / np.maximum(active.sum(0), 1), 1.0)
     device = next(model.decoder.parameters()).device
     empty = model.likelihood.mean(model.decoder(torch.zeros(1, k, device=device)))
     effect = np.empty(k)
     for start in range(0, k, chunk):  # (chunk, K) codes at a time, not (K, K)
         dims = torch.arange(start, min(start + chunk, k), device=device)
-        z = torch.zeros(len(dims), k, device=device)
-        z[torch.arange(len(dims)), dims] = torch.as_tensor(values[start:start + len(dims)], dtype=z.dtype,
-                                                           device=device)
+        value = torch.as_tensor(values[start:start + len(dims)], dtype=torch.float32, device=device)
+        if sparse:
+            z = SparseCode(dims.unsqueeze(-1), value.unsqueeze(-1), k)
+        else:
+            z = torch.zeros(len(dims), k, device=device)
+            z[torch.arange(len(dims)), dims] = value
         effect[start:start + len(dims)] = (model.likelihood.mean(model.decoder(z)) - empty).norm(dim=-1).cpu().numpy()
     return {"effect": effect, "usage": usage, "value": values}

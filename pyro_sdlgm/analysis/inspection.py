@@ -19,14 +19,26 @@ from pyro_sdlgm.analysis.posterior import MARGINALS_GROUP, group
 pd = optional_import("pandas", "the sparsity summary tables")
 
 
-def _marginals(idata) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(probs (N, levels), levels (levels,), inclusion (N, K), obs (N,))`` of ``idata``."""
+def _marginals(idata) -> tuple[np.ndarray, np.ndarray, Any, np.ndarray]:
+    """``(probs (N, levels), levels (levels,), inclusion, obs (N,))`` of ``idata``.
+
+    ``inclusion`` is the ``(N, K)`` array, or ``(top_dims, top_inclusion)`` ``(N, R)`` each when the
+    posterior was drawn with ``inclusion="ranked"``.
+    """
     try:
         marginals = group(idata, MARGINALS_GROUP)
     except KeyError:
         raise DataError(f"this object has no {MARGINALS_GROUP!r} group: pass the result of .posterior()") from None
     probs = marginals["sparsity_probs"]
-    return probs.values, probs["level"].values, marginals["inclusion_probs"].values, probs["obs"].values
+    if "top_dims" in marginals:
+        inclusion = (marginals["top_dims"].values, marginals["top_inclusion"].values)
+    else:
+        inclusion = marginals["inclusion_probs"].values
+    return probs.values, probs["level"].values, inclusion, probs["obs"].values
+
+
+def _latent_dim(idata) -> int:
+    return int(group(idata, MARGINALS_GROUP).attrs["latent_dim"])
 
 
 def level_quantile(probs: np.ndarray, levels: np.ndarray, q: float) -> np.ndarray:
@@ -50,7 +62,9 @@ def sparsity_summary(idata, *, top: int = 5, interval: float = 0.9) -> pd.DataFr
     equal-tailed ``interval`` (90%) of ``L_i``; ``p_mode``, the probability of the mode;
     ``entropy`` (nats; ``log(levels)`` is uniform); ``mean_nnz``, the mean non-zeros of the
     drawn hard codes; ``top1_dim``, ``top1_prob``, ... the ``top`` dimensions with the
-    highest inclusion probability (ties broken by the lower index).
+    highest inclusion probability (ties broken by the lower index). From a ranked posterior
+    (``inclusion="ranked"``), ranks past the dimensions any draw of the row took are given as
+    dimension -1 with probability 0 (a dense posterior names dimensions of probability 0 there).
     """
     if not 0 < interval < 1:
         raise DataError(f"interval must lie in (0, 1), got {interval!r}")
@@ -67,6 +81,13 @@ def sparsity_summary(idata, *, top: int = 5, interval: float = 0.9) -> pd.DataFr
         "entropy": entropy(probs),
         "mean_nnz": group(idata, "posterior")["nnz"].values.mean(axis=(0, 1)),
     }
+    if isinstance(inclusion, tuple):  # ranked already; beyond a row's used dimensions come -1 and 0
+        dims, ranked = inclusion
+        top = min(top, _latent_dim(idata))
+        for j in range(top):
+            table[f"top{j + 1}_dim"] = dims[:, j] if j < dims.shape[1] else np.full(len(obs), -1)
+            table[f"top{j + 1}_prob"] = ranked[:, j] if j < dims.shape[1] else np.zeros(len(obs))
+        return pd.DataFrame(table)
     top = min(top, inclusion.shape[1])
     order = np.argsort(-inclusion, axis=-1, kind="stable")[:, :top]
     for j in range(top):
@@ -192,7 +213,14 @@ def always_on(usage: pd.DataFrame) -> pd.Series:
 def dimension_usage(idata) -> pd.DataFrame:
     """Per dimension: ``mean_inclusion`` (average inclusion probability over observations)
     and ``used_by`` (fraction of observations whose inclusion probability is at least 0.5)."""
-    _, _, inclusion, _ = _marginals(idata)
+    _, _, inclusion, obs = _marginals(idata)
+    if isinstance(inclusion, tuple):  # ranked: sum each row's listed dimensions (the others are 0)
+        dims, ranked = inclusion
+        size, listed = _latent_dim(idata), dims >= 0
+        total = np.bincount(dims[listed], weights=ranked[listed], minlength=size)
+        majority = np.bincount(dims[listed & (ranked >= 0.5)], minlength=size)
+        return pd.DataFrame({"dim": np.arange(size), "mean_inclusion": total / len(obs),
+                             "used_by": majority / len(obs)})
     return pd.DataFrame({"dim": np.arange(inclusion.shape[1]), "mean_inclusion": inclusion.mean(0),
                          "used_by": (inclusion >= 0.5).mean(0)})
 

@@ -11,7 +11,13 @@ return, for ``N`` observations and ``S = num_samples`` draws (one chain):
     ``sparsity_probs`` (``obs, level``): the exact amortized ``q(L_i = l | x_i)``;
     ``inclusion_probs`` (``obs, dim``): ``P(dimension k is in the support)``, the
     Monte-Carlo average over the same ``S`` draws (standard error at most
-    ``0.5 / sqrt(S)``).
+    ``0.5 / sqrt(S)``). With ``inclusion="ranked"`` (the default above
+    :data:`~pyro_sdlgm.model.spec.WIDE_LATENT_DIM` dimensions, where ``(obs, dim)`` floats
+    would take ``8 N K`` bytes) the same numbers are stored row by row, without the zeros:
+    ``top_dims`` (``obs, rank``), the dimensions some draw of the row took, by decreasing
+    inclusion probability (ties: the lower index first), padded with -1, and
+    ``top_inclusion`` (``obs, rank``), their probabilities, padded with 0. ``rank`` is
+    the largest number of such dimensions of a row (at most ``S L0``).
 ``posterior_predictive`` (``SDLGM`` only, on request)
     ``x`` (``chain, draw, obs, feature``): draws of the Pyro site ``obs`` given each
     posterior draw of the code; ``observed_data`` then holds ``x``, the data itself.
@@ -32,19 +38,23 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import Predictive
 from tqdm.auto import tqdm
 
 from pyro_sdlgm._optional import optional_import
 from pyro_sdlgm.exceptions import DataError
-from pyro_sdlgm.model.spec import OBS_SITE, SPARSITY_SITE, ModelSpec
+from pyro_sdlgm.model.spec import OBS_SITE, SPARSITY_SITE, WIDE_LATENT_DIM, ModelSpec
 
 MARGINALS_GROUP = "marginals"
+#: how the inclusion probabilities are stored: ``(obs, dim)``, or row by row without the zeros
+Inclusion = Literal["auto", "dense", "ranked"]
+INCLUSION_FORMS = ("auto", "dense", "ranked")
 # memory for one chunk of stacked Predictive draws (slots are (S, N, K) floats each)
 CHUNK_BYTES = 256 * 2**20
 
@@ -65,6 +75,31 @@ def import_arviz():
 
 def arviz_major_version() -> int:
     return int(import_arviz().__version__.split(".")[0])
+
+
+def resolve_inclusion(inclusion: Any, spec: ModelSpec) -> str:
+    """``"dense"`` or ``"ranked"``; ``"auto"`` is ``"ranked"`` above :data:`WIDE_LATENT_DIM` dimensions."""
+    if inclusion not in INCLUSION_FORMS:
+        raise DataError(f"inclusion must be one of {list(INCLUSION_FORMS)}, got {inclusion!r}")
+    if inclusion == "auto":
+        return "ranked" if spec.latent_dim > WIDE_LATENT_DIM else "dense"
+    return inclusion
+
+
+def ranked_inclusion(counts: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``counts (N, K)`` (draws holding each dimension) as ``(top_dims, top_inclusion)``, each ``(N, R)``.
+
+    ``R`` is the largest number of non-zero counts of a row (at least 1); a row's dimensions come
+    by decreasing count, ties by the lower index, padded with dimension -1 and probability 0.
+    """
+    width = max(1, int((counts > 0).sum(-1).max())) if counts.numel() else 1
+    size = counts.shape[-1]
+    # unique keys: a higher count first, then the lower index
+    key = counts.long() * size - torch.arange(size, device=counts.device)
+    order = key.topk(min(width, size), dim=-1).indices
+    hits = counts.gather(-1, order)
+    dims = torch.where(hits > 0, order, torch.full_like(order, -1))
+    return dims.cpu(), (hits.double() / num_samples).cpu()
 
 
 def check_num_samples(num_samples: Any) -> int:
@@ -137,19 +172,56 @@ def group(idata, name: str):
 # ----------------------------------------------------------------------------- draws
 
 
-def _chunk_size(num_rows: int, spec: ModelSpec, num_samples: int, extra: int) -> int:
-    """Draws per :class:`Predictive` call such that its stacked sites stay within :data:`CHUNK_BYTES`.
+PICKS_SITE = "_slot_picks"  # a deterministic site: the dimension each slot takes, (N, L0)
 
-    ``extra``: further numbers per row and draw (e.g. the observations ``D``).
+
+def _chunk_size(num_rows: int, spec: ModelSpec, num_samples: int, extra: int, guide: bool) -> int:
+    """Draws per :class:`Predictive` call such that the numbers it stacks stay within :data:`CHUNK_BYTES`.
+
+    A draw stacks the count, the slots' picks and ``extra`` numbers per row (e.g. the observations
+    ``D``); with a separate ``guide`` (posterior predictive), :class:`Predictive` also stacks every
+    site of the guide, the slot sites included.
     """
-    per_draw = 4 * num_rows * (2 * spec.latent_dim * spec.max_sparsity + spec.num_levels + extra)
-    return max(1, min(num_samples, CHUNK_BYTES // max(per_draw, 1)))
+    numbers = spec.num_levels + 2 * spec.max_sparsity + extra
+    if guide:
+        numbers += 2 * spec.support_step.draw_numbers(spec)
+    return max(1, min(num_samples, CHUNK_BYTES // max(4 * num_rows * numbers, 1)))
+
+
+def _with_picks(spec: ModelSpec, program: Callable) -> Callable:
+    """``program`` that also records its slots' picks as the deterministic site :data:`PICKS_SITE`, so that
+    :class:`Predictive` stacks ``(N, L0)`` indices per draw instead of the slot sites' values."""
+
+    def run(*args, **kwargs):
+        trace = poutine.trace(program).get_trace(*args, **kwargs)
+        values = {name: trace.nodes[name]["value"] for name in spec.slot_sites}
+        pyro.deterministic(PICKS_SITE, spec.slot_picks(values), event_dim=1)  # batch (N,), as the plate
+        return trace.nodes["_RETURN"]["value"]
+
+    return run
+
+
+def _add_support(counts: torch.Tensor, picks: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+    """Add each draw's support to ``counts (N, K)`` from its ``picks (S, N, L0)`` and ``used (S, N, L0)``
+    slots; return the draws' non-zeros ``(S, N)``. A dimension picked twice in one draw counts once."""
+    size = counts.shape[-1]
+    ordered = torch.where(used, picks, size).sort(-1).values  # unused slots last, as the index K
+    new = ordered < size
+    new[..., 1:] &= ordered[..., 1:] != ordered[..., :-1]
+    rows = torch.arange(picks.shape[-2], device=picks.device).unsqueeze(-1) * size
+    flat = (rows + ordered)[new].cpu()
+    counts.view(-1).index_add_(0, flat, torch.ones(flat.shape, dtype=counts.dtype))
+    return new.sum(-1)
 
 
 @torch.no_grad()
 def draw_sparsity(spec: ModelSpec, num_samples: int, program: Callable, *args, guide: Callable | None = None,
-                  num_rows: int, obs_dim: int | None = None, **kwargs) -> dict[str, torch.Tensor]:
+                  num_rows: int, obs_dim: int | None = None, inclusion: str = "dense",
+                  **kwargs) -> dict[str, torch.Tensor]:
     """Draws of ``L_i`` and of the hard support for one batch, with :class:`pyro.infer.Predictive`.
+
+    Each draw's support is reduced to its slots' picks as it is made (:func:`_with_picks`), so
+    memory is ``O(N K)`` for the counts, not ``O(S N K)``.
 
     Args:
         program: places the ``sparsity`` and ``slot_*`` sites (and ``obs`` with ``observe``),
@@ -159,22 +231,25 @@ def draw_sparsity(spec: ModelSpec, num_samples: int, program: Callable, *args, g
         obs_dim: ``D``: also return ``x`` ``(S, N, D)``, draws of the site ``obs``: pass the model
             under ``poutine.uncondition`` (else ``Predictive`` returns the data itself). Its
             draw ``s`` is generated from the code of draw ``s``.
+        inclusion: ``"dense"`` or ``"ranked"`` (see the module docstring).
 
     Returns:
         ``sparsity`` ``(S, N)`` int64 levels, ``nnz`` ``(S, N)`` int64, ``inclusion``
-        ``(N, K)`` float64 (the fraction of draws whose support holds each dimension), and
-        ``x`` with ``obs_dim``. Draws are made in chunks whose stacked sites stay within
-        :data:`CHUNK_BYTES`.
+        ``(N, K)`` float64 (the fraction of draws whose support holds each dimension) or, ranked,
+        ``top_dims`` and ``top_inclusion`` ``(N, R)``, and ``x`` with ``obs_dim``. Draws are made
+        in chunks whose stacked sites stay within :data:`CHUNK_BYTES`.
     """
     observe = obs_dim is not None
-    sites = [SPARSITY_SITE, *spec.slot_sites] + ([OBS_SITE] if observe else [])
+    sites = [SPARSITY_SITE, PICKS_SITE] + ([OBS_SITE] if observe else [])
     levels, nnz, observations = [], [], []
-    inclusion = torch.zeros(num_rows, spec.latent_dim, dtype=torch.float64)
+    counts = torch.zeros(num_rows, spec.latent_dim, dtype=torch.int32)
+    chunk_size = _chunk_size(num_rows, spec, num_samples, extra=obs_dim or 0, guide=guide is not None)
     remaining = num_samples
     while remaining > 0:
-        chunk = min(remaining, _chunk_size(num_rows, spec, num_samples, extra=obs_dim or 0))
+        chunk = min(remaining, chunk_size)
         remaining -= chunk
-        draws = Predictive(program, guide=guide, num_samples=chunk, return_sites=sites, parallel=False)(*args, **kwargs)
+        draws = Predictive(_with_picks(spec, program), guide=guide, num_samples=chunk, return_sites=sites,
+                           parallel=False)(*args, **kwargs)
         value = draws[SPARSITY_SITE]
         # a relaxed site holds a log one-hot (S, N, levels); an enumerable one an index (S, N)
         if spec.sparsity_inference == "marginal":  # the site holds log q(L) itself: draw L from it
@@ -182,16 +257,17 @@ def draw_sparsity(spec: ModelSpec, num_samples: int, program: Callable, *args, g
         else:
             index = value.argmax(-1) if value.is_floating_point() else value.long()
         level = index + spec.min_level
-        picks = spec.slot_picks(draws)  # (S, N, L0)
+        picks = draws[PICKS_SITE]  # (S, N, L0)
         used = torch.arange(spec.max_sparsity, device=picks.device) < level.unsqueeze(-1)
-        hits = torch.zeros(chunk, num_rows, spec.latent_dim, dtype=torch.int32, device=picks.device)
-        support = hits.scatter_add_(-1, picks, used.to(torch.int32)) > 0  # a repeated pick counts once
         levels.append(level.cpu())
-        nnz.append(support.sum(-1).cpu())
-        inclusion += support.sum(0, dtype=torch.float64).cpu()
+        nnz.append(_add_support(counts, picks, used).cpu())
         if observe:
             observations.append(draws[OBS_SITE].cpu())
-    out = {"sparsity": torch.cat(levels), "nnz": torch.cat(nnz), "inclusion": inclusion / num_samples}
+    out = {"sparsity": torch.cat(levels), "nnz": torch.cat(nnz)}
+    if inclusion == "ranked":
+        out["top_dims"], out["top_inclusion"] = ranked_inclusion(counts, num_samples)
+    else:
+        out["inclusion"] = counts.double() / num_samples
     if observe:
         out["x"] = torch.cat(observations)
     return out
@@ -206,12 +282,13 @@ def batch_count(num_rows: int, batch_size) -> int | None:
 
 def sample_batches(spec: ModelSpec, batches, num_samples: int, seed: int, device: torch.device,
                    obs_dim: int | None = None, *, progress: bool = False,
-                   num_batches: int | None = None) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+                   num_batches: int | None = None, inclusion: str = "dense") -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     """Run :func:`draw_sparsity` over batches under one seed; the global RNG is left as it was.
 
     ``batches`` yields ``(level_probs (n, levels), program, args, kwargs, guide)``.
     Returns the per-batch exact probabilities and draws, for :func:`sparsity_inference_data`.
-    ``progress``: a progress bar over the ``num_batches`` batches (on stderr).
+    ``progress``: a progress bar over the ``num_batches`` batches (on stderr); ``inclusion``:
+    ``"dense"`` or ``"ranked"`` (see :func:`resolve_inclusion`).
     """
     probs, draws = [], []
     bar = tqdm(batches, total=num_batches, desc="posterior draws", unit="batch", disable=not progress)
@@ -219,7 +296,8 @@ def sample_batches(spec: ModelSpec, batches, num_samples: int, seed: int, device
         for level_probs, program, args, kwargs, guide in bar:
             probs.append(level_probs.cpu())
             draws.append(draw_sparsity(spec, num_samples, program, *args, guide=guide,
-                                       num_rows=level_probs.shape[0], obs_dim=obs_dim, **kwargs))
+                                       num_rows=level_probs.shape[0], obs_dim=obs_dim, inclusion=inclusion,
+                                       **kwargs))
     return probs, draws
 
 
@@ -253,9 +331,19 @@ def sparsity_inference_data(
         raise DataError(f"obs_names has shape {obs_names.shape}, expected ({n},)")
     sparsity = torch.cat([d["sparsity"] for d in draws], dim=1).numpy()
     nnz = torch.cat([d["nnz"] for d in draws], dim=1).numpy()
-    inclusion = torch.cat([d["inclusion"] for d in draws]).numpy()
-    dims = {"sparsity": ["obs"], "nnz": ["obs"], "sparsity_probs": ["obs", "level"], "inclusion_probs": ["obs", "dim"]}
-    coords = {"obs": obs_names, "level": spec.levels().numpy(), "dim": np.arange(spec.latent_dim)}
+    dims = {"sparsity": ["obs"], "nnz": ["obs"], "sparsity_probs": ["obs", "level"]}
+    coords = {"obs": obs_names, "level": spec.levels().numpy()}
+    marginals = {"sparsity_probs": sparsity_probs}
+    if "top_dims" in draws[0]:
+        width = max(d["top_dims"].shape[1] for d in draws)
+        marginals["top_dims"] = torch.cat([_pad(d["top_dims"], width, -1) for d in draws]).numpy()
+        marginals["top_inclusion"] = torch.cat([_pad(d["top_inclusion"], width, 0.0) for d in draws]).numpy()
+        dims.update(top_dims=["obs", "rank"], top_inclusion=["obs", "rank"])
+        coords["rank"] = np.arange(width)
+    else:
+        marginals["inclusion_probs"] = torch.cat([d["inclusion"] for d in draws]).numpy()
+        dims["inclusion_probs"] = ["obs", "dim"]
+        coords["dim"] = np.arange(spec.latent_dim)
     posterior_predictive = None
     if "x" in draws[0]:
         # named "x", not after the Pyro site "obs": ArviZ 0.x drops a group whose variable
@@ -273,13 +361,19 @@ def sparsity_inference_data(
         "max_sparsity": spec.max_sparsity,
         "latent_dim": spec.latent_dim,
         "slot_selection": spec.slot_selection,
+        "inclusion": "ranked" if "top_dims" in marginals else "dense",
     }
     return to_inference_data(
         {"sparsity": sparsity[None], "nnz": nnz[None]},
-        {"sparsity_probs": sparsity_probs, "inclusion_probs": inclusion},
+        marginals,
         dims,
         coords,
         posterior_predictive=posterior_predictive,
         observed_data=observed,
         attrs=attrs,
     )
+
+
+def _pad(values: torch.Tensor, width: int, fill) -> torch.Tensor:
+    """``values (N, R)`` padded on the right with ``fill`` to ``(N, width)``."""
+    return torch.nn.functional.pad(values, (0, width - values.shape[1]), value=fill)

@@ -16,8 +16,10 @@ import torch
 from pyro_sdlgm.analysis.metrics import top_k
 from pyro_sdlgm.analysis.posterior import (
     CHUNK_BYTES,
+    Inclusion,
     batch_count,
     check_num_samples,
+    resolve_inclusion,
     sample_batches,
     sparsity_inference_data,
 )
@@ -331,7 +333,7 @@ class SDLGMClassifier(Estimator):
 
     @torch.no_grad()
     def posterior(self, X, Y=None, *, num_samples: int = 100, seed: int = 0, batch_size: int = 256, obs_names=None,
-                  progress: bool = False):
+                  progress: bool = False, inclusion: Inclusion = "auto"):
         """The predicted distribution over each row's label count and labels, as ArviZ data.
 
         At prediction time labels are unknown, so this is the distribution of the ``x``-only
@@ -339,7 +341,8 @@ class SDLGMClassifier(Estimator):
         fits to the observed counts and label sets (the set bound) or to the label-aware
         posterior (the ELBO). Same groups as :meth:`pyro_sdlgm.SDLGM.posterior`
         (``sparsity`` draws are label counts, ``inclusion_probs`` ``(N, K)`` label
-        probabilities); with ``Y`` ``(N, K)``, ``observed_data.label_count`` holds the true
+        probabilities, or ``top_dims``/``top_inclusion`` with ``inclusion="ranked"``, the
+        default above 1,024 labels); with ``Y`` ``(N, K)``, ``observed_data.label_count`` holds the true
         counts (for :func:`pyro_sdlgm.analysis.inspection.count_calibration`).
 
         Memory: a draw holds the ``L0`` slot sites over all ``K`` labels, about ``8 L0 K``
@@ -350,6 +353,7 @@ class SDLGMClassifier(Estimator):
         """
         num_samples = check_num_samples(num_samples)
         self._check_fitted("posterior")
+        inclusion = resolve_inclusion(inclusion, self.spec)
         if self.shortlist:
             per_row = 8 * self.spec.max_sparsity * self.spec.latent_dim
             rows = max(1, CHUNK_BYTES // per_row)
@@ -369,8 +373,8 @@ class SDLGMClassifier(Estimator):
         schedule = final_schedule(self.train_config)
         batches = ((params.sparsity_logits.softmax(-1), partial(self.guide.place_sites, params, None), (), schedule,
                     None) for params in self._prior_params(X, batch_size, "posterior"))
-        probs, draws = sample_batches(self.spec, batches, num_samples, seed, self.device,
-                                      progress=progress, num_batches=batch_count(X.shape[0], batch_size))
+        probs, draws = sample_batches(self.spec, batches, num_samples, seed, self.device, progress=progress,
+                                      num_batches=batch_count(X.shape[0], batch_size), inclusion=inclusion)
         return sparsity_inference_data(
             self.spec, probs, draws, num_samples=num_samples, seed=seed, model_name="SDLGMClassifier",
             obs_names=obs_names, observed=None if true_counts is None else {"label_count": true_counts},

@@ -15,7 +15,14 @@ import scipy.sparse
 import torch
 
 from pyro_sdlgm.analysis.evaluation import code_statistics, elbo_terms, slot_duplicates
-from pyro_sdlgm.analysis.posterior import batch_count, check_num_samples, sample_batches, sparsity_inference_data
+from pyro_sdlgm.analysis.posterior import (
+    Inclusion,
+    batch_count,
+    check_num_samples,
+    resolve_inclusion,
+    sample_batches,
+    sparsity_inference_data,
+)
 from pyro_sdlgm.config import ModelConfig, from_dict
 from pyro_sdlgm.data.arrays import as_dense_tensor
 from pyro_sdlgm.estimators.base import Estimator, validation_split
@@ -26,6 +33,7 @@ from pyro_sdlgm.inference.run_folder import check_run_dir
 from pyro_sdlgm.model.generative import SDLGMModel
 from pyro_sdlgm.model.guides import GUIDES
 from pyro_sdlgm.model.registry import ComponentSpec
+from pyro_sdlgm.model.spec import WIDE_LATENT_DIM
 
 logger = logging.getLogger(__name__)
 
@@ -329,7 +337,9 @@ class SDLGM(Estimator):
         # the count network's own q(L|x) (with count_estimate="refined", L_hat would be the supported count)
         parts = [prefix_terms(self.model, self.guide.amortize(batch), batch) for batch in self._batches(x, batch_size)]
         terms = {key: torch.cat([part[key] for part in parts]).cpu().numpy() for key in parts[0]}
-        effects = dimension_effects(self.model, self.encode(X, batch_size=batch_size))
+        # above WIDE_LATENT_DIM dimensions the hard codes stay sparse ((N, K) floats would not fit)
+        wide = self.spec.latent_dim > WIDE_LATENT_DIM
+        effects = dimension_effects(self.model, self.encode(X, sparse=wide, batch_size=batch_size))
         return {"prefix_recon": terms["recon"], "prefix_slot_kl": terms["slot_kl"], "l_hat": terms["l_hat"],
                 "best_count": terms["best"], "summary": summarize_prefixes(terms, self.sparsity_levels),
                 "dimension_effect": effects["effect"], "dimension_usage": effects["usage"],
@@ -337,7 +347,8 @@ class SDLGM(Estimator):
 
     @torch.no_grad()
     def posterior(self, X, *, num_samples: int = 100, seed: int = 0, batch_size: int = 256,
-                  posterior_predictive: bool = False, obs_names=None, progress: bool = False):
+                  posterior_predictive: bool = False, obs_names=None, progress: bool = False,
+                  inclusion: Inclusion = "auto"):
         """The posterior over sparsity of each row of ``X (N, D)`` as ArviZ data.
 
         Groups (see :mod:`pyro_sdlgm.analysis.posterior`): ``posterior`` with ``sparsity`` (draws of
@@ -353,6 +364,7 @@ class SDLGM(Estimator):
         """
         num_samples = check_num_samples(num_samples)
         self._check_fitted("posterior")
+        inclusion = resolve_inclusion(inclusion, self.spec)
         x = self._check(X)
         schedule = final_schedule(self.train_config)
         self.model.eval()
@@ -371,7 +383,8 @@ class SDLGM(Estimator):
 
         probs, draws = sample_batches(self.spec, batches(), num_samples, seed, self.device,
                                       obs_dim=self.spec.input_dim if posterior_predictive else None,
-                                      progress=progress, num_batches=batch_count(x.shape[0], batch_size))
+                                      progress=progress, num_batches=batch_count(x.shape[0], batch_size),
+                                      inclusion=inclusion)
         return sparsity_inference_data(
             self.spec, probs, draws, num_samples=num_samples, seed=seed, model_name="SDLGM", obs_names=obs_names,
             observed={"x": x.cpu().numpy()} if posterior_predictive else None,

@@ -94,6 +94,10 @@ class SupportStep:
     def sites(self, spec) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def draw_numbers(self, spec) -> int:
+        """How many numbers per row one draw of the sites holds (``L0 x K``: each slot over all dimensions)."""
+        return spec.max_sparsity * spec.latent_dim
+
     def picks(self, spec, values) -> torch.Tensor:  # pragma: no cover - abstract
         """The dimension each slot takes, ``(..., L0)``, from a mapping of site names to values."""
         raise NotImplementedError
@@ -191,6 +195,9 @@ class GumbelTopK(SupportStep):
 
     def sites(self, spec):
         return [SUPPORT_SITE]
+
+    def draw_numbers(self, spec):
+        return spec.latent_dim
 
     def picks(self, spec, values):
         return values[SUPPORT_SITE].topk(spec.max_sparsity, dim=-1).indices

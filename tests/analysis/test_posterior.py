@@ -434,3 +434,95 @@ def test_inspect_needs_a_trained_run(tmp_path, capsys):
     (tmp_path / "no_model" / "config.yaml").write_text("run_dir: x\n")
     with pytest.raises(CheckpointError, match="no model.pt"):
         inspect_run(tmp_path / "no_model")
+
+
+@pytest.fixture(scope="module")
+def fitted_topk(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    X = (rng.random((120, 12)) > 0.5).astype(np.float32)
+    model = SDLGM(12, 24, 4, decoder_hidden=[16], slot_layout="gumbel_topk",
+                  guide={"name": "mlp_magnitude_slots", "hidden": [16]})
+    model.fit(X, **FAST_FIT)
+    return model, X
+
+
+def test_ranked_inclusion_holds_the_dense_numbers_without_the_zeros(fitted_topk):
+    model, X = fitted_topk
+    dense = model.posterior(X[:40], num_samples=30, seed=4, inclusion="dense")
+    ranked = model.posterior(X[:40], num_samples=30, seed=4, inclusion="ranked")
+    full = group(dense, "marginals")["inclusion_probs"].values
+    marginals = group(ranked, "marginals")
+    dims, probs = marginals["top_dims"].values, marginals["top_inclusion"].values
+    assert "inclusion_probs" not in marginals and marginals["top_dims"].dims == ("obs", "rank")
+    assert marginals.attrs["inclusion"] == "ranked" and group(dense, "marginals").attrs["inclusion"] == "dense"
+    # the rank width is the largest number of dimensions a row's draws took
+    assert dims.shape[1] == (full > 0).sum(-1).max()
+    rebuilt = np.zeros_like(full)
+    for row in range(full.shape[0]):
+        listed = dims[row] >= 0
+        assert (probs[row, ~listed] == 0).all() and (probs[row, listed] > 0).all()
+        assert (np.diff(probs[row, listed]) <= 0).all()  # decreasing
+        rebuilt[row, dims[row, listed]] = probs[row, listed]
+    np.testing.assert_array_equal(rebuilt, full)
+    # the tables read either form alike
+    import pandas as pd
+    pd.testing.assert_frame_equal(sparsity_summary(ranked, top=3), sparsity_summary(dense, top=3))
+    pd.testing.assert_frame_equal(dimension_usage(ranked), dimension_usage(dense), check_exact=False, rtol=1e-12)
+    np.testing.assert_array_equal(group(ranked, "posterior")["nnz"].values, group(dense, "posterior")["nnz"].values)
+
+
+def test_ranked_inclusion_ties_go_to_the_lower_index_and_round_trips(fitted_topk, tmp_path):
+    from pyro_sdlgm.analysis.posterior import ranked_inclusion
+
+    counts = torch.tensor([[0, 3, 0, 3, 1], [0, 0, 0, 0, 2]], dtype=torch.int32)
+    dims, probs = ranked_inclusion(counts, 4)
+    assert dims.tolist() == [[1, 3, 4], [4, -1, -1]]
+    assert probs.tolist() == [[0.75, 0.75, 0.25], [0.5, 0.0, 0.0]]
+    model, X = fitted_topk
+    idata = model.posterior(X[:6], num_samples=5, inclusion="ranked")
+    path = tmp_path / "ranked.nc"
+    idata.to_netcdf(str(path))
+    back = group(load_inference_data(str(path)), "marginals")
+    for var in ("top_dims", "top_inclusion"):
+        np.testing.assert_array_equal(back[var].values, group(idata, "marginals")[var].values)
+    import pandas as pd
+    pd.testing.assert_frame_equal(dimension_usage(load_inference_data(str(path))), dimension_usage(idata))
+
+
+def test_inclusion_form_auto_follows_the_width_and_bad_forms_are_named(fitted_topk):
+    from pyro_sdlgm.analysis.posterior import resolve_inclusion
+    from pyro_sdlgm.model.spec import ModelSpec
+
+    assert resolve_inclusion("auto", ModelSpec(5, 1024, 2)) == "dense"
+    assert resolve_inclusion("auto", ModelSpec(5, 1025, 2)) == "ranked"
+    assert resolve_inclusion("dense", ModelSpec(5, 1025, 2)) == "dense"
+    model, X = fitted_topk
+    with pytest.raises(DataError, match="inclusion must be one of .*'sparse'"):
+        model.posterior(X[:2], num_samples=2, inclusion="sparse")
+
+
+def test_dimension_effects_from_sparse_codes_equal_the_dense_ones(fitted_topk):
+    from pyro_sdlgm.analysis.diagnostics import dimension_effects
+
+    model, X = fitted_topk
+    codes = model.encode(X)
+    dense = dimension_effects(model.model, codes, chunk=7)
+    sparse = dimension_effects(model.model, scipy.sparse.csr_matrix(codes), chunk=7)
+    for key in ("usage", "value"):
+        np.testing.assert_allclose(sparse[key], dense[key], rtol=1e-12)
+    np.testing.assert_allclose(sparse["effect"], dense["effect"], rtol=1e-5, atol=1e-7)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 6), st.integers(2, 7), st.integers(0, 2**31 - 1))
+def test_support_counts_from_picks_count_a_repeated_pick_once(draws, rows, slots, size, seed):
+    from pyro_sdlgm.analysis.posterior import _add_support
+
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(size, (draws, rows, slots), generator=generator)
+    used = torch.rand(draws, rows, slots, generator=generator) < 0.7
+    counts = torch.zeros(rows, size, dtype=torch.int32)
+    nnz = _add_support(counts, picks, used)
+    # the direct (S, N, K) construction
+    hits = torch.zeros(draws, rows, size, dtype=torch.int32).scatter_add_(-1, picks, used.to(torch.int32)) > 0
+    assert torch.equal(nnz, hits.sum(-1)) and torch.equal(counts, hits.sum(0, dtype=torch.int32))
