@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyro
@@ -49,13 +49,13 @@ from tqdm.auto import tqdm
 
 from pyro_sdlgm._optional import optional_import
 from pyro_sdlgm.exceptions import DataError
-from pyro_sdlgm.model.spec import OBS_SITE, SPARSITY_SITE, WIDE_LATENT_DIM, ModelSpec
+from pyro_sdlgm.model.spec import OBS_SITE, SPARSITY_SITE, ModelSpec
 
 MARGINALS_GROUP = "marginals"
 #: how the inclusion probabilities are stored: ``(obs, dim)``, or row by row without the zeros
 Inclusion = Literal["auto", "dense", "ranked"]
-INCLUSION_FORMS = ("auto", "dense", "ranked")
-# memory for one chunk of stacked Predictive draws (slots are (S, N, K) floats each)
+INCLUSION_FORMS = get_args(Inclusion)
+# memory for one chunk of stacked Predictive draws
 CHUNK_BYTES = 256 * 2**20
 
 
@@ -78,11 +78,11 @@ def arviz_major_version() -> int:
 
 
 def resolve_inclusion(inclusion: Any, spec: ModelSpec) -> str:
-    """``"dense"`` or ``"ranked"``; ``"auto"`` is ``"ranked"`` above :data:`WIDE_LATENT_DIM` dimensions."""
+    """``"dense"`` or ``"ranked"``; ``"auto"`` is ``"ranked"`` for a wide spec (:attr:`ModelSpec.wide`)."""
     if inclusion not in INCLUSION_FORMS:
         raise DataError(f"inclusion must be one of {list(INCLUSION_FORMS)}, got {inclusion!r}")
     if inclusion == "auto":
-        return "ranked" if spec.latent_dim > WIDE_LATENT_DIM else "dense"
+        return "ranked" if spec.wide else "dense"
     return inclusion
 
 
@@ -282,7 +282,8 @@ def batch_count(num_rows: int, batch_size) -> int | None:
 
 def sample_batches(spec: ModelSpec, batches, num_samples: int, seed: int, device: torch.device,
                    obs_dim: int | None = None, *, progress: bool = False,
-                   num_batches: int | None = None, inclusion: str = "dense") -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+                   num_batches: int | None = None,
+                   inclusion: str = "dense") -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     """Run :func:`draw_sparsity` over batches under one seed; the global RNG is left as it was.
 
     ``batches`` yields ``(level_probs (n, levels), program, args, kwargs, guide)``.

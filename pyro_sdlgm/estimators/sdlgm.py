@@ -33,7 +33,6 @@ from pyro_sdlgm.inference.run_folder import check_run_dir
 from pyro_sdlgm.model.generative import SDLGMModel
 from pyro_sdlgm.model.guides import GUIDES
 from pyro_sdlgm.model.registry import ComponentSpec
-from pyro_sdlgm.model.spec import WIDE_LATENT_DIM
 
 logger = logging.getLogger(__name__)
 
@@ -337,9 +336,8 @@ class SDLGM(Estimator):
         # the count network's own q(L|x) (with count_estimate="refined", L_hat would be the supported count)
         parts = [prefix_terms(self.model, self.guide.amortize(batch), batch) for batch in self._batches(x, batch_size)]
         terms = {key: torch.cat([part[key] for part in parts]).cpu().numpy() for key in parts[0]}
-        # above WIDE_LATENT_DIM dimensions the hard codes stay sparse ((N, K) floats would not fit)
-        wide = self.spec.latent_dim > WIDE_LATENT_DIM
-        effects = dimension_effects(self.model, self.encode(X, sparse=wide, batch_size=batch_size))
+        # at width the hard codes stay sparse ((N, K) floats would not fit)
+        effects = dimension_effects(self.model, self.encode(X, sparse=self.spec.wide, batch_size=batch_size))
         return {"prefix_recon": terms["recon"], "prefix_slot_kl": terms["slot_kl"], "l_hat": terms["l_hat"],
                 "best_count": terms["best"], "summary": summarize_prefixes(terms, self.sparsity_levels),
                 "dimension_effect": effects["effect"], "dimension_usage": effects["usage"],

@@ -161,14 +161,19 @@ class ModelSpec:
                 f"analytic-KL path for the slot sites (got objective={self.objective!r})"
             )
 
+    @property
+    def wide(self) -> bool:
+        """More than :data:`WIDE_LATENT_DIM` dimensions: where the ``"auto"`` choices take their wide forms
+        (``slot_layout``, the posterior's ``inclusion``, sparse hard codes in ``diagnose``)."""
+        return isinstance(self.latent_dim, int) and self.latent_dim > WIDE_LATENT_DIM
+
     def _auto_slot_layout(self) -> str:
         """``slot_layout="auto"``: ``"gumbel_topk"`` above :data:`WIDE_LATENT_DIM` dimensions when the
         other modes and the slot estimator allow it, else ``"per_slot"``."""
         from pyro_sdlgm.model.slot_estimators import build_slot_estimator
         from pyro_sdlgm.model.support_steps import GumbelTopK  # imported here: it imports the distributions
 
-        wide = isinstance(self.latent_dim, int) and self.latent_dim > WIDE_LATENT_DIM
-        if wide and not GumbelTopK.conflicts(self) and not build_slot_estimator(self.slot_estimator).needs_discrete_kl:
+        if self.wide and not GumbelTopK.conflicts(self) and not build_slot_estimator(self.slot_estimator).needs_discrete_kl:
             return "gumbel_topk"
         return "per_slot"
 
