@@ -58,7 +58,7 @@ import torch
 from torch import nn
 from torch.distributions import kl_divergence
 
-from pyro_sdlgm.config import ModelConfig
+from pyro_sdlgm import ModelConfig
 from pyro_sdlgm.model.likelihoods import NormalLikelihood
 from pyro_sdlgm.estimators.sdlgm import build_model_and_guide
 from pyro_sdlgm.inference.faults import without_pyro_validation

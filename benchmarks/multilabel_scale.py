@@ -82,7 +82,7 @@ def _run(job: dict, queue) -> None:
     with PeakMemory() as meter:
         if job["method"] == "sdlgm":
             clf = SDLGMClassifier(Y.shape[1])
-            epochs = len(clf.fit(X_train, Y_train, progress=False, seed=job["seed"], device="cpu"))
+            epochs = len(clf.fit(X_train, Y_train, progress=False, seed=job["seed"], device="cpu").history_)
         else:
             from experiments.multilabel_suite import train_mlp
 

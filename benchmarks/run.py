@@ -124,7 +124,8 @@ def library_estimate(job: dict) -> dict | None:
     from benchmarks.worker import UNSUPERVISED_GUIDES
 
     from pyro_sdlgm import SDLGMClassifier
-    from pyro_sdlgm.config import ModelConfig, TrainConfig
+    from pyro_sdlgm import ModelConfig
+    from pyro_sdlgm.config import TrainConfig
     from pyro_sdlgm.inference.resources import guard_training_memory
     from pyro_sdlgm.estimators.sdlgm import build_model_and_guide
 
@@ -146,7 +147,7 @@ def library_estimate(job: dict) -> dict | None:
             elif job["mode"] == "set_bound":
                 extra["num_candidates"] = 0  # as SDLGMClassifier.fit estimates it: no slot tensor
             clf = SDLGMClassifier(job["K"], job["L0"], include_zero=False, **options)
-            model, guide = clf.model, clf.guide  # built on first use, on the meta device
+            model, guide = clf.model_, clf.guide_  # built on first use, on the meta device
         estimate = guard_training_memory(model, guide, config, job["num_data"], 0, **extra)
     return {"total_bytes": estimate.total, "parameters_bytes": estimate.parameters,
             "training_step_bytes": estimate.training_step}

@@ -52,7 +52,7 @@ def _sdlgm_step(K: int, L0: int, batch: int, layout: str):
     from pyro_sdlgm.inference.trainer import Trainer
 
     model = SDLGM(input_dim=784, latent_dim=K, max_sparsity=L0, likelihood="bernoulli", slot_layout=layout)
-    trainer = Trainer(model.model, model.guide, TrainConfig(batch_size=batch, progress=False, memory_limit_gb="off"))
+    trainer = Trainer(model.model_, model.guide_, TrainConfig(batch_size=batch, progress=False, memory_limit_gb="off"))
     x = _data(batch)
     schedule = dict(tau_sparsity=0.5, tau_support=0.5, kl_weight=1.0)
     return lambda: trainer.step((x,), num_data=4 * batch, schedule=schedule, validate=False)

@@ -50,7 +50,8 @@ import torch
 from benchmarks import torch_reference
 
 from pyro_sdlgm import SDLGMClassifier
-from pyro_sdlgm.config import ModelConfig, TrainConfig
+from pyro_sdlgm import ModelConfig
+from pyro_sdlgm.config import TrainConfig
 from pyro_sdlgm.model.networks import mlp
 from pyro_sdlgm.inference.schedules import final_schedule
 from pyro_sdlgm.estimators.sdlgm import build_model_and_guide
@@ -224,7 +225,7 @@ def build_variant(job: dict, name: str, device: torch.device) -> Variant:
         bce = torch.nn.BCEWithLogitsLoss(reduction="none")
         return Variant(name, lambda batch: bce(network(batch[0]), batch[1]).sum() * (n / batch[0].shape[0]) / n,
                        network.parameters())
-    model, guide = clf.model, clf.guide  # built on first use: the sizes are given
+    model, guide = clf.model_, clf.guide_  # built on first use: the sizes are given
     model.to(device), guide.to(device)
     if name in PYRO_VARIANTS:
         batch_kwargs = shortlist_batch_kwargs(clf, model, guide, n) if job["mode"] == "shortlist" else None

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     fit.update(json.loads(args.fit), seed=args.seed, progress=False, device="cpu")
     clf = SDLGMClassifier(Y.shape[1], **options)
     start = time.perf_counter()
-    history = clf.fit(X, Y, **fit)
+    history = clf.fit(X, Y, **fit).history_
     seconds = time.perf_counter() - start
     _, val_rows = validation_split(X.shape[0], fit.get("validation_fraction", 0.1), args.seed)
 

@@ -221,7 +221,7 @@ def train_sdlgm(X, Y, settings: dict, seed: int, variant: str):
     fit = dict(settings["fit"], seed=seed, progress=False)
     fit.setdefault("device", "cpu")
     clf = SDLGMClassifier(Y.shape[1], **options)
-    history = clf.fit(X, Y, **fit)
+    history = clf.fit(X, Y, **fit).history_
     return clf, len(history)
 
 
@@ -302,7 +302,8 @@ def train_mlp(X, Y, settings: dict, seed: int, dropout: bool = False):
     import torch
 
     from pyro_sdlgm import validation_split
-    from pyro_sdlgm.config import ClassifierConfig, TrainConfig, from_dict
+    from pyro_sdlgm import ClassifierConfig
+    from pyro_sdlgm.config import TrainConfig, from_dict
     from pyro_sdlgm.model.networks import mlp
     from pyro_sdlgm.data.arrays import take_rows
 

@@ -193,7 +193,7 @@ def variant_options(entry: dict) -> tuple[dict, dict]:
 
 def default_guide_hidden() -> tuple[int, ...]:
     """Hidden sizes of SDLGM's default guide (``ModelConfig.guide`` with its factory's default ``hidden``)."""
-    from pyro_sdlgm.config import ModelConfig
+    from pyro_sdlgm import ModelConfig
     from pyro_sdlgm.model.guides import GUIDES
     from pyro_sdlgm.model.registry import component_name
 
@@ -220,14 +220,14 @@ def fit_sdlgm(method: str, splits: dict, cfg: dict, job: dict) -> dict:
     meter = PeakMemory()
     started = time.perf_counter()
     with meter:
-        history = model.fit(x_train, validation_data=x_val, **fit_options)
+        history = model.fit(x_train, validation_data=x_val, **fit_options).history_
     seconds = time.perf_counter() - started
     out = dict(codes_train=model.encode(x_train), codes_test=model.encode(x_test), x_hat=model.reconstruct(x_test),
                expected_L=model.sparsity_posterior(x_test) @ model.sparsity_levels,
                predicted_L=model.predict_sparsity(x_test), epochs=len(history), train_seconds=seconds,
                train_peak_mb=meter.peak_mb)
     # the count network's own q(L|x) of the same fitted model (count_estimate changes no training step)
-    model.config = dataclasses.replace(model.config, count_estimate="amortized")
+    model.set_params(count_estimate="amortized")  # a post-training option: read at each call
     out.update(expected_L_amortized=model.sparsity_posterior(x_test) @ model.sparsity_levels,
                predicted_L_amortized=model.predict_sparsity(x_test))
     return out

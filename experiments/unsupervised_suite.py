@@ -130,7 +130,7 @@ def _run(job: dict) -> dict:
                            guide={"name": "mlp_magnitude_slots_fixed_sparsity", "hidden": s["encoder_hidden"]})
         model = SDLGM(x_fit.shape[1], K, L0, **options)
         with meter:  # --sdlgm-fit-options: training options of every SDLGM method
-            history = model.fit(x_fit, validation_data=x_val, **{**train_options, **(job.get("sdlgm_fit_options") or {})})
+            history = model.fit(x_fit, validation_data=x_val, **{**train_options, **(job.get("sdlgm_fit_options") or {})}).history_
         seconds = time.perf_counter() - started
         metrics = model.evaluate(x_test)
         codes_fit, codes_test = model.encode(x_fit), model.encode(x_test)

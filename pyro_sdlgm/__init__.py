@@ -13,13 +13,13 @@ from pyro_sdlgm._lazy import submodule_getattr
 # line's --help stay fast: torch, Pyro and scikit-learn load only when a name that needs them is used.
 _EXPORTS = {
     "SDLGMClassifier": "estimators.classifier",
-    "ClassifierConfig": "config",
+    "ClassifierConfig": "estimators.classifier",
     "DataConfig": "config",
-    "ModelConfig": "config",
+    "ModelConfig": "estimators.sdlgm",
     "MultiLabelDataConfig": "config",
-    "RunConfig": "config",
+    "RunConfig": "app.run_config",
     "TrainConfig": "config",
-    "load_run_config": "config",
+    "load_run_config": "app.run_config",
     "ExpRelaxedCategorical": "model.distributions",
     "SLOT_ESTIMATORS": "model.slot_estimators",
     "SlotEstimator": "model.slot_estimators",
@@ -60,7 +60,7 @@ _EXPORTS = {
     "ModelSpec": "model.spec",
 }
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "SDLGM",

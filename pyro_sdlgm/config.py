@@ -1,6 +1,8 @@
 """Configuration: typed dataclasses, strict parsing of TOML/YAML files and dotted overrides.
 
-A run config has four parts::
+The sections of a run config (``[model]`` and ``[classifier]`` are derived from the estimators'
+constructors, see :func:`options_dataclass`; the whole file is read by
+:func:`pyro_sdlgm.app.run_config.load_run_config`)::
 
     run_dir = "runs/mnist"
     plugins = ["my_priors"]   # optional: modules that register components (pyro_sdlgm.plugins)
@@ -16,7 +18,9 @@ the key (and the file).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import numbers
 import re
 import tomllib
 import types
@@ -29,24 +33,14 @@ import yaml
 
 from pyro_sdlgm.model.distributions import check_temperature
 from pyro_sdlgm.exceptions import ConfigError
-from pyro_sdlgm.plugins import load_plugins, resolve_plugins
 from pyro_sdlgm.model.registry import ComponentSpec, component_name
-from pyro_sdlgm.model.spec import CountCoupling, Objective, SlotSelection, SparsityInference
 
 # the options of the config's string fields; each Literal is its field's type
-CountEstimate = Literal["amortized", "refined"]
 NanPolicy = Literal["stop", "skip_batch"]
 RevivalStrategy = Literal["split", "copy"]  # see pyro_sdlgm.inference.revival
 PyroValidation = Literal["epoch_start", "always"]
 MemoryCheck = Literal["available", "off"]
-OverflowPolicy = Literal["error", "truncate"]
-FitObjective = Literal["set_bound", "elbo"]
-ClassifierGuide = Literal["label_aware", "prior_as_guide"]
-Ranking = Literal["inclusion", "greedy"]
-Decision = Literal["f1", "count"]
 MultiLabelFormat = Literal["yeast", "arff", "xmc", "svmlight"]
-Task = Literal["unsupervised", "multilabel"]
-KeepFiles = Literal["all", "model"]
 
 # ----------------------------------------------------------------------------- typing helpers
 
@@ -167,55 +161,11 @@ def from_dict(cls, data: Mapping[str, Any] | None, where: str = ""):
 # ----------------------------------------------------------------------------- sections
 
 
-@dataclasses.dataclass
-class ModelConfig(_Section):
-    """Hyperparameters of the model and the guide (see :class:`pyro_sdlgm.SDLGM`)."""
+class ModelOptions(_Section):
+    """What :data:`ModelConfig` (the ``[model]`` section) does with its fields; the fields
+    themselves are the parameters of :class:`pyro_sdlgm.SDLGM` (see :func:`options_dataclass`)."""
 
     section: typing.ClassVar[str] = "model"
-
-    input_dim: int | None = None
-    """``D``, features per observation; None: taken from the data by the command line."""
-    latent_dim: int = 200
-    """``K``, the width of the code."""
-    max_sparsity: int = 10
-    """``L0``, the cap on the non-zeros of a code, ``1 <= L0 <= K``."""
-    likelihood: ComponentSpec = "bernoulli"
-    """``"bernoulli"`` (data in [0, 1]) or ``"normal"`` (learned scale), or a registered name or table."""
-    include_zero: bool = False
-    """Sparsity levels ``{0..L0}`` instead of ``{1..L0}``."""
-    binary: bool | str = "auto"
-    """Binary codes ``z = s`` (no values); ``"auto"``: binary for the Bernoulli likelihood."""
-    sparsity_prior: ComponentSpec = "uniform"
-    """``p(L_i)``: ``"uniform"``, ``"truncated_geometric"``, ``"truncated_poisson"``, ``"learned"`` or registered."""
-    support_prior: ComponentSpec = "uniform"
-    """The slots' prior over the ``K`` dimensions: ``"uniform"`` or ``"learned"``."""
-    value_prior: ComponentSpec = "normal"
-    """``p(v)``: ``"normal"`` or ``"laplace"`` (option ``scale``)."""
-    guide: ComponentSpec = "mlp_magnitude_slots"
-    """The amortized guide: ``"mlp_magnitude_slots"`` (chosen by measurement, experiments/NOTES.md),
-    ``"mlp_per_slot"`` or ``"mlp_shared_slots"`` (options ``hidden``, ``activation``)."""
-    sparsity_inference: SparsityInference = "relaxed"
-    """How the count is inferred: a Concrete sample, an exact enumeration, or exact marginals (see ModelSpec)."""
-    objective: Objective = "discrete_kl"
-    """The ELBO's KL terms: analytic discrete KLs, or the relaxed model's Concrete densities (see ModelSpec)."""
-    slot_selection: SlotSelection = "without_replacement"
-    """Slots mask the dimensions earlier slots took (``L_i`` counts distinct non-zeros), or draw independently."""
-    slot_layout: ComponentSpec = "auto"
-    """How the slots become sites: ``"auto"`` (``"gumbel_topk"`` above 1,024 dimensions, else
-    ``"per_slot"``; chosen by measurement, ``experiments/NOTES.md``), ``"per_slot"``
-    (``slot_1..slot_L0``), ``"joint"`` (one site, the same distribution, faster) or ``"gumbel_topk"``
-    (one perturbation of shared slot logits, linear in ``K``; option ``num_candidates``); see
-    :mod:`pyro_sdlgm.model.support_steps`."""
-    count_coupling: CountCoupling = "gated_code"
-    """The relaxed count gates the code, or the decoder sees each whole count's code (see ModelSpec)."""
-    slot_estimator: ComponentSpec = "relaxed"
-    """The support's gradient estimator: ``"relaxed"``, ``"straight_through"``, ``"imle"`` or ``{name = ...}``."""
-    count_estimate: CountEstimate = "refined"
-    """The count posterior after training: refined from each prefix's hard reconstruction, or amortized (see SDLGM)."""
-    decoder_hidden: tuple[int, ...] = (256, 512)
-    """Hidden sizes of the decoder MLP."""
-    activation: str = "relu"
-    """Activation of the decoder MLP (a ``torch.nn.functional`` name)."""
 
     def validate(self):
         # imported here: the registries import this module's neighbours, not this module
@@ -231,9 +181,9 @@ class ModelConfig(_Section):
             ("guide", GUIDES),
         ):
             registry.get(component_name(getattr(self, key), registry.kind)[0])
+        if self.input_dim is not None and self.input_dim < 1:
+            raise ConfigError(f"model.input_dim must be a positive integer or none, got {self.input_dim}")
         self._spec(1 if self.input_dim is None else self.input_dim)  # checks sizes and modes
-        if isinstance(self.binary, str) and self.binary != "auto":
-            raise ConfigError(f"model.binary must be true, false or 'auto', got {self.binary!r}")
 
     def binary_codes(self) -> bool:
         """Whether codes are binary: ``binary``, or with ``"auto"`` whether the likelihood is
@@ -387,6 +337,16 @@ class TrainConfig(_Section):
             raise ConfigError(f"training.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
 
+#: the training options every estimator's constructor takes (the fields of TrainConfig)
+TRAINING_OPTIONS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(TrainConfig))
+
+
+def own_options(estimator: type) -> tuple[str, ...]:
+    """The options ``estimator``'s constructor declares itself (its parameters but the training options)."""
+    return tuple(name for name in inspect.signature(estimator.__init__).parameters
+                 if name != "self" and name not in TRAINING_OPTIONS)
+
+
 @dataclasses.dataclass
 class DataConfig(_Section):
     """Which data set to train on, and how to preprocess and split it (see :mod:`pyro_sdlgm.data.unsupervised`)."""
@@ -419,58 +379,54 @@ class DataConfig(_Section):
             raise ConfigError(f"data.max_examples must be >= 2 or none, got {self.max_examples}")
 
 
-@dataclasses.dataclass
-class ClassifierConfig(_Section):
-    """Arguments of :class:`pyro_sdlgm.SDLGMClassifier` (the ``[classifier]`` section)."""
+class ClassifierOptions(_Section):
+    """What :data:`ClassifierConfig` (the ``[classifier]`` section) does with its fields; the fields
+    are the parameters of :class:`pyro_sdlgm.SDLGMClassifier` (see :func:`options_dataclass`)."""
 
     section: typing.ClassVar[str] = "classifier"
 
-    max_labels: int | None = None
-    """``L0``, the most labels a prediction holds; None: the most labels a training row has."""
-    num_labels: int | None = None
-    """``K``; None: taken from the data."""
-    include_zero: bool | None = None
-    """Allow predicting no label; None: True when a training row has no label."""
-    on_overflow: OverflowPolicy = "error"
-    """What training rows with more than ``max_labels`` labels do: refuse, or keep the most frequent."""
-    fit_objective: FitObjective = "set_bound"
-    """The observed count and label set's bound, or the ELBO with a label-aware guide."""
-    guide: ClassifierGuide = "label_aware"
-    """The ELBO's guide (``fit_objective = "elbo"`` only)."""
-    per_slot: bool = False
-    """One slot logit vector per slot (``fit_objective = "elbo"`` only)."""
-    hidden: tuple[int, ...] = (512,)
-    """Hidden sizes of the prior network (and the guide)."""
-    activation: str = "relu"
-    """Activation of those MLPs."""
-    dropout: float = 0.7
-    """Dropout after each hidden layer of the prior network, in training."""
-    label_noise: float = 1e-3
-    """``eps`` in ``y ~ Bernoulli(eps + (1 - 2 eps) s)`` (``fit_objective = "elbo"``)."""
-    ranking: Ranking = "inclusion"
-    """Label scores: ``P(label in S | x)``, or the greedy slot picks first."""
-    decision: Decision = "f1"
-    """``predict()``'s label sets: the F1-optimal sets, or the top-``L_hat`` labels."""
-    calibrate_count: bool = True
-    """Temperature-scale the count network on the validation rows."""
-    sparsity_inference: SparsityInference = "relaxed"
-    """As for the unsupervised model (``fit_objective = "elbo"``)."""
-    objective: Objective = "discrete_kl"
-    """As for the unsupervised model (``fit_objective = "elbo"``)."""
-    slot_selection: SlotSelection = "without_replacement"
-    """As for the unsupervised model."""
-    num_candidates: int | str | None = "auto"
-    """The training shortlist: ``"auto"`` (40 or ``2 max_labels`` with the set bound when fewer than
-    ``K``), None or ``"all"`` (every label), or ``C`` with ``max_labels <= C <= K`` (see SDLGMClassifier)."""
-    slot_layout: ComponentSpec = "per_slot"
-    """As for the unsupervised model."""
-
     def validate(self):
-        if isinstance(self.num_candidates, str) and self.num_candidates not in ("auto", "all"):
-            raise ConfigError(f"classifier.num_candidates must be an integer, 'auto' or 'all' (every label), got "
-                              f"{self.num_candidates!r}")
+        for key in ("num_labels", "max_labels", "input_dim"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"classifier.{key} must be a positive integer or none, got {value}")
+        if self.num_labels is not None and self.max_labels is not None and self.max_labels > self.num_labels:
+            raise ConfigError(f"classifier.max_labels={self.max_labels} exceeds num_labels={self.num_labels}")
+        if self.num_candidates == "all":  # the same as None: every label
+            self.num_candidates = None
+        if isinstance(self.num_candidates, int) and self.num_labels is not None:
+            check_candidates(self.num_candidates, self.num_labels, self.max_labels or 1, self.per_slot)
 
 
+def check_candidates(num_candidates, num_labels: int, max_labels: int, per_slot: bool) -> int:
+    """A shortlist size ``C`` with ``max_labels <= C <= num_labels`` and shared slots; :class:`ConfigError` otherwise."""
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, numbers.Integral):
+        raise ConfigError(f"num_candidates must be an integer, 'auto', 'all' or None, got {num_candidates!r}")
+    num_candidates = int(num_candidates)
+    if not max_labels <= num_candidates <= num_labels:
+        raise ConfigError(f"num_candidates={num_candidates} must lie between max_labels={max_labels} and "
+                          f"num_labels={num_labels} (every row's true labels must fit in its shortlist)")
+    if per_slot:
+        raise ConfigError(f"num_candidates={num_candidates} (shortlist mode) needs per_slot=False: per-slot "
+                          f"heads cost max_labels x num_labels x the last hidden size parameters "
+                          f"({max_labels} x {num_labels} x hidden), which the shortlist cannot reduce")
+    return num_candidates
+
+
+def options_dataclass(name: str, estimator: type, base: type) -> type:
+    """A config dataclass whose fields are the own parameters of ``estimator``'s constructor (their
+    names, types and defaults; not the training options, which :class:`TrainConfig` declares),
+    with ``base``'s checks: the estimator's constructor is the one declaration of its options, and
+    the config section, the file parsing, the dotted overrides and the checkpoint read this copy."""
+    hints = typing.get_type_hints(estimator.__init__)
+    parameters = inspect.signature(estimator.__init__).parameters
+    fields = [(option, hints[option], dataclasses.field(default=parameters[option].default))
+              for option in own_options(estimator)]
+    cls = dataclasses.make_dataclass(name, fields, bases=(base,))
+    cls.__module__, cls.__qualname__ = estimator.__module__, name  # pickled by reference, as a module global
+    cls.__doc__ = (f"The options of :class:`~pyro_sdlgm.{estimator.__name__}` as the ``[{base.section}]`` "
+                   "config section (its fields, types and defaults are the constructor's).")
+    return cls
 
 
 @dataclasses.dataclass
@@ -515,79 +471,6 @@ class MultiLabelDataConfig(_Section):
                 raise ConfigError(f"data.format={self.format!r} needs data.{key}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction must lie in (0, 1), got {self.test_fraction}")
-
-
-TASKS = get_args(Task)
-
-
-@dataclasses.dataclass
-class RunConfig:
-    """A whole run: where it writes, the task, and its sections.
-
-    ``task = "unsupervised"`` (default) uses ``[model]``, ``[training]`` and ``[data]``
-    (:class:`DataConfig`); ``task = "multilabel"`` uses ``[classifier]``, ``[training]``
-    and ``[data]`` (:class:`MultiLabelDataConfig`).
-    """
-
-    run_dir: str = "runs/sdlgm"
-    """The run folder."""
-    task: Task = "unsupervised"
-    """``"unsupervised"`` (an SDLGM) or ``"multilabel"`` (an SDLGMClassifier)."""
-    model: ModelConfig | None = dataclasses.field(default_factory=ModelConfig)
-    """``[model]`` (unsupervised runs; None for multi-label runs)."""
-    training: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    """``[training]``."""
-    data: DataConfig | MultiLabelDataConfig = dataclasses.field(default_factory=DataConfig)
-    """``[data]``: a :class:`DataConfig` or, for multi-label runs, a :class:`MultiLabelDataConfig`."""
-    classifier: ClassifierConfig | None = None
-    """``[classifier]`` (multi-label runs)."""
-    keep: KeepFiles = "all"
-    """What a finished run keeps beside ``model.pt``: ``"all"``, its newest training checkpoints too
-    (``training.keep_checkpoints`` of them: the full training state, for ``--resume`` of an
-    interrupted run and for reading the optimizer's state), or ``"model"``, which deletes them once
-    ``model.pt`` is written (the run can no longer be resumed, nor does it need to be)."""
-    plugins: tuple[str, ...] = ()
-    """Modules or ``.py`` files imported before the sections are read, so that the components they
-    register can be named (see :mod:`pyro_sdlgm.plugins`); file paths are recorded absolute."""
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> RunConfig:
-        data = dict(data)
-        task = data.get("task", "unsupervised")
-        if task not in TASKS:
-            raise ConfigError(f"task must be one of {TASKS}{where}, got {task!r}")
-        model_section = ("model", ModelConfig) if task == "unsupervised" else ("classifier", ClassifierConfig)
-        data_class = DataConfig if task == "unsupervised" else MultiLabelDataConfig
-        known = {"run_dir", "task", "keep", "plugins", model_section[0], "training", "data"}
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            raise ConfigError(f"unknown config key {unknown[0]!r}{where} for task {task!r}; "
-                              f"known top-level keys: {sorted(known)}")
-        run_dir = data.get("run_dir", cls.run_dir)
-        if not isinstance(run_dir, str):
-            raise ConfigError(f"run_dir must be a string{where}, got {run_dir!r}")
-        try:  # before the sections: they may name the components the plugins register
-            plugins = load_plugins(data.get("plugins", ()))
-        except ConfigError as err:
-            raise ConfigError(f"{err}{where}") from None
-        sections = {}
-        for key, section_cls in (model_section, ("training", TrainConfig), ("data", data_class)):
-            value = data.get(key, {})
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"[{key}] must be a table{where}, got {value!r}")
-            sections[key] = from_dict(section_cls, value, where)
-        if task == "multilabel":
-            sections["model"] = None
-        keep = _coerce(KeepFiles, data.get("keep", cls.keep), f"keep{where}")
-        return cls(run_dir=run_dir, task=task, keep=keep, plugins=plugins, **sections)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"run_dir": self.run_dir, "task": self.task, "keep": self.keep, "plugins": list(self.plugins)}
-        for key in ("model", "classifier", "training", "data"):
-            section = getattr(self, key)
-            if section is not None:
-                out[key] = section.to_dict()
-        return out
 
 
 # ----------------------------------------------------------------------------- files and overrides
@@ -661,33 +544,6 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             node = child
         node[parts[-1]] = parse_override_value(raw)
     return data
-
-
-def load_run_config(path: str | Path | None, overrides: Sequence[str] = (), plugins: Sequence[str] = ()) -> RunConfig:
-    """Read a config file (or start from the defaults when ``path`` is None) and apply overrides.
-
-    ``plugins`` (the command line's ``--plugin``) are imported after the file's own
-    ``plugins``; relative file paths are relative to the config file's folder in the file and
-    to the current folder in ``plugins``.
-
-    A :class:`ConfigError` names the file when the file alone is at fault, and the
-    command-line overrides when the file is valid without them.
-    """
-    data = read_config_file(path) if path is not None else {}
-    where = f" in {str(path)!r}" if path is not None else ""
-    try:
-        listed = resolve_plugins(data.get("plugins", []), Path(path).parent if path is not None else None)
-    except ConfigError as err:
-        raise ConfigError(f"{err}{where}") from None
-    data["plugins"] = listed + resolve_plugins(plugins)
-    try:
-        return RunConfig.from_dict(apply_overrides(data, overrides), where)
-    except ConfigError:
-        if not overrides:
-            raise
-        RunConfig.from_dict(data, where)  # raises if the file alone is at fault
-        # the file is valid: the overrides are what the error is about
-        return RunConfig.from_dict(apply_overrides(data, overrides), " in the command-line overrides")
 
 
 def write_yaml(data: Mapping[str, Any], path: str | Path) -> None:

@@ -6,7 +6,6 @@ builtin exception a Python user would expect (``ValueError`` for bad values,
 ``RuntimeError`` for calls in the wrong state).
 """
 
-
 class SDLGMError(Exception):
     """Base class of all pyro_sdlgm errors."""
 
@@ -23,12 +22,19 @@ class DataError(SDLGMError, ValueError):
     """Input data is malformed (wrong shape, non-finite, out of the likelihood's support...)."""
 
 
+class DataTypeError(DataError, TypeError):
+    """Input data holds values that cannot be read as numbers (a ``TypeError`` too, as numpy's)."""
+
+
 class DataFormatError(DataError):
     """A data file cannot be parsed; the message names the file and the offending position."""
 
 
-class NotFittedError(SDLGMError, RuntimeError):
-    """A method that needs a trained model was called before ``fit`` or ``load``."""
+class NotFittedError(SDLGMError, ValueError, AttributeError):
+    """A method that needs a trained model was called before ``fit`` or ``load``; a ``ValueError``
+    and an ``AttributeError``, as scikit-learn's ``NotFittedError``. The estimators raise a subclass
+    that is scikit-learn's too (:class:`pyro_sdlgm.estimators.base.EstimatorNotFittedError`; not
+    defined here, so that the command line's help does not import scikit-learn)."""
 
 
 class CheckpointError(SDLGMError, ValueError):

@@ -20,16 +20,16 @@ splits = rd.make_splits(cfg, 0)
 m = SDLGM(input_dim=100, latent_dim=40, max_sparsity=8, likelihood="normal", decoder_hidden=[])
 t = time.time()
 history = m.fit(xtr, validation_data=xva, epochs=200, batch_size=128, learning_rate=1e-3, seed=seed, patience=10,
-                progress=False, revive_every=revive)
+                progress=False, revive_every=revive).history_
 print("fit", time.time() - t, "epochs", len(history), "revived", [r.get("revived_dims") for r in history if "revived_dims" in r])
 mean = xtr.mean(0)
 codes = m.encode(xte)
 xhat = m.reconstruct(xte)
 print("EV guide values", rd.explained_variance(xte, xhat, mean), "nnz", (codes != 0).sum(1).mean())
-lin = m.model.decoder.net[0]
+lin = m.model_.decoder.net[0]
 W = lin.weight.detach().numpy().T  # (K, D)
 b = lin.bias.detach().numpy()
-scale = m.model.likelihood.dist(torch.zeros(1, 100)).base_dist.scale.detach().numpy().ravel() if hasattr(m.model.likelihood.dist(torch.zeros(1, 100)), "base_dist") else np.ones(100)
+scale = m.model_.likelihood.dist(torch.zeros(1, 100)).base_dist.scale.detach().numpy().ravel() if hasattr(m.model_.likelihood.dist(torch.zeros(1, 100)), "base_dist") else np.ones(100)
 w = 1 / scale**2
 refit = np.zeros_like(codes)
 for i in range(len(xte)):

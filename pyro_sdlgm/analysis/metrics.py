@@ -55,6 +55,20 @@ def precision_at_k(Y, scores, k: int) -> float:
     return _precision(_hits(Y, scores, k), k)
 
 
+def precision_at_k_scorer(k: int):
+    """A scikit-learn scorer ``(estimator, X, Y) -> P@k`` of an estimator's ``predict_scores``
+    (e.g. :class:`~pyro_sdlgm.SDLGMClassifier`), for ``cross_val_score(..., scoring=...)`` and
+    ``GridSearchCV``."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+
+    def precision(estimator, X, Y) -> float:
+        return precision_at_k(Y, estimator.predict_scores(X), k)
+
+    precision.__name__ = f"precision_at_{k}"
+    return precision
+
+
 def _precision(hits: np.ndarray, k: int) -> float:
     return float(hits[:, :k].sum(1).mean() / k)
 

@@ -151,7 +151,7 @@ def _train_config(args, runs):
     from pathlib import Path
 
     from pyro_sdlgm.app.files import CONFIG_FILE
-    from pyro_sdlgm.config import load_run_config
+    from pyro_sdlgm.app.run_config import load_run_config
     from pyro_sdlgm.exceptions import CheckpointError, ConfigError
 
     threads = [f"training.num_threads={args.threads}"] if args.threads is not None else []

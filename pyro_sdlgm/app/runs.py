@@ -31,7 +31,8 @@ import numpy as np
 
 from pyro_sdlgm.app.files import CONFIG_FILE, EVALUATION_FILE, MODEL_FILE, PLOTS_DIR, RUN_FILES, RUN_FOLDERS
 from pyro_sdlgm.app.tasks import task_for
-from pyro_sdlgm.config import RunConfig, load_run_config, write_yaml
+from pyro_sdlgm.app.run_config import RunConfig, load_run_config
+from pyro_sdlgm.config import write_yaml
 from pyro_sdlgm.exceptions import CheckpointError, ConfigError
 from pyro_sdlgm.inference import distributed
 from pyro_sdlgm.inference.resources import cpu_threads

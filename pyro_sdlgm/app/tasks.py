@@ -17,7 +17,7 @@ import numpy as np
 from pyro_sdlgm._optional import optional_import
 from pyro_sdlgm.analysis import plots
 from pyro_sdlgm.app.files import EFFECTS_FILE, PLOTS_DIR, PREFIX_FILE
-from pyro_sdlgm.config import RunConfig
+from pyro_sdlgm.app.run_config import RunConfig
 from pyro_sdlgm.exceptions import ConfigError
 from pyro_sdlgm.model.registry import component_name
 
@@ -123,7 +123,8 @@ class UnsupervisedTask(Task):
         return SDLGM.from_config(self.config.model)
 
     def fit(self, model, train, run_dir, resume):
-        return model.fit(train.X, run_dir=run_dir, resume=resume, overwrite=True, **self.config.training.to_dict())
+        return model.fit(train.X, run_dir=run_dir, resume=resume, overwrite=True,
+                         **self.config.training.to_dict()).history_
 
     def load(self, path):
         from pyro_sdlgm.estimators.sdlgm import SDLGM
@@ -193,12 +194,11 @@ class MultiLabelTask(Task):
         from pyro_sdlgm.estimators.classifier import SDLGMClassifier
 
         options = dataclasses.asdict(self.config.classifier)
-        num_labels, max_labels = options.pop("num_labels"), options.pop("max_labels")
-        return SDLGMClassifier(num_labels, max_labels, input_dim=self.config.data.num_features, **options)
+        return SDLGMClassifier(**{**options, "input_dim": self.config.data.num_features or options["input_dim"]})
 
     def fit(self, model, train, run_dir, resume):
         return model.fit(train.X, train.Y, run_dir=run_dir, resume=resume, overwrite=True,
-                         **self.config.training.to_dict())
+                         **self.config.training.to_dict()).history_
 
     def load(self, path):
         from pyro_sdlgm.estimators.classifier import SDLGMClassifier

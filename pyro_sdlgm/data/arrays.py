@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from pyro_sdlgm.exceptions import DataError
+from pyro_sdlgm.exceptions import DataError, DataTypeError
 
 
 def dense_numeric_2d(X: Any, name: str) -> np.ndarray:
@@ -17,6 +17,11 @@ def dense_numeric_2d(X: Any, name: str) -> np.ndarray:
     Raises :class:`DataError` for ragged input, non-numeric or complex dtypes, other
     dimensionalities and empty data.
     """
+    if scipy.sparse.issparse(X):
+        raise DataError(
+            f"{name} is a scipy sparse matrix; SDLGM takes dense (N, D) arrays. "
+            "Call X.toarray() if it fits in memory"
+        )
     if isinstance(X, torch.Tensor):
         array = X.detach().cpu().numpy()
     else:
@@ -24,14 +29,28 @@ def dense_numeric_2d(X: Any, name: str) -> np.ndarray:
             array = np.asarray(X)
         except ValueError as err:  # ragged nested lists
             raise DataError(f"{name} cannot be read as an (N, D) array: {err}") from None
+    if array.dtype == object:  # numbers stored as Python objects are numbers
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError) as err:
+            raise DataTypeError(f"{name} holds values that are not numbers: {err}") from None
     if (array.dtype == object or np.issubdtype(array.dtype, np.complexfloating)
             or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool)):
-        raise DataError(f"{name} must be numeric, got dtype {array.dtype}")
+        kind = "Complex data not supported: " if np.issubdtype(array.dtype, np.complexfloating) else ""
+        raise DataError(f"{kind}{name} must be numeric, got dtype {array.dtype}")
     if array.ndim != 2:
-        raise DataError(f"{name} must be a 2-D array (N, D), got shape {array.shape}")
-    if array.shape[0] == 0:
-        raise DataError(f"{name} is empty (shape {array.shape})")
+        raise DataError(f"{name} must be a 2-D array (N, D), got shape {array.shape}. Reshape your data with "
+                        f"{name}.reshape(-1, 1) if it has one feature, or {name}.reshape(1, -1) if it is one row")
+    check_not_empty(array.shape, name)
     return array
+
+
+def check_not_empty(shape: tuple, name: str) -> None:
+    """:class:`DataError` for data without a row or without a feature (scikit-learn's wording)."""
+    if shape[0] == 0:
+        raise DataError(f"{name} is empty (shape {shape})")
+    if shape[1] == 0:
+        raise DataError(f"{name} has 0 feature(s) (shape={tuple(shape)}) while a minimum of 1 is required.")
 
 
 def as_dense_tensor(X: Any, width: int, name: str = "X") -> torch.Tensor:
@@ -42,11 +61,6 @@ def as_dense_tensor(X: Any, width: int, name: str = "X") -> torch.Tensor:
             anything :func:`dense_numeric_2d` refuses, another width, or a non-finite value (the
             message names the first one's row and column).
     """
-    if scipy.sparse.issparse(X):
-        raise DataError(
-            f"{name} is a scipy sparse matrix; SDLGM takes dense (N, D) arrays. "
-            "Call X.toarray() if it fits in memory"
-        )
     array = dense_numeric_2d(X, name)
     if array.shape[1] != width:
         raise DataError(f"{name} has {array.shape[1]} features but the model has input_dim={width}")
@@ -55,7 +69,7 @@ def as_dense_tensor(X: Any, width: int, name: str = "X") -> torch.Tensor:
     if not finite.all():
         row, col = np.argwhere(~finite)[0]
         raise DataError(
-            f"{name} contains {int((~finite).sum())} non-finite value(s); first: {array[row, col]} "
+            f"{name} contains NaN or infinity in {int((~finite).sum())} value(s); first: {array[row, col]} "
             f"at row {row}, column {col}"
         )
     return torch.from_numpy(np.ascontiguousarray(array))
@@ -66,13 +80,12 @@ def as_csr(A: Any, name: str) -> scipy.sparse.csr_matrix:
     (the message names the first non-finite value's row)."""
     if scipy.sparse.issparse(A):
         matrix = scipy.sparse.csr_matrix(A, dtype=np.float32)
-        if matrix.shape[0] == 0:
-            raise DataError(f"{name} is empty (shape {matrix.shape})")
+        check_not_empty(matrix.shape, name)
     else:
         matrix = scipy.sparse.csr_matrix(dense_numeric_2d(A, name).astype(np.float32))
     if not np.isfinite(matrix.data).all():
         row = int(np.searchsorted(matrix.indptr, np.flatnonzero(~np.isfinite(matrix.data))[0], side="right") - 1)
-        raise DataError(f"{name} contains non-finite values (first in row {row})")
+        raise DataError(f"{name} contains NaN or infinity (first in row {row})")
     return matrix
 
 

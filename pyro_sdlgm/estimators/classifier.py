@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import numbers
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse
@@ -23,23 +22,25 @@ from pyro_sdlgm.analysis.posterior import (
     sample_batches,
     sparsity_inference_data,
 )
-from pyro_sdlgm.config import TrainConfig
-from pyro_sdlgm.config import ClassifierConfig as C
+from sklearn.base import ClassifierMixin
+
+from pyro_sdlgm.config import ClassifierOptions, TrainConfig, from_dict, options_dataclass, own_options
 from pyro_sdlgm.data.arrays import as_csr, take_rows
 from pyro_sdlgm.estimators.base import Estimator, validation_split
-from pyro_sdlgm.estimators.decisions import DECISIONS, RANKINGS, fit_temperature, label_scores, label_sets
-from pyro_sdlgm.estimators.label_counts import OVERFLOW_POLICIES, capped, check_candidates, resolve_counts
-from pyro_sdlgm.exceptions import ConfigError, DataError
+from pyro_sdlgm.estimators.decisions import Decision, Ranking, fit_temperature, label_scores, label_sets
+from pyro_sdlgm.estimators.label_counts import OverflowPolicy, capped, class_labels, one_hot, resolve_counts
+from pyro_sdlgm.exceptions import DataError
 from pyro_sdlgm.inference.run_folder import check_run_dir
 from pyro_sdlgm.inference.schedules import final_schedule
-from pyro_sdlgm.model.conditional import build_conditional
-from pyro_sdlgm.model.spec import ModelSpec
+from pyro_sdlgm.model.conditional import ClassifierGuide, FitObjective, build_conditional
+from pyro_sdlgm.model.registry import ComponentSpec
+from pyro_sdlgm.model.spec import ModelSpec, Objective, SlotSelection, SparsityInference
 
 logger = logging.getLogger(__name__)
 
 
 
-class SDLGMClassifier(Estimator):
+class SDLGMClassifier(ClassifierMixin, Estimator):
     """Multi-label classifier whose label set is SDLGM's sparse support, capped at ``max_labels``.
 
     The count ``L_i`` and the labels are latent variables with ``x``-conditioned priors;
@@ -49,8 +50,15 @@ class SDLGMClassifier(Estimator):
     label set are observed; see :mod:`pyro_sdlgm.model.conditional`); ``fit_objective="elbo"``
     trains through a label-aware guide instead.
 
+    A scikit-learn multi-label classifier: :meth:`fit` returns the classifier, :meth:`predict`
+    gives 0/1 label sets, :meth:`predict_proba` the per-label inclusion probabilities and
+    :meth:`decision_function` the ranking scores; :meth:`score` is scikit-learn's default for
+    classifiers, the subset accuracy (the fraction of rows whose whole label set is right).
+    ``get_params``/``set_params``/``clone`` see every argument below, the training options
+    included. The Pyro model and guide are :attr:`model_` and :attr:`guide_`.
+
     Args:
-        num_labels: ``K``.
+        num_labels: ``K``; default None: taken from ``Y`` by :meth:`fit`.
         max_labels: ``L0``, the most labels a prediction can hold (``1 <= L0 <= K``); default
             None: the most labels a training row has (with the set bound a larger ``L0``
             costs one more output of the count network, so no training row needs truncating).
@@ -94,76 +102,64 @@ class SDLGMClassifier(Estimator):
             the approximation (slot distributions truncated to the shortlist). Needs
             ``per_slot=False`` (per-slot heads cost ``L0 x K x hidden`` parameters).
             Prediction still ranks all ``K`` labels, with ``(N, K)`` memory per batch. The set
-            bound's batch costs ``N x K`` with or without a shortlist.
+            bound's batch costs ``N x K`` with or without a shortlist. ``"all"`` is None.
+        **training: the training options, keyword-only: the fields of
+            :class:`~pyro_sdlgm.config.TrainConfig`, with its defaults.
     """
 
     checkpoint_format = "pyro_sdlgm.SDLGMClassifier"
     checkpoint_requires = ("params",)
 
-    def __init__(self, num_labels: int, max_labels: int | None = C.max_labels, *, input_dim: int | None = None,
-                 include_zero: bool | None = C.include_zero, on_overflow: str = C.on_overflow,
-                 fit_objective: str = C.fit_objective, guide: str = C.guide, per_slot: bool = C.per_slot,
-                 hidden: Sequence[int] = C.hidden, activation: str = C.activation, dropout: float = C.dropout,
-                 label_noise: float = C.label_noise, ranking: str = C.ranking, decision: str = C.decision,
-                 calibrate_count: bool = C.calibrate_count, sparsity_inference: str = C.sparsity_inference,
-                 objective: str = C.objective, slot_selection: str = C.slot_selection,
-                 num_candidates: int | str | None = C.num_candidates, slot_layout: str | dict = C.slot_layout):
-        arguments = dict(locals())  # the constructor's arguments are the classifier's parameters
-        del arguments["self"]
-        if on_overflow not in OVERFLOW_POLICIES:
-            raise ConfigError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
-        if ranking not in RANKINGS:
-            raise ConfigError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
-        if decision not in DECISIONS:
-            raise ConfigError(f"decision must be one of {DECISIONS}, got {decision!r}")
-        for key, value in (("num_labels", num_labels), ("max_labels", max_labels)):
-            if value is None and key == "max_labels":
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ConfigError(f"{key} must be a positive integer{' or None' if key == 'max_labels' else ''}, "
-                                  f"got {value!r}")
-        num_labels = int(num_labels)
-        max_labels = None if max_labels is None else int(max_labels)
-        if max_labels is not None and max_labels > num_labels:
-            raise ConfigError(f"max_labels={max_labels} exceeds num_labels={num_labels}")
-        for key, value in (("include_zero", include_zero), ("calibrate_count", calibrate_count)):
-            if not isinstance(value, bool) and not (key == "include_zero" and value is None):
-                raise ConfigError(f"{key} must be true or false{' or None' if key == 'include_zero' else ''}, "
-                                  f"got {value!r}")
-        if num_candidates == "all":
-            num_candidates = None
-        if num_candidates is not None and num_candidates != "auto":
-            num_candidates = check_candidates(num_candidates, num_labels, max_labels or 1, per_slot)
-        self._requested = {"max_labels": max_labels, "include_zero": include_zero, "num_candidates": num_candidates}
-        self.params = {**arguments, "num_labels": num_labels, "max_labels": max_labels,
-                       "hidden": list(hidden) if isinstance(hidden, Sequence) else hidden,
-                       "num_candidates": num_candidates}
-        if input_dim is not None and (isinstance(input_dim, bool) or not isinstance(input_dim, numbers.Integral)
-                                      or input_dim < 1):
-            raise ConfigError(f"input_dim must be a positive integer or None, got {input_dim!r}")
-        self._fixed_input_dim = None if input_dim is None else int(input_dim)
-        # build once now, on a placeholder width if needed and on the meta device (nothing is
-        # allocated), so that bad options fail here, not in fit()
-        with torch.device("meta"):
-            build_conditional(self._spec(self._fixed_input_dim or 1, max_labels or min(2, num_labels),
-                                         bool(include_zero)), *self._network_options())
-        self._reset()
-        self.count_temperature_ = 1.0
+    def __init__(self, num_labels: int | None = None, max_labels: int | None = None, *, input_dim: int | None = None,
+                 include_zero: bool | None = None, on_overflow: OverflowPolicy = "error",
+                 fit_objective: FitObjective = "set_bound", guide: ClassifierGuide = "label_aware",
+                 per_slot: bool = False, hidden: tuple[int, ...] = (512,), activation: str = "relu",
+                 dropout: float = 0.7, label_noise: float = 1e-3, ranking: Ranking = "inclusion",
+                 decision: Decision = "f1", calibrate_count: bool = True,
+                 sparsity_inference: SparsityInference = "relaxed", objective: Objective = "discrete_kl",
+                 slot_selection: SlotSelection = "without_replacement",
+                 num_candidates: int | Literal["auto", "all"] | None = "auto", slot_layout: ComponentSpec = "per_slot",
+                 **training):
+        self._store_parameters(locals())
 
-    # -- helpers ----------------------------------------------------------------------------
+    # -- options ----------------------------------------------------------------------------
+
+    def _config_from_parameters(self) -> ClassifierConfig:
+        return from_dict(ClassifierConfig, {name: getattr(self, name) for name in own_options(type(self))},
+                         where=" passed to SDLGMClassifier")
+
+    def _resolved_config(self, X: scipy.sparse.csr_matrix, Y: scipy.sparse.csr_matrix,
+                         Y_val: scipy.sparse.csr_matrix | None) -> ClassifierConfig:
+        """The parameters with what was left to the data decided (``input_dim``, ``num_labels``,
+        ``max_labels``, ``include_zero``, ``num_candidates``; see
+        :func:`~pyro_sdlgm.estimators.label_counts.resolve_counts`), checked."""
+        requested = self._config_from_parameters()
+        if requested.input_dim is not None and X.shape[1] != requested.input_dim:
+            raise DataError(f"X has {X.shape[1]} features but the classifier was built for {requested.input_dim}")
+        if requested.num_labels is not None and Y.shape[1] != requested.num_labels:
+            raise DataError(f"Y has {Y.shape[1]} labels (columns) but num_labels={requested.num_labels}")
+        options = dataclasses.asdict(requested)
+        options.update(input_dim=int(X.shape[1]), num_labels=int(Y.shape[1]))
+        wanted = {"max_labels": requested.max_labels, "include_zero": requested.include_zero,
+                  "num_candidates": requested.num_candidates}
+        resolve_counts(options, wanted, Y, *(() if Y_val is None else (Y_val,)))
+        return from_dict(ClassifierConfig, options, where=" passed to SDLGMClassifier")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The options as a dict: once fitted (or loaded), with what the data decided."""
+        return dataclasses.asdict(self.config)
 
     @property
     def networks_on_access(self) -> bool:
-        """Whether reading ``model`` or ``guide`` builds them: once their sizes are known (``input_dim``,
-        ``max_labels`` and ``include_zero`` given at construction, or decided at ``fit``)."""
-        p = self.params
-        return p["input_dim"] is not None and p["max_labels"] is not None and p["include_zero"] is not None
+        """Whether reading ``model_`` or ``guide_`` builds them: once their sizes are known from the
+        parameters (``input_dim``, ``num_labels``, ``max_labels`` and ``include_zero`` given)."""
+        return None not in (self.input_dim, self.num_labels, self.max_labels, self.include_zero)
 
     @property
     def shortlist(self) -> bool:
         """True in shortlist mode (``num_candidates`` a number; ``"auto"`` is decided at ``fit``)."""
-        candidates = self.params.get("num_candidates")
-        return candidates is not None and candidates != "auto"
+        return isinstance(self.config.num_candidates, int)
 
     def _batch_kwargs(self, batch: tuple) -> dict:
         """The Trainer's per-batch extra arguments: ``candidates`` ``(N, C)`` in shortlist mode.
@@ -173,45 +169,41 @@ class SDLGMClassifier(Estimator):
         should follow (its batch costs ``N x K`` either way). The ELBO's shortlist mode, meant
         for label spaces too wide for that, validates on shortlists too.
         """
-        if not self.shortlist or (self.params["fit_objective"] == "set_bound" and not self.model.training):
+        if not self.shortlist or (self.config.fit_objective == "set_bound" and not self.model_.training):
             return {}
         x, y = batch
-        return {"candidates": self.model.candidates(x, y, self.params["num_candidates"])}
+        return {"candidates": self.model_.candidates(x, y, self.config.num_candidates)}
 
-    @property
-    def spec(self) -> ModelSpec:
-        return self._spec(self.params["input_dim"], self.params["max_labels"], self.params["include_zero"])
-
-    def _spec(self, input_dim: int, max_labels: int, include_zero: bool) -> ModelSpec:
-        return ModelSpec.from_options(input_dim, self.params["num_labels"], max_labels, include_zero=include_zero,
-                                      binary=True, options=self.params)
+    def _spec_of(self, config: ClassifierConfig) -> ModelSpec:
+        return ModelSpec.from_options(config.input_dim, config.num_labels, config.max_labels,
+                                      include_zero=config.include_zero, binary=True,
+                                      options=dataclasses.asdict(config))
 
     @property
     def count_levels(self) -> np.ndarray:
         """The counts indexing the columns of :meth:`count_posterior`."""
         return self.spec.levels().numpy()
 
-    def _network_options(self) -> tuple:
-        p = self.params
-        return (p["guide"], p["per_slot"], p["hidden"], p["activation"], p["label_noise"], p["dropout"],
-                p["fit_objective"])
-
-    def _networks(self) -> tuple:
-        return build_conditional(self.spec, *self._network_options())
+    def _networks(self, config: ClassifierConfig) -> tuple:
+        return build_conditional(self._spec_of(config), config.guide, config.per_slot, config.hidden,
+                                 config.activation, config.label_noise, config.dropout, config.fit_objective)
 
     def _features(self, X, name="X") -> scipy.sparse.csr_matrix:
-        return self._check_width(as_csr(X, name), name)
+        matrix = as_csr(X, name)
+        self._check_features(X, reset=False)
+        return self._check_width(matrix, name)
 
     def _check_width(self, matrix: scipy.sparse.csr_matrix, name: str) -> scipy.sparse.csr_matrix:
-        expected = self.params["input_dim"]
+        expected = self.config.input_dim
         if expected is not None and matrix.shape[1] != expected:
             raise DataError(f"{name} has {matrix.shape[1]} features but the classifier was built for {expected}")
         return matrix
 
-    def _labels(self, Y, n_rows: int, name="Y") -> scipy.sparse.csr_matrix:
+    def _labels(self, Y, n_rows: int, name="Y", num_labels: int | None = None) -> scipy.sparse.csr_matrix:
+        """``Y (n_rows, K)`` as 0/1 CSR; ``K`` is ``num_labels`` (any, where None)."""
         matrix = as_csr(Y, name)
-        if matrix.shape != (n_rows, self.params["num_labels"]):
-            raise DataError(f"{name} has shape {matrix.shape}, expected ({n_rows}, {self.params['num_labels']})")
+        if matrix.shape[0] != n_rows or (num_labels is not None and matrix.shape[1] != num_labels):
+            raise DataError(f"{name} has shape {matrix.shape}, expected ({n_rows}, {num_labels or 'K'})")
         if not np.isin(matrix.data, (0.0, 1.0)).all():
             bad = matrix.data[~np.isin(matrix.data, (0.0, 1.0))][0]
             raise DataError(f"{name} must hold only 0 and 1, found {float(bad)}")
@@ -231,26 +223,28 @@ class SDLGMClassifier(Estimator):
         self._check_fitted(method)
         matrix = self._features(X)
         for rows in self._eval_batches(matrix.shape[0], batch_size):
-            (batch,) = take_rows((matrix,), rows, self.device)
-            params = self.model.prior_params(batch)
+            (batch,) = take_rows((matrix,), rows, self.device_)
+            params = self.model_.prior_params(batch)
             # the count logits divided by the calibrated temperature (1 before calibration)
             yield params._replace(sparsity_logits=params.sparsity_logits / self.count_temperature_)
 
     # -- training ---------------------------------------------------------------------------
 
     def fit(self, X, Y, *, validation_data: tuple | None = None, run_dir: str | Path | None = None,
-            resume: bool = False, overwrite: bool = False, **train_options) -> list[dict]:
-        """Train by SVI from a seeded initialization; return the per-epoch history.
+            resume: bool = False, overwrite: bool = False, **train_options) -> SDLGMClassifier:
+        """Train by SVI from a seeded initialization; return the classifier (the per-epoch records
+        are :attr:`history_`).
 
         Args:
             X: ``(N, D)`` features, dense or scipy sparse (batches are densified one at a time).
-            Y: ``(N, K)`` 0/1 labels, dense or sparse.
+            Y: ``(N, K)`` 0/1 labels, dense or sparse; :meth:`predict` answers in the same form.
             validation_data: optional ``(X_val, Y_val)``; by default a seeded
                 ``validation_fraction`` of the rows is held out for early stopping.
             run_dir: if given, per-epoch metrics and training checkpoints go there.
             resume: continue the interrupted training of ``run_dir`` from its newest checkpoint.
             overwrite: replace the checkpoints and metrics an earlier run left in ``run_dir``.
-            **train_options: fields of :class:`pyro_sdlgm.config.TrainConfig`.
+            **train_options: training options for this fit only, over the classifier's own (the
+                fields of :class:`pyro_sdlgm.config.TrainConfig`).
 
         In shortlist mode (``num_candidates``) each training batch draws its candidates once
         for the model and the guide, and ``train_loss`` is the shortlist objective. With the
@@ -258,52 +252,61 @@ class SDLGMClassifier(Estimator):
         shortlist ELBO too (truncated slot distributions, without the constant
         ``(K - C) log(1 - eps)`` per row of the labels outside the shortlist), its validation
         candidates drawn under the validation seed, so ``val_loss`` stays comparable across epochs.
+        A refused fit (bad data or options, too little memory) leaves a fitted classifier as it was.
         """
         cfg = self._train_config(train_options, "SDLGMClassifier.fit()")
         check_run_dir(run_dir, resume, overwrite)
-        previous = dict(self.params)
+        if Y is None:
+            raise DataError("SDLGMClassifier requires y to be passed, but the target y is None")
+        sparse_output = scipy.sparse.issparse(Y)
+        output_dtype = np.int8 if sparse_output else np.asarray(Y).dtype
+        classes = class_labels(Y)
+        if classes is not None:  # single-label classification: label sets of one label
+            Y = one_hot(Y, classes)
+            if validation_data is not None and isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+                validation_data = (validation_data[0], one_hot(validation_data[1], classes, "Y_val"))
+        config, X_fit, Y_fit, val = self._prepare(X, Y, validation_data, cfg)
         # the set bound holds no slot tensor: its batch costs N x K numbers (num_candidates=0 in the estimate)
-        candidates = 0 if self.params["fit_objective"] == "set_bound" else None
-        try:
-            X, Y, val = self._prepare(X, Y, validation_data, cfg)
-            if candidates is None:
-                candidates = self.params["num_candidates"]
-            self._refuse_unfit(cfg, X.shape[0], 0 if val is None else val[0].shape[0], num_candidates=candidates)
-        except Exception:
-            self.params = previous  # a refused fit leaves the classifier (and its fitted model) as it was
-            raise
-        self.count_temperature_ = 1.0
-        self._train((X, Y), val, cfg, run_dir=run_dir, resume=resume, overwrite=overwrite,
-                    identity={"classifier": dict(self.params)}, batch_kwargs=self._batch_kwargs,
+        candidates = 0 if config.fit_objective == "set_bound" else config.num_candidates
+        self._refuse_unfit(config, cfg, X_fit.shape[0], 0 if val is None else val[0].shape[0],
+                           num_candidates=candidates)
+        self._train(config, (X_fit, Y_fit), val, cfg, run_dir=run_dir, resume=resume, overwrite=overwrite,
+                    identity={"classifier": dataclasses.asdict(config)}, batch_kwargs=self._batch_kwargs,
                     num_candidates=candidates)
-        if self.params["calibrate_count"] and val is not None:
+        self._check_features(X, reset=True)
+        self.multilabel_ = classes is None
+        self.classes_ = np.arange(config.num_labels) if classes is None else classes
+        self.sparse_output_, self._output_dtype = sparse_output, np.dtype(output_dtype).str
+        self.count_temperature_ = 1.0
+        if config.calibrate_count and val is not None:
             self.count_temperature_ = self._fit_count_temperature(*val, cfg.eval_batch_size)
-        return self.history_
+        return self
 
     def _prepare(self, X, Y, validation_data, cfg: TrainConfig) -> tuple:
-        """Check the data, decide what is left to it (``input_dim``, ``max_labels``, ``include_zero``,
-        ``num_candidates``), apply the overflow policy and hold out the validation rows: ``(X, Y, val)`` with ``val`` None or ``(X_val, Y_val)``, all CSR."""
+        """Check the data, decide what is left to it (:meth:`_resolved_config`), apply the overflow
+        policy and hold out the validation rows: ``(config, X, Y, val)`` with ``val`` None or
+        ``(X_val, Y_val)``, all CSR."""
         X = as_csr(X, "X")
-        # the width given at construction, or that of the data (inferred anew at each fit)
-        self.params["input_dim"] = self._fixed_input_dim or int(X.shape[1])
-        X = self._check_width(X, "X")
         Y = self._labels(Y, X.shape[0])
         val = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise DataError("validation_data must be a pair (X_val, Y_val)")
-            X_val = self._features(validation_data[0], "X_val")
-            val = (X_val, self._labels(validation_data[1], X_val.shape[0], "Y_val"))
-        resolve_counts(self.params, self._requested, Y, *(() if val is None else (val[1],)))
-        Y = capped(Y, self.params)
+            X_val = as_csr(validation_data[0], "X_val")
+            if X_val.shape[1] != X.shape[1]:
+                raise DataError(f"X_val has {X_val.shape[1]} features but X has {X.shape[1]}")
+            val = (X_val, self._labels(validation_data[1], X_val.shape[0], "Y_val", Y.shape[1]))
+        config = self._resolved_config(X, Y, None if val is None else val[1])
+        options = dataclasses.asdict(config)
+        Y = capped(Y, options)
         if val is not None:
-            val = (val[0], capped(val[1], self.params, "Y_val"))
+            val = (val[0], capped(val[1], options, "Y_val"))
         else:
             fit_rows, val_rows = validation_split(X.shape[0], cfg.validation_fraction, cfg.seed)
             if val_rows is not None:
                 val = (X[val_rows], Y[val_rows])
                 X, Y = X[fit_rows], Y[fit_rows]
-        return X, Y, val
+        return config, X, Y, val
 
     @torch.no_grad()
     def _fit_count_temperature(self, X_val, Y_val, batch_size: int) -> float:
@@ -367,13 +370,13 @@ class SDLGMClassifier(Estimator):
         if Y is not None:
             labels = as_csr(Y, "Y")
             n_rows = X.shape[0]
-            if labels.shape != (n_rows, self.params["num_labels"]):
-                raise DataError(f"Y has shape {labels.shape}, expected ({n_rows}, {self.params['num_labels']})")
+            if labels.shape != (n_rows, self.spec.latent_dim):
+                raise DataError(f"Y has shape {labels.shape}, expected ({n_rows}, {self.spec.latent_dim})")
             true_counts = np.asarray((labels != 0).sum(1)).ravel().astype(np.int64)
-        schedule = final_schedule(self.train_config)
-        batches = ((params.sparsity_logits.softmax(-1), partial(self.guide.place_sites, params, None), (), schedule,
+        schedule = final_schedule(self.train_config_)
+        batches = ((params.sparsity_logits.softmax(-1), partial(self.guide_.place_sites, params, None), (), schedule,
                     None) for params in self._prior_params(X, batch_size, "posterior"))
-        probs, draws = sample_batches(self.spec, batches, num_samples, seed, self.device, progress=progress,
+        probs, draws = sample_batches(self.spec, batches, num_samples, seed, self.device_, progress=progress,
                                       num_batches=batch_count(X.shape[0], batch_size), inclusion=inclusion)
         return sparsity_inference_data(
             self.spec, probs, draws, num_samples=num_samples, seed=seed, model_name="SDLGMClassifier",
@@ -383,7 +386,7 @@ class SDLGMClassifier(Estimator):
 
     def predict_scores(self, X, *, batch_size: int = 1024) -> np.ndarray:
         """``(N, K)`` label scores for ranking (P@k, nDCG@k)."""
-        return torch.cat([label_scores(p, self.spec, self.params["ranking"]).cpu() for p in self._prior_params(X, batch_size, "predict_scores")]).numpy()
+        return torch.cat([label_scores(p, self.spec, self.config.ranking).cpu() for p in self._prior_params(X, batch_size, "predict_scores")]).numpy()
 
     def predict_top_labels(self, X, k: int = 5, *, batch_size: int = 1024) -> np.ndarray:
         """``(N, min(k, K))`` int64 label indices ranked best first by :meth:`predict_scores`.
@@ -393,29 +396,78 @@ class SDLGMClassifier(Estimator):
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise DataError(f"k must be a positive integer, got {k!r}")
-        parts = [top_k(label_scores(p, self.spec, self.params["ranking"]).cpu().numpy(), k)
+        parts = [top_k(label_scores(p, self.spec, self.config.ranking).cpu().numpy(), k)
                  for p in self._prior_params(X, batch_size, "predict_top_labels")]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros((0, min(k, self.spec.latent_dim)),
                                                                            dtype=np.int64)
 
-    def predict(self, X, *, batch_size: int = 1024) -> scipy.sparse.csr_matrix:
-        """``(N, K)`` CSR 0/1 label sets: with ``decision="f1"`` the F1-optimal sets
-        (:func:`~pyro_sdlgm.estimators.decisions.f1_optimal_sets`), with ``"count"`` the top-``L_hat`` labels by :meth:`predict_scores`
-        (``L_hat`` from the count network; with ``ranking="greedy"`` the greedy slot picks)."""
-        parts = [scipy.sparse.csr_matrix(label_sets(params, self.spec, self.params["ranking"], self.params["decision"], self.guide).cpu().numpy())
+    def predict(self, X, *, batch_size: int = 1024):
+        """``(N, K)`` 0/1 label sets, in the form of the training labels: a CSR matrix (int8) when
+        ``fit`` got sparse ``Y``, else a dense array of ``Y``'s dtype; for class labels ``(N,)``, the most
+        probable class of each row (from :attr:`classes_`). With ``decision="f1"`` the F1-optimal sets
+        (:func:`~pyro_sdlgm.estimators.decisions.f1_optimal_sets`), with ``"count"`` the top-``L_hat``
+        labels by :meth:`predict_scores` (``L_hat`` from the count network; with ``ranking="greedy"``
+        the greedy slot picks)."""
+        self._check_fitted("predict")
+        if not self.multilabel_:  # class labels: the most probable class
+            return self.classes_[self.predict_proba(X, batch_size=batch_size).argmax(1)]
+        parts = [scipy.sparse.csr_matrix(label_sets(params, self.spec, self.config.ranking, self.config.decision,
+                                                    self.guide_).cpu().numpy())
                  for params in self._prior_params(X, batch_size, "predict")]
-        return scipy.sparse.vstack(parts).tocsr().astype(np.int8)
+        labels = scipy.sparse.vstack(parts).tocsr().astype(np.int8)
+        return labels if self.sparse_output_ else labels.toarray().astype(self._output_dtype)
+
+    def predict_proba(self, X, *, batch_size: int = 1024) -> np.ndarray:
+        """``(N, K)`` per-label inclusion probabilities ``P(label k in S | x) = 1 - prod_l (1 - g_l p_lk)``
+        (the slots taken as independent; see ``ranking="inclusion"``), as scikit-learn's multi-label
+        classifiers give them: one column per label, dense (``(batch_size, K)`` at a time)."""
+        return torch.cat([label_scores(p, self.spec, "inclusion").cpu()
+                          for p in self._prior_params(X, batch_size, "predict_proba")]).numpy()
+
+    def decision_function(self, X, *, batch_size: int = 1024) -> np.ndarray:
+        """``(N, K)`` scores in scikit-learn's sign convention: positive exactly for the labels
+        :meth:`predict` gives. For a multi-label classifier the inclusion probability
+        (:meth:`predict_proba`) of a predicted label, and that minus 1 for the others, so the
+        predicted labels rank first; the ranking of the P@k figures is :meth:`predict_scores`. For
+        class labels: the class probabilities, or with two classes the ``(N,)`` log-odds of the
+        second class."""
+        proba = self.predict_proba(X, batch_size=batch_size)  # checks that the classifier is fitted
+        if not self.multilabel_:
+            if len(self.classes_) == 2:
+                log_p = np.log(np.clip(proba, 1e-12, None))
+                return log_p[:, 1] - log_p[:, 0]
+            return proba
+        chosen = self.predict(X, batch_size=batch_size)
+        chosen = chosen.toarray() if scipy.sparse.issparse(chosen) else chosen
+        return np.where(chosen != 0, proba, proba - 1.0)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        tags.target_tags.multi_output = True
+        tags.input_tags.sparse = True
+        return tags
 
     # -- persistence ------------------------------------------------------------------------
 
     def _checkpoint_fields(self) -> dict[str, Any]:
-        return {"params": self.params, "count_temperature": self.count_temperature_}
+        return {"params": self.params, "count_temperature": self.count_temperature_,
+                "sparse_output": self.sparse_output_, "output_dtype": self._output_dtype,
+                "classes": None if self.multilabel_ else self.classes_.tolist()}
 
     @classmethod
-    def _from_checkpoint(cls, data) -> SDLGMClassifier:
-        params: dict[str, Any] = dict(data["params"])
-        num_labels, max_labels = params.pop("num_labels"), params.pop("max_labels")
-        return cls(num_labels, max_labels, **params)
+    def _from_checkpoint(cls, data) -> tuple[SDLGMClassifier, ClassifierConfig]:
+        config = from_dict(ClassifierConfig, data["params"])
+        return cls(**dataclasses.asdict(config)), config
 
     def _restore_fields(self, data) -> None:
         self.count_temperature_ = float(data.get("count_temperature", 1.0))
+        self.sparse_output_ = bool(data.get("sparse_output", True))  # before it was recorded: always CSR
+        self._output_dtype = data.get("output_dtype", "|i1")
+        classes = data.get("classes")
+        self.multilabel_ = classes is None
+        self.classes_ = np.arange(self.spec.latent_dim) if classes is None else np.asarray(classes)
+
+
+#: the ``[classifier]`` config section: the options :class:`SDLGMClassifier`'s constructor declares
+ClassifierConfig = options_dataclass("ClassifierConfig", SDLGMClassifier, ClassifierOptions)

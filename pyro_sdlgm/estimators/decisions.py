@@ -10,18 +10,20 @@ Functions of one batch of prior-network parameters (:class:`~pyro_sdlgm.model.gu
 from __future__ import annotations
 
 import logging
-from typing import get_args
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-from pyro_sdlgm.config import Decision, Ranking
 from pyro_sdlgm.model.guides import GuideParams
 from pyro_sdlgm.model.spec import ModelSpec
 from pyro_sdlgm.model.support import greedy_picks, slot_gates, soft_support
 
 logger = logging.getLogger(__name__)
 
+#: how labels are ranked (see :func:`label_scores`) and how label sets are decided (see :func:`label_sets`)
+Ranking = Literal["inclusion", "greedy"]
+Decision = Literal["f1", "count"]
 RANKINGS = get_args(Ranking)
 DECISIONS = get_args(Decision)
 #: the candidates of the F1-optimal decision: the best max(F1_CANDIDATES, 5 L0) labels by inclusion

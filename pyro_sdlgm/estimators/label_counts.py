@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import logging
 import numbers
-from typing import get_args
+from typing import Literal, get_args
 
 import numpy as np
 import scipy.sparse
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
-from pyro_sdlgm.config import OverflowPolicy
+from pyro_sdlgm.config import check_candidates
 from pyro_sdlgm.exceptions import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
+#: what training rows with more labels than max_labels do (see :func:`capped`)
+OverflowPolicy = Literal["error", "truncate"]
 OVERFLOW_POLICIES = get_args(OverflowPolicy)
 #: the set bound's training shortlist with num_candidates="auto": max(this, 2 L0) labels a row, when below K
 SET_BOUND_CANDIDATES = 40
@@ -31,21 +34,6 @@ def auto_candidates(fit_objective: str, num_labels: int, max_labels: int) -> int
         return None
     size = max(SET_BOUND_CANDIDATES, 2 * max_labels)
     return size if size < num_labels else None
-
-
-def check_candidates(num_candidates, num_labels: int, max_labels: int, per_slot: bool) -> int:
-    """A shortlist size ``C`` with ``max_labels <= C <= num_labels`` and shared slots; :class:`ConfigError` otherwise."""
-    if isinstance(num_candidates, bool) or not isinstance(num_candidates, numbers.Integral):
-        raise ConfigError(f"num_candidates must be an integer, 'auto', 'all' or None, got {num_candidates!r}")
-    num_candidates = int(num_candidates)
-    if not max_labels <= num_candidates <= num_labels:
-        raise ConfigError(f"num_candidates={num_candidates} must lie between max_labels={max_labels} and "
-                          f"num_labels={num_labels} (every row's true labels must fit in its shortlist)")
-    if per_slot:
-        raise ConfigError(f"num_candidates={num_candidates} (shortlist mode) needs per_slot=False: per-slot "
-                          f"heads cost max_labels x num_labels x the last hidden size parameters "
-                          f"({max_labels} x {num_labels} x hidden), which the shortlist cannot reduce")
-    return num_candidates
 
 
 def resolve_counts(params: dict, requested: dict, *label_matrices: scipy.sparse.csr_matrix) -> None:
@@ -110,3 +98,46 @@ def truncate(Y: scipy.sparse.csr_matrix, cap: int) -> scipy.sparse.csr_matrix:
             rows.rows[i] = sorted(keep)
             rows.data[i] = [1.0] * cap
     return rows.tocsr()
+
+
+def class_labels(Y, name: str = "Y") -> np.ndarray | None:
+    """The classes of single-label targets ``Y``: 1-D class labels (or one column of them), which
+    :class:`~pyro_sdlgm.SDLGMClassifier` fits as label sets of one label (``L_i = 1``); None for a
+    label matrix (dense ``(N, K)`` with ``K >= 2`` or sparse), which is multi-label.
+
+    Raises:
+        DataError: 1-D targets that are not class labels (continuous values, for example; the
+            message is scikit-learn's ``Unknown label type``).
+    """
+    if scipy.sparse.issparse(Y):
+        return None
+    array = np.asarray(Y)
+    if array.ndim == 2 and array.shape[1] >= 2 or array.ndim not in (1, 2) or array.size == 0:
+        return None
+    if np.issubdtype(array.dtype, np.number) and not np.isfinite(array).all():
+        raise DataError(f"Input {name} contains NaN or infinity (first at position "
+                        f"{int(np.flatnonzero(~np.isfinite(array.ravel()))[0])})")
+    try:
+        check_classification_targets(array.ravel())
+    except ValueError as err:
+        raise DataError(f"{name}: {err}") from None
+    if type_of_target(array.ravel()) not in ("binary", "multiclass"):
+        return None
+    return np.unique(array.ravel())
+
+
+def one_hot(Y, classes: np.ndarray, name: str = "Y") -> scipy.sparse.csr_matrix:
+    """Class labels ``Y (N,)`` as ``(N, len(classes))`` 0/1 CSR rows of one label each.
+
+    Raises:
+        DataError: a label that is not one of ``classes`` (named).
+    """
+    labels = np.asarray(Y).ravel()
+    index = np.searchsorted(classes, labels)
+    bad = (index >= len(classes)) | (classes[np.minimum(index, len(classes) - 1)] != labels)
+    if bad.any():
+        raise DataError(f"{name} holds the class {labels[bad][0]!r}, which the classifier was not fitted on "
+                        f"(its classes: {classes.tolist()})")
+    rows = np.arange(len(labels))
+    return scipy.sparse.csr_matrix((np.ones(len(labels), dtype=np.float32), (rows, index)),
+                                   shape=(len(labels), len(classes)))

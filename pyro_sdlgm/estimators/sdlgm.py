@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyro
@@ -23,18 +24,26 @@ from pyro_sdlgm.analysis.posterior import (
     sample_batches,
     sparsity_inference_data,
 )
-from pyro_sdlgm.config import ModelConfig, from_dict
-from pyro_sdlgm.data.arrays import as_dense_tensor
+from pyro_sdlgm.config import ModelOptions, from_dict, options_dataclass, own_options
+from pyro_sdlgm.data.arrays import as_csr, as_dense_tensor, dense_numeric_2d
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
+
 from pyro_sdlgm.estimators.base import Estimator, validation_split
-from pyro_sdlgm.exceptions import DataError
-from pyro_sdlgm.inference.resources import guard_parameters
+from pyro_sdlgm.exceptions import ConfigError, DataError
 from pyro_sdlgm.inference.schedules import final_schedule
 from pyro_sdlgm.inference.run_folder import check_run_dir
 from pyro_sdlgm.model.generative import SDLGMModel
 from pyro_sdlgm.model.guides import GUIDES
+from pyro_sdlgm.model.likelihoods import LIKELIHOODS
 from pyro_sdlgm.model.registry import ComponentSpec
+from pyro_sdlgm.model.spec import CountCoupling, ModelSpec, Objective, SlotSelection, SparsityInference
+from pyro_sdlgm.model.support_steps import SparseCode
 
 logger = logging.getLogger(__name__)
+
+#: the count posterior used after training (see :class:`SDLGM`, ``count_estimate``)
+CountEstimate = Literal["amortized", "refined"]
+COUNT_ESTIMATES = get_args(CountEstimate)
 
 
 def build_model_and_guide(config: ModelConfig):
@@ -71,15 +80,21 @@ def _place_guide_sites(guide, params, x, **schedule):
     guide.place_sites(params, None, **schedule)
 
 
-class SDLGM(Estimator):
+class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
     """Sparse deep latent generative model with adaptive, capped sparsity (unsupervised).
 
     Each observation ``x_i`` gets a sparse code ``z_i`` with at most ``max_sparsity``
     (``L0``) non-zeros out of ``latent_dim`` (``K``); its own count ``L_i`` is a random
     variable with an amortized posterior ``q(L_i | x_i)``.
 
+    A scikit-learn transformer: :meth:`fit` returns the estimator, :meth:`transform` gives the
+    hard codes (CSR), :meth:`inverse_transform` the reconstruction and :meth:`score` the mean
+    ELBO; ``get_params``/``set_params``/``clone`` see every argument below, the training options
+    included. The Pyro model and guide are :attr:`model_` and :attr:`guide_`.
+
     Args:
-        input_dim: ``D``, features per observation.
+        input_dim: ``D``, features per observation; None (default): taken from the data by
+            :meth:`fit` (``n_features_in_``).
         latent_dim: ``K``, width of the code.
         max_sparsity: ``L0``, cap on the non-zeros, ``1 <= L0 <= K``.
         likelihood: ``"bernoulli"`` (data in [0, 1]) or ``"normal"`` (learned scale), or a
@@ -127,75 +142,86 @@ class SDLGM(Estimator):
             :mod:`pyro_sdlgm.analysis.diagnostics`).
         decoder_hidden: hidden sizes of the decoder MLP.
         activation: activation of the decoder MLP.
+        **training: the training options, keyword-only: the fields of
+            :class:`~pyro_sdlgm.config.TrainConfig` (``epochs``, ``batch_size``, ``learning_rate``,
+            ``seed``, ``device``, the temperature schedules, ``patience``, ``progress`` ...), with its
+            defaults.
 
     Example::
 
-        m = SDLGM(input_dim=784, latent_dim=200, max_sparsity=10, likelihood="bernoulli")
-        history = m.fit(X, epochs=20, batch_size=128, seed=0)
+        m = SDLGM(latent_dim=200, max_sparsity=10, likelihood="bernoulli", epochs=20, seed=0).fit(X)
         Z = m.encode(X)                # (N, 200), at most 10 non-zeros per row
         P = m.sparsity_posterior(X)    # (N, 10), q(L_i = l | x_i) for l = 1..10
     """
 
     def __init__(
         self,
-        input_dim: int,
-        latent_dim: int = ModelConfig.latent_dim,
-        max_sparsity: int = ModelConfig.max_sparsity,
-        likelihood: ComponentSpec = ModelConfig.likelihood,
+        input_dim: int | None = None,
+        latent_dim: int = 200,
+        max_sparsity: int = 10,
+        likelihood: ComponentSpec = "bernoulli",
         *,
-        include_zero: bool = ModelConfig.include_zero,
-        binary: bool | str = ModelConfig.binary,
-        sparsity_prior: ComponentSpec = ModelConfig.sparsity_prior,
-        support_prior: ComponentSpec = ModelConfig.support_prior,
-        value_prior: ComponentSpec = ModelConfig.value_prior,
-        guide: ComponentSpec = ModelConfig.guide,
-        sparsity_inference: str = ModelConfig.sparsity_inference,
-        objective: str = ModelConfig.objective,
-        slot_selection: str = ModelConfig.slot_selection,
-        slot_layout: str | dict = ModelConfig.slot_layout,
-        count_coupling: str = ModelConfig.count_coupling,
-        slot_estimator: ComponentSpec = ModelConfig.slot_estimator,
-        count_estimate: str = ModelConfig.count_estimate,
-        decoder_hidden: Sequence[int] = ModelConfig.decoder_hidden,
-        activation: str = ModelConfig.activation,
+        include_zero: bool = False,
+        binary: bool | Literal["auto"] = "auto",
+        sparsity_prior: ComponentSpec = "uniform",
+        support_prior: ComponentSpec = "uniform",
+        value_prior: ComponentSpec = "normal",
+        guide: ComponentSpec = "mlp_magnitude_slots",
+        sparsity_inference: SparsityInference = "relaxed",
+        objective: Objective = "discrete_kl",
+        slot_selection: SlotSelection = "without_replacement",
+        slot_layout: ComponentSpec = "auto",
+        count_coupling: CountCoupling = "gated_code",
+        slot_estimator: ComponentSpec = "relaxed",
+        count_estimate: CountEstimate = "refined",
+        decoder_hidden: tuple[int, ...] = (256, 512),
+        activation: str = "relu",
+        **training,
     ):
-        arguments = dict(locals())
-        del arguments["self"]
-        config = ModelConfig(**arguments)  # the arguments are ModelConfig's fields: checked there, once
-        self._init_from_config(config)
+        self._store_parameters(locals())
 
     checkpoint_format = "pyro_sdlgm.SDLGM"
     checkpoint_requires = ("model_config",)
-    networks_on_access = True
 
-    def _init_from_config(self, config: ModelConfig) -> None:
-        self.config = config
-        self.spec = config.spec()
-        with torch.device("meta"):  # sizes only: refuse networks that cannot fit before allocating them
-            self._sized = build_model_and_guide(config)
-        guard_parameters(*self._sized)
-        self._reset()  # the networks are built at fit, or when model or guide is first read
+    @property
+    def networks_on_access(self) -> bool:
+        """Whether reading ``model_`` or ``guide_`` builds the networks: when ``input_dim`` is given."""
+        return self.input_dim is not None
 
-    def _meta_networks(self) -> tuple:
-        return self._sized  # the sizes do not depend on the data
+    def _config_from_parameters(self, input_dim: int | None = None) -> ModelConfig:
+        """The current parameters as a checked :data:`~pyro_sdlgm.config.ModelConfig`, with
+        ``input_dim`` (the data's width) where the parameter is None."""
+        options = {name: getattr(self, name) for name in own_options(type(self))}
+        if input_dim is not None and options["input_dim"] is not None and options["input_dim"] != input_dim:
+            raise DataError(f"X has {input_dim} features but the model has input_dim={options['input_dim']}")
+        if options["input_dim"] is None:
+            options["input_dim"] = input_dim
+        return from_dict(ModelConfig, options, where=" passed to SDLGM")
 
-    def _networks(self) -> tuple:
-        return build_model_and_guide(self.config)
+    def _networks(self, config: ModelConfig) -> tuple:
+        return build_model_and_guide(config)
+
+    def _spec_of(self, config: ModelConfig) -> ModelSpec:
+        return config.spec()
 
     def _checkpoint_fields(self) -> dict[str, Any]:
-        return {"model_config": self.config.to_dict()}
+        return {"model_config": dataclasses.replace(self.config, count_estimate=self.count_estimate).to_dict()}
 
     @classmethod
-    def _from_checkpoint(cls, data: Mapping[str, Any]) -> SDLGM:
-        return cls.from_config(data["model_config"])
+    def _from_checkpoint(cls, data: Mapping[str, Any]) -> tuple[SDLGM, ModelConfig]:
+        config = from_dict(ModelConfig, data["model_config"])
+        return cls(**dataclasses.asdict(config)), config
 
     @classmethod
-    def from_config(cls, config: ModelConfig | Mapping[str, Any]) -> SDLGM:
-        """Build from a :class:`ModelConfig` or a ``[model]`` table (``input_dim`` required)."""
+    def from_config(cls, config: ModelConfig | Mapping[str, Any], **training) -> SDLGM:
+        """An unfitted SDLGM with the options of a :data:`~pyro_sdlgm.config.ModelConfig` or a
+        ``[model]`` table and the training options ``training``, checked: the components' own
+        options too (the networks are built once on the ``meta`` device, nothing allocated)."""
         if not isinstance(config, ModelConfig):
             config = from_dict(ModelConfig, config)
-        self = cls.__new__(cls)
-        self._init_from_config(config)
+        self = cls(**dataclasses.asdict(config), **training)
+        if config.input_dim is not None:
+            self._meta_networks(config)
         return self
 
     # -- properties -----------------------------------------------------------------------
@@ -205,24 +231,31 @@ class SDLGM(Estimator):
         """The values of ``L_i`` indexing the columns of :meth:`sparsity_posterior`."""
         return self.spec.levels().numpy()
 
-    def _check(self, X, name="X") -> torch.Tensor:
-        # the likelihood's support check reads no parameter: the sized (meta) model's serves before fit
-        likelihood = (self._model or self._sized[0]).likelihood
-        return as_data_tensor(X, self.spec.input_dim, likelihood, name)
+    def _check(self, X, name="X", config: ModelConfig | None = None) -> torch.Tensor:
+        """``X`` checked against the fitted model (or ``config``'s, in ``fit``) as a float32 tensor."""
+        if config is None:
+            dense_numeric_2d(X, name)  # its shape first: a 1-D X is told to be reshaped
+            self._check_features(X, reset=False)
+            config, likelihood = self.config, self.model_.likelihood
+        else:  # the likelihood's support check reads no parameter
+            likelihood = LIKELIHOODS.build(config.likelihood, config.spec())
+        return as_data_tensor(X, config.input_dim, likelihood, name)
 
     def _batches(self, x: torch.Tensor, batch_size: int):
         """Batches of ``x`` on the networks' device, with the networks in eval mode."""
         for rows in self._eval_batches(x.shape[0], batch_size):
-            yield x[rows].to(self.device)
+            yield x[rows].to(self.device_)
 
     # -- training -------------------------------------------------------------------------
 
-    def fit(self, X, *, validation_data=None, run_dir: str | Path | None = None, resume: bool = False,
-            overwrite: bool = False, **train_options) -> list[dict]:
-        """Train by SVI from a fresh, seeded initialization; return the per-epoch history.
+    def fit(self, X, y=None, *, validation_data=None, run_dir: str | Path | None = None, resume: bool = False,
+            overwrite: bool = False, **train_options) -> SDLGM:
+        """Train by SVI from a fresh, seeded initialization; return the estimator (the per-epoch
+        records are :attr:`history_`).
 
         Args:
-            X: ``(N, D)`` numpy array or torch tensor.
+            X: ``(N, D)`` numpy array or torch tensor (``D`` is ``input_dim``, or sets it when None).
+            y: not used (scikit-learn's transformer protocol passes it).
             validation_data: optional ``(M, D)`` data for early stopping; by default a
                 seeded ``validation_fraction`` of ``X`` is held out.
             run_dir: if given, per-epoch metrics go to ``run_dir/metrics.jsonl`` and
@@ -232,29 +265,28 @@ class SDLGM(Estimator):
                 uninterrupted run's, see :meth:`pyro_sdlgm.inference.trainer.Trainer.fit`).
             overwrite: replace the checkpoints and metrics an earlier run left in ``run_dir``
                 (else a fresh fit there raises :class:`ConfigError`).
-            **train_options: fields of :class:`pyro_sdlgm.config.TrainConfig`, e.g.
-                ``epochs``, ``batch_size``, ``learning_rate``, ``seed``, ``device``,
-                ``tau_sparsity_start``/``_end``, ``tau_support_start``/``_end``,
-                ``anneal_fraction``, ``kl_warmup_fraction``, ``patience``, ``progress``,
-                ``checkpoint_every``, ``keep_checkpoints``, ``nan_policy``.
+            **train_options: training options for this fit only, over the estimator's own
+                (the fields of :class:`pyro_sdlgm.config.TrainConfig`).
 
-        Returns:
-            list of dicts (``epoch``, ``train_loss``, ``val_loss``, temperatures, ``kl_weight``,
-            ``skipped_batches``, ``seconds``): losses are negative ELBOs per example.
+        :attr:`history_` is a list of dicts (``epoch``, ``train_loss``, ``val_loss``, temperatures,
+        ``kl_weight``, ``skipped_batches``, ``seconds``): losses are negative ELBOs per example.
         """
         cfg = self._train_config(train_options, "SDLGM.fit()")
         check_run_dir(run_dir, resume, overwrite)
-        x = self._check(X)
-        x_val = self._check(validation_data, "validation_data") if validation_data is not None else None
+        config = self._config_from_parameters(dense_numeric_2d(X, "X").shape[1])
+        x = self._check(X, config=config)
+        x_val = self._check(validation_data, "validation_data", config) if validation_data is not None else None
         if x_val is None and cfg.validation_fraction > 0:
             fit_rows, val_rows = validation_split(x.shape[0], cfg.validation_fraction, cfg.seed)
             if val_rows is not None:
                 x, x_val = x[torch.from_numpy(fit_rows)], x[torch.from_numpy(val_rows)]
             else:
                 logger.warning("too few rows (%d) to hold out a validation split; early stopping is off", x.shape[0])
-        self._refuse_unfit(cfg, x.shape[0], 0 if x_val is None else x_val.shape[0])
-        return self._train((x,), None if x_val is None else (x_val,), cfg, run_dir=run_dir, resume=resume,
-                           overwrite=overwrite, identity={"model": self.config.to_dict()})
+        self._refuse_unfit(config, cfg, x.shape[0], 0 if x_val is None else x_val.shape[0])
+        self._train(config, (x,), None if x_val is None else (x_val,), cfg, run_dir=run_dir, resume=resume,
+                    overwrite=overwrite, identity={"model": config.to_dict()})
+        self._check_features(X, reset=True)
+        return self
 
     # -- inference ------------------------------------------------------------------------
 
@@ -262,22 +294,26 @@ class SDLGM(Estimator):
     def _guide_outputs(self, X, batch_size: int, method: str):
         self._check_fitted(method)
         x = self._check(X)
-        self.guide.eval()
-        self.model.eval()
+        self.guide_.eval()
+        self.model_.eval()
         for batch in self._batches(x, batch_size):
             yield batch, self._amortize(batch)
 
     def _amortize(self, batch: torch.Tensor):
         """The guide's parameters of a batch, with the count posterior ``count_estimate`` names."""
-        return self._refine(self.guide.amortize(batch), batch)
+        return self._refine(self.guide_.amortize(batch), batch)
 
     def _refine(self, params, batch: torch.Tensor):
         """``params`` with the refined count logits when ``count_estimate="refined"``."""
-        if self.config.count_estimate != "refined":
+        # a post-training option: the current parameter (set_params applies without refitting)
+        estimate = self.count_estimate
+        if estimate not in COUNT_ESTIMATES:
+            raise ConfigError(f"count_estimate must be one of {COUNT_ESTIMATES}, got {estimate!r}")
+        if estimate == "amortized":
             return params
         from pyro_sdlgm.analysis.diagnostics import refined_count_logits
 
-        return params._replace(sparsity_logits=refined_count_logits(self.model, params, batch))
+        return params._replace(sparsity_logits=refined_count_logits(self.model_, params, batch))
 
     @torch.no_grad()
     def encode(self, X, *, sparse: bool = False, batch_size: int = 1024):
@@ -290,14 +326,46 @@ class SDLGM(Estimator):
         """
         codes = []
         for _, params in self._guide_outputs(X, batch_size, "encode"):
-            z = self.guide.hard_code(params)[0].cpu().numpy()
+            z = self.guide_.hard_code(params)[0].cpu().numpy()
             codes.append(scipy.sparse.csr_matrix(z) if sparse else z)
         return scipy.sparse.vstack(codes, format="csr") if sparse else np.concatenate(codes)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # codes are float32, whatever X's dtype
+        return tags
+
+    def transform(self, X) -> scipy.sparse.csr_matrix:
+        """scikit-learn's transform: the hard codes of ``X (N, D)``, a CSR matrix ``(N, K)`` with at most
+        ``L0`` non-zeros a row (:meth:`encode` with ``sparse=True``)."""
+        return self.encode(X, sparse=True)
+
+    @torch.no_grad()
+    def inverse_transform(self, Z, *, batch_size: int = 1024) -> np.ndarray:
+        """The expected observation given codes ``Z (N, K)`` (dense or sparse), ``(N, D)``: for the
+        codes of :meth:`transform`, the reconstruction :meth:`reconstruct` gives. The codes reach
+        the decoder by their non-zeros (:class:`~pyro_sdlgm.model.support_steps.SparseCode`), so no
+        ``(batch, K)`` block is built."""
+        self._check_fitted("inverse_transform")
+        codes = as_csr(Z, "Z")
+        if codes.shape[1] != self.spec.latent_dim:
+            raise DataError(f"Z has {codes.shape[1]} columns but the model has latent_dim={self.spec.latent_dim}")
+        out = []
+        for rows in self._eval_batches(codes.shape[0], batch_size):
+            z = SparseCode.from_csr(codes[rows.numpy()], self.device_)
+            out.append(self.model_.likelihood.mean(self.model_.decoder(z)).cpu())
+        return torch.cat(out).numpy()
+
+    def score(self, X, y=None) -> float:
+        """The mean ELBO per row of ``X (N, D)`` in nats (higher is better): :meth:`evaluate`'s
+        ``elbo`` (one seeded draw a row, at the final training temperatures). scikit-learn's model
+        selection (``GridSearchCV``, ``cross_val_score``) maximizes it on held-out rows by default."""
+        return float(self.evaluate(X)["elbo"])
 
     @torch.no_grad()
     def sparsity_posterior(self, X, *, batch_size: int = 1024) -> np.ndarray:
         """``q(L_i = l | x_i)``, shape ``(N, num_levels)``; columns follow :attr:`sparsity_levels`."""
-        probs = [self.guide.sparsity_probs(p).cpu() for _, p in self._guide_outputs(X, batch_size, "sparsity_posterior")]
+        probs = [self.guide_.sparsity_probs(p).cpu() for _, p in self._guide_outputs(X, batch_size, "sparsity_posterior")]
         return torch.cat(probs).numpy()
 
     def predict_sparsity(self, X, *, batch_size: int = 1024) -> np.ndarray:
@@ -310,8 +378,8 @@ class SDLGM(Estimator):
         """Expected observation given the hard code, ``(N, D)``."""
         out = []
         for _, params in self._guide_outputs(X, batch_size, "reconstruct"):
-            z = self.guide.hard_code(params)[0]
-            out.append(self.model.likelihood.mean(self.model.decoder(z)).cpu())
+            z = self.guide_.hard_code(params)[0]
+            out.append(self.model_.likelihood.mean(self.model_.decoder(z)).cpu())
         return torch.cat(out).numpy()
 
     @torch.no_grad()
@@ -331,13 +399,13 @@ class SDLGM(Estimator):
 
         self._check_fitted("diagnose")
         x = self._check(X)
-        self.model.eval()
-        self.guide.eval()
+        self.model_.eval()
+        self.guide_.eval()
         # the count network's own q(L|x) (with count_estimate="refined", L_hat would be the supported count)
-        parts = [prefix_terms(self.model, self.guide.amortize(batch), batch) for batch in self._batches(x, batch_size)]
+        parts = [prefix_terms(self.model_, self.guide_.amortize(batch), batch) for batch in self._batches(x, batch_size)]
         terms = {key: torch.cat([part[key] for part in parts]).cpu().numpy() for key in parts[0]}
         # at width the hard codes stay sparse ((N, K) floats would not fit)
-        effects = dimension_effects(self.model, self.encode(X, sparse=self.spec.wide, batch_size=batch_size))
+        effects = dimension_effects(self.model_, self.encode(X, sparse=self.spec.wide, batch_size=batch_size))
         return {"prefix_recon": terms["recon"], "prefix_slot_kl": terms["slot_kl"], "l_hat": terms["l_hat"],
                 "best_count": terms["best"], "summary": summarize_prefixes(terms, self.sparsity_levels),
                 "dimension_effect": effects["effect"], "dimension_usage": effects["usage"],
@@ -364,22 +432,22 @@ class SDLGM(Estimator):
         self._check_fitted("posterior")
         inclusion = resolve_inclusion(inclusion, self.spec)
         x = self._check(X)
-        schedule = final_schedule(self.train_config)
-        self.model.eval()
-        self.guide.eval()
+        schedule = final_schedule(self.train_config_)
+        self.model_.eval()
+        self.guide_.eval()
 
         def batches():
             for batch in self._batches(x, batch_size):
                 params = self._amortize(batch)
                 if posterior_predictive:  # the model replayed on guide draws: x of draw s from the code of draw s
-                    guide = partial(_place_guide_sites, self.guide, params)
-                    yield (self.guide.sparsity_probs(params), poutine.uncondition(self.model), (batch,), schedule,
+                    guide = partial(_place_guide_sites, self.guide_, params)
+                    yield (self.guide_.sparsity_probs(params), poutine.uncondition(self.model_), (batch,), schedule,
                            guide)
                 else:  # the guide's sites alone, from parameters amortized once per batch
-                    yield (self.guide.sparsity_probs(params), partial(self.guide.place_sites, params, None),
+                    yield (self.guide_.sparsity_probs(params), partial(self.guide_.place_sites, params, None),
                            (), {**schedule}, None)
 
-        probs, draws = sample_batches(self.spec, batches(), num_samples, seed, self.device,
+        probs, draws = sample_batches(self.spec, batches(), num_samples, seed, self.device_,
                                       obs_dim=self.spec.input_dim if posterior_predictive else None,
                                       progress=progress, num_batches=batch_count(x.shape[0], batch_size),
                                       inclusion=inclusion)
@@ -403,10 +471,10 @@ class SDLGM(Estimator):
         values = np.ones(dims.shape) if values is None else np.asarray(values, dtype=np.float64).reshape(-1)
         if values.shape != dims.shape:
             raise DataError(f"values has shape {values.shape}, expected {dims.shape}")
-        z = torch.zeros(dims.size, self.spec.latent_dim, device=self.device)
-        z[torch.arange(dims.size), torch.as_tensor(dims.copy())] = torch.as_tensor(values, dtype=z.dtype, device=self.device)
-        self.model.eval()
-        return self.model.likelihood.mean(self.model.decoder(z)).cpu().numpy()
+        z = torch.zeros(dims.size, self.spec.latent_dim, device=self.device_)
+        z[torch.arange(dims.size), torch.as_tensor(dims.copy())] = torch.as_tensor(values, dtype=z.dtype, device=self.device_)
+        self.model_.eval()
+        return self.model_.likelihood.mean(self.model_.decoder(z)).cpu().numpy()
 
     @torch.no_grad()
     def evaluate(self, X, *, num_samples: int = 1, seed: int = 0, batch_size: int = 1024) -> dict[str, Any]:
@@ -432,16 +500,16 @@ class SDLGM(Estimator):
             raise DataError(f"num_samples must be a positive integer, got {num_samples!r}")
         self._check_fitted("evaluate")
         x = self._check(X)
-        schedule = final_schedule(self.train_config)
-        self.model.eval()
-        self.guide.eval()
+        schedule = final_schedule(self.train_config_)
+        self.model_.eval()
+        self.guide_.eval()
         sums: dict[str, float] = {}
         codes, duplicates, used, entropy, mse, recon_hard = [], 0, 0, 0.0, 0.0, 0.0
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[self.device_] if self.device_.type == "cuda" else []):
             torch.manual_seed(seed)
             for batch in self._batches(x, batch_size):
                 for sample in range(num_samples):
-                    terms, guide_trace = elbo_terms(self.model, self.guide, batch, schedule)
+                    terms, guide_trace = elbo_terms(self.model_, self.guide_, batch, schedule)
                     for key, value in terms.items():
                         sums[key] = sums.get(key, 0.0) + float(value.sum()) / num_samples
                     if sample == 0:
@@ -450,11 +518,11 @@ class SDLGM(Estimator):
                         used += int(drawn_counts.sum())
                         # the guide's amortized parameters, with the count posterior in use
                         params = self._refine(guide_trace.nodes["_RETURN"]["value"], batch)
-                z, _ = self.guide.hard_code(params)
+                z, _ = self.guide_.hard_code(params)
                 codes.append(z.cpu())
-                decoded = self.model.decoder(z)
-                recon_hard += float(-self.model.likelihood.dist(decoded).log_prob(batch).sum())
-                mse += float(((self.model.likelihood.mean(decoded) - batch) ** 2).sum())
+                decoded = self.model_.decoder(z)
+                recon_hard += float(-self.model_.likelihood.dist(decoded).log_prob(batch).sum())
+                mse += float(((self.model_.likelihood.mean(decoded) - batch) ** 2).sum())
                 q = torch.distributions.Categorical(logits=params.sparsity_logits)
                 entropy += float(q.entropy().sum())
         n = x.shape[0]
@@ -468,3 +536,7 @@ class SDLGM(Estimator):
             num_examples=n,
         )
         return result
+
+
+#: the ``[model]`` config section: the options :class:`SDLGM`'s constructor declares, with their types and defaults
+ModelConfig = options_dataclass("ModelConfig", SDLGM, ModelOptions)

@@ -45,6 +45,7 @@ terms shifts the ELBO by ``(K - C) log(1 - eps)`` per row.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import pyro
 import pyro.distributions as dist
@@ -60,8 +61,11 @@ from pyro_sdlgm.model.support_steps import SparseCode
 from pyro_sdlgm.model.networks import AmortizedEncoder
 from pyro_sdlgm.model.spec import OBS_SITE, SPARSITY_SITE, ModelSpec
 
-CONDITIONAL_GUIDES = ("label_aware", "prior_as_guide")
-FIT_OBJECTIVES = ("set_bound", "elbo")
+#: the ELBO's guides and the training objectives (see the module docstring)
+ClassifierGuide = Literal["label_aware", "prior_as_guide"]
+FitObjective = Literal["set_bound", "elbo"]
+CONDITIONAL_GUIDES = get_args(ClassifierGuide)
+FIT_OBJECTIVES = get_args(FitObjective)
 #: the share of a shortlist's negatives that are hard negatives (the rest are uniform random ones)
 HARD_NEGATIVE_SHARE = 0.5
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -74,6 +75,19 @@ class SparseCode(NamedTuple):
     def to_dense(self) -> torch.Tensor:
         dense = self.value.new_zeros(self.value.shape[:-1] + (self.size,))
         return dense.scatter_add(-1, self.index, self.value)
+
+    @classmethod
+    def from_csr(cls, matrix, device: torch.device | str = "cpu") -> SparseCode:
+        """The rows of a scipy CSR matrix ``(N, K)`` as ``(N, C)`` indices and values, ``C`` the most
+        non-zeros of a row (at least 1; shorter rows padded with the value 0 at dimension 0)."""
+        counts = np.diff(matrix.indptr)
+        width = max(int(counts.max(initial=0)), 1)
+        rows = np.repeat(np.arange(matrix.shape[0]), counts)
+        position = np.arange(matrix.nnz) - np.repeat(matrix.indptr[:-1], counts)
+        index = np.zeros((matrix.shape[0], width), dtype=np.int64)
+        value = np.zeros((matrix.shape[0], width), dtype=np.float32)
+        index[rows, position], value[rows, position] = matrix.indices, matrix.data
+        return cls(torch.from_numpy(index).to(device), torch.from_numpy(value).to(device), int(matrix.shape[1]))
 
 
 LogitsOfSlot = Callable[[int | None], torch.Tensor]

@@ -506,8 +506,8 @@ def test_dimension_effects_from_sparse_codes_equal_the_dense_ones(fitted_topk):
 
     model, X = fitted_topk
     codes = model.encode(X)
-    dense = dimension_effects(model.model, codes, chunk=7)
-    sparse = dimension_effects(model.model, scipy.sparse.csr_matrix(codes), chunk=7)
+    dense = dimension_effects(model.model_, codes, chunk=7)
+    sparse = dimension_effects(model.model_, scipy.sparse.csr_matrix(codes), chunk=7)
     for key in ("usage", "value"):
         np.testing.assert_allclose(sparse[key], dense[key], rtol=1e-12)
     np.testing.assert_allclose(sparse["effect"], dense["effect"], rtol=1e-5, atol=1e-7)

@@ -148,7 +148,7 @@ def test_threads_flag_is_recorded_as_training_num_threads(tmp_path, capsys):
 
 def test_encode_writes_the_source_row_of_each_code(trained_run, tmp_path):
     from pyro_sdlgm import SDLGM
-    from pyro_sdlgm.config import load_run_config
+    from pyro_sdlgm.app.run_config import load_run_config
     from pyro_sdlgm.data.unsupervised import load_source, prepare_dataset
 
     out = tmp_path / "codes.npz"

@@ -117,9 +117,12 @@ def test_every_config_field_has_a_docstring():
 
     tree = ast.parse(inspect.getsource(config))
     sections = [node for node in tree.body if isinstance(node, ast.ClassDef)
-                and node.name in ("ModelConfig", "TrainConfig", "DataConfig", "ClassifierConfig",
-                                  "MultiLabelDataConfig", "RunConfig")]
-    assert len(sections) == 6
+                and node.name in ("TrainConfig", "DataConfig", "MultiLabelDataConfig")]
+    import pyro_sdlgm.app.run_config as run_config
+
+    tree = ast.parse(inspect.getsource(run_config))
+    sections += [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "RunConfig"]
+    assert len(sections) == 4
     missing = []
     for section in sections:
         body = section.body
@@ -130,6 +133,24 @@ def test_every_config_field_has_a_docstring():
                         and isinstance(following.value.value, str)):
                     missing.append(f"{section.name}.{node.target.id}")
     assert not missing
+
+
+@pytest.mark.parametrize("name", ["SDLGM", "SDLGMClassifier"])
+def test_every_estimator_option_is_documented_and_is_its_config_field(name):
+    import dataclasses
+    import re
+
+    import pyro_sdlgm
+    from pyro_sdlgm.estimators.base import own_options
+
+    estimator = getattr(pyro_sdlgm, name)
+    args = estimator.__doc__.split("Args:")[1]
+    documented = {part.strip() for entry in re.findall(r"^ {8}([\w, *]+):", args, re.M) for part in entry.split(",")}
+    assert set(own_options(estimator)) <= documented
+    assert "**training" in documented
+    section = pyro_sdlgm.ModelConfig if name == "SDLGM" else pyro_sdlgm.ClassifierConfig
+    defaults = {f.name: f.default for f in dataclasses.fields(section)}
+    assert defaults == {p: estimator().get_params()[p] for p in own_options(estimator)}
 
 
 def test_an_option_outside_its_literal_is_named_with_the_options():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pyro_sdlgm import SDLGMClassifier
-from pyro_sdlgm.config import ModelConfig
+from pyro_sdlgm import ModelConfig
 from pyro_sdlgm.estimators.sdlgm import build_model_and_guide
 from pyro_sdlgm.inference.trainer import make_elbo
 
@@ -65,8 +65,9 @@ def test_torch_reference_equals_pyro_loss_unsupervised(guide, layout):
 @pytest.mark.parametrize("per_slot, layout", [(True, "per_slot"), (False, "per_slot"), (True, "joint")])
 def test_torch_reference_equals_pyro_loss_multilabel(per_slot, layout):
     torch.manual_seed(0)
-    model, g = SDLGMClassifier(40, 5, input_dim=20, per_slot=per_slot, hidden=[16], slot_layout=layout,
-                              fit_objective="elbo", dropout=0.0)._networks()
+    clf = SDLGMClassifier(40, 5, input_dim=20, per_slot=per_slot, hidden=[16], slot_layout=layout,
+                          fit_objective="elbo", dropout=0.0)
+    model, g = clf._networks(clf.config)
     x = torch.randn(8, 20)
     y = torch.zeros(8, 40)
     y[torch.arange(8), torch.randint(0, 40, (8,))] = 1.0

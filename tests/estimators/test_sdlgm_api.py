@@ -111,9 +111,16 @@ def test_load_errors(tmp_path):
         (dict(decoder_hidden=(0,)), "hidden layer sizes"),
     ],
 )
-def test_bad_constructor_arguments(kwargs, match):
+def test_bad_options_are_refused_by_fit_naming_them(kwargs, match, binary_data):
+    model = SDLGM(input_dim=12, **{**SMALL, **kwargs})  # stored unchecked, as scikit-learn asks
+    assert all(model.get_params()[key] == value for key, value in kwargs.items())
     with pytest.raises(ConfigError, match=match):
-        SDLGM(input_dim=12, **{**SMALL, **kwargs})
+        model.fit(binary_data, epochs=1, progress=False)
+
+
+def test_an_unknown_keyword_is_a_type_error():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'epoch'.*training options: epochs"):
+        SDLGM(epoch=3)
 
 
 def test_bad_training_options(binary_data):
@@ -133,7 +140,7 @@ def test_bad_data(binary_data):
     with pytest.raises(DataError, match="row 7, column 3"):
         model.fit(bad)
     bad[7, 3] = np.inf
-    with pytest.raises(DataError, match="non-finite"):
+    with pytest.raises(DataError, match="NaN or infinity"):
         model.fit(bad)
     with pytest.raises(DataError, match="empty"):
         model.fit(np.zeros((0, 12)))

@@ -23,7 +23,7 @@ from pyro_sdlgm.inference.checkpoint import list_checkpoints
 from pyro_sdlgm.estimators.decisions import shared_inclusion
 from pyro_sdlgm.app.cli import main
 from pyro_sdlgm.model.conditional import build_conditional, shortlist_candidates
-from pyro_sdlgm.config import ClassifierConfig
+from pyro_sdlgm import ClassifierConfig
 from pyro_sdlgm.exceptions import DataError, ResourceError
 from pyro_sdlgm.analysis.metrics import precision_at_k
 from pyro_sdlgm.analysis.posterior import group
@@ -207,14 +207,14 @@ def test_the_memory_guard_uses_the_shortlist_estimate():
 
 def test_options_are_checked():
     with pytest.raises(ConfigError, match=r"num_candidates=12.*per_slot=False.*4 x 40 x hidden"):
-        SDLGMClassifier(40, 4, num_candidates=12, fit_objective="elbo", per_slot=True)
+        SDLGMClassifier(40, 4, num_candidates=12, fit_objective="elbo", per_slot=True).config
     with pytest.raises(ConfigError, match="num_candidates=3 must lie between max_labels=4 and num_labels=40"):
-        SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=3)
+        SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=3).config
     with pytest.raises(ConfigError, match="num_candidates=41 must lie between max_labels=4 and num_labels=40"):
-        SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=41)
+        SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=41).config
     for bad in (True, 12.0, "12"):
-        with pytest.raises(ConfigError, match="num_candidates must be an integer, 'auto', 'all' or None"):
-            SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=bad)
+        with pytest.raises(ConfigError, match="num_candidates must be int or one of 'auto', 'all' or none"):
+            SDLGMClassifier(40, 4, fit_objective="elbo", per_slot=False, num_candidates=bad).config
     assert ClassifierConfig().num_candidates == "auto"
     with pytest.raises(ConfigError, match="classifier.num_candidates"):
         ClassifierConfig(num_candidates="many")
@@ -305,17 +305,17 @@ def test_resume_equals_an_uninterrupted_fit(tmp_path):
                    progress=False, seed=0)
     build = dict(fit_objective="elbo", per_slot=False, num_candidates=10, hidden=[16])
     full = SDLGMClassifier(40, 4, **build)
-    expected = full.fit(X, Y, run_dir=tmp_path / "full", **options)
+    expected = full.fit(X, Y, run_dir=tmp_path / "full", **options).history_
     crashed = tmp_path / "crashed"
     shutil.copytree(tmp_path / "full", crashed)
     for epoch, path in list_checkpoints(crashed / "checkpoints"):
         if epoch > 2:
             path.unlink()
     resumed = SDLGMClassifier(40, 4, **build)
-    history = resumed.fit(X, Y, run_dir=crashed, resume=True, **options)
+    history = resumed.fit(X, Y, run_dir=crashed, resume=True, **options).history_
     assert without_seconds(history) == without_seconds(expected)
-    assert_same_states(resumed.model, full.model)
-    assert_same_states(resumed.guide, full.guide)
+    assert_same_states(resumed.model_, full.model_)
+    assert_same_states(resumed.guide_, full.guide_)
     # the shortlist size is part of the run's identity
     with pytest.raises(ConfigError, match="num_candidates: 10 in the checkpoint, 12 now"):
         SDLGMClassifier(40, 4, **{**build, "num_candidates": 12}).fit(X, Y, run_dir=crashed, resume=True, **options)
@@ -379,7 +379,7 @@ def test_one_training_step_at_100k_labels_never_builds_rows_x_slots_x_labels():
     Y = scipy.sparse.csr_matrix((np.ones(3 * n, np.float32), (rows, rng.integers(0, k, 3 * n))), shape=(n, k))
     clf = SDLGMClassifier(k, l0, fit_objective="elbo", per_slot=False, num_candidates=64, hidden=[8])
     with LargestTensor() as watch:
-        history = clf.fit(X, Y, epochs=1, batch_size=n, validation_fraction=0.0, progress=False, seed=0)
+        history = clf.fit(X, Y, epochs=1, batch_size=n, validation_fraction=0.0, progress=False, seed=0).history_
         predicted = clf.predict(X, batch_size=n)
         clf.predict_scores(X, batch_size=n)
     assert len(history) == 1 and math.isfinite(history[0]["train_loss"])

@@ -116,7 +116,7 @@ def test_reconstruct_decodes_the_hard_code():
     model = SDLGM(input_dim=12, latent_dim=6, max_sparsity=3, likelihood="normal")
     model.fit(X, epochs=1, batch_size=128, seed=0, progress=False)
     with torch.no_grad():
-        decoded = model.model.likelihood.mean(model.model.decoder(torch.from_numpy(model.encode(X)))).numpy()
+        decoded = model.model_.likelihood.mean(model.model_.decoder(torch.from_numpy(model.encode(X)))).numpy()
     np.testing.assert_allclose(model.reconstruct(X), decoded, rtol=0, atol=1e-6)
 
 

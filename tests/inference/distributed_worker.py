@@ -66,9 +66,9 @@ def classifier(args) -> dict:
         Y[row, rng.choice(num_labels, size=rng.integers(1, 4), replace=False)] = 1
     X = Y @ rng.normal(size=(num_labels, 10)).astype(np.float32) + 0.1 * rng.normal(size=(n, 10)).astype(np.float32)
     clf = SDLGMClassifier(num_labels, 4, hidden=(16,))
-    history = clf.fit(X, Y, epochs=3, batch_size=args.batch, device="cpu", progress=False, seed=3)
-    state = {f"model.{k}": v for k, v in clf.model.state_dict().items()}
-    state.update({f"guide.{k}": v for k, v in clf.guide.state_dict().items()})
+    history = clf.fit(X, Y, epochs=3, batch_size=args.batch, device="cpu", progress=False, seed=3).history_
+    state = {f"model.{k}": v for k, v in clf.model_.state_dict().items()}
+    state.update({f"guide.{k}": v for k, v in clf.guide_.state_dict().items()})
     return {"state": state, "history": history}
 
 

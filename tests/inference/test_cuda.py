@@ -26,7 +26,7 @@ def test_sdlgm_fit_encode_posterior_evaluate_on_cuda(binary_data, tmp_path, mode
     model = SDLGM(input_dim=12, sparsity_inference=mode, objective="relaxed" if mode == "enumerate" else "discrete_kl",
                   **SMALL)
     model.fit(binary_data, device="cuda", **FAST_FIT)
-    assert next(model.model.parameters()).device.type == "cuda"
+    assert next(model.model_.parameters()).device.type == "cuda"
     codes = model.encode(binary_data)
     assert (codes != 0).sum(1).max() <= 3
     idata = model.posterior(binary_data[:10], num_samples=20)
@@ -40,12 +40,12 @@ def test_sdlgm_fit_encode_posterior_evaluate_on_cuda(binary_data, tmp_path, mode
 def test_sdlgm_resume_on_cuda_equals_an_uninterrupted_run(binary_data, tmp_path):
     options = dict(FAST_FIT, epochs=3, device="cuda", checkpoint_every=1)
     full = SDLGM(input_dim=12, **SMALL)
-    full_history = full.fit(binary_data, run_dir=tmp_path / "full", **options)
+    full_history = full.fit(binary_data, run_dir=tmp_path / "full", **options).history_
     crashed = SDLGM(input_dim=12, **SMALL)
     crashed.fit(binary_data, run_dir=tmp_path / "part", **dict(options, epochs=3))
     (tmp_path / "part" / "checkpoints" / "epoch_000003.pt").unlink()
     resumed = SDLGM(input_dim=12, **SMALL)
-    history = resumed.fit(binary_data, run_dir=tmp_path / "part", resume=True, **options)
+    history = resumed.fit(binary_data, run_dir=tmp_path / "part", resume=True, **options).history_
     assert [r["train_loss"] for r in history] == [r["train_loss"] for r in full_history]
 
 

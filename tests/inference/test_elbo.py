@@ -39,20 +39,20 @@ def test_unsupervised_loss_and_gradients_equal_trace_mean_field(binary_data, opt
     options = {"decoder_hidden": (16,), "guide": {"name": "mlp_per_slot", "hidden": [16]}, **options}
     model = SDLGM(input_dim=12, latent_dim=9, max_sparsity=3, **options)
     x = torch.as_tensor(binary_data[:40])
-    assert_same(loss_and_grads(TraceMeanField_ELBO(), model.model, model.guide, x),
-                loss_and_grads(AnalyticKLELBO(), model.model, model.guide, x))
+    assert_same(loss_and_grads(TraceMeanField_ELBO(), model.model_, model.guide_, x),
+                loss_and_grads(AnalyticKLELBO(), model.model_, model.guide_, x))
     # and the non-differentiable estimate (validation losses)
     pyro.set_rng_seed(5)
-    expected = TraceMeanField_ELBO().loss(model.model, model.guide, x, **KWARGS)
+    expected = TraceMeanField_ELBO().loss(model.model_, model.guide_, x, **KWARGS)
     pyro.set_rng_seed(5)
-    assert AnalyticKLELBO().loss(model.model, model.guide, x, **KWARGS) == expected
+    assert AnalyticKLELBO().loss(model.model_, model.guide_, x, **KWARGS) == expected
 
 
 def test_multilabel_loss_and_gradients_equal_trace_mean_field():
     torch.manual_seed(0)
     x, y = torch.randn(30, 6), (torch.rand(30, 8) < 0.3).float()
     clf = SDLGMClassifier(8, 4, input_dim=6, hidden=(16,), fit_objective="elbo", per_slot=True)
-    model, guide = clf._networks()
+    model, guide = clf._networks(clf.config)
     assert_same(loss_and_grads(TraceMeanField_ELBO(), model, guide, x, y),
                 loss_and_grads(AnalyticKLELBO(), model, guide, x, y))
 
@@ -61,7 +61,7 @@ def test_only_observed_sites_are_scored():
     model = SDLGM(input_dim=12, latent_dim=9, max_sparsity=3, decoder_hidden=(16,))
     x = torch.rand(10, 12).round()
     with pyro.settings.context(module_local_params=True):
-        model_trace, guide_trace = AnalyticKLELBO()._get_trace(model.model, model.guide, (x,), KWARGS)
+        model_trace, guide_trace = AnalyticKLELBO()._get_trace(model.model_, model.guide_, (x,), KWARGS)
     scored = [name for name, site in model_trace.nodes.items() if site["type"] == "sample" and "log_prob" in site]
     assert scored == ["obs"]
     assert not any("score_parts" in site for site in guide_trace.nodes.values())

@@ -74,7 +74,7 @@ def simulate_crash(run_dir, copy_to, keep_epoch):
 
 def test_checkpoints_are_weights_only_complete_and_pruned(binary_data, tmp_path):
     model = SDLGM(input_dim=12, **SMALL)
-    history = model.fit(binary_data, epochs=5, checkpoint_every=2, keep_checkpoints=2, run_dir=tmp_path, **QUICK)
+    history = model.fit(binary_data, epochs=5, checkpoint_every=2, keep_checkpoints=2, run_dir=tmp_path, **QUICK).history_
     # every 2 epochs and at the end, the newest 2 kept
     assert [e for e, _ in list_checkpoints(tmp_path / "checkpoints")] == [4, 5]
     data = torch.load(tmp_path / "checkpoints" / "epoch_000005.pt", weights_only=True)
@@ -82,7 +82,7 @@ def test_checkpoints_are_weights_only_complete_and_pruned(binary_data, tmp_path)
     assert data["step"] == history[-1]["step"] == 5 * 4  # 108 training rows, batches of 32
     assert data["history"] == history
     assert data["train_config"]["checkpoint_every"] == 2 and data["identity"]["model"]["latent_dim"] == 8
-    assert set(data["model_state"]) == set(model.model.state_dict())
+    assert set(data["model_state"]) == set(model.model_.state_dict())
     assert data["optimizer_state"]["state"] and data["optimizer_state"]["param_groups"][0]["lr"] == 1e-2
     assert set(data["rng"]) == {"torch", "cuda", "numpy", "python", "batch_order"}
     assert data["rng"]["torch"].dtype == torch.uint8 and data["rng"]["numpy"]["keys"].shape == (624,)
@@ -97,23 +97,23 @@ def test_checkpoints_are_weights_only_complete_and_pruned(binary_data, tmp_path)
 def test_resume_through_fit_equals_an_uninterrupted_fit(binary_data, tmp_path):
     options = dict(epochs=8, checkpoint_every=3, keep_checkpoints=10, patience=3, **QUICK)
     full = SDLGM(input_dim=12, **SMALL)
-    expected = full.fit(binary_data, run_dir=tmp_path / "full", **options)
+    expected = full.fit(binary_data, run_dir=tmp_path / "full", **options).history_
     assert any(r["best_epoch"] for r in expected[:3])  # early-stopping state is in the epoch-3 checkpoint
     crashed = simulate_crash(tmp_path / "full", tmp_path / "crashed", keep_epoch=3)
     resumed = SDLGM(input_dim=12, **SMALL)
-    history = resumed.fit(binary_data, run_dir=crashed, resume=True, **{**options, "keep_checkpoints": 2})
+    history = resumed.fit(binary_data, run_dir=crashed, resume=True, **{**options, "keep_checkpoints": 2}).history_
     assert losses(history) == losses(expected)
     assert history[:3] == expected[:3]  # the checkpointed epochs, timings included
     assert without_seconds(history) == without_seconds(expected)
     assert without_seconds(metrics_lines(crashed)) == without_seconds(expected)
-    assert_same_states(resumed.model, full.model)
-    assert_same_states(resumed.guide, full.guide)
+    assert_same_states(resumed.model_, full.model_)
+    assert_same_states(resumed.guide_, full.guide_)
     files = sorted(p.name for p in (crashed / "checkpoints").iterdir())
     assert files == ["epoch_000006.pt", "epoch_000008.pt"]  # temporaries removed, keep_checkpoints=2
     # resuming a finished run trains nothing and restores the same (best) parameters
     again = SDLGM(input_dim=12, **SMALL)
-    assert again.fit(binary_data, run_dir=crashed, resume=True, **options) == history
-    assert_same_states(again.model, full.model)
+    assert again.fit(binary_data, run_dir=crashed, resume=True, **options).history_ == history
+    assert_same_states(again.model_, full.model_)
 
 
 def test_resume_refuses_other_configs_data_and_missing_checkpoints(binary_data, tmp_path):
@@ -219,7 +219,7 @@ def test_sigkilled_training_resumes_with_the_losses_of_an_uninterrupted_run(tmp_
     assert len(expected) > at_kill[-1][0] + 3 and any(r["best_epoch"] for r in expected[:at_kill[-1][0]])
     assert losses(resumed) == losses(expected)  # exactly, on CPU
     assert without_seconds(resumed) == without_seconds(expected)
-    assert_same_states(SDLGM.load(killed / "model.pt").model, SDLGM.load(uninterrupted / "model.pt").model)
+    assert_same_states(SDLGM.load(killed / "model.pt").model_, SDLGM.load(uninterrupted / "model.pt").model_)
     last = len(expected)  # early stopping may end the run before 20 epochs: the same epoch in both
     names = sorted(p.name for p in (killed / "checkpoints").iterdir())
     assert names == [f"epoch_{(last - 1) // 3 * 3:06d}.pt", f"epoch_{last:06d}.pt"]
@@ -304,8 +304,8 @@ progress = false""")
     assert main(["train", "--resume", str(crashed)]) == 0
     assert "P@1" in capsys.readouterr().out
     assert without_seconds(metrics_lines(crashed)) == without_seconds(metrics_lines(tmp_path / "full"))
-    assert_same_states(SDLGMClassifier.load(crashed / "model.pt").model,
-                       SDLGMClassifier.load(tmp_path / "full" / "model.pt").model)
+    assert_same_states(SDLGMClassifier.load(crashed / "model.pt").model_,
+                       SDLGMClassifier.load(tmp_path / "full" / "model.pt").model_)
 
     # an edited config.yaml no longer matches the checkpoint
     crashed = simulate_crash(tmp_path / "full", tmp_path / "crashed_again", keep_epoch=2)
@@ -384,8 +384,8 @@ def test_nan_loss_stops_naming_step_and_site_and_keeps_the_last_checkpoint(binar
 
 def test_nan_gradient_stops_naming_the_parameter(binary_data):
     model = SDLGM(input_dim=12, **SMALL)
-    DecoderFault(model.model.decoder, at=5, kind="gradient")
-    trainer = Trainer(model.model, model.guide, TrainConfig(epochs=3, **QUICK))
+    DecoderFault(model.model_.decoder, at=5, kind="gradient")
+    trainer = Trainer(model.model_, model.guide_, TrainConfig(epochs=3, **QUICK))
     with pytest.raises(NumericalError, match=r"non-finite gradient \(norm nan\) at epoch 2, step 4") as raised:
         trainer.fit(torch.as_tensor(binary_data))
     assert "parameter 'model.decoder.net.0.weight' has the first non-finite gradient" in str(raised.value)
@@ -393,8 +393,8 @@ def test_nan_gradient_stops_naming_the_parameter(binary_data):
 
 def test_invalid_distribution_parameters_are_a_numerical_error(binary_data):
     model = SDLGM(input_dim=12, **SMALL)
-    model.guide.encoder.value_head.register_forward_hook(lambda module, inputs, output: output * float("nan"))
-    trainer = Trainer(model.model, model.guide, TrainConfig(epochs=1, **QUICK))
+    model.guide_.encoder.value_head.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+    trainer = Trainer(model.model_, model.guide_, TrainConfig(epochs=1, **QUICK))
     # Pyro's validation (on in the tests) rejects the NaN location of q(values | x)
     with pytest.raises(NumericalError, match=r"invalid distribution parameters at epoch 1, step 0.*Normal"):
         trainer.fit(torch.as_tensor(binary_data))
@@ -418,30 +418,30 @@ def test_pyro_validation_checks_each_epochs_first_step_and_changes_no_number(bin
     for mode in ("epoch_start", "always"):
         pyro.set_rng_seed(0)  # the same initial networks and noise for both
         model = SDLGM(input_dim=12, **SMALL)
-        recorder = ValidationRecorder(model.guide.encoder)
-        history = Trainer(model.model, model.guide, TrainConfig(epochs=3, pyro_validation=mode, **QUICK)).fit(
+        recorder = ValidationRecorder(model.guide_.encoder)
+        history = Trainer(model.model_, model.guide_, TrainConfig(epochs=3, pyro_validation=mode, **QUICK)).fit(
             torch.as_tensor(binary_data))
         fits[mode] = (model, history, recorder.seen)
     assert fits["epoch_start"][2] == [True, False, False, False] * 3
     assert fits["always"][2] == [True] * 12
     assert losses(fits["epoch_start"][1]) == losses(fits["always"][1])
-    assert_same_states(fits["epoch_start"][0].model, fits["always"][0].model)
-    assert_same_states(fits["epoch_start"][0].guide, fits["always"][0].guide)
+    assert_same_states(fits["epoch_start"][0].model_, fits["always"][0].model_)
+    assert_same_states(fits["epoch_start"][0].guide_, fits["always"][0].guide_)
     assert pyro.infer.util.is_validation_enabled()  # restored after training
 
 
 def test_pyro_validation_is_never_switched_on_by_the_trainer(binary_data):
     model = SDLGM(input_dim=12, **SMALL)
-    recorder = ValidationRecorder(model.guide.encoder)
+    recorder = ValidationRecorder(model.guide_.encoder)
     with pyro.validation_enabled(False):
-        Trainer(model.model, model.guide, TrainConfig(epochs=1, **QUICK)).fit(torch.as_tensor(binary_data))
+        Trainer(model.model_, model.guide_, TrainConfig(epochs=1, **QUICK)).fit(torch.as_tensor(binary_data))
     assert recorder.seen == [False] * 4
     # torch's own default alone off (Pyro's on): training leaves it off
     torch_default = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)
     try:
         model = SDLGM(input_dim=12, **SMALL)
-        Trainer(model.model, model.guide, TrainConfig(epochs=2, **QUICK)).fit(torch.as_tensor(binary_data))
+        Trainer(model.model_, model.guide_, TrainConfig(epochs=2, **QUICK)).fit(torch.as_tensor(binary_data))
         assert torch.distributions.Distribution._validate_args is False
         assert pyro.infer.util.is_validation_enabled()
     finally:
@@ -456,8 +456,8 @@ def test_invalid_parameters_in_an_unvalidated_step_still_name_the_site(binary_da
         calls.append(1)
         return output * float("nan") if module.training and len(calls) >= 3 else None
 
-    model.guide.encoder.value_head.register_forward_hook(poison)
-    trainer = Trainer(model.model, model.guide, TrainConfig(epochs=1, **QUICK))
+    model.guide_.encoder.value_head.register_forward_hook(poison)
+    trainer = Trainer(model.model_, model.guide_, TrainConfig(epochs=1, **QUICK))
     with pytest.warns(UserWarning, match="NaN"), pytest.raises(NumericalError) as raised:
         trainer.fit(torch.as_tensor(binary_data))
     message = str(raised.value)
@@ -468,9 +468,9 @@ def test_invalid_parameters_in_an_unvalidated_step_still_name_the_site(binary_da
 @pytest.mark.parametrize("kind", ["loss", "gradient"])
 def test_skip_batch_skips_the_update_and_counts_it(binary_data, tmp_path, kind):
     model = SDLGM(input_dim=12, **SMALL)
-    params = list(model.model.parameters()) + list(model.guide.parameters())
-    fault = DecoderFault(model.model.decoder, at=5, kind=kind, persistent=False, params=params)
-    trainer = Trainer(model.model, model.guide, TrainConfig(epochs=3, nan_policy="skip_batch", **QUICK))
+    params = list(model.model_.parameters()) + list(model.guide_.parameters())
+    fault = DecoderFault(model.model_.decoder, at=5, kind=kind, persistent=False, params=params)
+    trainer = Trainer(model.model_, model.guide_, TrainConfig(epochs=3, nan_policy="skip_batch", **QUICK))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Pyro's validation warns about the NaN
         history = trainer.fit(torch.as_tensor(binary_data), run_dir=tmp_path)
@@ -485,8 +485,8 @@ def test_skip_batch_skips_the_update_and_counts_it(binary_data, tmp_path, kind):
 def test_skip_batch_stops_when_a_whole_epoch_is_skipped(binary_data):
     model = SDLGM(input_dim=12, **SMALL)
     with torch.no_grad():
-        model.model.decoder.net[0].weight.fill_(float("nan"))
-    trainer = Trainer(model.model, model.guide, TrainConfig(epochs=2, nan_policy="skip_batch", **QUICK))
+        model.model_.decoder.net[0].weight.fill_(float("nan"))
+    trainer = Trainer(model.model_, model.guide_, TrainConfig(epochs=2, nan_policy="skip_batch", **QUICK))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         with pytest.raises(NumericalError, match=r"all 4 batches of epoch 1 .* skipped.*step 0.*'obs'"):

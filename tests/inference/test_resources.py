@@ -52,12 +52,12 @@ def test_per_slot_parameters_are_counted_without_allocating_them():
     model = SDLGM(784, latent_dim=100_000, max_sparsity=32, guide={"name": "mlp_shared_slots", "hidden": [8]})
     with torch.device("meta"):
         from pyro_sdlgm import build_model_and_guide
-        from pyro_sdlgm.config import ModelConfig
+        from pyro_sdlgm import ModelConfig
 
         wide = build_model_and_guide(ModelConfig(input_dim=784, latent_dim=100_000, max_sparsity=32,
                                                  guide="mlp_per_slot", binary=False))
     assert count_parameters(*wide) > 800_000_000  # the per-slot guide's 32 x 100,000 slot logits
-    assert count_parameters(model.model, model.guide) < 60_000_000
+    assert count_parameters(model.model_, model.guide_) < 60_000_000
 
 
 def test_the_check_can_be_switched_off_or_given_a_limit(binary_data):
@@ -78,11 +78,11 @@ def test_classifier_is_guarded_too():
         SDLGMClassifier(6, 6, hidden=[8]).fit(X, Y, memory_limit_gb=1e-6, **FAST_FIT)
 
 
-def test_networks_that_cannot_fit_are_refused_at_construction(monkeypatch):
+def test_networks_that_cannot_fit_are_refused_before_they_are_built(monkeypatch):
     """The per-slot guide at K = 100,000, L0 = 32 has 900 M parameters (3.6 GB): with 1 GiB free
-    the constructor refuses from sizes read on the meta device, before allocating anything."""
+    building the networks is refused from sizes read on the meta device, before allocating anything."""
     import pyro_sdlgm.inference.resources as resources
 
     monkeypatch.setattr(resources, "available_memory", lambda device: (GIB, "a test's 1 GiB"))
     with pytest.raises(ResourceError, match=r"3\.\d\d GiB for their 900,\d{3},\d{3} parameters.*mlp_shared_slots"):
-        SDLGM(784, latent_dim=100_000, max_sparsity=32, guide="mlp_per_slot", binary=False)
+        SDLGM(784, latent_dim=100_000, max_sparsity=32, guide="mlp_per_slot", binary=False).model_

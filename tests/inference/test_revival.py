@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pyro_sdlgm import SDLGM, CheckpointError, ConfigError
-from pyro_sdlgm.config import ModelConfig, TrainConfig
+from pyro_sdlgm import ModelConfig
+from pyro_sdlgm.config import TrainConfig
 from pyro_sdlgm.inference.revival import (
     DEAD_FRACTION,
     OVERLOADED_FRACTION,
@@ -100,7 +101,7 @@ def test_fit_revives_only_while_the_schedules_run():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 10)).astype("float32")
     model = SDLGM(input_dim=10, latent_dim=16, max_sparsity=3, likelihood="normal", decoder_hidden=[])
-    history = model.fit(x, epochs=10, batch_size=100, seed=0, progress=False, revive_every=2, patience=None)
+    history = model.fit(x, epochs=10, batch_size=100, seed=0, progress=False, revive_every=2, patience=None).history_
     # the schedules end after half of the steps (anneal_fraction 0.5): epochs 2 and 4 (1-based) are inside
     revived = [i for i, r in enumerate(history) if "revived_dims" in r]
     assert revived == [1, 3]
@@ -149,11 +150,11 @@ QUICK = dict(batch_size=32, learning_rate=1e-2, progress=False, seed=0, patience
 
 
 def test_auto_revives_every_ten_epochs_while_the_schedules_run(binary_data):
-    history = SDLGM(input_dim=12, **SMALL).fit(binary_data, epochs=44, **QUICK)
+    history = SDLGM(input_dim=12, **SMALL).fit(binary_data, epochs=44, **QUICK).history_
     # the schedules end at half of the steps (22 epochs): epochs 10 and 20 (1-based) are inside
     assert [i for i, r in enumerate(history) if "revived_dims" in r] == [9, 19]
     assert all("revived_dims" not in r for r in SDLGM(input_dim=12, **SMALL).fit(
-        binary_data, epochs=44, revive_every=0, **QUICK))
+        binary_data, epochs=44, revive_every=0, **QUICK).history_)
 
 
 def test_a_checkpoint_from_before_revival_is_refused_naming_its_format_version(binary_data, tmp_path):
@@ -178,12 +179,12 @@ def test_a_resumed_run_revives_as_the_uninterrupted_one(binary_data, tmp_path):
     from pyro_sdlgm.inference.checkpoint import list_checkpoints
 
     options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, revive_every=2, **QUICK)
-    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, **options)
+    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, **options).history_
     assert sum(r.get("revived_dims", 0) for r in full) > 0
     for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
         if epoch > 5:
             path.unlink()
-    resumed = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)
+    resumed = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options).history_
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in full]
     assert [r.get("revived_dims") for r in resumed] == [r.get("revived_dims") for r in full]
 
@@ -224,7 +225,7 @@ def test_a_run_resumed_twice_equals_the_uninterrupted_one(binary_data, tmp_path)
     from pyro_sdlgm.inference.checkpoint import list_checkpoints
 
     options = dict(epochs=24, checkpoint_every=3, keep_checkpoints=20, revive_every="auto", **QUICK)
-    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, **options)
+    full = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, **options).history_
     for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
         if epoch > 3:  # interrupted after epoch 3
             path.unlink()
@@ -232,5 +233,5 @@ def test_a_run_resumed_twice_equals_the_uninterrupted_one(binary_data, tmp_path)
     for epoch, path in list_checkpoints(tmp_path / "checkpoints"):
         if epoch > 9:  # interrupted again after epoch 9, from a checkpoint the resumed run wrote
             path.unlink()
-    again = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options)
+    again = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options).history_
     assert [r["train_loss"] for r in again] == [r["train_loss"] for r in full]

@@ -21,7 +21,7 @@ SMALL = dict(latent_dim=8, max_sparsity=3, decoder_hidden=(16,), guide={"name": 
 @pytest.mark.parametrize("mode, objective", [("relaxed", "discrete_kl"), ("relaxed", "relaxed"), ("enumerate", "relaxed")])
 def test_every_inference_mode_improves_the_elbo(binary_data, mode, objective):
     model = SDLGM(input_dim=12, sparsity_inference=mode, objective=objective, **SMALL)
-    history = model.fit(binary_data, epochs=25, batch_size=32, learning_rate=1e-2, progress=False, seed=0)
+    history = model.fit(binary_data, epochs=25, batch_size=32, learning_rate=1e-2, progress=False, seed=0).history_
     first, last = history[0]["val_loss"], min(r["val_loss"] for r in history[-5:])
     assert last < first - 1.0, (first, last)
 
@@ -35,7 +35,7 @@ BUILTIN_COMBINATIONS = list(itertools.product(
 def test_every_registered_combination_trains(binary_data, sparsity_prior, support_prior, value_prior, guide):
     model = SDLGM(input_dim=12, latent_dim=8, max_sparsity=3, decoder_hidden=(16,), sparsity_prior=sparsity_prior,
                   support_prior=support_prior, value_prior=value_prior, guide={"name": guide, "hidden": [16]})
-    history = model.fit(binary_data, **FAST_FIT)
+    history = model.fit(binary_data, **FAST_FIT).history_
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in history)
     assert (model.encode(binary_data[:5]) != 0).sum(1).max() <= 3
 
@@ -56,7 +56,7 @@ def test_schedules():
 def test_trainer_passes_schedules_and_writes_metrics(binary_data, tmp_path):
     model = SDLGM(input_dim=12, **SMALL)
     history = model.fit(binary_data, epochs=6, batch_size=40, progress=False, tau_support_start=2.0,
-                        tau_support_end=0.5, anneal_fraction=0.5, kl_warmup_fraction=0.5, run_dir=tmp_path)
+                        tau_support_end=0.5, anneal_fraction=0.5, kl_warmup_fraction=0.5, run_dir=tmp_path).history_
     taus = [r["tau_support"] for r in history]
     assert taus[0] < 2.0 and taus == sorted(taus, reverse=True) and taus[-1] == pytest.approx(0.5)
     weights = [r["kl_weight"] for r in history]
@@ -68,7 +68,7 @@ def test_trainer_passes_schedules_and_writes_metrics(binary_data, tmp_path):
 
 def test_early_stopping_restores_the_best_epoch(binary_data):
     model = SDLGM(input_dim=12, **SMALL)
-    history = model.fit(binary_data, epochs=200, batch_size=16, learning_rate=3e-2, patience=2, progress=False)
+    history = model.fit(binary_data, epochs=200, batch_size=16, learning_rate=3e-2, patience=2, progress=False).history_
     assert len(history) < 200
     best_epochs = [r for r in history if r["best_epoch"]]
     best = best_epochs[-1]["val_loss"]
@@ -76,24 +76,24 @@ def test_early_stopping_restores_the_best_epoch(binary_data):
     assert best_epochs[0]["tau_support"] == pytest.approx(0.5, abs=0.01) and best_epochs[0]["kl_weight"] == 1.0
     assert history[-1]["val_loss"] > best  # stopped after non-improving epochs
     # recompute the validation loss with the restored parameters: it is the best one
-    cfg = model.train_config
+    cfg = model.train_config_
     _, val_rows = validation_split(len(binary_data), cfg.validation_fraction, cfg.seed)
     x_val = torch.as_tensor(binary_data)[torch.from_numpy(val_rows)]
-    trainer = Trainer(model.model, model.guide, cfg)
+    trainer = Trainer(model.model_, model.guide_, cfg)
     recomputed = trainer.mean_loss(x_val, TrainingSchedule.from_config(cfg, 1).final(), cfg.seed + 1)
     assert recomputed == pytest.approx(best, rel=1e-5)
 
 
 def test_fit_is_reproducible(binary_data):
-    runs = [SDLGM(input_dim=12, **SMALL).fit(binary_data, **FAST_FIT) for _ in range(2)]
+    runs = [SDLGM(input_dim=12, **SMALL).fit(binary_data, **FAST_FIT).history_ for _ in range(2)]
     assert [r["train_loss"] for r in runs[0]] == [r["train_loss"] for r in runs[1]]
 
 
 def test_non_finite_loss_names_the_step(binary_data):
     model = SDLGM(input_dim=12, **SMALL)
     with torch.no_grad():
-        model.model.decoder.net[0].weight.fill_(float("nan"))
-    trainer = Trainer(model.model, model.guide, TrainConfig(epochs=1, progress=False))
+        model.model_.decoder.net[0].weight.fill_(float("nan"))
+    trainer = Trainer(model.model_, model.guide_, TrainConfig(epochs=1, progress=False))
     # with validation on, Pyro also warns which site produced the NaN
     with pytest.warns(UserWarning) as warned, pytest.raises(NumericalError, match="epoch 1, step 0"):
         trainer.fit(torch.as_tensor(binary_data))
@@ -104,13 +104,13 @@ def test_non_finite_loss_names_the_step(binary_data):
 def test_fit_and_encode_on_cuda(binary_data):
     model = SDLGM(input_dim=12, **SMALL)
     model.fit(binary_data, device="cuda", **FAST_FIT)
-    assert model.device.type == "cuda"
+    assert model.device_.type == "cuda"
     assert (model.encode(binary_data) != 0).sum(1).max() <= 3
 
 
 def test_early_stopping_is_announced_with_the_restored_epoch(binary_data, capsys):
     model = SDLGM(input_dim=12, **SMALL)
-    history = model.fit(binary_data, epochs=200, batch_size=16, learning_rate=3e-2, patience=2, progress=True)
+    history = model.fit(binary_data, epochs=200, batch_size=16, learning_rate=3e-2, patience=2, progress=True).history_
     err = capsys.readouterr().err
     restored = [r["epoch"] for r in history if r["best_epoch"]][-1]  # counted from 1, as the bar counts
     assert len(history) < 200 and restored < len(history)
@@ -126,7 +126,7 @@ def test_num_threads_applies_while_training_and_is_restored(binary_data):
     target = 1 if before != 1 else 2
     seen = []
     model = SDLGM(input_dim=12, **SMALL)
-    trainer = Trainer(model.model, model.guide, TrainConfig(epochs=1, batch_size=40, progress=False,
+    trainer = Trainer(model.model_, model.guide_, TrainConfig(epochs=1, batch_size=40, progress=False,
                                                              num_threads=target),
                       batch_kwargs=lambda batch: seen.append(torch.get_num_threads()) or {})
     trainer.fit(torch.as_tensor(binary_data))

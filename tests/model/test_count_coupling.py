@@ -115,7 +115,7 @@ def test_invalid_combinations_are_refused():
                                      dict(MARGINAL, slot_layout="joint"), dict(MARGINAL, binary=True)])
 def test_every_coupling_trains_and_keeps_the_cap(binary_data, options):
     model = SDLGM(12, 6, 3, decoder_hidden=[8], guide={"name": "mlp_per_slot", "hidden": [8]}, **options)
-    history = model.fit(binary_data, **{**FAST_FIT, "epochs": 3})
+    history = model.fit(binary_data, **{**FAST_FIT, "epochs": 3}).history_
     assert all(np.isfinite(r["train_loss"]) for r in history)
     metrics = model.evaluate(binary_data)
     assert np.isfinite(metrics["elbo"]) and metrics["max_nnz"] <= 3
@@ -131,7 +131,7 @@ def test_diagnose_reports_per_prefix_costs_consistent_with_the_hard_codes(binary
     assert d["prefix_recon"].shape == d["prefix_slot_kl"].shape == (n, 3)
     np.testing.assert_array_equal(d["l_hat"], model.predict_sparsity(binary_data))
     with torch.no_grad():  # R at L_hat is the hard code's reconstruction
-        hard = -model.model.likelihood.dist(model.model.decoder(torch.as_tensor(model.encode(binary_data)))).log_prob(
+        hard = -model.model_.likelihood.dist(model.model_.decoder(torch.as_tensor(model.encode(binary_data)))).log_prob(
             torch.as_tensor(binary_data)).numpy()
     np.testing.assert_allclose(d["prefix_recon"][np.arange(n), d["l_hat"] - 1], hard, rtol=1e-5, atol=1e-4)
     total = d["prefix_recon"] + d["prefix_slot_kl"]
@@ -147,7 +147,7 @@ def test_refined_count_is_the_coordinate_ascent_posterior_of_the_prefix_costs(bi
                   count_estimate="refined", sparsity_prior={"name": "truncated_geometric", "p": 0.3})
     model.fit(binary_data, **{**FAST_FIT, "epochs": 3})
     d = model.diagnose(binary_data)
-    log_prior = model.model.sparsity_prior.logits().log_softmax(-1).detach().numpy()
+    log_prior = model.model_.sparsity_prior.logits().log_softmax(-1).detach().numpy()
     expected = log_prior - d["prefix_recon"] - d["prefix_slot_kl"]
     expected = np.exp(expected - expected.max(1, keepdims=True))
     np.testing.assert_allclose(model.sparsity_posterior(binary_data), expected / expected.sum(1, keepdims=True),
@@ -164,4 +164,4 @@ def test_refined_count_is_the_coordinate_ascent_posterior_of_the_prefix_costs(bi
     amortized.fit(binary_data, **{**FAST_FIT, "epochs": 3})
     assert not np.allclose(amortized.sparsity_posterior(binary_data), model.sparsity_posterior(binary_data))
     with pytest.raises(ConfigError, match="count_estimate"):
-        SDLGM(12, 6, 3, count_estimate="mode")
+        SDLGM(12, 6, 3, count_estimate="mode").config

@@ -112,19 +112,19 @@ def test_the_model_trains_with_svi_and_its_hard_codes_keep_the_cap(binary, binar
     untrained = short.evaluate(binary_data)["elbo"]
     model = SDLGM(**options)
     with pyro.validation_enabled(True):
-        history = model.fit(binary_data, epochs=4, batch_size=32, seed=0, progress=False, pyro_validation="always")
+        history = model.fit(binary_data, epochs=4, batch_size=32, seed=0, progress=False, pyro_validation="always").history_
     assert all(np.isfinite(r["train_loss"]) for r in history)
     codes = model.encode(binary_data)
     assert (codes != 0).sum(1).max() <= 3
     metrics = model.evaluate(binary_data)
     assert np.isfinite(metrics["elbo"]) and metrics["kl_slots"] > 0 and metrics["elbo"] > untrained
-    assert model.model.spec.slot_sites == ["support"]
+    assert model.model_.spec.slot_sites == ["support"]
 
 
 def test_the_relaxed_code_has_at_most_the_candidates_as_non_zeros(binary_data):
     model = SDLGM(input_dim=12, latent_dim=20, max_sparsity=3, slot_layout={"name": "gumbel_topk", "num_candidates": 4},
                   decoder_hidden=[16], guide={"name": "mlp_magnitude_slots", "hidden": [16]})
-    z = model.model(torch.as_tensor(binary_data[:5]), tau_support=0.5, tau_sparsity=0.5)
+    z = model.model_(torch.as_tensor(binary_data[:5]), tau_support=0.5, tau_sparsity=0.5)
     assert isinstance(z, SparseCode) and z.index.shape == (5, 4) and z.size == 20
 
 
@@ -148,8 +148,8 @@ def test_auto_layout_switches_by_width_and_by_the_modes_it_needs():
     for modes in (dict(objective="relaxed"), dict(slot_estimator="imle"), dict(slot_selection="independent")):
         assert ModelSpec(5, 5000, 10, slot_layout="auto", **modes).slot_layout == "per_slot", modes
     # the estimators' default is "auto": wide models get the wide layout, narrow ones the per-slot one
-    assert SDLGM(input_dim=5, latent_dim=2000, max_sparsity=4).model.spec.support_step.sparse_code
-    assert not SDLGM(input_dim=5, latent_dim=200, max_sparsity=4).model.spec.support_step.sparse_code
+    assert SDLGM(input_dim=5, latent_dim=2000, max_sparsity=4).model_.spec.support_step.sparse_code
+    assert not SDLGM(input_dim=5, latent_dim=200, max_sparsity=4).model_.spec.support_step.sparse_code
 
 
 def test_sorted_picks_equal_the_greedy_chain_for_shared_logits():
@@ -166,7 +166,7 @@ def test_the_memory_estimate_is_linear_in_k_not_in_k_times_l0():
     def estimate(k, l0, layout="gumbel_topk"):
         model = SDLGM(input_dim=784, latent_dim=k, max_sparsity=l0, slot_layout=layout)
         config = TrainConfig(batch_size=256, eval_batch_size=256, memory_limit_gb=1e6)
-        return Trainer(*model._meta_networks(), config).check_memory(4096, 512)
+        return Trainer(*model._meta_networks(model.config), config).check_memory(4096, 512)
 
     wide = estimate(100_000, 32)
     assert wide.total < 4 * 2**30  # the 4 GB target's estimate

@@ -46,11 +46,11 @@ def assert_close(a, b):
 def test_joint_layout_gives_the_per_slot_loss_and_gradients(binary_data, options):
     per_slot = SDLGM(input_dim=12, **SMALL, **options)
     joint = SDLGM(input_dim=12, **SMALL, slot_layout="joint", **options)
-    joint.model.load_state_dict(per_slot.model.state_dict())
-    joint.guide.load_state_dict(per_slot.guide.state_dict())
+    joint.model_.load_state_dict(per_slot.model_.state_dict())
+    joint.guide_.load_state_dict(per_slot.guide_.state_dict())
     x = torch.as_tensor(binary_data[:50])
     # same random numbers, same draws: the losses agree up to float rounding
-    assert_close(loss_and_grads(per_slot.model, per_slot.guide, x), loss_and_grads(joint.model, joint.guide, x))
+    assert_close(loss_and_grads(per_slot.model_, per_slot.guide_, x), loss_and_grads(joint.model_, joint.guide_, x))
 
 
 @pytest.mark.parametrize("shortlist", [False, True])
@@ -63,25 +63,25 @@ def test_joint_layout_gives_the_per_slot_loss_for_the_classifier(shortlist):
     reference, joint = SDLGMClassifier(12, 4, **options), SDLGMClassifier(12, 4, slot_layout="joint", **options)
     for clf in (reference, joint):
         torch.manual_seed(1)
-        clf.model, clf.guide = clf._networks()
+        clf.model_, clf.guide_ = clf._networks(clf.config)
     extra = {}
     if shortlist:
         torch.manual_seed(2)
-        extra["candidates"] = reference.model.candidates(x, y, 8)
-    assert_close(loss_and_grads(reference.model, reference.guide, x, y, **extra),
-                 loss_and_grads(joint.model, joint.guide, x, y, **extra))
+        extra["candidates"] = reference.model_.candidates(x, y, 8)
+    assert_close(loss_and_grads(reference.model_, reference.guide_, x, y, **extra),
+                 loss_and_grads(joint.model_, joint.guide_, x, y, **extra))
 
 
 def test_the_draws_are_the_per_slot_draws(binary_data):
     per_slot = SDLGM(input_dim=12, **SMALL)
     joint = SDLGM(input_dim=12, **SMALL, slot_layout="joint")
-    joint.guide.load_state_dict(per_slot.guide.state_dict())
+    joint.guide_.load_state_dict(per_slot.guide_.state_dict())
     x = torch.as_tensor(binary_data[:20])
     traces = []
     for m in (per_slot, joint):
         pyro.set_rng_seed(4)
         with pyro.settings.context(module_local_params=True):
-            traces.append(poutine.trace(m.guide).get_trace(x, **KWARGS))
+            traces.append(poutine.trace(m.guide_).get_trace(x, **KWARGS))
     slots = torch.stack([traces[0].nodes[name]["value"] for name in per_slot.spec.slot_sites], -2)
     torch.testing.assert_close(traces[1].nodes[SLOTS_SITE]["value"], slots, rtol=1e-5, atol=1e-5)
 
@@ -140,9 +140,9 @@ def test_a_replayed_guide_is_refused_rather_than_scored_with_another_objective(b
     model = SDLGM(input_dim=12, **SMALL, slot_layout="joint")
     x = torch.as_tensor(binary_data[:10])
     with pyro.settings.context(module_local_params=True):
-        trace = poutine.trace(model.guide).get_trace(x, **KWARGS)
+        trace = poutine.trace(model.guide_).get_trace(x, **KWARGS)
         with pytest.raises(RuntimeError, match="replayed or conditioned"):
-            AnalyticKLELBO().differentiable_loss(model.model, poutine.replay(model.guide, trace=trace), x, **KWARGS)
+            AnalyticKLELBO().differentiable_loss(model.model_, poutine.replay(model.guide_, trace=trace), x, **KWARGS)
 
 
 def test_expand_and_shape_errors():
@@ -161,7 +161,7 @@ def test_joint_layout_needs_relaxed_sparsity():
 
 def test_a_joint_model_trains_saves_and_reloads(binary_data, tmp_path):
     model = SDLGM(input_dim=12, **SMALL, slot_layout="joint")
-    history = model.fit(binary_data, epochs=2, batch_size=32, progress=False, seed=0)
+    history = model.fit(binary_data, epochs=2, batch_size=32, progress=False, seed=0).history_
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in history)
     assert (model.encode(binary_data) != 0).sum(1).max() <= 4
     model.save(tmp_path / "m.pt")
@@ -177,19 +177,19 @@ def test_evaluate_reports_the_same_gated_kl_for_both_layouts(binary_data):
 
     per_slot = SDLGM(input_dim=12, **SMALL)
     joint = SDLGM(input_dim=12, **SMALL, slot_layout="joint")
-    joint.model.load_state_dict(per_slot.model.state_dict())
-    joint.guide.load_state_dict(per_slot.guide.state_dict())
+    joint.model_.load_state_dict(per_slot.model_.state_dict())
+    joint.guide_.load_state_dict(per_slot.guide_.state_dict())
     x = torch.as_tensor(binary_data[:30])
     schedule = final_schedule(None)
     results = []
     for m in (per_slot, joint):
         pyro.set_rng_seed(3)
-        terms, guide_trace = elbo_terms(m.model, m.guide, x, schedule)
+        terms, guide_trace = elbo_terms(m.model_, m.guide_, x, schedule)
         results.append(terms)
     torch.testing.assert_close(results[0]["kl_slots"], results[1]["kl_slots"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(results[0]["elbo"], results[1]["elbo"], rtol=1e-5, atol=1e-4)
     # and it equals the (unscaled, num_data = N) training loss of the same draw
     with pyro.settings.context(module_local_params=True):
         pyro.set_rng_seed(3)
-        loss = make_elbo(per_slot.spec)(per_slot.model, per_slot.guide)(x, **schedule)
+        loss = make_elbo(per_slot.spec)(per_slot.model_, per_slot.guide_)(x, **schedule)
     torch.testing.assert_close(-results[0]["elbo"].sum(), loss, rtol=1e-5, atol=1e-3)

@@ -37,7 +37,7 @@ def test_unknown_name_lists_known_ones():
     with pytest.raises(UnknownComponentError, match="unknown sparsity prior 'poisson'.*truncated_poisson"):
         SPARSITY_PRIORS.build("poisson", SPEC)
     with pytest.raises(UnknownComponentError, match="mlp_per_slot"):
-        SDLGM(input_dim=4, latent_dim=10, max_sparsity=5, guide="transformer")
+        SDLGM(input_dim=4, latent_dim=10, max_sparsity=5, guide="transformer").config
 
 
 def test_bad_option_names_the_option():
@@ -76,8 +76,8 @@ def test_user_registered_prior_is_used_by_name(binary_data):
                 return logits
 
     model = SDLGM(input_dim=12, latent_dim=6, max_sparsity=3, sparsity_prior={"name": name, "weight": 0.3})
-    assert type(model.model.sparsity_prior).__name__ == "TwoPoint"
-    history = model.fit(binary_data, **FAST_FIT)
+    assert type(model.model_.sparsity_prior).__name__ == "TwoPoint"
+    history = model.fit(binary_data, **FAST_FIT).history_
     assert len(history) == 2 and all(map(lambda r: r["train_loss"] == r["train_loss"], history))
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_sdlgm import SDLGM, ConfigError, UnknownComponentError
-from pyro_sdlgm.config import ModelConfig
+from pyro_sdlgm import ModelConfig
 from pyro_sdlgm.model.distributions import DiscreteKLExpRelaxedCategorical
 from pyro_sdlgm.model.slot_estimators import IMLE, SLOT_ESTIMATORS, SlotEstimator, build_slot_estimator, register_slot_estimator
 from pyro_sdlgm.estimators.sdlgm import build_model_and_guide
@@ -128,7 +128,7 @@ def test_imle_trains_to_a_finite_loss():
     torch.manual_seed(0)
     x = (torch.rand(64, 6) > 0.5).float().numpy()
     history = SDLGM(input_dim=6, latent_dim=5, max_sparsity=2, slot_estimator=IMLE.__name__.lower()).fit(
-        x, epochs=2, batch_size=16, seed=0, progress=False)
+        x, epochs=2, batch_size=16, seed=0, progress=False).history_
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
 
 
