@@ -18,6 +18,7 @@ the key (and the file).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import math
 import numbers
@@ -167,20 +168,23 @@ class ModelOptions(_Section):
 
     section: typing.ClassVar[str] = "model"
 
-    def validate(self):
-        # imported here: the registries import this module's neighbours, not this module
-        from pyro_sdlgm.model.guides import GUIDES
-        from pyro_sdlgm.model.likelihoods import LIKELIHOODS
-        from pyro_sdlgm.model.priors import SPARSITY_PRIORS, SUPPORT_PRIORS, VALUE_PRIORS
+    #: the registry of each option that names a component (its ``module.NAME``): read by
+    #: :meth:`validate` and by the option reference (:mod:`pyro_sdlgm.app.option_docs`)
+    registries: typing.ClassVar[dict[str, str]] = {
+        "likelihood": "pyro_sdlgm.model.likelihoods.LIKELIHOODS",
+        "sparsity_prior": "pyro_sdlgm.model.priors.SPARSITY_PRIORS",
+        "support_prior": "pyro_sdlgm.model.priors.SUPPORT_PRIORS",
+        "value_prior": "pyro_sdlgm.model.priors.VALUE_PRIORS",
+        "guide": "pyro_sdlgm.model.guides.GUIDES",
+        "slot_layout": "pyro_sdlgm.model.support_steps.SUPPORT_STEPS",
+        "slot_estimator": "pyro_sdlgm.model.slot_estimators.SLOT_ESTIMATORS",
+    }
 
-        for key, registry in (
-            ("likelihood", LIKELIHOODS),
-            ("sparsity_prior", SPARSITY_PRIORS),
-            ("support_prior", SUPPORT_PRIORS),
-            ("value_prior", VALUE_PRIORS),
-            ("guide", GUIDES),
-        ):
-            registry.get(component_name(getattr(self, key), registry.kind)[0])
+    def validate(self):
+        for key in self.registries:
+            name = component_name(getattr(self, key), key)[0]
+            if not (key == "slot_layout" and name == "auto"):  # the spec resolves "auto"
+                registry_of(self, key).get(name)
         if self.input_dim is not None and self.input_dim < 1:
             raise ConfigError(f"model.input_dim must be a positive integer or none, got {self.input_dim}")
         self._spec(1 if self.input_dim is None else self.input_dim)  # checks sizes and modes
@@ -384,6 +388,7 @@ class ClassifierOptions(_Section):
     are the parameters of :class:`pyro_sdlgm.SDLGMClassifier` (see :func:`options_dataclass`)."""
 
     section: typing.ClassVar[str] = "classifier"
+    registries: typing.ClassVar[dict[str, str]] = {"slot_layout": ModelOptions.registries["slot_layout"]}
 
     def validate(self):
         for key in ("num_labels", "max_labels", "input_dim"):
@@ -392,10 +397,19 @@ class ClassifierOptions(_Section):
                 raise ConfigError(f"classifier.{key} must be a positive integer or none, got {value}")
         if self.num_labels is not None and self.max_labels is not None and self.max_labels > self.num_labels:
             raise ConfigError(f"classifier.max_labels={self.max_labels} exceeds num_labels={self.num_labels}")
+        registry_of(self, "slot_layout").build(self.slot_layout)  # its name and options, before any data is read
         if self.num_candidates == "all":  # the same as None: every label
             self.num_candidates = None
         if isinstance(self.num_candidates, int) and self.num_labels is not None:
             check_candidates(self.num_candidates, self.num_labels, self.max_labels or 1, self.per_slot)
+
+
+def registry_of(options: type | object, option: str):
+    """The :class:`~pyro_sdlgm.model.registry.Registry` of the components ``option`` of an options
+    class (:class:`ModelOptions`, :class:`ClassifierOptions`) names; imported when asked, since the
+    registries' modules import this module's neighbours."""
+    module, _, name = options.registries[option].rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def check_candidates(num_candidates, num_labels: int, max_labels: int, per_slot: bool) -> int:

@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("run_dir")
     encode.add_argument("--out", required=True, help="output .npz file")
     encode.add_argument("--data", help="data source; default: the run's test split")
+
+    options = sub.add_parser("options", help="list every option of a section with its type, default and values")
+    options.add_argument("section", nargs="?", choices=("model", "classifier", "training"),
+                         help="one section (default: all, as docs/options.md)")
+    options.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                         help="a module name or .py file that registers your own components, imported first so that "
+                              "they are listed; repeat for several")
     return parser
 
 
@@ -289,6 +296,15 @@ def _run_command(args, runs) -> None:
         print(f"wrote {result['rows_out']}: the row of {result['source']} each code row belongs to")
 
 
+def _options(args) -> int:
+    from pyro_sdlgm.app import option_docs
+    from pyro_sdlgm.plugins import load_plugins
+
+    load_plugins(args.plugin)
+    print(option_docs.reference() if args.section is None else "\n".join(option_docs.section(args.section)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # overrides may also come after --run-dir/--overwrite: argparse leaves those over
@@ -304,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":  # applies training.num_threads itself, recorded in config.yaml
             return _train(args, runs)
+        if args.command == "options":
+            return _options(args)
         from pyro_sdlgm.inference.resources import cpu_threads
         from pyro_sdlgm.inference.run_lock import run_folder_lock
         from pyro_sdlgm.plugins import load_plugins

@@ -73,7 +73,8 @@ class SDLGMClassifier(ClassifierMixin, Estimator):
         guide: with ``"elbo"``: ``"label_aware"`` (``q(L, labels | x, y)``) or
             ``"prior_as_guide"`` (ablation). Not used by the set bound.
         per_slot: one logit vector per slot (``"elbo"`` only; default shared).
-        hidden, activation: MLP sizes of the prior network and the guide.
+        hidden: hidden sizes of the MLPs of the prior network and the guide.
+        activation: activation of those MLPs.
         dropout: dropout rate after each hidden layer of the prior network, in training.
         label_noise: ``eps`` in ``y ~ Bernoulli(eps + (1 - 2 eps) s)`` (``"elbo"``).
         ranking: ``"inclusion"`` (default: labels by ``1 - prod_l (1 - g_l p_lk)``, the inclusion
@@ -87,8 +88,11 @@ class SDLGMClassifier(ClassifierMixin, Estimator):
         calibrate_count: after training, divide the count logits by the temperature that
             minimizes the negative log-likelihood of the validation rows' counts (Guo et al.,
             2017; ``count_temperature_``; 1 without validation rows). It changes no mode.
-        sparsity_inference, objective, slot_selection, slot_layout: as for :class:`pyro_sdlgm.SDLGM`
-            (``"elbo"``).
+        sparsity_inference: how the count is inferred (``"elbo"`` only), as for :class:`pyro_sdlgm.SDLGM`.
+        objective: the KL terms of the ELBO (``"elbo"`` only), as for :class:`pyro_sdlgm.SDLGM`.
+        slot_selection: whether the slots draw without replacement (``"elbo"`` only), as for
+            :class:`pyro_sdlgm.SDLGM`.
+        slot_layout: how the slots become Pyro sites (``"elbo"`` only), as for :class:`pyro_sdlgm.SDLGM`.
         num_candidates: ``"auto"`` (default: :func:`~pyro_sdlgm.estimators.label_counts.auto_candidates`, 40 or ``2 L0`` labels a
             row with the set bound when fewer than ``K``, else all), None (the full mode: every
             slot draws over all ``K`` labels) or ``C`` with ``L0 <= C <= K``: the shortlist

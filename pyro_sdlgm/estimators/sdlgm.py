@@ -92,24 +92,26 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
     ELBO; ``get_params``/``set_params``/``clone`` see every argument below, the training options
     included. The Pyro model and guide are :attr:`model_` and :attr:`guide_`.
 
+    An option that names a component takes a registered name or ``{"name": ..., **options}``;
+    ``docs/options.md`` (or ``sdlgm options``) lists each option's registered components with
+    their own options.
+
     Args:
         input_dim: ``D``, features per observation; None (default): taken from the data by
             :meth:`fit` (``n_features_in_``).
         latent_dim: ``K``, width of the code.
         max_sparsity: ``L0``, cap on the non-zeros, ``1 <= L0 <= K``.
-        likelihood: ``"bernoulli"`` (data in [0, 1]) or ``"normal"`` (learned scale), or a
-            registered name or ``{"name": ..., **options}``.
+        likelihood: the observation model: a registered name or ``{"name": ..., **options}``
+            (``bernoulli`` for data in [0, 1], ``normal`` with a learned scale, or your own).
         include_zero: allow ``L_i = 0`` (levels ``{0..L0}``).
         binary: binary codes ``z = s`` (no values); ``"auto"`` (default): binary for the
             Bernoulli likelihood, with values otherwise.
-        sparsity_prior: ``"uniform"``, ``"truncated_geometric"`` (``p``),
-            ``"truncated_poisson"`` (``rate``), ``"learned"``, or a registered name.
-        support_prior: ``"uniform"`` or ``"learned"``.
-        value_prior: ``"normal"`` or ``"laplace"`` (option ``scale``).
-        guide: ``"mlp_magnitude_slots"`` (default: shared slot logits from the magnitudes of
-            the value means, so the selection follows the values as a top-k autoencoder's
-            does), ``"mlp_per_slot"`` or ``"mlp_shared_slots"`` (options ``hidden``,
-            ``activation``).
+        sparsity_prior: the prior ``p(L_i)`` over the levels, a registered name or table.
+        support_prior: the prior over which dimension a slot selects, a registered name or table.
+        value_prior: the prior of the non-zero values, a registered name or table.
+        guide: the amortized guide network, a registered name or table (default
+            ``mlp_magnitude_slots``: the selection follows the magnitudes of the value means, as
+            a top-k autoencoder's does).
         sparsity_inference: ``"relaxed"`` (Concrete ``L_i``), ``"enumerate"`` (exact sum
             over ``L_i`` with ``TraceEnum_ELBO``; needs ``objective="relaxed"``) or
             ``"marginal"`` (exact expectations over ``q(L_i)`` with its discrete KL; needs
@@ -119,22 +121,15 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
             Concrete densities, ``Trace_ELBO``). See ``docs/model.md`` for the measured difference.
         slot_selection: ``"without_replacement"`` (slots mask the dimensions earlier slots
             took, so ``L_i`` counts distinct non-zeros) or ``"independent"``.
-        slot_layout: ``"auto"`` (the default: ``"gumbel_topk"`` above 1,024 dimensions when the
-            other modes allow it, else ``"per_slot"``), ``"per_slot"`` (one Pyro site per slot,
-            ``slot_1..slot_L0``),
-            ``"joint"`` (one site ``slots`` for all of them: the same distribution with batched
-            operations, faster; not with ``sparsity_inference="enumerate"``) or ``"gumbel_topk"``
-            (one site ``support``: a Gumbel perturbation of the shared slot logits whose top
-            ``L0`` are the slots; time and memory linear in ``K``; ``{"name": "gumbel_topk",
-            "num_candidates": C}`` sets the relaxation's columns, default ``2 L0``); see
+        slot_layout: how the slots become Pyro sites, a registered name or table, or ``"auto"``
+            (the default: ``gumbel_topk``, time and memory linear in ``K``, above 1,024 dimensions
+            when the other modes allow it, else ``per_slot``); see
             :mod:`pyro_sdlgm.model.support_steps`.
         count_coupling: ``"gated_code"`` (the relaxed count gates the code inside the
             decoder) or ``"prefix_mixture"`` (the decoder sees the code of each whole count; the
             log-likelihoods are averaged over the count).
-        slot_estimator: the support's gradient estimator, a name or ``{"name": ..., **options}`` in
-            :data:`~pyro_sdlgm.model.slot_estimators.SLOT_ESTIMATORS`: ``"relaxed"`` (Gumbel-Softmax slots in
-            the code), ``"straight_through"`` (their one-hot in the code, relaxed gradient) or
-            ``"imle"`` (their one-hot, implicit-MLE gradient; option ``step``).
+        slot_estimator: the support's gradient estimator, a registered name or table (default
+            ``relaxed``: the Gumbel-Softmax slots in the code).
         count_estimate: the count posterior used after training (``sparsity_posterior``,
             ``predict_sparsity``, ``encode``, ``posterior``): ``"amortized"`` (the count
             network's ``q(L|x)``) or ``"refined"`` (default; ``q*(L = l | x) ∝ p(l) exp(-R_l - KL_{1..l})``

@@ -200,7 +200,8 @@ class MagnitudeSlotsGuide(MLPGuide):
 @register_guide("mlp_magnitude_slots")
 def mlp_magnitude_slots(spec: ModelSpec, hidden: Sequence[int] = (512, 256), activation: str = "relu",
                         init_gain: float = 3.0) -> MagnitudeSlotsGuide:
-    """MLP guide whose shared slot logits are the magnitudes of the value means (see :class:`MagnitudeSlotsGuide`)."""
+    """MLP guide whose shared slot logits are the magnitudes of the value means, so the selection follows
+    the values as a top-k autoencoder's does (see :class:`MagnitudeSlotsGuide`)."""
     return MagnitudeSlotsGuide(spec, hidden=hidden, activation=activation, init_gain=init_gain)
 
 

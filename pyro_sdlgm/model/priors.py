@@ -113,6 +113,8 @@ class SupportPrior(nn.Module):
 
 @register_support_prior("uniform")
 class UniformSupport(SupportPrior):
+    """Every dimension equally likely."""
+
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
         self.register_buffer("zeros", torch.zeros(spec.latent_dim), persistent=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 import torch
@@ -33,8 +33,8 @@ SLOT_SELECTIONS = get_args(SlotSelection)
 #: K = 4,096 its step is 36x a top-k autoencoder's and 21x its memory, gumbel_topk's 2.0x and 1.6x;
 #: the widths between were not measured
 WIDE_LATENT_DIM = 1024
-#: the fields of a spec that choose a mode of the model (the rest are sizes)
-MODE_FIELDS = ("sparsity_inference", "objective", "slot_selection", "slot_layout", "count_coupling", "slot_estimator")
+#: the fields of a spec that are sizes or their kind; the others choose a mode (``MODE_FIELDS``)
+SIZE_FIELDS = ("input_dim", "latent_dim", "max_sparsity", "include_zero", "binary")
 
 
 def slot_site(index: int) -> str:
@@ -216,3 +216,8 @@ class ModelSpec:
     def levels(self, device=None) -> torch.Tensor:
         """The sparsity level values, shape ``(num_levels,)``, e.g. ``[1, 2, ..., L0]``."""
         return torch.arange(self.min_level, self.max_sparsity + 1, device=device)
+
+
+
+#: the fields of a spec that choose a mode of the model, in declaration order
+MODE_FIELDS = tuple(field.name for field in fields(ModelSpec) if field.name not in SIZE_FIELDS)

@@ -123,7 +123,7 @@ class SupportStep:
 
 @register_support_step("per_slot")
 class PerSlot(SupportStep):
-    """One ExpConcrete site per slot (see the module docstring)."""
+    """One ExpConcrete site per slot over all ``K`` dimensions, ``slot_1 .. slot_L0`` (see the module docstring)."""
 
     uses_site_distribution = True
 
@@ -152,7 +152,8 @@ class PerSlot(SupportStep):
 
 @register_support_step("joint")
 class Joint(SupportStep):
-    """All slots as one :class:`~pyro_sdlgm.model.distributions.JointSlots` site."""
+    """All slots as one :class:`~pyro_sdlgm.model.distributions.JointSlots` site ``slots``: the per-slot
+    distribution with batched operations, faster; not with ``sparsity_inference="enumerate"``."""
 
     def check(self, spec):
         if spec.sparsity_inference == "enumerate":
@@ -174,7 +175,9 @@ class Joint(SupportStep):
 
 @register_support_step("gumbel_topk")
 class GumbelTopK(SupportStep):
-    """One Gumbel-perturbation of the shared slot logits and its top ``L0`` (see the module docstring).
+    """One site ``support``: a Gumbel perturbation of the shared slot logits whose top ``L0`` are the
+    slots, an exact draw without replacement; time and memory linear in ``K``; needs shared slot
+    logits (see the module docstring).
 
     Args:
         num_candidates: the columns of the relaxation, ``"auto"``: ``2 L0`` (at most ``K``).

@@ -70,6 +70,15 @@ def test_overrides_after_options_and_bad_option_types_leave_no_run_folder(tmp_pa
     assert not run_dir.exists()
 
 
+def test_a_classifiers_bad_component_option_leaves_no_run_folder(tmp_path, capsys):
+    config, _, _ = multilabel_run_config(tmp_path)
+    run_dir = tmp_path / "bad"
+    assert main(["train", "--config", str(config), "--run-dir", str(run_dir),
+                 'classifier.slot_layout={name = "gumbel_topk", bogus = 1}']) == 2
+    assert "bad options ['bogus'] for slot layout 'gumbel_topk'" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
 def test_encode_names_the_file_it_writes(trained_run, tmp_path, capsys):
     assert main(["encode", str(trained_run), "--out", str(tmp_path / "codes")]) == 0
     assert str(tmp_path / "codes.npz") in capsys.readouterr().out
