@@ -39,8 +39,27 @@ def draw_supports(rng: np.random.Generator, n: int, K: int, L0: int) -> tuple[np
     return support, counts.astype(np.int64)
 
 
-def linear_gaussian(n: int, *, K: int, D: int, L0: int, noise: float, seed: int, W: np.ndarray | None = None):
-    """``x = z W + noise * eps`` with signed values of magnitude in [0.5, 1.5] on a support of ``L_i`` dims.
+#: the distributions of the non-zero values of ``linear_gaussian`` (each of variance near 1 or above):
+#: ``bounded``, signed magnitudes in [0.5, 1.5] (bounded away from 0); ``gaussian``, ``N(0, 1)``;
+#: ``laplace``, ``Laplace(0, 1 / sqrt(2))`` (variance 1). The last two have mass near zero.
+VALUE_DISTRIBUTIONS = ("bounded", "gaussian", "laplace")
+
+
+def draw_values(rng: np.random.Generator, shape: tuple[int, int], values: str) -> np.ndarray:
+    """Values of the distribution ``values`` (a name in :data:`VALUE_DISTRIBUTIONS`)."""
+    if values == "bounded":
+        magnitude = rng.uniform(VALUE_LOW, VALUE_HIGH, shape)
+        return np.where(rng.random(shape) < 0.5, -1.0, 1.0) * magnitude
+    if values == "gaussian":
+        return rng.normal(size=shape)
+    if values == "laplace":
+        return rng.laplace(scale=1 / np.sqrt(2), size=shape)
+    raise ValueError(f"unknown values {values!r}; known: {', '.join(VALUE_DISTRIBUTIONS)}")
+
+
+def linear_gaussian(n: int, *, K: int, D: int, L0: int, noise: float, seed: int, W: np.ndarray | None = None,
+                    values: str = "bounded"):
+    """``x = z W + noise * eps`` with values of the distribution ``values`` on a support of ``L_i`` dims.
 
     ``W (K, D)`` has ``N(0, 1)`` entries drawn first from ``seed`` unless given.
     Returns ``(X, S, L, params)``; ``params`` holds ``W``, ``Z`` (the true codes) and ``noise``.
@@ -49,9 +68,7 @@ def linear_gaussian(n: int, *, K: int, D: int, L0: int, noise: float, seed: int,
     if W is None:
         W = rng.normal(size=(K, D))
     support, counts = draw_supports(rng, n, K, L0)
-    magnitude = rng.uniform(VALUE_LOW, VALUE_HIGH, (n, K))
-    sign = np.where(rng.random((n, K)) < 0.5, -1.0, 1.0)
-    Z = np.where(support, sign * magnitude, 0.0)
+    Z = np.where(support, draw_values(rng, (n, K), values), 0.0)
     X = Z @ W + noise * rng.normal(size=(n, D))
     return X.astype(np.float32), support, counts, {"W": W, "Z": Z, "noise": noise}
 
@@ -76,7 +93,7 @@ def bernoulli(n: int, *, K: int, D: int, L0: int, seed: int, weight_sd: float = 
 
 
 GENERATORS = {"linear_gaussian": linear_gaussian, "bernoulli": bernoulli}
-GENERATOR_KEYS = {"linear_gaussian": ("K", "D", "L0", "noise"), "bernoulli": ("K", "D", "L0")}
+GENERATOR_KEYS = {"linear_gaussian": ("K", "D", "L0", "noise", "values"), "bernoulli": ("K", "D", "L0")}
 
 
 def make_splits(setting: dict, data_seed: int) -> dict:
@@ -89,7 +106,7 @@ def make_splits(setting: dict, data_seed: int) -> dict:
     own ``Z`` (and ``logits``), plus ``W`` (and ``b``) of the generator.
     """
     kind = setting["kind"]
-    sizes = {key: setting[key] for key in GENERATOR_KEYS[kind]}
+    sizes = {key: setting[key] for key in GENERATOR_KEYS[kind] if key in setting}  # a missing key: its default
     n = [setting["n_train"], setting["n_val"], setting["n_test"]]
     X, S, L, params = GENERATORS[kind](sum(n), seed=data_seed, **sizes)
     bounds = np.cumsum([0] + n)

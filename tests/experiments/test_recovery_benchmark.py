@@ -165,3 +165,29 @@ def test_rerun_replaces_its_row_and_keeps_the_others(tmp_path):
     assert float(summary["mean_nnz_worst"]) == pytest.approx(3.0)  # the highest
     assert summary["n_seeds"] == "2"
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("values", ["gaussian", "laplace"])
+def test_values_near_zero_keep_the_support_and_reach_small_magnitudes(values):
+    X, S, L, params = data.linear_gaussian(2000, K=10, D=20, L0=4, noise=0.1, seed=0, values=values)
+    magnitude = np.abs(params["Z"][S])
+    np.testing.assert_array_equal(S.sum(1), L)
+    assert (magnitude < 0.1).mean() > 0.05  # mass near zero, unlike the bounded values
+    assert 0.8 < (params["Z"][S] ** 2).mean() < 1.2  # variance 1
+    with pytest.raises(ValueError, match="unknown values 'uniform'"):
+        data.linear_gaussian(10, K=10, D=20, L0=4, noise=0.1, seed=0, values="uniform")
+
+
+def test_omp_oracle_finds_the_counts_of_bounded_values_at_low_noise():
+    recovery.SETTINGS["lg_omp_test"] = dict(kind="linear_gaussian", K=20, D=60, L0=4, noise=0.05,
+                                            n_train=200, n_val=200, n_test=300)
+    try:
+        cfg = recovery.setting_config("lg_omp_test")
+        splits = data.make_splits(cfg, data_seed=0)
+        row = recovery.score(recovery.fit_omp_oracle("omp_oracle", splits, cfg, {}), splits, cfg["kind"])
+    finally:
+        del recovery.SETTINGS["lg_omp_test"]
+    assert row["spearman_L"] > 0.95 and row["support_f1"] > 0.95 and row["explained_variance"] > 0.99
+    assert row["max_nnz"] <= 4
+    with pytest.raises(ValueError, match="needs a linear_gaussian setting"):
+        recovery.fit_omp_oracle("omp_oracle", {}, {"kind": "bernoulli"}, {})
