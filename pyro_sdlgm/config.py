@@ -181,10 +181,7 @@ class ModelOptions(_Section):
     }
 
     def validate(self):
-        for key in self.registries:
-            name = component_name(getattr(self, key), key)[0]
-            if not (key == "slot_layout" and name == "auto"):  # the spec resolves "auto"
-                registry_of(self, key).get(name)
+        check_components(self)
         if self.input_dim is not None and self.input_dim < 1:
             raise ConfigError(f"model.input_dim must be a positive integer or none, got {self.input_dim}")
         self._spec(1 if self.input_dim is None else self.input_dim)  # checks sizes and modes
@@ -397,7 +394,7 @@ class ClassifierOptions(_Section):
                 raise ConfigError(f"classifier.{key} must be a positive integer or none, got {value}")
         if self.num_labels is not None and self.max_labels is not None and self.max_labels > self.num_labels:
             raise ConfigError(f"classifier.max_labels={self.max_labels} exceeds num_labels={self.num_labels}")
-        registry_of(self, "slot_layout").build(self.slot_layout)  # its name and options, before any data is read
+        check_components(self, build=("slot_layout",))  # its options too, before any data is read
         if self.num_candidates == "all":  # the same as None: every label
             self.num_candidates = None
         if isinstance(self.num_candidates, int) and self.num_labels is not None:
@@ -410,6 +407,21 @@ def registry_of(options: type | object, option: str):
     registries' modules import this module's neighbours."""
     module, _, name = options.registries[option].rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def check_components(options, *, build: tuple[str, ...] = ()) -> None:
+    """Check that each component option of ``options`` names a registered component
+    (``slot_layout="auto"`` is resolved by the spec); the options in ``build``, whose factories
+    take no spec, are built, so that their own options are checked too."""
+    for key in options.registries:
+        spec = getattr(options, key)
+        name = component_name(spec, key)[0]
+        if key == "slot_layout" and name == "auto":
+            continue
+        if key in build:
+            registry_of(options, key).build(spec)
+        else:
+            registry_of(options, key).get(name)
 
 
 def check_candidates(num_candidates, num_labels: int, max_labels: int, per_slot: bool) -> int:

@@ -59,7 +59,7 @@ def markdown(text: str) -> str:
 
 
 def _type_name(annotation) -> str:
-    """A readable form of a field's type (``int | None``, ``Literal[...]`` as its values)."""
+    """A readable form of a field's type, without the ``typing.`` prefixes (``int | None``)."""
     text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
     return text.replace("typing.", "").replace("collections.abc.", "")
 

@@ -218,6 +218,5 @@ class ModelSpec:
         return torch.arange(self.min_level, self.max_sparsity + 1, device=device)
 
 
-
 #: the fields of a spec that choose a mode of the model, in declaration order
 MODE_FIELDS = tuple(field.name for field in fields(ModelSpec) if field.name not in SIZE_FIELDS)

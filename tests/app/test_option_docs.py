@@ -9,6 +9,7 @@ import pytest
 from pyro_sdlgm import SDLGM, SDLGMClassifier
 from pyro_sdlgm.app import option_docs
 from pyro_sdlgm.app.cli import main
+from pyro_sdlgm.exceptions import UnknownComponentError
 from pyro_sdlgm.config import ModelOptions, TrainConfig, own_options
 from pyro_sdlgm.model.priors import SPARSITY_PRIORS, SparsityPrior
 
@@ -91,3 +92,9 @@ def test_sdlgm_options_lists_a_plugins_component(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "`two_point_listed` (options: mass_on_one=0.5): Mass on the first and the last level." in out
     assert "[training]" not in out and "**`latent_dim`**" in out
+
+
+def test_a_classifiers_slot_layout_may_be_auto_but_not_an_unknown_name():
+    assert SDLGMClassifier(slot_layout="auto").config.slot_layout == "auto"  # the spec resolves it
+    with pytest.raises(UnknownComponentError, match="unknown slot layout 'tiled'"):
+        SDLGMClassifier(slot_layout="tiled").config
