@@ -16,7 +16,10 @@ distinct uniform dimensions out of ``K``; the dictionary ``W`` is fixed by the d
 - ``linear_gaussian``: ``x = z W + noise * N(0, 1)``, ``W`` with ``N(0, 1)`` entries, values
   ``sign * Uniform(0.5, 1.5)`` (bounded away from 0, so the count is identifiable) or, with the
   setting's ``values``, ``N(0, 1)`` or ``Laplace`` values with mass near zero;
-- ``bernoulli``: binary ``z = s``, ``x ~ Bernoulli(sigmoid(z W - 2))``, ``W`` with ``N(0, 2^2)``.
+- ``random_mlp``: the same codes through a random network, ``x = tanh(z A) B + noise * N(0, 1)``
+  (nonlinear; no dictionary);
+- ``bernoulli``: binary ``z = s``, ``x ~ Bernoulli(sigmoid(z W + b))``, ``W`` with ``N(0, 2^2)``,
+  ``b = -2`` (the setting's ``bias`` changes the density).
 
 Settings are the entries of :data:`SETTINGS` (main: ``lg_k40``, ``K = 40, D = 100, L0 = 8``,
 noise 0.1). Splits: 4000 train, 500 validation, 1000 test rows from one generator call with
@@ -50,6 +53,9 @@ Methods:
   dictionary, stopping at a squared residual of ``factor * D noise^2`` (the factor chosen on the
   validation rows' counts) and capped at ``L0`` atoms
   (scikit-learn's ``orthogonal_mp``): the classical ceiling for counts that must be found;
+- ``dict_omp`` (linear_gaussian, when named): scikit-learn's ``MiniBatchDictionaryLearning``
+  (``K`` atoms, its lasso penalty chosen on the validation counts) on the training rows, then the
+  same OMP with the learned atoms: what a signal-processing user would pick, told the noise level;
 - ``oracle``: the true dictionary and the true supports. For linear_gaussian, the
   least-squares values on the true support of each row, reconstruction ``z W`` (the data
   have mean 0): the ceiling of explained variance for codes with the true count. For
@@ -68,6 +74,10 @@ Metrics per (setting, method, seed), on the test rows:
 - ``support_f1``: learned dimensions are matched one-to-one to true ones by the Hungarian
   algorithm on the co-occurrence of "learned ``j`` active" and "true ``k`` in the support"
   over the train rows' hard codes; then the micro-F1 of the mapped test supports;
+- ``atom_cosine`` (linear_gaussian and bernoulli): dictionary recovery, the mean ``|cos|`` between
+  each true atom (a row of ``W``) and the learned one it is matched to one-to-one (Hungarian
+  algorithm on ``|cos|``); a learned atom is what the dimension adds to the decoder's output
+  (mean or logits), ``decoder(e_k) - decoder(0)``, the weight column of a linear decoder;
 - ``mean_nnz``, ``max_nnz`` of the hard test codes; ``epochs`` run, ``train_seconds`` (for
   the top-k autoencoder, of the kept form), ``train_peak_mb`` (resident memory above the
   level at the start of training, :class:`suite_common.PeakMemory`).
@@ -119,7 +129,12 @@ SETTINGS = {
     "lg_k40_gauss_quiet": dict(kind="linear_gaussian", K=40, D=100, L0=8, noise=0.03, values="gaussian",
                                n_train=3000),
     "lg_k40_laplace": dict(kind="linear_gaussian", K=40, D=100, L0=8, noise=0.1, values="laplace", n_train=3000),
+    # a nonlinear generator: the same codes through a random tanh network
+    "mlp_k40_gauss": dict(kind="random_mlp", K=40, D=100, L0=8, noise=0.1, values="gaussian", n_train=3000),
     "bern_k40": dict(kind="bernoulli", K=40, D=100, L0=8),
+    # Bernoulli data of other densities (the bias sets the mean of x: about 0.12 at -3, 0.30 at -1)
+    "bern_k40_sparse": dict(kind="bernoulli", K=40, D=100, L0=8, bias=-3.0),
+    "bern_k40_dense": dict(kind="bernoulli", K=40, D=100, L0=8, bias=-1.0),
     "bern_k20_l4": dict(kind="bernoulli", K=20, D=100, L0=4),
     # tiny settings for smoke runs and the tests
     "lg_tiny": dict(kind="linear_gaussian", K=6, D=12, L0=3, noise=0.1, n_train=300, n_val=100, n_test=200),
@@ -164,22 +179,22 @@ SDLGM_VARIANTS = {
                                        "fit": {"revive_every": 10, "revive": "copy"}},
 }
 
-LIKELIHOODS = {"linear_gaussian": "normal", "bernoulli": "bernoulli"}
+LIKELIHOODS = {"linear_gaussian": "normal", "random_mlp": "normal", "bernoulli": "bernoulli"}
 TOPK_PATTERN = re.compile(r"topk_ae_k(\d+|L0|matched)(?:_(relu|abs))?")
 TOPK_FORMS = ("relu", "abs")
-OTHER_METHODS = ("pca_norm", "oracle", "omp_oracle")
+OTHER_METHODS = ("pca_norm", "oracle", "omp_oracle", "dict_omp")
 
 METRICS = ["explained_variance", "recon_nats", "spearman_L", "count_accuracy", "spearman_L_amortized",
-           "count_accuracy_amortized", "nnz_count_accuracy", "support_f1",
+           "count_accuracy_amortized", "nnz_count_accuracy", "support_f1", "atom_cosine",
            "mean_nnz", "max_nnz", "epochs", "train_seconds", "train_peak_mb"]
 HIGHER_IS_BETTER = {"explained_variance", "spearman_L", "count_accuracy", "spearman_L_amortized", "count_accuracy_amortized",
-                    "nnz_count_accuracy", "support_f1"}
+                    "nnz_count_accuracy", "support_f1", "atom_cosine"}
 COLUMNS = ["setting", "kind", "method", "seed", "data_seed", "K", "D", "L0", "k", "form", "epoch_budget"] + METRICS
 NAN = float("nan")
 
 
 def default_methods() -> list[str]:
-    return [*SDLGM_VARIANTS, "topk_ae_kL0", "topk_ae_kmatched", "pca_norm", "oracle"]  # omp_oracle: when named
+    return [*SDLGM_VARIANTS, "topk_ae_kL0", "topk_ae_kmatched", "pca_norm", "oracle"]  # the OMP methods: when named
 
 
 def check_method(name: str) -> str:
@@ -236,12 +251,25 @@ def fit_sdlgm(method: str, splits: dict, cfg: dict, job: dict) -> dict:
     out = dict(codes_train=model.encode(x_train), codes_test=model.encode(x_test), x_hat=model.reconstruct(x_test),
                expected_L=model.sparsity_posterior(x_test) @ model.sparsity_levels,
                predicted_L=model.predict_sparsity(x_test), epochs=len(history), train_seconds=seconds,
-               train_peak_mb=meter.peak_mb)
+               train_peak_mb=meter.peak_mb, atoms=decoder_atoms(model))
     # the count network's own q(L|x) of the same fitted model (count_estimate changes no training step)
     model.set_params(count_estimate="amortized")  # a post-training option: read at each call
     out.update(expected_L_amortized=model.sparsity_posterior(x_test) @ model.sparsity_levels,
                predicted_L_amortized=model.predict_sparsity(x_test))
     return out
+
+
+def decoder_atoms(model) -> np.ndarray:
+    """``(K, D)``: what each dimension adds to the decoder's output (the likelihood's parameter: the
+    mean or the logits), ``decoder(e_k) - decoder(0)``; for a linear decoder, its weight columns."""
+    import torch
+
+    decoder = model.model_.decoder
+    device = next(decoder.parameters()).device
+    with torch.no_grad():
+        k = model.latent_dim
+        out = decoder(torch.cat([torch.zeros(1, k), torch.eye(k)]).to(device)).cpu().double().numpy()
+    return out[1:] - out[:1]
 
 
 def make_topk_module(input_dim: int, latent_dim: int, k: int, form: str, likelihood: str, hidden):
@@ -319,7 +347,7 @@ def fit_topk(method: str, splits: dict, cfg: dict, job: dict) -> dict:
     _, form, module, history, seconds, peak = best
     with torch.no_grad():
         out = dict(codes_train=module.codes(t_train).numpy(), codes_test=module.codes(t_test).numpy(),
-                   x_hat=module.reconstruct(t_test).numpy())
+                   x_hat=module.reconstruct(t_test).numpy(), atoms=module.decoder.weight.double().numpy().T)
     return dict(out, predicted_L=np.full(len(x_test), k), epochs=len(history), train_seconds=seconds,
                 train_peak_mb=peak, k=k, form=form)
 
@@ -353,6 +381,9 @@ def fit_oracle(method: str, splits: dict, cfg: dict, job: dict) -> dict:
         codes_train = least_squares_on_support(x_train, S_train, W)
         codes_test = least_squares_on_support(x_test, S_test, W)
         x_hat = codes_test @ W
+    elif cfg["kind"] == "random_mlp":
+        codes_train, codes_test = splits["train"][3]["Z"], p_test["Z"]
+        x_hat = np.tanh(codes_test @ p_test["A"]) @ p_test["B"]
     else:
         codes_train, codes_test = splits["train"][3]["Z"], p_test["Z"]
         x_hat = expit(p_test["logits"])
@@ -378,23 +409,68 @@ def omp_codes(X: np.ndarray, W: np.ndarray, tol: float, L0: int) -> np.ndarray:
     return Z
 
 
-def fit_omp_oracle(method: str, splits: dict, cfg: dict, job: dict) -> dict:
-    """The classical ceiling (linear_gaussian): OMP with the true dictionary, stopping at a squared
-    residual of ``factor * D noise^2``, the factor of :data:`OMP_TOLERANCE_FACTORS` whose counts
-    have the best Spearman correlation with the true ones on the validation rows."""
-    if cfg["kind"] != "linear_gaussian":
-        raise ValueError(f"omp_oracle needs a linear_gaussian setting, got {cfg['kind']!r}")
-    (x_train, *_), (x_val, _, L_val, _), (x_test, *_, p_test) = splits["train"], splits["val"], splits["test"]
-    started = time.perf_counter()
-    W, base = p_test["W"], x_test.shape[1] * cfg["noise"] ** 2
+def omp_with_tolerance(splits: dict, cfg: dict, W: np.ndarray, center: np.ndarray, method: str) -> dict:
+    """OMP of the centred rows on ``W (K, D)`` at a squared residual of ``factor * D noise^2``, the factor
+    of :data:`OMP_TOLERANCE_FACTORS` whose counts have the best Spearman correlation with the true ones
+    on the validation rows; the outputs of a method (codes, reconstruction, counts)."""
+    (x_train, *_), (x_val, _, L_val, _), (x_test, *_) = splits["train"], splits["val"], splits["test"]
+    base = x_test.shape[1] * cfg["noise"] ** 2
     factor = max(OMP_TOLERANCE_FACTORS,
-                 key=lambda f: data.spearman((omp_codes(x_val, W, f * base, cfg["L0"]) != 0).sum(1), L_val))
-    codes_train = omp_codes(x_train, W, factor * base, cfg["L0"])
-    codes_test = omp_codes(x_test, W, factor * base, cfg["L0"])
+                 key=lambda f: data.spearman((omp_codes(x_val - center, W, f * base, cfg["L0"]) != 0).sum(1), L_val))
+    codes_train = omp_codes(x_train - center, W, factor * base, cfg["L0"])
+    codes_test = omp_codes(x_test - center, W, factor * base, cfg["L0"])
     counts = (codes_test != 0).sum(1)
-    logger.info("omp_oracle: tolerance factor %.1f chosen on the validation rows", factor)
-    return dict(codes_train=codes_train, codes_test=codes_test, x_hat=codes_test @ W, expected_L=counts,
-                predicted_L=counts, epochs=0, train_seconds=time.perf_counter() - started)
+    logger.info("%s: tolerance factor %.1f chosen on the validation rows", method, factor)
+    return dict(codes_train=codes_train, codes_test=codes_test, x_hat=codes_test @ W + center, expected_L=counts,
+                predicted_L=counts, atoms=W, tol=factor * base)
+
+
+def check_linear(method: str, cfg: dict) -> None:
+    if cfg["kind"] != "linear_gaussian":
+        raise ValueError(f"{method} needs a linear_gaussian setting, got {cfg['kind']!r}")
+
+
+def fit_omp_oracle(method: str, splits: dict, cfg: dict, job: dict) -> dict:
+    """The classical ceiling (linear_gaussian): :func:`omp_with_tolerance` on the true dictionary."""
+    check_linear(method, cfg)
+    started = time.perf_counter()
+    out = omp_with_tolerance(splits, cfg, splits["test"][3]["W"], np.zeros(cfg["D"]), method)
+    return dict(out, epochs=0, train_seconds=time.perf_counter() - started)
+
+
+#: ``dict_omp``: passes of the dictionary learning over the training rows, and the lasso penalties
+#: it chooses among on the validation rows
+DICT_LEARNING_PASSES = 20
+DICT_LEARNING_ALPHAS = (1.0, 3.0, 10.0)
+
+
+def fit_dict_omp(method: str, splits: dict, cfg: dict, job: dict) -> dict:
+    """What a signal-processing user would pick (linear_gaussian): scikit-learn's
+    ``MiniBatchDictionaryLearning`` with ``K`` atoms on the centred training rows (batches of the
+    benchmark's size, :data:`DICT_LEARNING_PASSES` full passes, the run's seed), then
+    :func:`omp_with_tolerance` on the learned (unit-norm) atoms, told the true noise level as the
+    ceiling is. The lasso penalty of the learning is the one of :data:`DICT_LEARNING_ALPHAS` whose
+    OMP counts have the best validation Spearman."""
+    from sklearn.decomposition import MiniBatchDictionaryLearning
+
+    check_linear(method, cfg)
+    x_train = splits["train"][0].astype(np.float64)
+    x_val, L_val = splits["val"][0], splits["val"][2]
+    center = x_train.mean(0)
+    started = time.perf_counter()
+    best = None
+    for alpha in DICT_LEARNING_ALPHAS:
+        # tol=0 and no early stop: sklearn's default stop ends after 2 passes here, far from converged
+        learner = MiniBatchDictionaryLearning(n_components=cfg["K"], alpha=alpha, batch_size=job["batch_size"],
+                                              max_iter=DICT_LEARNING_PASSES, tol=0.0, max_no_improvement=None,
+                                              random_state=job["seed"])
+        W = learner.fit(x_train - center).components_
+        out = omp_with_tolerance(splits, cfg, W, center, method)
+        quality = data.spearman((omp_codes(x_val - center, W, out["tol"], cfg["L0"]) != 0).sum(1), L_val)
+        logger.info("%s: alpha %g, validation Spearman %.3f", method, alpha, quality)
+        if best is None or quality > best[0]:
+            best = (quality, out)
+    return dict(best[1], epochs=DICT_LEARNING_PASSES, train_seconds=time.perf_counter() - started)
 
 
 def method_function(method: str):
@@ -402,7 +478,7 @@ def method_function(method: str):
         return fit_sdlgm
     if TOPK_PATTERN.fullmatch(method):
         return fit_topk
-    return {"pca_norm": fit_pca_norm, "oracle": fit_oracle, "omp_oracle": fit_omp_oracle}[method]
+    return {"pca_norm": fit_pca_norm, "oracle": fit_oracle, "omp_oracle": fit_omp_oracle, "dict_omp": fit_dict_omp}[method]
 
 
 # ----------------------------------------------------------------------------- one run
@@ -425,6 +501,8 @@ def score(out: dict, splits: dict, kind: str) -> dict:
     if out.get("expected_L_amortized") is not None:
         row["spearman_L_amortized"] = data.spearman(out["expected_L_amortized"], L_test)
         row["count_accuracy_amortized"] = float((np.asarray(out["predicted_L_amortized"]) == L_test).mean())
+    if out.get("atoms") is not None and "W" in splits["test"][3]:
+        row["atom_cosine"] = data.atom_cosine(out["atoms"], splits["test"][3]["W"])
     if out.get("codes_test") is not None:
         row.update(data.code_recovery(out["codes_train"], S_train, out["codes_test"], S_test, L_test))
     for key in ("epochs", "train_seconds", "train_peak_mb"):

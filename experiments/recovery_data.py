@@ -10,8 +10,12 @@ the true counts ``L (N,)`` int64 and a dict of its parameters (``W``, the true c
 - :func:`linear_gaussian`: values ``v = sign * Uniform(0.5, 1.5)`` with a random sign on the
   support (bounded away from 0, so the count is identifiable from ``x``), ``W`` with
   ``N(0, 1)`` entries, ``x = z W + noise * N(0, 1)``.
-- :func:`bernoulli`: binary codes ``z = s``, ``W`` with ``N(0, 2^2)`` entries, a bias of -2
-  per feature, ``x ~ Bernoulli(sigmoid(z W + b))`` as 0/1 floats.
+- :func:`random_mlp`: the same codes through a random one-hidden-layer network,
+  ``x = tanh(z A) B + noise * N(0, 1)`` (``A`` with ``N(0, 1)`` entries, ``B`` with
+  ``N(0, 1 / H)``): a nonlinear generator, with no dictionary to recover.
+- :func:`bernoulli`: binary codes ``z = s``, ``W`` with ``N(0, weight_sd^2)`` entries (2 by
+  default), a bias (-2 by default; it sets the density of the data) per feature,
+  ``x ~ Bernoulli(sigmoid(z W + b))`` as 0/1 floats.
 
 The metrics take numpy arrays and return plain floats.
 """
@@ -73,6 +77,23 @@ def linear_gaussian(n: int, *, K: int, D: int, L0: int, noise: float, seed: int,
     return X.astype(np.float32), support, counts, {"W": W, "Z": Z, "noise": noise}
 
 
+def random_mlp(n: int, *, K: int, D: int, L0: int, noise: float, seed: int, hidden: int = 100,
+               values: str = "gaussian"):
+    """``x = tanh(z A) B + noise * eps``: codes as in :func:`linear_gaussian` through a random network.
+
+    ``A (K, hidden)`` has ``N(0, 1)`` entries and ``B (hidden, D)`` ``N(0, 1 / hidden)``, drawn first
+    from ``seed``. Returns ``(X, S, L, params)``; ``params`` holds ``A``, ``B``, ``Z`` and ``noise``
+    (no ``W``: the generator has no dictionary).
+    """
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(K, hidden))
+    B = rng.normal(scale=1 / np.sqrt(hidden), size=(hidden, D))
+    support, counts = draw_supports(rng, n, K, L0)
+    Z = np.where(support, draw_values(rng, (n, K), values), 0.0)
+    X = np.tanh(Z @ A) @ B + noise * rng.normal(size=(n, D))
+    return X.astype(np.float32), support, counts, {"A": A, "B": B, "Z": Z, "noise": noise}
+
+
 def bernoulli(n: int, *, K: int, D: int, L0: int, seed: int, weight_sd: float = 2.0, bias: float = -2.0,
               W: np.ndarray | None = None):
     """Binary codes ``z = s`` on a support of ``L_i`` dims, ``x ~ Bernoulli(sigmoid(z W + b))``.
@@ -92,8 +113,10 @@ def bernoulli(n: int, *, K: int, D: int, L0: int, seed: int, weight_sd: float = 
     return X, support, counts, {"W": W, "b": b, "Z": Z, "logits": logits}
 
 
-GENERATORS = {"linear_gaussian": linear_gaussian, "bernoulli": bernoulli}
-GENERATOR_KEYS = {"linear_gaussian": ("K", "D", "L0", "noise", "values"), "bernoulli": ("K", "D", "L0")}
+GENERATORS = {"linear_gaussian": linear_gaussian, "random_mlp": random_mlp, "bernoulli": bernoulli}
+GENERATOR_KEYS = {"linear_gaussian": ("K", "D", "L0", "noise", "values"),
+                  "random_mlp": ("K", "D", "L0", "noise", "hidden", "values"),
+                  "bernoulli": ("K", "D", "L0", "weight_sd", "bias")}
 
 
 def make_splits(setting: dict, data_seed: int) -> dict:
@@ -142,6 +165,20 @@ def spearman(a, b) -> float:
     if a.size < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()) or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(spearmanr(a, b).statistic)
+
+
+def atom_cosine(learned: np.ndarray, true: np.ndarray) -> float:
+    """Dictionary recovery: the mean ``|cos|`` between the true atoms ``true (K, D)`` and the learned
+    ones ``learned (K', D)`` they are matched to one-to-one (Hungarian algorithm on ``|cos|``);
+    with ``K' < K``, over the ``K'`` matched true atoms. A learned atom of norm 0 has cosine 0."""
+    def unit(a):
+        a = np.asarray(a, np.float64)
+        norm = np.linalg.norm(a, axis=1, keepdims=True)
+        return np.divide(a, norm, out=np.zeros_like(a), where=norm > 0)
+
+    cos = np.abs(unit(learned) @ unit(true).T)
+    rows, cols = linear_sum_assignment(cos, maximize=True)
+    return float(cos[rows, cols].mean())
 
 
 def match_dimensions(active_train: np.ndarray, support_train: np.ndarray) -> np.ndarray:

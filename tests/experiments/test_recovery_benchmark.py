@@ -191,3 +191,62 @@ def test_omp_oracle_finds_the_counts_of_bounded_values_at_low_noise():
     assert row["max_nnz"] <= 4
     with pytest.raises(ValueError, match="needs a linear_gaussian setting"):
         recovery.fit_omp_oracle("omp_oracle", {}, {"kind": "bernoulli"}, {})
+
+
+def test_random_mlp_keeps_the_supports_and_is_not_linear_in_the_code():
+    X, S, L, params = data.random_mlp(1500, K=10, D=20, L0=4, noise=0.01, seed=0)
+    np.testing.assert_array_equal(S.sum(1), L)
+    np.testing.assert_array_equal(params["Z"] != 0, S)
+    assert "W" not in params  # no dictionary to recover
+    np.testing.assert_allclose(X, np.tanh(params["Z"] @ params["A"]) @ params["B"], atol=0.06)
+    # the best linear map of the code leaves far more than the noise unexplained
+    design = np.c_[params["Z"], np.ones(len(X))]
+    residual = X - design @ np.linalg.lstsq(design, X, rcond=None)[0]
+    assert (residual ** 2).mean() > 25 * 0.01 ** 2
+    np.testing.assert_array_equal(X, data.random_mlp(1500, K=10, D=20, L0=4, noise=0.01, seed=0)[0])
+
+
+def test_the_bias_sets_the_density_of_bernoulli_data():
+    means = [data.bernoulli(2000, K=10, D=30, L0=4, seed=0, bias=b)[0].mean() for b in (-3.0, -2.0, -1.0)]
+    assert means[0] < means[1] < means[2]
+    recovery.SETTINGS["bern_bias_test"] = dict(recovery.SETTINGS["bern_tiny"], bias=-1.0)
+    try:  # the setting's bias reaches the generator
+        dense = data.make_splits(recovery.setting_config("bern_bias_test"), 0)["train"][0].mean()
+        assert dense > data.make_splits(recovery.setting_config("bern_tiny"), 0)["train"][0].mean()
+    finally:
+        del recovery.SETTINGS["bern_bias_test"]
+
+
+def test_atom_cosine_is_one_for_the_true_atoms_up_to_order_sign_and_scale():
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(8, 30))
+    learned = -3.0 * W[rng.permutation(8)]
+    assert data.atom_cosine(learned, W) == pytest.approx(1.0)
+    assert data.atom_cosine(np.vstack([learned, rng.normal(size=(4, 30))]), W) == pytest.approx(1.0)  # extra atoms
+    assert data.atom_cosine(rng.normal(size=(8, 30)), W) < 0.6
+    with_dead = learned.copy()
+    with_dead[0] = 0.0  # a dead dimension matches nothing
+    assert data.atom_cosine(with_dead, W) == pytest.approx(7 / 8)
+
+
+def test_decoder_atoms_of_a_linear_decoder_are_its_weight_columns():
+    from pyro_sdlgm import SDLGM
+
+    model = SDLGM(input_dim=12, latent_dim=6, max_sparsity=3, likelihood="normal", decoder_hidden=[], seed=0)
+    weight = model.model_.decoder.net[0].weight.detach().double().numpy()  # (D, K)
+    np.testing.assert_allclose(recovery.decoder_atoms(model), weight.T, atol=1e-6)
+
+
+def test_dict_omp_learns_the_dictionary_of_bounded_values_at_low_noise():
+    recovery.SETTINGS["lg_dict_test"] = dict(kind="linear_gaussian", K=10, D=40, L0=3, noise=0.05,
+                                             n_train=1500, n_val=200, n_test=300)
+    try:
+        cfg = recovery.setting_config("lg_dict_test")
+        splits = data.make_splits(cfg, data_seed=0)
+        row = recovery.score(recovery.fit_dict_omp("dict_omp", splits, cfg, {"batch_size": 128, "seed": 0}),
+                             splits, cfg["kind"])
+    finally:
+        del recovery.SETTINGS["lg_dict_test"]
+    assert row["atom_cosine"] > 0.9 and row["spearman_L"] > 0.8 and row["max_nnz"] <= 3
+    with pytest.raises(ValueError, match="dict_omp needs a linear_gaussian setting"):
+        recovery.fit_dict_omp("dict_omp", {}, {"kind": "random_mlp"}, {})
