@@ -1,9 +1,11 @@
 """Summaries of posteriors over sparsity: per observation, per group, and count calibration.
 
-All functions take the ArviZ object of :mod:`pyro_sdlgm.analysis.posterior` (``SDLGM.posterior``
+The functions take the ArviZ object of :mod:`pyro_sdlgm.analysis.posterior` (``SDLGM.posterior``
 or ``SDLGMClassifier.posterior``) and return pandas tables. Quantities of ``L_i`` come
 from the exact probabilities ``q(L_i = l | x_i)`` (group ``marginals``), not from the
-draws; ``mean_nnz`` and the inclusion probabilities come from the draws.
+draws; ``mean_nnz`` and the inclusion probabilities come from the draws. Two work on
+arrays and models instead: :func:`calibration_of` (count probabilities against true counts)
+and :func:`count_self_check` (a fitted SDLGM on data it generates itself).
 """
 
 from __future__ import annotations
@@ -136,7 +138,24 @@ def group_summary(idata, groups: Any) -> pd.DataFrame:
 
 
 def count_calibration(idata, true_counts: Any = None, *, num_bins: int = 10) -> tuple[dict[str, float], pd.DataFrame]:
-    """How well ``q(L_i | x_i)`` predicts true counts (multi-label: the number of labels).
+    """How well ``q(L_i | x_i)`` predicts true counts (multi-label: the number of labels):
+    :func:`calibration_of` the posterior's probabilities.
+
+    Args:
+        true_counts: ``(N,)`` whole numbers; default ``observed_data.label_count`` of ``idata``.
+    """
+    probs, levels, _, obs = _marginals(idata)
+    if true_counts is None:
+        try:
+            true_counts = group(idata, "observed_data")["label_count"].values
+        except KeyError:
+            raise DataError("no true counts: pass true_counts or a posterior computed with Y") from None
+    return calibration_of(probs, levels, check_groups(true_counts, len(obs), "true_counts"), num_bins=num_bins)
+
+
+def calibration_of(probs: np.ndarray, levels: np.ndarray, truth: np.ndarray, *,
+                   num_bins: int = 10) -> tuple[dict[str, float], pd.DataFrame]:
+    """Calibration of count probabilities ``probs (N, levels)`` (columns: ``levels``) against ``truth (N,)``.
 
     The expected calibration error is the top-label ECE of Guo et al. (2017): rows are
     binned by the probability of their predicted count (``num_bins`` equal-width bins on
@@ -144,9 +163,6 @@ def count_calibration(idata, true_counts: Any = None, *, num_bins: int = 10) -> 
     Written here because scikit-learn's ``calibration_curve`` is binary-only and returns
     no bin sizes, which the weighting needs. A true count outside the model's levels (over
     ``L0``, or 0 without ``include_zero``) counts as a miss and gets probability 0.
-
-    Args:
-        true_counts: ``(N,)`` ints; default ``observed_data.label_count`` of ``idata``.
 
     Returns:
         ``(metrics, bins)``: metrics ``ece``, ``accuracy`` (mode = truth), ``mean_confidence``,
@@ -156,13 +172,7 @@ def count_calibration(idata, true_counts: Any = None, *, num_bins: int = 10) -> 
     """
     if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
         raise DataError(f"num_bins must be a positive integer, got {num_bins!r}")
-    probs, levels, _, obs = _marginals(idata)
-    if true_counts is None:
-        try:
-            true_counts = group(idata, "observed_data")["label_count"].values
-        except KeyError:
-            raise DataError("no true counts: pass true_counts or a posterior computed with Y") from None
-    truth = check_groups(true_counts, len(obs), "true_counts")
+    truth = np.asarray(truth)
     if truth.dtype.kind not in "iu":
         numeric = truth.astype(np.float64) if truth.dtype.kind in "fb" else None
         if numeric is None or not np.all(np.isfinite(numeric)) or not np.all(numeric == np.round(numeric)):
@@ -194,6 +204,36 @@ def count_calibration(idata, true_counts: Any = None, *, num_bins: int = 10) -> 
         "num_examples": int(len(truth)),
     }
     return metrics, pd.DataFrame(rows, columns=["lower", "upper", "count", "confidence", "accuracy"])
+
+
+def count_self_check(model, num_rows: int = 1000, *, seed: int = 0,
+                     num_bins: int = 10) -> tuple[dict[str, float], pd.DataFrame]:
+    """Does a fitted SDLGM's ``q(L|x)`` find the counts of data it generates itself?
+
+    Draws ``num_rows`` rows from the fitted generative model (:meth:`SDLGM.sample`, seeded by
+    ``seed``), infers their counts with the model's count estimate, and scores them against the
+    drawn counts. No ground truth of the user's data is needed. A count posterior that fails on
+    the model's own data cannot be trusted on real data; one that passes is consistent with the
+    model, which is necessary, not sufficient (a model whose noise scale hides small values
+    passes on its own noisy draws).
+
+    Returns:
+        ``(metrics, bins)``: those of :func:`calibration_of`, plus ``spearman`` (Spearman's
+        correlation of ``E[L|x]`` with the drawn count; NaN when either is constant),
+        ``mean_count`` (of the draws), ``mean_expected_count`` (of ``E[L|x]``) and
+        ``mean_abs_error`` (of the mode).
+    """
+    from scipy.stats import spearmanr
+
+    X, _, counts = model.sample(num_rows, seed=seed)
+    probs, levels = model.sparsity_posterior(X), model.sparsity_levels
+    metrics, bins = calibration_of(probs, levels, counts, num_bins=num_bins)
+    expected = probs @ levels
+    constant = np.ptp(expected) == 0 or np.ptp(counts) == 0
+    metrics.update(spearman=float("nan") if constant else float(spearmanr(expected, counts).statistic),
+                   mean_count=float(counts.mean()), mean_expected_count=float(expected.mean()),
+                   mean_abs_error=float(np.abs(levels[probs.argmax(-1)] - counts).mean()))
+    return metrics, bins
 
 
 DEAD_INCLUSION = 1e-3  # a dimension whose mean inclusion probability is below this is dead

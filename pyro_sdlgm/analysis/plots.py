@@ -184,8 +184,11 @@ def plot_dimension_images(effects: np.ndarray, dims: np.ndarray, usage: np.ndarr
     return _finish(fig, path)
 
 
-def plot_count_calibration(bins, metrics: dict, path: str | Path | None = None, fig: Figure | None = None) -> Figure:
-    """Reliability diagram of the predicted count: accuracy against confidence per bin."""
+def plot_count_calibration(bins, metrics: dict, path: str | Path | None = None, fig: Figure | None = None, *,
+                           title: str = "count calibration") -> Figure:
+    """Reliability diagram of the predicted count: accuracy against confidence per bin (``bins`` and
+    ``metrics`` of :func:`~pyro_sdlgm.analysis.inspection.calibration_of`); ``metrics`` with a
+    ``spearman`` (:func:`~pyro_sdlgm.analysis.inspection.count_self_check`) puts it in the title."""
     fig = _figure(fig, (5, 5))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
@@ -198,7 +201,8 @@ def plot_count_calibration(bins, metrics: dict, path: str | Path | None = None, 
     ax.set_xlabel("confidence: q(predicted count | x)")
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"count calibration: ECE {metrics['ece']:.3f}, accuracy {metrics['accuracy']:.3f}")
+    extra = f", Spearman {metrics['spearman']:.3f}" if "spearman" in metrics else ""
+    ax.set_title(f"{title}: ECE {metrics['ece']:.3f}, accuracy {metrics['accuracy']:.3f}{extra}", fontsize=9)
     return _finish(fig, path)
 
 

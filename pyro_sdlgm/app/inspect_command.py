@@ -19,6 +19,7 @@ from pyro_sdlgm.app.files import (
     PLOTS_DIR,
     POSTERIOR_FILE,
     PREFIX_FILE,
+    SELF_CHECK_FILE,
     SUMMARY_FILE,
 )
 from pyro_sdlgm.app.runs import eval_data, open_run
@@ -60,7 +61,8 @@ def inspect_run(run_dir: str | Path, source: str | None = None, groups: str | No
 
     Files: ``posterior.nc`` (ArviZ, netCDF), ``sparsity_summary.csv`` (one row per
     observation), ``sparsity_groups.csv`` (with groups), ``count_calibration.csv``
-    (multi-label), ``prefix_counts.csv`` and ``dimension_effects.csv`` (unsupervised),
+    (multi-label), ``prefix_counts.csv``, ``dimension_effects.csv`` and ``count_self_check.csv``
+    (unsupervised),
     ``inspection.json`` (the headline numbers) and plots in ``plots/``.
     Groups: ``"auto"`` uses the data's classes (unsupervised) or the true label counts
     (multi-label). ``progress``: a progress bar over the posterior draws, then a line per
@@ -86,7 +88,7 @@ def inspect_run(run_dir: str | Path, source: str | None = None, groups: str | No
     usage = inspection.dimension_usage(idata)
     result: dict[str, Any] = {"data": source or "test split", "num_examples": int(X.shape[0]),
                               "num_samples": num_samples, "seed": seed, **headline(summary, idata, usage)}
-    for stale in (GROUPS_FILE, CALIBRATION_FILE, PREFIX_FILE, EFFECTS_FILE):  # left by an earlier inspect
+    for stale in (GROUPS_FILE, CALIBRATION_FILE, PREFIX_FILE, EFFECTS_FILE, SELF_CHECK_FILE):  # left by an earlier inspect
         (run_dir / stale).unlink(missing_ok=True)
     extras = task.inspect_extras(model, X, idata, run_dir)
     group_table = None
@@ -191,6 +193,9 @@ def _inspection_figures(model, X, summary, idata, usage, group_table, extras: di
             diagnosis["best_count"], p, f))
     if bins is not None:
         save("count_calibration.png", lambda p, f: plots.plot_count_calibration(bins, calibration, p, f))
+    if extras.get("self_check") is not None:
+        save("count_self_check.png", lambda p, f: plots.plot_count_calibration(
+            extras["self_check_bins"], extras["self_check"], p, f, title="counts of the model's own draws"))
     if show:
         pyplot.show()
     return out

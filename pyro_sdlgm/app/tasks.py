@@ -16,7 +16,7 @@ import numpy as np
 
 from pyro_sdlgm._optional import optional_import
 from pyro_sdlgm.analysis import plots
-from pyro_sdlgm.app.files import EFFECTS_FILE, PLOTS_DIR, PREFIX_FILE
+from pyro_sdlgm.app.files import EFFECTS_FILE, PLOTS_DIR, PREFIX_FILE, SELF_CHECK_FILE
 from pyro_sdlgm.app.run_config import RunConfig
 from pyro_sdlgm.exceptions import ConfigError
 from pyro_sdlgm.model.registry import component_name
@@ -89,11 +89,18 @@ class UnsupervisedTask(Task):
         return self.config.data.source
 
     def inspect_extras(self, model, X, idata, run_dir):
-        """Why rows got their counts: per-prefix reconstructions and dimension effects."""
+        """Why rows got their counts (per-prefix reconstructions and dimension effects), and whether
+        ``q(L|x)`` finds the counts of the model's own draws (as many as the inspected rows)."""
+        from pyro_sdlgm.analysis.inspection import count_self_check
+
         diagnosis = model.diagnose(X)
         files = write_diagnosis(diagnosis, model.sparsity_levels, run_dir)
-        return {"files": files, "diagnosis": diagnosis,
-                "result": {"prefix": diagnosis["summary"], "dimension_effects": effect_summary(diagnosis)}}
+        self_check, bins = count_self_check(model, X.shape[0], seed=0)
+        bins.to_csv(run_dir / SELF_CHECK_FILE, index=False)
+        return {"files": files + [run_dir / SELF_CHECK_FILE], "diagnosis": diagnosis, "self_check": self_check,
+                "self_check_bins": bins,
+                "result": {"prefix": diagnosis["summary"], "dimension_effects": effect_summary(diagnosis),
+                           "count_self_check": self_check}}
 
     def _likelihood(self) -> str:
         return component_name(self.config.model.likelihood, "likelihood")[0]

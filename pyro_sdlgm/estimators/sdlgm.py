@@ -472,6 +472,39 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
         return self.model_.likelihood.mean(self.model_.decoder(z)).cpu().numpy()
 
     @torch.no_grad()
+    def sample(self, n_samples: int = 1, *, seed: int = 0, batch_size: int = 1024):
+        """Draws from the fitted generative model, nothing relaxed: ``(X, Z, L)``.
+
+        ``X (n_samples, D)`` float32 observations, ``Z (n_samples, K)`` their codes (a float32
+        array, or a scipy CSR matrix above 1,024 dimensions, as in :meth:`diagnose`) and
+        ``L (n_samples,)`` the counts drawn from ``p(L)`` (see
+        :meth:`~pyro_sdlgm.model.generative.SDLGMModel.draw`). Seeded by ``seed``; the global
+        random state is left as it was.
+        """
+        self._check_fitted("sample")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+            raise DataError(f"n_samples must be a positive integer, got {n_samples!r}")
+        self.model_.eval()
+        xs, codes, counts = [], [], []
+        with torch.random.fork_rng(devices=[self.device_] if self.device_.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for rows in self._eval_batches(int(n_samples), batch_size):
+                x, z, count = self.model_.draw(len(rows))
+                xs.append(x.cpu().numpy())
+                counts.append(count.cpu().numpy())
+                if self.spec.wide:  # from the non-zeros: no (batch, K) block
+                    index, value = z.index.cpu().numpy(), z.value.cpu().numpy()
+                    rows_of = np.repeat(np.arange(len(rows)), index.shape[1])
+                    block = scipy.sparse.csr_matrix((value.ravel(), (rows_of, index.ravel())),
+                                                    shape=(len(rows), self.spec.latent_dim))
+                    block.eliminate_zeros()
+                    codes.append(block)
+                else:
+                    codes.append(z.to_dense().cpu().numpy())
+        Z = scipy.sparse.vstack(codes, format="csr") if self.spec.wide else np.concatenate(codes)
+        return np.concatenate(xs).astype(np.float32), Z, np.concatenate(counts).astype(np.int64)
+
+    @torch.no_grad()
     def evaluate(self, X, *, num_samples: int = 1, seed: int = 0, batch_size: int = 1024) -> dict[str, Any]:
         """Metrics per example on ``X``, at the final training temperatures.
 

@@ -154,6 +154,36 @@ class SDLGMModel(PyroModule):
         """Likelihood ``p(x | decoder(z))`` for codes ``z (..., K)`` (dense or ``SparseCode``): event ``(D,)``."""
         return self.likelihood.dist(self.decoder(z))
 
+    @torch.no_grad()
+    def draw(self, num_rows: int) -> tuple[torch.Tensor, SparseCode, torch.Tensor]:
+        """Hard draws of the generative process, nothing relaxed: ``(x (N, D), z, counts (N,))``.
+
+        ``L_i ~ p(L)``; ``L0`` slots drawn from the support prior, the first ``L_i`` of them
+        used: distinct dimensions in turn (Gumbel top-k), or with ``slot_selection="independent"``
+        independent draws (a dimension drawn twice counts once, so the code may have fewer than
+        ``L_i`` non-zeros); values from the value prior (1 in binary mode); ``x ~ p(x | decoder(z))``.
+        ``z`` is a :class:`~pyro_sdlgm.model.support_steps.SparseCode` of ``L0`` columns
+        (an unused column carries the value 0).
+        """
+        spec = self.spec
+        device = next(self.decoder.parameters()).device
+        levels = spec.levels(device=device)
+        counts = levels[dist.Categorical(logits=self.sparsity_prior.logits()).sample((num_rows,))]
+        logits = self.support_prior.logits().expand(num_rows, spec.latent_dim)
+        if spec.slot_selection == "without_replacement":
+            gumbel = -torch.empty_like(logits).exponential_().log()
+            index = (logits + gumbel).topk(spec.max_sparsity, dim=-1).indices
+            repeated = torch.zeros_like(index, dtype=torch.bool)
+        else:
+            index = dist.Categorical(logits=logits).sample((spec.max_sparsity,)).T
+            earlier = torch.ones(spec.max_sparsity, spec.max_sparsity, device=device).tril(-1).bool()
+            repeated = ((index.unsqueeze(-1) == index.unsqueeze(-2)) & earlier).any(-1)
+        used = (torch.arange(spec.max_sparsity, device=device) < counts.unsqueeze(-1)) & ~repeated
+        values = (torch.ones(index.shape, device=device) if spec.binary
+                  else self.values_dist(num_rows).sample().gather(-1, index))
+        z = SparseCode(index, values * used, spec.latent_dim)
+        return self.obs_dist(z).sample(), z, counts
+
     # -- deterministic parts ------------------------------------------------------------
 
     def representation(self, sparsity: torch.Tensor, slots: Slots, values: torch.Tensor | None):

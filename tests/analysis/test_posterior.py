@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from pyro_sdlgm import SDLGM, CheckpointError, DataError, NotFittedError, SDLGMClassifier
 from pyro_sdlgm.app.cli import main
 from pyro_sdlgm.analysis.inspection import (
+    calibration_of,
     count_calibration,
+    count_self_check,
     dimension_usage,
     group_difference,
     group_summary,
@@ -366,6 +368,10 @@ def test_inspect_cli_unsupervised(tmp_path, capsys):
         assert _png(run_dir / "plots" / f"{name}.png"), name
     headline = json.loads((run_dir / "inspection.json").read_text())
     assert sum(headline["mode_histogram"].values()) == 15
+    check = headline["count_self_check"]  # as many of the model's own draws as inspected rows
+    assert check["num_examples"] == 15 and 0 <= check["ece"] <= 1 and "counts of the model's own draws" in out
+    assert _png(run_dir / "plots" / "count_self_check.png")
+    assert (run_dir / "count_self_check.csv").read_text().startswith("lower,upper,count")
     # groups from a file: wrong length is an error naming the file
     groups = tmp_path / "groups.txt"
     groups.write_text("a\nb\n")
@@ -526,3 +532,25 @@ def test_support_counts_from_picks_count_a_repeated_pick_once(draws, rows, slots
     # the direct (S, N, K) construction
     hits = torch.zeros(draws, rows, size, dtype=torch.int32).scatter_add_(-1, picks, used.to(torch.int32)) > 0
     assert torch.equal(nnz, hits.sum(-1)) and torch.equal(counts, hits.sum(0, dtype=torch.int32))
+
+
+def test_calibration_of_exact_probabilities_and_of_a_confident_mistake():
+    levels = np.array([1, 2, 3])
+    truth = np.array([1, 2, 3, 3])
+    metrics, bins = calibration_of(np.eye(3)[truth - 1], levels, truth)
+    assert metrics["ece"] == 0 and metrics["accuracy"] == 1 and metrics["nll"] == pytest.approx(0)
+    wrong = np.eye(3)[[1, 1, 2, 2]] * 0.9 + 0.1 / 3  # confidence 0.93, right for 3 of 4 rows
+    metrics, bins = calibration_of(wrong, levels, truth)
+    assert metrics["accuracy"] == 0.75 and metrics["ece"] == pytest.approx(abs(0.75 - (0.9 + 0.1 / 3)))
+    assert list(bins["count"]) == [4]
+
+
+def test_count_self_check_scores_the_posterior_of_the_models_own_draws(fitted):
+    model, _ = fitted
+    metrics, bins = count_self_check(model, 400, seed=3)
+    X, _, counts = model.sample(400, seed=3)  # the same draws
+    expected, _ = calibration_of(model.sparsity_posterior(X), model.sparsity_levels, counts)
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value)
+    assert metrics["mean_count"] == pytest.approx(counts.mean()) and 2.0 < metrics["mean_count"] < 3.0  # uniform 1..4
+    assert -1 <= metrics["spearman"] <= 1 and bins["count"].sum() == 400

@@ -194,3 +194,39 @@ def test_bad_values_are_named_as_plain_numbers_not_numpy_reprs():
     for err in (bernoulli, labels):
         assert "np." not in str(err.value), str(err.value)
     assert "51.0 at row 2, column 1" in str(bernoulli.value) and "2.0" in str(labels.value)
+
+
+def test_sample_draws_counts_from_the_prior_and_codes_with_that_many_non_zeros(fitted):
+    X, Z, L = fitted.sample(3000, seed=1)
+    assert X.shape == (3000, 12) and X.dtype == np.float32 and Z.shape == (3000, 8) and L.dtype == np.int64
+    assert set(np.unique(X)) <= {0.0, 1.0}  # Bernoulli draws
+    np.testing.assert_array_equal((Z != 0).sum(1), L)  # distinct dimensions, values never exactly 0
+    frequencies = np.bincount(L, minlength=4)[1:] / 3000
+    np.testing.assert_allclose(frequencies, 1 / 3, atol=4 * np.sqrt(2 / 9 / 3000))  # the uniform prior
+    # x follows the decoder's mean of its own code: column means within 4 standard errors
+    probs = fitted.inverse_transform(Z)
+    np.testing.assert_array_less(np.abs(X.mean(0) - probs.mean(0)), 4 * np.sqrt(0.25 / 3000) + 1e-6)
+    before = torch.get_rng_state()
+    again = fitted.sample(3000, seed=1)
+    assert torch.equal(torch.get_rng_state(), before)  # the global random state is left alone
+    for a, b in zip((X, Z, L), again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(L, fitted.sample(3000, seed=2)[2])
+    with pytest.raises(DataError, match="n_samples must be a positive integer, got 0"):
+        fitted.sample(0)
+
+
+def test_sample_with_independent_slots_counts_a_repeated_dimension_once(binary_data):
+    model = SDLGM(input_dim=12, slot_selection="independent", binary=True, latent_dim=3, max_sparsity=3,
+                  decoder_hidden=(16,), guide={"name": "mlp_per_slot", "hidden": [16]}).fit(binary_data, **FAST_FIT)
+    _, Z, L = model.sample(500, seed=0)
+    nnz = (Z != 0).sum(1)
+    assert (nnz <= L).all() and (nnz < L).any() and set(np.unique(Z)) == {0.0, 1.0}
+
+
+def test_sample_of_a_wide_model_gives_sparse_codes(binary_data):
+    model = SDLGM(input_dim=12, latent_dim=1100, max_sparsity=3, decoder_hidden=(16,),
+                  guide={"name": "mlp_magnitude_slots", "hidden": [16]}).fit(binary_data, **FAST_FIT)
+    X, Z, L = model.sample(50, seed=0)
+    assert scipy.sparse.issparse(Z) and Z.shape == (50, 1100) and X.shape == (50, 12)
+    np.testing.assert_array_equal(np.diff(Z.indptr), L)
