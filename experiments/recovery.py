@@ -169,6 +169,8 @@ SDLGM_VARIANTS = {
     "sdlgm_lin_imle": {"decoder_hidden": [], "slot_estimator": "imle"},
     "sdlgm_lin_marginal_imle": {**MARGINAL, "decoder_hidden": [], "slot_estimator": "imle"},
     "sdlgm_lin_patience30": {"model": {"decoder_hidden": []}, "fit": {"patience": 30}},
+    # the default MLP decoder with an explicit linear part
+    "sdlgm_skip": {"decoder_skip": True},
     # dead-dimension revival every 10 epochs while the schedules run
     "sdlgm_revive": {"model": {}, "fit": {"revive_every": 10}},
     "sdlgm_lin_revive": {"model": {"decoder_hidden": []}, "fit": {"revive_every": 10}},

@@ -62,6 +62,7 @@ def build_model_and_guide(config: ModelConfig):
             value_prior=config.value_prior,
             decoder_hidden=config.decoder_hidden,
             activation=config.activation,
+            decoder_skip=config.decoder_skip,
         )
         guide = GUIDES.build(config.guide, spec)
     return model, guide
@@ -137,6 +138,9 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
             :mod:`pyro_sdlgm.analysis.diagnostics`).
         decoder_hidden: hidden sizes of the decoder MLP.
         activation: activation of the decoder MLP.
+        decoder_skip: add a linear map of the code to the decoder MLP's output,
+            ``decoder(z) = A z + MLP(z)``: the linear part is explicit and the MLP adds what is not
+            linear. Needs hidden layers.
         **training: the training options, keyword-only: the fields of
             :class:`~pyro_sdlgm.config.TrainConfig` (``epochs``, ``batch_size``, ``learning_rate``,
             ``seed``, ``device``, the temperature schedules, ``patience``, ``progress`` ...), with its
@@ -171,6 +175,7 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
         count_estimate: CountEstimate = "refined",
         decoder_hidden: tuple[int, ...] = (256, 512),
         activation: str = "relu",
+        decoder_skip: bool = False,
         **training,
     ):
         self._store_parameters(locals())
@@ -204,7 +209,8 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
 
     @classmethod
     def _from_checkpoint(cls, data: Mapping[str, Any]) -> tuple[SDLGM, ModelConfig]:
-        config = from_dict(ModelConfig, data["model_config"])
+        # a checkpoint without decoder_skip predates the option: its decoder had no linear part
+        config = from_dict(ModelConfig, {"decoder_skip": False, **data["model_config"]})
         return cls(**dataclasses.asdict(config)), config
 
     @classmethod

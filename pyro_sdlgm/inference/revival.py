@@ -89,8 +89,7 @@ def _slices(model, guide, dim: int) -> list[tuple[torch.nn.Parameter, tuple]]:
     """Every parameter entry that belongs to latent dimension ``dim``: ``(parameter, index)``."""
     latent_dim = model.spec.latent_dim
     encoder = guide.encoder
-    first = model.decoder.net[0]
-    out = [(first.weight, (slice(None), dim))]
+    out = [(weight, (slice(None), dim)) for weight in model.decoder.code_weights()]
     if encoder.slot_head is not None:
         rows = [head * latent_dim + dim for head in range(encoder.num_slot_heads)]
         out += [(encoder.slot_head.weight, (rows,)), (encoder.slot_head.bias, (rows,))]
@@ -112,7 +111,8 @@ def _copy(model, guide, dead: int, donor: int, optimizer, generator: torch.Gener
     noise to the guide's copies (:data:`NOISE`)."""
     for (param, dst), (_, src) in zip(_slices(model, guide, dead), _slices(model, guide, donor)):
         value = param[src].clone()
-        if generator is not None and param is not model.decoder.net[0].weight:  # noise lets the copies part
+        decoder_weight = any(param is weight for weight in model.decoder.code_weights())
+        if generator is not None and not decoder_weight:  # noise lets the copies part
             value += NOISE * param.std() * torch.randn(value.shape, generator=generator).to(value)
         param[dst] = value
         for moment in optimizer.state.get(param, {}).values():

@@ -107,6 +107,7 @@ class SDLGMModel(PyroModule):
             ``{name=..., **options}`` tables, looked up in the registries.
         decoder_hidden: hidden layer sizes of the decoder MLP.
         activation: activation of the decoder MLP.
+        decoder_skip: add a linear map of the code to the MLP's output (:class:`Decoder`).
     """
 
     def __init__(
@@ -119,6 +120,7 @@ class SDLGMModel(PyroModule):
         value_prior: ComponentSpec = "normal",
         decoder_hidden: Sequence[int] = (256, 512),
         activation: str = "relu",
+        decoder_skip: bool = False,
     ):
         super().__init__(name="sdlgm_model")
         self.spec = spec
@@ -126,7 +128,7 @@ class SDLGMModel(PyroModule):
         self.support_prior = SUPPORT_PRIORS.build(support_prior, spec)
         self.value_prior = None if spec.binary else VALUE_PRIORS.build(value_prior, spec)
         self.likelihood = LIKELIHOODS.build(likelihood, spec)
-        self.decoder = Decoder(spec.latent_dim, spec.input_dim, decoder_hidden, activation)
+        self.decoder = Decoder(spec.latent_dim, spec.input_dim, decoder_hidden, activation, decoder_skip)
 
     # -- distributions ------------------------------------------------------------------
 

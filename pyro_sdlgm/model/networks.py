@@ -47,24 +47,42 @@ def output_width(hidden: Sequence[int], in_dim: int) -> int:
 class Decoder(nn.Module):
     """``z (..., K) -> (..., D)`` parameters of the likelihood (logits or means).
 
+    An MLP, and with ``skip=True`` a linear map of the code added to its output,
+    ``decoder(z) = A z + MLP(z)`` (``A (D, K)``, no bias): the linear part is explicit, the MLP
+    adds what is not linear.
+
     ``z`` is a dense ``(..., K)`` code, or a sparse one with ``index`` and ``value`` of shape
-    ``(..., C)`` (:class:`~pyro_sdlgm.model.support_steps.SparseCode`): then the first layer
-    gathers the ``C`` weight columns the code uses (``(..., C, hidden)``) instead of multiplying a
-    dense ``(..., K)`` code, with the same result up to float rounding.
+    ``(..., C)`` (:class:`~pyro_sdlgm.model.support_steps.SparseCode`): then the layers that read
+    the code gather the ``C`` weight columns it uses (``(..., C, hidden)``) instead of multiplying
+    a dense ``(..., K)`` code, with the same result up to float rounding.
     """
 
-    def __init__(self, latent_dim: int, output_dim: int, hidden: Sequence[int] = (256, 512), activation: str = "relu"):
+    def __init__(self, latent_dim: int, output_dim: int, hidden: Sequence[int] = (256, 512), activation: str = "relu",
+                 skip: bool = False):
         super().__init__()
+        if skip and not len(hidden):
+            raise ConfigError("decoder_skip=True needs hidden layers (decoder_hidden): a linear decoder has no "
+                              "nonlinear part beside its linear one")
         self.net = mlp(latent_dim, hidden, output_dim, activation)
+        self.skip = nn.Linear(latent_dim, output_dim, bias=False) if skip else None
+
+    def code_weights(self) -> list[nn.Parameter]:
+        """The weights that read the code, each ``(out, K)``: column ``k`` belongs to dimension ``k``."""
+        return [self.net[0].weight] + ([self.skip.weight] if self.skip is not None else [])
 
     def forward(self, z) -> torch.Tensor:
-        if isinstance(z, torch.Tensor):
-            return self.net(z)
-        first = self.net[0]
-        # the weight's columns the code uses, (out, ...*C): no copy of the whole (out, K) weight
-        columns = first.weight.index_select(1, z.index.reshape(-1)).reshape(first.out_features, *z.index.shape)
-        h = torch.einsum("...c,h...c->...h", z.value, columns) + first.bias
-        return self.net[1:](h)
+        out = self.net[1:](_read_code(self.net[0], z))
+        return out if self.skip is None else out + _read_code(self.skip, z)
+
+
+def _read_code(layer: nn.Linear, z) -> torch.Tensor:
+    """``layer(z)`` for a dense code, or from the weight columns a :class:`SparseCode` uses."""
+    if isinstance(z, torch.Tensor):
+        return layer(z)
+    # the weight's columns the code uses, (out, ...*C): no copy of the whole (out, K) weight
+    columns = layer.weight.index_select(1, z.index.reshape(-1)).reshape(layer.out_features, *z.index.shape)
+    h = torch.einsum("...c,h...c->...h", z.value, columns)
+    return h if layer.bias is None else h + layer.bias
 
 
 class AmortizedEncoder(nn.Module):

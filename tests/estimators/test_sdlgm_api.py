@@ -230,3 +230,26 @@ def test_sample_of_a_wide_model_gives_sparse_codes(binary_data):
     X, Z, L = model.sample(50, seed=0)
     assert scipy.sparse.issparse(Z) and Z.shape == (50, 1100) and X.shape == (50, 12)
     np.testing.assert_array_equal(np.diff(Z.indptr), L)
+
+
+def test_decoder_skip_adds_a_linear_part_and_needs_hidden_layers(binary_data):
+    model = SDLGM(input_dim=12, decoder_skip=True, **SMALL).fit(binary_data, **FAST_FIT)
+    decoder = model.model_.decoder
+    z = torch.zeros(2, 8)
+    z[0, 3] = 1.5
+    with torch.no_grad():
+        np.testing.assert_allclose(decoder(z) - decoder.net(z), (decoder.skip.weight @ z.T).T, atol=1e-6)
+    with pytest.raises(ConfigError, match="decoder_skip=True needs hidden layers"):
+        SDLGM(input_dim=12, decoder_skip=True, **{**SMALL, "decoder_hidden": ()}).fit(binary_data, **FAST_FIT)
+
+
+def test_a_checkpoint_from_before_decoder_skip_loads_without_the_linear_part(fitted, tmp_path):
+    path = tmp_path / "old.pt"
+    fitted.save(path)
+    data = torch.load(path, weights_only=True)
+    del data["model_config"]["decoder_skip"]  # as written before the option existed
+    torch.save(data, path)
+    loaded = SDLGM.load(path)
+    assert loaded.decoder_skip is False and loaded.model_.decoder.skip is None
+    np.testing.assert_allclose(loaded.reconstruct(np.zeros((1, 12), np.float32)),
+                               fitted.reconstruct(np.zeros((1, 12), np.float32)), atol=1e-6)

@@ -32,12 +32,15 @@ def test_no_pairs_when_usage_is_even():
     assert split_pairs(torch.full((10,), 0.2)) == []
 
 
-@pytest.mark.parametrize("guide,binary", [("mlp_magnitude_slots", False), ("mlp_per_slot", False),
-                                          ("mlp_shared_slots", True), ("mlp_magnitude_slots", True)])
-def test_copy_gives_the_dead_dimension_the_donor_parameters_and_moments(guide, binary):
+@pytest.mark.parametrize("guide,binary,skip", [("mlp_magnitude_slots", False, False), ("mlp_per_slot", False, False),
+                                               ("mlp_shared_slots", True, False), ("mlp_magnitude_slots", True, False),
+                                               ("mlp_magnitude_slots", False, True)])
+def test_copy_gives_the_dead_dimension_the_donor_parameters_and_moments(guide, binary, skip):
     torch.manual_seed(0)
     model, g = build_model_and_guide(ModelConfig(input_dim=5, latent_dim=6, max_sparsity=2, guide=guide, binary=binary,
-                                                 likelihood="normal"))
+                                                 likelihood="normal", decoder_skip=skip))
+    assert len(model.decoder.code_weights()) == 1 + skip
+    assert {id(p) for p, _ in _slices(model, g, 2)} >= {id(w) for w in model.decoder.code_weights()}
     params = list(model.parameters()) + list(g.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-3)
     sum(p.sum() for p in params).backward()
@@ -49,7 +52,7 @@ def test_copy_gives_the_dead_dimension_the_donor_parameters_and_moments(guide, b
     untouched = [(param, index, param[index].detach().clone()) for param, index in _slices(model, g, 2)]
     _copy(model, g, dead=4, donor=1, optimizer=optimizer, generator=torch.Generator().manual_seed(0))
     for (param, dst), (_, src) in zip(_slices(model, g, 4), _slices(model, g, 1)):
-        if param is model.decoder.net[0].weight:
+        if any(param is weight for weight in model.decoder.code_weights()):
             torch.testing.assert_close(param[dst], param[src])
         else:  # noisy copies: close, not equal
             assert not torch.equal(param[dst], param[src])

@@ -86,9 +86,10 @@ def test_picks_are_draws_without_replacement_from_the_logits():
         assert abs(observed - expected) < 4 * np.sqrt(expected / 200_000) + 1e-4, (a, b)
 
 
-def test_the_sparse_decoder_equals_the_dense_decoder():
+@pytest.mark.parametrize("skip", [False, True])
+def test_the_sparse_decoder_equals_the_dense_decoder(skip):
     torch.manual_seed(0)
-    decoder = Decoder(50, 7, (16, 8))
+    decoder = Decoder(50, 7, (16, 8), skip=skip)
     index = torch.stack([torch.randperm(50)[:6] for _ in range(4)])
     value = torch.rand(4, 6, requires_grad=True)
     code = SparseCode(index, value, 50)
@@ -98,9 +99,10 @@ def test_the_sparse_decoder_equals_the_dense_decoder():
     (g_sparse,) = torch.autograd.grad(sparse_out.square().sum(), value)
     (g_dense,) = torch.autograd.grad(dense_out.square().sum(), value)
     torch.testing.assert_close(g_sparse, g_dense)
-    w_sparse = torch.autograd.grad(decoder(code).sum(), decoder.net[0].weight)[0]
-    w_dense = torch.autograd.grad(decoder(dense).sum(), decoder.net[0].weight)[0]
-    torch.testing.assert_close(w_sparse, w_dense)
+    for weight in decoder.code_weights():
+        w_sparse = torch.autograd.grad(decoder(code).sum(), weight)[0]
+        w_dense = torch.autograd.grad(decoder(dense).sum(), weight)[0]
+        torch.testing.assert_close(w_sparse, w_dense)
 
 
 @pytest.mark.parametrize("binary", [True, False])
