@@ -171,6 +171,8 @@ SDLGM_VARIANTS = {
     "sdlgm_lin_patience30": {"model": {"decoder_hidden": []}, "fit": {"patience": 30}},
     # the default MLP decoder with an explicit linear part
     "sdlgm_skip": {"decoder_skip": True},
+    "sdlgm_skip_dup": {"model": {"decoder_skip": True}, "fit": {"revive_duplicates": True}},
+    "sdlgm_lin_dup": {"model": {"decoder_hidden": []}, "fit": {"revive_duplicates": True}},
     # dead-dimension revival every 10 epochs while the schedules run
     "sdlgm_revive": {"model": {}, "fit": {"revive_every": 10}},
     "sdlgm_lin_revive": {"model": {"decoder_hidden": []}, "fit": {"revive_every": 10}},

@@ -301,6 +301,9 @@ class TrainConfig(_Section):
     """Epochs between dead-dimension revivals while the schedules run; 0: never; ``"auto"``: as the class says."""
     revive: RevivalStrategy = "split"
     """How a dead dimension takes over half of an overloaded one (``"split"`` or ``"copy"``)."""
+    revive_duplicates: bool = False
+    """Whether revival also takes the less used of two dimensions the decoder reads alike (``|cos|``
+    of their decoder columns at least 0.9) as dead."""
 
     def validate(self):
         for key in ("epochs", "batch_size", "num_particles", "eval_batch_size"):

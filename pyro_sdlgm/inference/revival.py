@@ -17,7 +17,9 @@ along the principal direction of the trunk features of the rows the donor served
 copy starts with one side of those rows (the splitting of k-means' LBG algorithm); with
 ``"copy"`` a little noise in the copied guide rows is all that tells them apart. The gradient
 then separates them. Either works for any decoder, since it copies what the donor already does
-instead of inventing a direction.
+instead of inventing a direction. With ``duplicates=True`` a dimension that the decoder reads
+like a more used one (:func:`duplicate_dimensions`) counts as dead too: two dimensions standing
+for one direction leave another direction to a dimension that stands for two.
 
 Plain torch on the networks of :class:`~pyro_sdlgm.model.guides.MLPGuide` guides (an
 ``AmortizedEncoder``) and the model's :class:`~pyro_sdlgm.model.networks.Decoder`; the trainer calls
@@ -39,6 +41,11 @@ OVERLOADED_FRACTION = 1.5
 SAMPLE_ROWS = 4096
 #: the noise added to the copied guide entries, relative to the standard deviation of their parameter
 NOISE = 0.05
+#: with ``duplicates=True``: two dimensions are duplicates when the decoder columns that read them
+#: (all of :meth:`Decoder.code_weights`, stacked) are at least this close in ``|cos|``
+DUPLICATE_COSINE = 0.9
+#: dimensions compared with all others at a time in :func:`duplicate_dimensions` (memory ``K`` times this)
+DUPLICATE_CHUNK = 1024
 
 
 #: ``TrainConfig.revive_every = "auto"``: epochs between revivals where they apply
@@ -77,11 +84,33 @@ def _usage(codes: torch.Tensor) -> torch.Tensor:
     return (codes != 0).to(torch.get_default_dtype()).mean(0)
 
 
-def split_pairs(usage: torch.Tensor) -> list[tuple[int, int]]:
-    """``(dead, donor)`` pairs: the least used dead dimensions with the most used overloaded ones."""
+@torch.no_grad()
+def duplicate_dimensions(model, usage: torch.Tensor) -> set[int]:
+    """Of each pair of dimensions whose decoder columns have ``|cos| >= DUPLICATE_COSINE``, the less
+    used one (the higher index on a tie); ``usage (K,)`` as :func:`dimension_usage` gives it."""
+    columns = torch.cat(list(model.decoder.code_weights()), 0)  # (outputs, K)
+    unit = columns / columns.norm(dim=0).clamp_min(1e-12)
+    usage = usage.to(unit.device)
+    order = torch.arange(unit.shape[1], device=unit.device)
+    out: set[int] = set()
+    for start in range(0, unit.shape[1], DUPLICATE_CHUNK):
+        dims = order[start:start + DUPLICATE_CHUNK]
+        close = (unit[:, dims].T @ unit).abs() >= DUPLICATE_COSINE  # (chunk, K)
+        close[torch.arange(len(dims)), dims] = False
+        # k duplicates a partner that is more used, or as used with a lower index
+        more = (usage.unsqueeze(0) > usage[dims].unsqueeze(1)) | (
+            (usage.unsqueeze(0) == usage[dims].unsqueeze(1)) & (order.unsqueeze(0) < dims.unsqueeze(1)))
+        out.update(int(k) for k in dims[(close & more).any(1)])
+    return out
+
+
+def split_pairs(usage: torch.Tensor, duplicates: set[int] = frozenset()) -> list[tuple[int, int]]:
+    """``(dead, donor)`` pairs: the least used dead dimensions (and ``duplicates``) with the most used
+    overloaded ones."""
     mean = usage.mean()
-    dead = [int(k) for k in usage.argsort(stable=True) if usage[k] < DEAD_FRACTION * mean]
-    donors = [int(k) for k in usage.argsort(descending=True, stable=True) if usage[k] > OVERLOADED_FRACTION * mean]
+    dead = [int(k) for k in usage.argsort(stable=True) if usage[k] < DEAD_FRACTION * mean or int(k) in duplicates]
+    donors = [int(k) for k in usage.argsort(descending=True, stable=True)
+              if usage[k] > OVERLOADED_FRACTION * mean and int(k) not in dead]
     return list(zip(dead, donors))
 
 
@@ -157,7 +186,8 @@ def _split(model, guide, dead: int, donor: int, x_donor: torch.Tensor) -> None:
         layer.bias[src] += move @ centre
 
 
-def revive_dead_dimensions(model, guide, x: torch.Tensor, optimizer, seed: int, strategy: str = "split") -> int:
+def revive_dead_dimensions(model, guide, x: torch.Tensor, optimizer, seed: int, strategy: str = "split",
+                           duplicates: bool = False) -> int:
     """Split overloaded dimensions into dead ones (see the module docstring); returns how many.
 
     Args:
@@ -170,12 +200,15 @@ def revive_dead_dimensions(model, guide, x: torch.Tensor, optimizer, seed: int, 
             so a resumed run revives the same dimensions).
         strategy: ``"split"`` (the copies' guide rows move apart, :func:`_split`) or ``"copy"``
             (noisy copies).
+        duplicates: also revive the less used of two dimensions the decoder reads alike
+            (:func:`duplicate_dimensions`).
     """
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randperm(x.shape[0], generator=generator)[:SAMPLE_ROWS]
     (sample,) = take_rows((x,), rows.sort().values, model.decoder.net[0].weight.device)
     codes = hard_codes(guide, sample)
-    pairs = split_pairs(_usage(codes))
+    usage = _usage(codes)
+    pairs = split_pairs(usage, duplicate_dimensions(model, usage) if duplicates else frozenset())
     for dead, donor in pairs:
         _copy(model, guide, dead, donor, optimizer, None if strategy == "split" else generator)
         if strategy == "split":

@@ -400,7 +400,8 @@ class Trainer:
             record = self._epoch(epoch, run, progress)
             if self._revival_due(progress.revive_every, epoch, run.steps_per_epoch, run.schedule_end):
                 record["revived_dims"] = revive_dead_dimensions(self.model, self.guide, run.train[0], self.optimizer,
-                                                                seed=cfg.seed * 100_003 + epoch, strategy=cfg.revive)
+                                                                seed=cfg.seed * 100_003 + epoch, strategy=cfg.revive,
+                                                                duplicates=cfg.revive_duplicates)
             progress.history.append(record)
             progress.epoch = epoch + 1
             if run.writes:

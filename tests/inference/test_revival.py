@@ -7,6 +7,7 @@ import torch
 from pyro_sdlgm import SDLGM, CheckpointError, ConfigError
 from pyro_sdlgm import ModelConfig
 from pyro_sdlgm.config import TrainConfig
+from pyro_sdlgm.inference import revival
 from pyro_sdlgm.inference.revival import (
     DEAD_FRACTION,
     OVERLOADED_FRACTION,
@@ -15,6 +16,7 @@ from pyro_sdlgm.inference.revival import (
     _slices,
     check_revivable,
     dimension_usage,
+    duplicate_dimensions,
     revive_dead_dimensions,
     split_pairs,
 )
@@ -238,3 +240,22 @@ def test_a_run_resumed_twice_equals_the_uninterrupted_one(binary_data, tmp_path)
             path.unlink()
     again = SDLGM(input_dim=12, **SMALL).fit(binary_data, run_dir=tmp_path, resume=True, **options).history_
     assert [r["train_loss"] for r in again] == [r["train_loss"] for r in full]
+
+
+def test_duplicates_are_the_less_used_of_dimensions_the_decoder_reads_alike(monkeypatch):
+    torch.manual_seed(0)
+    model, _ = build_model_and_guide(ModelConfig(input_dim=30, latent_dim=6, max_sparsity=2, likelihood="normal",
+                                                 decoder_hidden=(), decoder_skip=False))
+    weight = model.decoder.code_weights()[0]
+    with torch.no_grad():
+        weight[:, 4] = -2.0 * weight[:, 1]  # the same direction, another sign and scale
+        weight[:, 5] = weight[:, 2] + 0.01 * torch.randn(30)  # nearly the same
+    usage = torch.tensor([0.10, 0.05, 0.20, 0.10, 0.08, 0.20])
+    assert duplicate_dimensions(model, usage) == {1, 5}  # 1 is less used than 4; 5 ties with 2, higher index
+    # duplicates join the dead dimensions, least used first; the donors are above 1.5 times the
+    # mean usage (0.1217): 2 and 5, most used first (a tie: the lower index)
+    assert split_pairs(usage, {1}) == [(1, 2)]
+    assert split_pairs(usage, {1, 5}) == [(1, 2)]  # a dead dimension never donates
+    assert split_pairs(usage) == []  # no dimension is below a quarter of the mean
+    monkeypatch.setattr(revival, "DUPLICATE_CHUNK", 4)  # chunks that split the pairs: the same answer
+    assert duplicate_dimensions(model, usage) == {1, 5}
