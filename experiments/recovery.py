@@ -171,6 +171,7 @@ SDLGM_VARIANTS = {
     "sdlgm_lin_patience30": {"model": {"decoder_hidden": []}, "fit": {"patience": 30}},
     # the default MLP decoder with an explicit linear part
     "sdlgm_skip": {"decoder_skip": True},
+    "sdlgm_mlp": {"decoder_skip": False},  # the MLP decoder without a linear part (the default before decoder_skip)
     "sdlgm_skip_dup": {"model": {"decoder_skip": True}, "fit": {"revive_duplicates": True}},
     "sdlgm_lin_dup": {"model": {"decoder_hidden": []}, "fit": {"revive_duplicates": True}},
     # dead-dimension revival every 10 epochs while the schedules run

@@ -62,7 +62,7 @@ def build_model_and_guide(config: ModelConfig):
             value_prior=config.value_prior,
             decoder_hidden=config.decoder_hidden,
             activation=config.activation,
-            decoder_skip=config.decoder_skip,
+            decoder_skip=config.decoder_linear_part(),
         )
         guide = GUIDES.build(config.guide, spec)
     return model, guide
@@ -140,7 +140,8 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
         activation: activation of the decoder MLP.
         decoder_skip: add a linear map of the code to the decoder MLP's output,
             ``decoder(z) = A z + MLP(z)``: the linear part is explicit and the MLP adds what is not
-            linear. Needs hidden layers.
+            linear. Needs hidden layers. ``"auto"`` (default): with hidden layers, up to 1,024
+            dimensions (above, the ``K x D`` weights of the linear part would outweigh the MLP's).
         **training: the training options, keyword-only: the fields of
             :class:`~pyro_sdlgm.config.TrainConfig` (``epochs``, ``batch_size``, ``learning_rate``,
             ``seed``, ``device``, the temperature schedules, ``patience``, ``progress`` ...), with its
@@ -175,7 +176,7 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
         count_estimate: CountEstimate = "refined",
         decoder_hidden: tuple[int, ...] = (256, 512),
         activation: str = "relu",
-        decoder_skip: bool = False,
+        decoder_skip: bool | Literal["auto"] = "auto",
         **training,
     ):
         self._store_parameters(locals())

@@ -241,9 +241,14 @@ def test_decoder_skip_adds_a_linear_part_and_needs_hidden_layers(binary_data):
         np.testing.assert_allclose(decoder(z) - decoder.net(z), (decoder.skip.weight @ z.T).T, atol=1e-6)
     with pytest.raises(ConfigError, match="decoder_skip=True needs hidden layers"):
         SDLGM(input_dim=12, decoder_skip=True, **{**SMALL, "decoder_hidden": ()}).fit(binary_data, **FAST_FIT)
+    # "auto": a linear part beside hidden layers up to 1,024 dimensions, none for a linear decoder or above
+    assert SDLGM(input_dim=12, **SMALL).model_.decoder.skip is not None
+    assert SDLGM(input_dim=12, **{**SMALL, "decoder_hidden": ()}).model_.decoder.skip is None
+    assert SDLGM(input_dim=12, **{**SMALL, "latent_dim": 1100, "guide": "mlp_magnitude_slots"}).model_.decoder.skip is None
 
 
-def test_a_checkpoint_from_before_decoder_skip_loads_without_the_linear_part(fitted, tmp_path):
+def test_a_checkpoint_from_before_decoder_skip_loads_without_the_linear_part(binary_data, tmp_path):
+    fitted = SDLGM(input_dim=12, decoder_skip=False, **SMALL).fit(binary_data, **FAST_FIT)
     path = tmp_path / "old.pt"
     fitted.save(path)
     data = torch.load(path, weights_only=True)
