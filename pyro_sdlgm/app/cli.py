@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 
@@ -53,7 +54,7 @@ def _inspection_text(result: dict) -> str:
                      f"(|E[x | one dimension] - E[x | empty code]|): {used}, {unused}")
     if "count_self_check" in result:
         c = result["count_self_check"]
-        spearman = "undefined" if c["spearman"] is None or c["spearman"] != c["spearman"] else f"{c['spearman']:.3f}"
+        spearman = "undefined" if c["spearman"] is None or math.isnan(c["spearman"]) else f"{c['spearman']:.3f}"
         lines.append(f"counts of the model's own draws ({c['num_examples']} rows from the fitted model): Spearman "
                      f"of E[L|x] with the drawn count {spearman}, the mode exact for {100 * c['accuracy']:.0f}% "
                      f"(mean |error| {c['mean_abs_error']:.2f}), ECE {c['ece']:.3f}; mean count "

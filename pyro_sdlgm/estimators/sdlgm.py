@@ -141,7 +141,8 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
         decoder_skip: add a linear map of the code to the decoder MLP's output,
             ``decoder(z) = A z + MLP(z)``: the linear part is explicit and the MLP adds what is not
             linear. Needs hidden layers. ``"auto"`` (default): with hidden layers, up to 1,024
-            dimensions (above, the ``K x D`` weights of the linear part would outweigh the MLP's).
+            dimensions (measured there; above, its ``K x D`` weights would add to a wide model's
+            memory, which was not measured).
         **training: the training options, keyword-only: the fields of
             :class:`~pyro_sdlgm.config.TrainConfig` (``epochs``, ``batch_size``, ``learning_rate``,
             ``seed``, ``device``, the temperature schedules, ``patience``, ``progress`` ...), with its

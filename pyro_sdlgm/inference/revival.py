@@ -109,8 +109,9 @@ def split_pairs(usage: torch.Tensor, duplicates: set[int] = frozenset()) -> list
     overloaded ones."""
     mean = usage.mean()
     dead = [int(k) for k in usage.argsort(stable=True) if usage[k] < DEAD_FRACTION * mean or int(k) in duplicates]
+    taken = set(dead)
     donors = [int(k) for k in usage.argsort(descending=True, stable=True)
-              if usage[k] > OVERLOADED_FRACTION * mean and int(k) not in dead]
+              if usage[k] > OVERLOADED_FRACTION * mean and int(k) not in taken]
     return list(zip(dead, donors))
 
 
