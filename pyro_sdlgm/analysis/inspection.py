@@ -184,6 +184,7 @@ def calibration_of(probs: np.ndarray, levels: np.ndarray, truth: np.ndarray, *,
     correct = predicted == truth
     in_range = (truth >= levels[0]) & (truth <= levels[-1])
     p_true = np.where(in_range, probs[np.arange(len(truth)), np.clip(truth - levels[0], 0, len(levels) - 1)], 0.0)
+    p_true = p_true.astype(np.float64)  # float32 would round the floor of the log below to 0
     edges = np.linspace(0.0, 1.0, num_bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, num_bins - 1)
     rows, ece = [], 0.0
@@ -206,16 +207,24 @@ def calibration_of(probs: np.ndarray, levels: np.ndarray, truth: np.ndarray, *,
     return metrics, pd.DataFrame(rows, columns=["lower", "upper", "count", "confidence", "accuracy"])
 
 
-def count_self_check(model, num_rows: int = 1000, *, seed: int = 0,
+def count_self_check(model, X=None, *, num_rows: int = 1000, seed: int = 0,
                      num_bins: int = 10) -> tuple[dict[str, float], pd.DataFrame]:
     """Does a fitted SDLGM's ``q(L|x)`` find the counts of data it generates itself?
 
-    Draws ``num_rows`` rows from the fitted generative model (:meth:`SDLGM.sample`, seeded by
-    ``seed``), infers their counts with the model's count estimate, and scores them against the
-    drawn counts. No ground truth of the user's data is needed. A count posterior that fails on
-    the model's own data cannot be trusted on real data; one that passes is consistent with the
-    model, which is necessary, not sufficient (a model whose noise scale hides small values
-    passes on its own noisy draws).
+    Draws rows whose counts are known from the fitted generative model, infers their counts with
+    the model's count estimate, and scores them against the known ones; no ground truth of the
+    user's data is needed. The rows:
+
+    - with ``X (N, D)``: the hard codes of ``X`` (:meth:`SDLGM.encode`), each decoded and drawn
+      once, ``x' ~ p(x | decoder(z_i))`` (:meth:`SDLGM.sample_observations`); the known count is
+      the code's number of non-zeros. Codes like the data's: a parametric bootstrap.
+    - without: ``num_rows`` draws of the whole generative process (:meth:`SDLGM.sample`), counts
+      from the prior ``p(L)`` and supports from the support prior, which can lie far from the
+      codes the guide was trained on.
+
+    Seeded by ``seed``. A count posterior that fails on the model's own data cannot be trusted on
+    real data; one that passes is consistent with the model, which is necessary, not sufficient
+    (a model whose noise scale hides small values passes on its own noisy draws).
 
     Returns:
         ``(metrics, bins)``: those of :func:`calibration_of`, plus ``spearman`` (Spearman's
@@ -225,7 +234,12 @@ def count_self_check(model, num_rows: int = 1000, *, seed: int = 0,
     """
     from scipy.stats import spearmanr
 
-    X, _, counts = model.sample(num_rows, seed=seed)
+    if X is None:
+        X, _, counts = model.sample(num_rows, seed=seed)
+    else:
+        codes = model.encode(X, sparse=True)
+        counts = np.diff(codes.indptr).astype(np.int64)
+        X = model.sample_observations(codes, seed=seed)
     probs, levels = model.sparsity_posterior(X), model.sparsity_levels
     metrics, bins = calibration_of(probs, levels, counts, num_bins=num_bins)
     expected = probs @ levels

@@ -52,13 +52,13 @@ def _inspection_text(result: dict) -> str:
                   else "no dimension is unused")
         lines.append(f"hard codes use {e['used_dims']} of {e['num_dims']} dimensions; median effect on the output "
                      f"(|E[x | one dimension] - E[x | empty code]|): {used}, {unused}")
-    if "count_self_check" in result:
-        c = result["count_self_check"]
+    for source, c in result.get("count_self_check", {}).items():
         spearman = "undefined" if c["spearman"] is None or math.isnan(c["spearman"]) else f"{c['spearman']:.3f}"
-        lines.append(f"counts of the model's own draws ({c['num_examples']} rows from the fitted model): Spearman "
-                     f"of E[L|x] with the drawn count {spearman}, the mode exact for {100 * c['accuracy']:.0f}% "
+        where = "the codes of these rows" if source == "codes" else "the prior"
+        lines.append(f"counts of the model's own draws from {where} ({c['num_examples']} rows): Spearman of "
+                     f"E[L|x] with the known count {spearman}, the mode exact for {100 * c['accuracy']:.0f}% "
                      f"(mean |error| {c['mean_abs_error']:.2f}), ECE {c['ece']:.3f}; mean count "
-                     f"{c['mean_count']:.2f} drawn, {c['mean_expected_count']:.2f} inferred")
+                     f"{c['mean_count']:.2f} known, {c['mean_expected_count']:.2f} inferred")
     if "calibration" in result:
         c = result["calibration"]
         lines.append(f"count calibration: ECE {c['ece']:.3f}, accuracy {c['accuracy']:.3f}, mean confidence "

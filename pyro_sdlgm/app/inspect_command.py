@@ -193,9 +193,11 @@ def _inspection_figures(model, X, summary, idata, usage, group_table, extras: di
             diagnosis["best_count"], p, f))
     if bins is not None:
         save("count_calibration.png", lambda p, f: plots.plot_count_calibration(bins, calibration, p, f))
-    if extras.get("self_check") is not None:
-        save("count_self_check.png", lambda p, f: plots.plot_count_calibration(
-            extras["self_check_bins"], extras["self_check"], p, f, title="counts of the model's own draws"))
+    titles = {"codes": "counts of draws from the rows' codes", "prior": "counts of draws from the prior"}
+    for source, (metrics, table) in (extras.get("self_check") or {}).items():
+        suffix = "" if source == "codes" else f"_{source}"
+        save(f"count_self_check{suffix}.png", lambda p, f, m=metrics, t=table, s=source: plots.plot_count_calibration(
+            t, m, p, f, title=titles[s]))
     if show:
         pyplot.show()
     return out

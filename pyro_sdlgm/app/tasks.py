@@ -90,17 +90,20 @@ class UnsupervisedTask(Task):
 
     def inspect_extras(self, model, X, idata, run_dir):
         """Why rows got their counts (per-prefix reconstructions and dimension effects), and whether
-        ``q(L|x)`` finds the counts of the model's own draws (as many as the inspected rows)."""
+        ``q(L|x)`` finds the counts of the model's own draws: from the inspected rows' codes, and
+        from the prior (as many rows)."""
         from pyro_sdlgm.analysis.inspection import count_self_check
 
+        pd = optional_import("pandas", "sdlgm inspect")
         diagnosis = model.diagnose(X)
         files = write_diagnosis(diagnosis, model.sparsity_levels, run_dir)
-        self_check, bins = count_self_check(model, X.shape[0], seed=0)
-        bins.to_csv(run_dir / SELF_CHECK_FILE, index=False)
-        return {"files": files + [run_dir / SELF_CHECK_FILE], "diagnosis": diagnosis, "self_check": self_check,
-                "self_check_bins": bins,
+        checks = {source: count_self_check(model, X if source == "codes" else None, num_rows=X.shape[0], seed=0)
+                  for source in ("codes", "prior")}
+        pd.concat([bins.assign(source=source) for source, (_, bins) in checks.items()]).to_csv(
+            run_dir / SELF_CHECK_FILE, index=False)
+        return {"files": files + [run_dir / SELF_CHECK_FILE], "diagnosis": diagnosis, "self_check": checks,
                 "result": {"prefix": diagnosis["summary"], "dimension_effects": effect_summary(diagnosis),
-                           "count_self_check": self_check}}
+                           "count_self_check": {source: metrics for source, (metrics, _) in checks.items()}}}
 
     def _likelihood(self) -> str:
         return component_name(self.config.model.likelihood, "likelihood")[0]

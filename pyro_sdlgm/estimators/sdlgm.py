@@ -513,6 +513,23 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
         return np.concatenate(xs).astype(np.float32), Z, np.concatenate(counts).astype(np.int64)
 
     @torch.no_grad()
+    def sample_observations(self, Z, *, seed: int = 0, batch_size: int = 1024) -> np.ndarray:
+        """One draw ``x ~ p(x | decoder(z))`` for each code of ``Z (N, K)`` (dense or sparse, as
+        :meth:`inverse_transform` takes it), ``(N, D)`` float32. Seeded by ``seed``; the global
+        random state is left as it was."""
+        self._check_fitted("sample_observations")
+        codes = as_csr(Z, "Z")
+        if codes.shape[1] != self.spec.latent_dim:
+            raise DataError(f"Z has {codes.shape[1]} columns but the model has latent_dim={self.spec.latent_dim}")
+        out = []
+        with torch.random.fork_rng(devices=[self.device_] if self.device_.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for rows in self._eval_batches(codes.shape[0], batch_size):
+                z = SparseCode.from_csr(codes[rows.numpy()], self.device_)
+                out.append(self.model_.obs_dist(z).sample().cpu())
+        return torch.cat(out).numpy().astype(np.float32)
+
+    @torch.no_grad()
     def evaluate(self, X, *, num_samples: int = 1, seed: int = 0, batch_size: int = 1024) -> dict[str, Any]:
         """Metrics per example on ``X``, at the final training temperatures.
 

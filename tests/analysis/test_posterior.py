@@ -368,10 +368,13 @@ def test_inspect_cli_unsupervised(tmp_path, capsys):
         assert _png(run_dir / "plots" / f"{name}.png"), name
     headline = json.loads((run_dir / "inspection.json").read_text())
     assert sum(headline["mode_histogram"].values()) == 15
-    check = headline["count_self_check"]  # as many of the model's own draws as inspected rows
-    assert check["num_examples"] == 15 and 0 <= check["ece"] <= 1 and "counts of the model's own draws" in out
-    assert _png(run_dir / "plots" / "count_self_check.png")
-    assert (run_dir / "count_self_check.csv").read_text().startswith("lower,upper,count")
+    checks = headline["count_self_check"]  # as many of the model's own draws as inspected rows, both sources
+    assert set(checks) == {"codes", "prior"} and all(c["num_examples"] == 15 and 0 <= c["ece"] <= 1
+                                                     for c in checks.values())
+    assert "draws from the codes of these rows" in out and "draws from the prior" in out
+    assert _png(run_dir / "plots" / "count_self_check.png") and _png(run_dir / "plots" / "count_self_check_prior.png")
+    table = (run_dir / "count_self_check.csv").read_text()
+    assert table.startswith("lower,upper,count") and ",codes" in table and ",prior" in table
     # groups from a file: wrong length is an error naming the file
     groups = tmp_path / "groups.txt"
     groups.write_text("a\nb\n")
@@ -546,11 +549,19 @@ def test_calibration_of_exact_probabilities_and_of_a_confident_mistake():
 
 
 def test_count_self_check_scores_the_posterior_of_the_models_own_draws(fitted):
-    model, _ = fitted
-    metrics, bins = count_self_check(model, 400, seed=3)
-    X, _, counts = model.sample(400, seed=3)  # the same draws
-    expected, _ = calibration_of(model.sparsity_posterior(X), model.sparsity_levels, counts)
+    model, X = fitted
+    metrics, bins = count_self_check(model, num_rows=400, seed=3)
+    draws, _, counts = model.sample(400, seed=3)  # the same draws
+    expected, _ = calibration_of(model.sparsity_posterior(draws), model.sparsity_levels, counts)
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value)
     assert metrics["mean_count"] == pytest.approx(counts.mean()) and 2.0 < metrics["mean_count"] < 3.0  # uniform 1..4
     assert -1 <= metrics["spearman"] <= 1 and bins["count"].sum() == 400
+    # from the codes of X: the known counts are the codes' non-zeros, the rows one draw given each code
+    metrics, bins = count_self_check(model, X, seed=3)
+    codes = model.encode(X)
+    redrawn = model.sample_observations(codes, seed=3)
+    expected, _ = calibration_of(model.sparsity_posterior(redrawn), model.sparsity_levels, (codes != 0).sum(1))
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value)
+    assert metrics["num_examples"] == len(X) and metrics["mean_count"] == pytest.approx((codes != 0).sum(1).mean())

@@ -258,3 +258,17 @@ def test_a_checkpoint_from_before_decoder_skip_loads_without_the_linear_part(bin
     assert loaded.decoder_skip is False and loaded.model_.decoder.skip is None
     np.testing.assert_allclose(loaded.reconstruct(np.zeros((1, 12), np.float32)),
                                fitted.reconstruct(np.zeros((1, 12), np.float32)), atol=1e-6)
+
+
+def test_sample_observations_draws_x_given_codes(fitted):
+    Z = np.zeros((4000, 8), np.float32)
+    Z[:2000, 1] = 2.0
+    X = fitted.sample_observations(Z, seed=0)
+    assert X.shape == (4000, 12) and X.dtype == np.float32 and set(np.unique(X)) <= {0.0, 1.0}
+    probs = fitted.inverse_transform(Z)  # the decoder's means of the same codes
+    for rows in (slice(0, 2000), slice(2000, None)):
+        np.testing.assert_array_less(np.abs(X[rows].mean(0) - probs[rows].mean(0)), 4 * np.sqrt(0.25 / 2000) + 1e-6)
+    np.testing.assert_array_equal(X, fitted.sample_observations(scipy.sparse.csr_matrix(Z), seed=0))
+    assert not np.array_equal(X, fitted.sample_observations(Z, seed=1))
+    with pytest.raises(DataError, match="Z has 5 columns but the model has latent_dim=8"):
+        fitted.sample_observations(np.zeros((2, 5)))
