@@ -55,16 +55,13 @@ def oracle_row(setting):
     return recovery.score(recovery.fit_oracle("oracle", splits, cfg, {}), splits, cfg["kind"])
 
 
-def test_oracle_explains_the_variance_at_low_noise():
+def test_oracle_explains_the_variance_at_low_noise(monkeypatch):
     row = oracle_row("lg_tiny")
     assert row["explained_variance"] >= 0.99
     assert row["support_f1"] == 1.0 and row["nnz_count_accuracy"] == 1.0
     assert math.isnan(row["spearman_L"]) and math.isnan(row["count_accuracy"])  # it is given the counts
-    recovery.SETTINGS["lg_tiny_noisy_test"] = dict(recovery.SETTINGS["lg_tiny"], noise=1.0)
-    try:
-        assert oracle_row("lg_tiny_noisy_test")["explained_variance"] < 0.95
-    finally:
-        del recovery.SETTINGS["lg_tiny_noisy_test"]
+    monkeypatch.setitem(recovery.SETTINGS, "lg_tiny_noisy_test", dict(recovery.SETTINGS["lg_tiny"], noise=1.0))
+    assert oracle_row("lg_tiny_noisy_test")["explained_variance"] < 0.95
     bern = oracle_row("bern_tiny")
     assert 0 < bern["recon_nats"] < 12 * math.log(2)  # the true probabilities beat a coin per feature
 
@@ -179,14 +176,9 @@ def test_values_near_zero_keep_the_support_and_reach_small_magnitudes(values):
 
 
 def test_omp_oracle_finds_the_counts_of_bounded_values_at_low_noise():
-    recovery.SETTINGS["lg_omp_test"] = dict(kind="linear_gaussian", K=20, D=60, L0=4, noise=0.05,
-                                            n_train=200, n_val=200, n_test=300)
-    try:
-        cfg = recovery.setting_config("lg_omp_test")
-        splits = data.make_splits(cfg, data_seed=0)
-        row = recovery.score(recovery.fit_omp_oracle("omp_oracle", splits, cfg, {}), splits, cfg["kind"])
-    finally:
-        del recovery.SETTINGS["lg_omp_test"]
+    cfg = dict(kind="linear_gaussian", K=20, D=60, L0=4, noise=0.05, n_train=200, n_val=200, n_test=300)
+    splits = data.make_splits(cfg, data_seed=0)
+    row = recovery.score(recovery.fit_omp_oracle("omp_oracle", splits, cfg, {}), splits, cfg["kind"])
     assert row["spearman_L"] > 0.95 and row["support_f1"] > 0.95 and row["explained_variance"] > 0.99
     assert row["max_nnz"] <= 4
     with pytest.raises(ValueError, match="needs a linear_gaussian setting"):
@@ -206,15 +198,13 @@ def test_random_mlp_keeps_the_supports_and_is_not_linear_in_the_code():
     np.testing.assert_array_equal(X, data.random_mlp(1500, K=10, D=20, L0=4, noise=0.01, seed=0)[0])
 
 
-def test_the_bias_sets_the_density_of_bernoulli_data():
+def test_the_bias_sets_the_density_of_bernoulli_data(monkeypatch):
     means = [data.bernoulli(2000, K=10, D=30, L0=4, seed=0, bias=b)[0].mean() for b in (-3.0, -2.0, -1.0)]
     assert means[0] < means[1] < means[2]
-    recovery.SETTINGS["bern_bias_test"] = dict(recovery.SETTINGS["bern_tiny"], bias=-1.0)
-    try:  # the setting's bias reaches the generator
-        dense = data.make_splits(recovery.setting_config("bern_bias_test"), 0)["train"][0].mean()
-        assert dense > data.make_splits(recovery.setting_config("bern_tiny"), 0)["train"][0].mean()
-    finally:
-        del recovery.SETTINGS["bern_bias_test"]
+    monkeypatch.setitem(recovery.SETTINGS, "bern_bias_test", dict(recovery.SETTINGS["bern_tiny"], bias=-1.0))
+    # the setting's bias reaches the generator
+    dense = data.make_splits(recovery.setting_config("bern_bias_test"), 0)["train"][0].mean()
+    assert dense > data.make_splits(recovery.setting_config("bern_tiny"), 0)["train"][0].mean()
 
 
 def test_atom_cosine_is_one_for_the_true_atoms_up_to_order_sign_and_scale():
@@ -238,15 +228,10 @@ def test_decoder_atoms_of_a_linear_decoder_are_its_weight_columns():
 
 
 def test_dict_omp_learns_the_dictionary_of_bounded_values_at_low_noise():
-    recovery.SETTINGS["lg_dict_test"] = dict(kind="linear_gaussian", K=10, D=40, L0=3, noise=0.05,
-                                             n_train=1500, n_val=200, n_test=300)
-    try:
-        cfg = recovery.setting_config("lg_dict_test")
-        splits = data.make_splits(cfg, data_seed=0)
-        row = recovery.score(recovery.fit_dict_omp("dict_omp", splits, cfg, {"batch_size": 128, "seed": 0}),
-                             splits, cfg["kind"])
-    finally:
-        del recovery.SETTINGS["lg_dict_test"]
+    cfg = dict(kind="linear_gaussian", K=10, D=40, L0=3, noise=0.05, n_train=1500, n_val=200, n_test=300)
+    splits = data.make_splits(cfg, data_seed=0)
+    row = recovery.score(recovery.fit_dict_omp("dict_omp", splits, cfg, {"batch_size": 128, "seed": 0}),
+                         splits, cfg["kind"])
     assert row["atom_cosine"] > 0.9 and row["spearman_L"] > 0.8 and row["max_nnz"] <= 3
     with pytest.raises(ValueError, match="dict_omp needs a linear_gaussian setting"):
         recovery.fit_dict_omp("dict_omp", {}, {"kind": "random_mlp"}, {})
