@@ -22,6 +22,7 @@ from pyro_sdlgm.analysis.posterior import (
     check_num_samples,
     resolve_inclusion,
     sample_batches,
+    seeded,
     sparsity_inference_data,
 )
 from pyro_sdlgm.config import ModelOptions, from_dict, options_dataclass, own_options
@@ -350,14 +351,19 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
         the decoder by their non-zeros (:class:`~pyro_sdlgm.model.support_steps.SparseCode`), so no
         ``(batch, K)`` block is built."""
         self._check_fitted("inverse_transform")
-        codes = as_csr(Z, "Z")
-        if codes.shape[1] != self.spec.latent_dim:
-            raise DataError(f"Z has {codes.shape[1]} columns but the model has latent_dim={self.spec.latent_dim}")
+        codes = self._codes(Z)
         out = []
         for rows in self._eval_batches(codes.shape[0], batch_size):
             z = SparseCode.from_csr(codes[rows.numpy()], self.device_)
             out.append(self.model_.likelihood.mean(self.model_.decoder(z)).cpu())
         return torch.cat(out).numpy()
+
+    def _codes(self, Z) -> scipy.sparse.csr_matrix:
+        """Codes ``Z (N, K)`` (dense or sparse) as CSR, checked against the model's ``K``."""
+        codes = as_csr(Z, "Z")
+        if codes.shape[1] != self.spec.latent_dim:
+            raise DataError(f"Z has {codes.shape[1]} columns but the model has latent_dim={self.spec.latent_dim}")
+        return codes
 
     def score(self, X, y=None) -> float:
         """The mean ELBO per row of ``X (N, D)`` in nats (higher is better): :meth:`evaluate`'s
@@ -494,21 +500,13 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
             raise DataError(f"n_samples must be a positive integer, got {n_samples!r}")
         self.model_.eval()
         xs, codes, counts = [], [], []
-        with torch.random.fork_rng(devices=[self.device_] if self.device_.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded(seed, self.device_):
             for rows in self._eval_batches(int(n_samples), batch_size):
                 x, z, count = self.model_.draw(len(rows))
                 xs.append(x.cpu().numpy())
                 counts.append(count.cpu().numpy())
-                if self.spec.wide:  # from the non-zeros: no (batch, K) block
-                    index, value = z.index.cpu().numpy(), z.value.cpu().numpy()
-                    rows_of = np.repeat(np.arange(len(rows)), index.shape[1])
-                    block = scipy.sparse.csr_matrix((value.ravel(), (rows_of, index.ravel())),
-                                                    shape=(len(rows), self.spec.latent_dim))
-                    block.eliminate_zeros()
-                    codes.append(block)
-                else:
-                    codes.append(z.to_dense().cpu().numpy())
+                # wide: from the non-zeros, no (batch, K) block
+                codes.append(z.to_csr() if self.spec.wide else z.to_dense().cpu().numpy())
         Z = scipy.sparse.vstack(codes, format="csr") if self.spec.wide else np.concatenate(codes)
         return np.concatenate(xs).astype(np.float32), Z, np.concatenate(counts).astype(np.int64)
 
@@ -518,12 +516,9 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
         :meth:`inverse_transform` takes it), ``(N, D)`` float32. Seeded by ``seed``; the global
         random state is left as it was."""
         self._check_fitted("sample_observations")
-        codes = as_csr(Z, "Z")
-        if codes.shape[1] != self.spec.latent_dim:
-            raise DataError(f"Z has {codes.shape[1]} columns but the model has latent_dim={self.spec.latent_dim}")
+        codes = self._codes(Z)
         out = []
-        with torch.random.fork_rng(devices=[self.device_] if self.device_.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded(seed, self.device_):
             for rows in self._eval_batches(codes.shape[0], batch_size):
                 z = SparseCode.from_csr(codes[rows.numpy()], self.device_)
                 out.append(self.model_.obs_dist(z).sample().cpu())
@@ -558,8 +553,7 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
         self.guide_.eval()
         sums: dict[str, float] = {}
         codes, duplicates, used, entropy, mse, recon_hard = [], 0, 0, 0.0, 0.0, 0.0
-        with torch.random.fork_rng(devices=[self.device_] if self.device_.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded(seed, self.device_):
             for batch in self._batches(x, batch_size):
                 for sample in range(num_samples):
                     terms, guide_trace = elbo_terms(self.model_, self.guide_, batch, schedule)

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pyro
+import scipy.sparse
 import torch
 from pyro import poutine
 
@@ -88,6 +89,15 @@ class SparseCode(NamedTuple):
         value = np.zeros((matrix.shape[0], width), dtype=np.float32)
         index[rows, position], value[rows, position] = matrix.indices, matrix.data
         return cls(torch.from_numpy(index).to(device), torch.from_numpy(value).to(device), int(matrix.shape[1]))
+
+    def to_csr(self) -> scipy.sparse.csr_matrix:
+        """The ``(N, C)`` code as a scipy CSR matrix ``(N, size)``, the inverse of :meth:`from_csr`: a
+        dimension listed twice gets the sum of its values (as in :meth:`to_dense`), zeros are dropped."""
+        index, value = self.index.cpu().numpy(), self.value.detach().cpu().numpy()
+        rows = np.repeat(np.arange(index.shape[0]), index.shape[1])
+        matrix = scipy.sparse.csr_matrix((value.ravel(), (rows, index.ravel())), shape=(index.shape[0], self.size))
+        matrix.eliminate_zeros()
+        return matrix
 
 
 LogitsOfSlot = Callable[[int | None], torch.Tensor]

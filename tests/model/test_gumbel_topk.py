@@ -175,3 +175,14 @@ def test_the_memory_estimate_is_linear_in_k_not_in_k_times_l0():
     # doubling L0 adds the small (row, slot, candidate) term only; the per-slot estimate doubles its step
     assert estimate(100_000, 64).training_step < 1.2 * wide.training_step
     assert estimate(4096, 64, "per_slot").training_step > 1.9 * estimate(4096, 32, "per_slot").training_step
+
+
+def test_sparse_code_to_csr_inverts_from_csr_and_sums_a_repeated_dimension():
+    import scipy.sparse
+
+    code = SparseCode(torch.tensor([[3, 1, 3], [0, 0, 2]]), torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 4.0]]), 5)
+    matrix = code.to_csr()
+    np.testing.assert_array_equal(matrix.toarray(), code.to_dense().numpy())  # 1.5 at dimension 3 of row 0
+    assert matrix.nnz == 3  # the padded zeros are dropped
+    np.testing.assert_array_equal(SparseCode.from_csr(matrix).to_csr().toarray(), matrix.toarray())
+    assert isinstance(matrix, scipy.sparse.csr_matrix)
