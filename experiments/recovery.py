@@ -174,6 +174,8 @@ SDLGM_VARIANTS = {
     "sdlgm_mlp": {"decoder_skip": False},  # the MLP decoder without a linear part (the default before decoder_skip)
     "sdlgm_skip_dup": {"model": {"decoder_skip": True}, "fit": {"revive_duplicates": True}},
     "sdlgm_lin_dup": {"model": {"decoder_hidden": []}, "fit": {"revive_duplicates": True}},
+    # codes by a matching pursuit through the fitted decoder (a post-training option)
+    "sdlgm_pursuit": {"encoding": "pursuit"},
     # dead-dimension revival every 10 epochs while the schedules run
     "sdlgm_revive": {"model": {}, "fit": {"revive_every": 10}},
     "sdlgm_lin_revive": {"model": {"decoder_hidden": []}, "fit": {"revive_every": 10}},

@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 #: the count posterior used after training (see :class:`SDLGM`, ``count_estimate``)
 CountEstimate = Literal["amortized", "refined"]
 COUNT_ESTIMATES = get_args(CountEstimate)
+#: how codes are inferred after training (see :class:`SDLGM`, ``encoding``)
+Encoding = Literal["amortized", "pursuit"]
+ENCODINGS = get_args(Encoding)
 
 
 def build_model_and_guide(config: ModelConfig):
@@ -137,6 +140,13 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
             network's ``q(L|x)``) or ``"refined"`` (default; ``q*(L = l | x) ∝ p(l) exp(-R_l - KL_{1..l})``
             from the hard reconstruction of each prefix; one decoder pass per level, see
             :mod:`pyro_sdlgm.analysis.diagnostics`).
+        encoding: how the supports and values are inferred after training (``encode``,
+            ``transform``, ``reconstruct``, ``sparsity_posterior``, ``posterior``): ``"amortized"``
+            (the guide network's, one pass) or ``"pursuit"`` (a matching pursuit through the fitted
+            decoder: greedy picks by predicted gain, every prefix's values refitted; ``L0``
+            gradient passes and ``40 L0`` decoder passes a batch; dense layouts only; see
+            :mod:`pyro_sdlgm.inference.pursuit`). With ``"pursuit"``, ``count_estimate="refined"``
+            scores the pursuit's prefixes. Training and :meth:`evaluate` use the guide either way.
         decoder_hidden: hidden sizes of the decoder MLP.
         activation: activation of the decoder MLP.
         decoder_skip: add a linear map of the code to the decoder MLP's output,
@@ -176,6 +186,7 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
         count_coupling: CountCoupling = "gated_code",
         slot_estimator: ComponentSpec = "relaxed",
         count_estimate: CountEstimate = "refined",
+        encoding: Encoding = "amortized",
         decoder_hidden: tuple[int, ...] = (256, 512),
         activation: str = "relu",
         decoder_skip: bool | Literal["auto"] = "auto",
@@ -208,7 +219,8 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
         return config.spec()
 
     def _checkpoint_fields(self) -> dict[str, Any]:
-        return {"model_config": dataclasses.replace(self.config, count_estimate=self.count_estimate).to_dict()}
+        return {"model_config": dataclasses.replace(self.config, count_estimate=self.count_estimate,
+                                                    encoding=self.encoding).to_dict()}
 
     @classmethod
     def _from_checkpoint(cls, data: Mapping[str, Any]) -> tuple[SDLGM, ModelConfig]:
@@ -304,15 +316,23 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
             yield batch, self._amortize(batch)
 
     def _amortize(self, batch: torch.Tensor):
-        """The guide's parameters of a batch, with the count posterior ``count_estimate`` names."""
-        return self._refine(self.guide_.amortize(batch), batch)
+        """The parameters of a batch: the guide's, with the codes ``encoding`` and the count
+        posterior ``count_estimate`` name (:meth:`_infer`)."""
+        return self._infer(self.guide_.amortize(batch), batch)
 
-    def _refine(self, params, batch: torch.Tensor):
-        """``params`` with the refined count logits when ``count_estimate="refined"``."""
-        # a post-training option: the current parameter (set_params applies without refitting)
-        estimate = self.count_estimate
+    def _infer(self, params, batch: torch.Tensor):
+        """The guide's parameters ``params`` of a batch with the pursuit's codes (``encoding="pursuit"``)
+        and the refined count logits (``count_estimate="refined"``)."""
+        # post-training options: the current parameters (set_params applies without refitting)
+        estimate, encoding = self.count_estimate, self.encoding
         if estimate not in COUNT_ESTIMATES:
             raise ConfigError(f"count_estimate must be one of {COUNT_ESTIMATES}, got {estimate!r}")
+        if encoding not in ENCODINGS:
+            raise ConfigError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        if encoding == "pursuit":
+            from pyro_sdlgm.inference.pursuit import pursuit_params
+
+            return pursuit_params(self.model_, params, batch, refined=estimate == "refined")
         if estimate == "amortized":
             return params
         from pyro_sdlgm.analysis.diagnostics import refined_count_logits
@@ -542,7 +562,7 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
 
         The ELBO and its terms are those of the trained guide (the count network's
         ``q(L|x)``); the hard codes, their statistics and ``mean_sparsity_entropy`` use the
-        count posterior ``count_estimate`` names.
+        codes ``encoding`` and the count posterior ``count_estimate`` name.
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise DataError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -563,8 +583,8 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
                         repeats, drawn_counts = slot_duplicates(guide_trace, self.spec)
                         duplicates += int(repeats.sum())
                         used += int(drawn_counts.sum())
-                        # the guide's amortized parameters, with the count posterior in use
-                        params = self._refine(guide_trace.nodes["_RETURN"]["value"], batch)
+                        # the guide's amortized parameters, with the codes and count posterior in use
+                        params = self._infer(guide_trace.nodes["_RETURN"]["value"], batch)
                 z, _ = self.guide_.hard_code(params)
                 codes.append(z.cpu())
                 decoded = self.model_.decoder(z)

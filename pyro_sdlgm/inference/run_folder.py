@@ -42,10 +42,10 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 # options that may differ between a checkpoint and the run resuming from it
 # (the remedies that NumericalError and ResourceError suggest among them)
-# (and pyro_validation, num_threads and count_estimate, which change no training step, nor the
+# (and pyro_validation, num_threads, count_estimate and encoding, which change no training step, nor the
 # classifier's ranking, decision and calibrate_count, which act after training)
 RESUME_IGNORED = ("progress", "checkpoint_every", "keep_checkpoints", "nan_policy", "memory_limit_gb",
-                  "pyro_validation", "num_threads", "count_estimate", "ranking", "decision", "calibrate_count")
+                  "pyro_validation", "num_threads", "count_estimate", "encoding", "ranking", "decision", "calibrate_count")
 
 
 def data_fingerprint(*datasets) -> dict[str, Any]:
