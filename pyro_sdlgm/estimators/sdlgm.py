@@ -143,8 +143,8 @@ class SDLGM(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Estimator):
         encoding: how the supports and values are inferred after training (``encode``,
             ``transform``, ``reconstruct``, ``sparsity_posterior``, ``posterior``): ``"amortized"``
             (the guide network's, one pass) or ``"pursuit"`` (a matching pursuit through the fitted
-            decoder: greedy picks by predicted gain, every prefix's values refitted; ``L0``
-            gradient passes and ``40 L0`` decoder passes a batch; dense layouts only; see
+            decoder: greedy picks by predicted gain, every prefix's values refitted by Gauss-Newton
+            steps; about ``L0^2`` backward passes a batch; dense layouts only; see
             :mod:`pyro_sdlgm.inference.pursuit`). With ``"pursuit"``, ``count_estimate="refined"``
             scores the pursuit's prefixes. Training and :meth:`evaluate` use the guide either way.
         decoder_hidden: hidden sizes of the decoder MLP.

@@ -10,8 +10,8 @@ row's code from the fitted model itself, as orthogonal matching pursuit does wit
    along dimension ``k`` (its atom ``decoder(e_k) - decoder(0)`` weighted by the likelihood's
    curvature at the current output); in binary mode the best of the ``BINARY_CANDIDATES`` highest
    is taken by its exact cost;
-3. refit the values of the prefix (Adam on ``-log p(x | decoder(z)) - log p(v)``, started at the
-   Newton step of the new value) and record its cost ``R_l``;
+3. refit the values of the prefix (damped Gauss-Newton steps on ``-log p(x | decoder(z)) - log p(v)``,
+   from the earlier values and the new value's Newton step) and record its cost ``R_l``;
 4. repeat up to ``L0`` dimensions.
 
 The count is the posterior over the prefixes, ``q*(L = l | x) ∝ p(L = l) exp(-R_l - C_l + P_l)``:
@@ -21,8 +21,9 @@ density of the prefix's values relative to the empty code. It is the coordinate-
 ``q(L | x)`` given one support and one set of values per prefix, as ``count_estimate="refined"``
 is for the guide's.
 
-The pursuit costs ``L0`` gradient passes plus ``L0 * steps`` decoder passes a batch, and builds
-``(N, K)`` codes: it is for dense layouts (``K`` up to
+A batch costs ``L0`` gradient passes and, for the values, up to ``GN_ITERATIONS`` Gauss-Newton
+steps a prefix, each ``l + 2`` backward passes (the Jacobian in the prefix's ``l`` values); the
+codes are ``(N, K)`` blocks, so it is for dense layouts (``K`` up to
 :data:`~pyro_sdlgm.model.spec.WIDE_LATENT_DIM`).
 """
 
@@ -39,6 +40,10 @@ from pyro_sdlgm.model.support import MASKED_LOGIT
 BINARY_CANDIDATES = 8
 #: refitted values start at the Newton step, clipped to this many prior scales
 START_CLIP = 3.0
+#: Gauss-Newton iterations that refit each prefix's values (one is exact for a linear decoder), and
+#: their damping (a fraction of the mean curvature)
+GN_ITERATIONS = 5
+GN_DAMPING = 1e-4
 #: the gap between consecutive picks' slot logits, so that greedy selection replays the pursuit order
 PICK_LOGIT_GAP = 50.0
 
@@ -74,14 +79,9 @@ def _gradient_and_curvature(model, x, z, atoms):
     """``g (N, K)``, the gradient of the cost at ``z``, and ``h (N, K)``, its Gauss-Newton curvature per dimension."""
     z = z.detach().requires_grad_(True)
     out = model.decoder(z)
-    out_leaf = out.detach().requires_grad_(True)
-    nll = -model.likelihood.dist(out_leaf).log_prob(x).sum()
-    grad_out, = torch.autograd.grad(nll, out_leaf, create_graph=True)
-    # the cost is a sum over features, so its Hessian in the decoder's output is diagonal
-    weight, = torch.autograd.grad(grad_out.sum(), out_leaf)
-    g, = torch.autograd.grad(out, z, grad_out.detach())
-    h = weight.clamp_min(0) @ atoms.pow(2).T
-    return g, h.clamp_min(1e-12)
+    grad_out, curvature = _output_terms(model, x, out)
+    g, = torch.autograd.grad(out, z, grad_out)
+    return g, (curvature @ atoms.pow(2).T).clamp_min(1e-12)
 
 
 def _value_cost(model, z: torch.Tensor) -> torch.Tensor:
@@ -90,16 +90,59 @@ def _value_cost(model, z: torch.Tensor) -> torch.Tensor:
     return prior.log_prob(torch.zeros_like(z)) - prior.log_prob(z)
 
 
-def _refit(model, x, picks, start, steps: int, lr: float) -> torch.Tensor:
-    """Values ``(N, l)`` of the dimensions ``picks (N, l)`` fitted by Adam from ``start``."""
-    n, k = x.shape[0], model.spec.latent_dim
-    v = start.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([v], lr=lr)
-    for _ in range(steps):
-        z = torch.zeros(n, k, device=x.device).scatter(-1, picks, v)
-        loss = (_nll(model, x, z) + _value_cost(model, z)).sum()
-        v.grad, = torch.autograd.grad(loss, v)
-        opt.step()
+def _output_terms(model, x, out):
+    """The cost's gradient ``(N, outputs)`` and diagonal curvature in the decoder's output ``out``."""
+    out = out.detach().requires_grad_(True)
+    nll = -model.likelihood.dist(out).log_prob(x).sum()
+    grad, = torch.autograd.grad(nll, out, create_graph=True)
+    # the cost is a sum over features, so its Hessian in the decoder's output is diagonal
+    curvature, = torch.autograd.grad(grad.sum(), out)
+    return grad.detach(), curvature.clamp_min(0)
+
+
+def _prefix_cost(model, x, picks, v):
+    z = torch.zeros(x.shape[0], model.spec.latent_dim, device=x.device).scatter(-1, picks, v)
+    return _nll(model, x, z) + _value_cost(model, z)
+
+
+def _refit(model, x, picks, start, iterations: int) -> torch.Tensor:
+    """Values ``(N, l)`` of the dimensions ``picks (N, l)``: damped Gauss-Newton steps from ``start``
+    on ``-log p(x | decoder(z)) - log p(v)``, a step kept for the rows whose cost it lowers."""
+    n, k, l = x.shape[0], model.spec.latent_dim, picks.shape[1]
+    eye = torch.eye(l, device=x.device)
+
+    def decode(v):
+        return model.decoder(torch.zeros(n, k, device=x.device).scatter(-1, picks, v))
+
+    v = start.detach().clone()
+    cost = _prefix_cost(model, x, picks, v)
+    for _ in range(iterations):
+        # the decoder's Jacobian in each row's values, (N, outputs, l), by the double-vjp identity
+        # J u = d/dw (J^T w . u): one backward pass a value (forward mode would load torch's
+        # TorchScript decompositions)
+        vv = v.clone().requires_grad_(True)
+        out = decode(vv)
+        w = torch.zeros_like(out, requires_grad=True)
+        transposed, = torch.autograd.grad(out, vv, w, create_graph=True)
+        jac = torch.stack([torch.autograd.grad(transposed, w, eye[j].expand(n, l), retain_graph=True)[0]
+                           for j in range(l)], -1)
+        out = out.detach()
+        grad_out, curvature = _output_terms(model, x, out)
+        vv = v.clone().requires_grad_(True)
+        z = torch.zeros(n, k, device=x.device).scatter(-1, picks, vv)
+        prior_grad, = torch.autograd.grad(_value_cost(model, z).sum(), vv, create_graph=True)
+        prior_curvature, = torch.autograd.grad(prior_grad.sum(), vv, allow_unused=True)
+        prior_curvature = torch.zeros_like(v) if prior_curvature is None else prior_curvature.clamp_min(0)
+        hessian = jac.transpose(1, 2) @ (curvature.unsqueeze(-1) * jac) + torch.diag_embed(prior_curvature)
+        hessian = hessian + GN_DAMPING * hessian.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True).unsqueeze(-1) * eye
+        gradient = (jac.transpose(1, 2) @ grad_out.unsqueeze(-1)).squeeze(-1) + prior_grad.detach()
+        proposal = v - torch.linalg.solve(hessian, gradient)
+        proposed = _prefix_cost(model, x, picks, proposal)
+        better = proposed < cost
+        v = torch.where(better.unsqueeze(-1), proposal, v)
+        cost = torch.where(better, proposed, cost)
+        if not better.any():
+            break
     return v.detach()
 
 
@@ -126,10 +169,10 @@ def _binary_pick(model, x, z, gain, taken):
     return candidates[rows, torch.stack(costs, -1).argmin(-1)]
 
 
-def pursue(model, x: torch.Tensor, *, steps: int = 40, lr: float = 0.05, atoms: torch.Tensor | None = None) -> Pursuit:
+def pursue(model, x: torch.Tensor, *, iterations: int = GN_ITERATIONS, atoms: torch.Tensor | None = None) -> Pursuit:
     """Greedy pursuit of the rows ``x (N, D)`` through ``model``'s decoder (see the module docstring).
 
-    ``steps`` Adam steps at learning rate ``lr`` refit each prefix's values; ``atoms`` (``(K, D)``,
+    ``iterations`` Gauss-Newton steps refit each prefix's values; ``atoms`` (``(K, D)``,
     :func:`decoder_atoms`) may be passed to reuse them across batches.
     """
     spec = model.spec
@@ -164,7 +207,7 @@ def pursue(model, x: torch.Tensor, *, steps: int = 40, lr: float = 0.05, atoms: 
             else:
                 start = (-g[rows, pick] / h[rows, pick]).clamp(-clip, clip)
                 previous = values[:, j - 1, :j] if j else torch.zeros(n, 0, device=device)
-                fitted = _refit(model, x, picks[:, :j + 1], torch.cat([previous, start.unsqueeze(-1)], -1), steps, lr)
+                fitted = _refit(model, x, picks[:, :j + 1], torch.cat([previous, start.unsqueeze(-1)], -1), iterations)
                 values[:, j, :j + 1] = fitted
                 z = torch.zeros(n, k, device=device).scatter(-1, picks[:, :j + 1], fitted)
             with torch.no_grad():
