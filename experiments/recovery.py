@@ -268,15 +268,11 @@ def fit_sdlgm(method: str, splits: dict, cfg: dict, job: dict) -> dict:
 
 def decoder_atoms(model) -> np.ndarray:
     """``(K, D)``: what each dimension adds to the decoder's output (the likelihood's parameter: the
-    mean or the logits), ``decoder(e_k) - decoder(0)``; for a linear decoder, its weight columns."""
-    import torch
+    mean or the logits), ``decoder(e_k) - decoder(0)``; for a linear decoder, its weight columns
+    (the pursuit's :func:`~pyro_sdlgm.inference.pursuit.decoder_atoms`, as float64 numpy)."""
+    from pyro_sdlgm.inference.pursuit import decoder_atoms as atoms
 
-    decoder = model.model_.decoder
-    device = next(decoder.parameters()).device
-    with torch.no_grad():
-        k = model.latent_dim
-        out = decoder(torch.cat([torch.zeros(1, k), torch.eye(k)]).to(device)).cpu().double().numpy()
-    return out[1:] - out[:1]
+    return atoms(model.model_).cpu().double().numpy()
 
 
 def make_topk_module(input_dim: int, latent_dim: int, k: int, form: str, likelihood: str, hidden):

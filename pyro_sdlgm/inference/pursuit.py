@@ -254,7 +254,7 @@ def count_logits(model, pursuit: Pursuit) -> torch.Tensor:
     return model.sparsity_prior.logits().log_softmax(-1).to(terms.device) + terms[:, levels]
 
 
-def pursuit_params(model, params, x: torch.Tensor, *, refined: bool, atoms: torch.Tensor | None = None):
+def pursuit_params(model, params, x: torch.Tensor, *, refined: bool):
     """The guide's parameters ``params`` of the rows ``x`` with the pursuit's support and values.
 
     The slot logits put the picks first, in pursuit order (so the hard code and the posterior's
@@ -263,7 +263,7 @@ def pursuit_params(model, params, x: torch.Tensor, *, refined: bool, atoms: torc
     else the guide's ``q(L | x)`` is kept.
     """
     spec = model.spec
-    found = pursue(model, x, atoms=atoms)
+    found = pursue(model, x)
     sparsity_logits = count_logits(model, found) if refined else params.sparsity_logits
     n, l0 = found.picks.shape
     order = PICK_LOGIT_GAP * torch.arange(l0, 0, -1, device=x.device, dtype=x.dtype).expand(n, l0)
